@@ -41,7 +41,7 @@ class Policy:
 
     @classmethod
     def from_string(cls, spec: str) -> Policy:
-        """Parses ``"float32"`` / ``"bfloat16"`` (compute dtype only) or ``"params=..,compute=..,output=.."``.
+        """Parses ``"bfloat16"`` (compute dtype only) or ``"params=..,compute=..,output=.."``.
 
         Args:
           spec: the policy string.

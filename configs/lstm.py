@@ -1,0 +1,49 @@
+"""Character-level LSTM on the built-in corpus (the default recipe).
+
+Variants: ``configs/lstm.py`` (default, ~8 min on 2 CPU cores), ``:smoke`` (seconds, for tests),
+``:ptb`` (word-level Penn Treebank from ../shared/data/ptb).
+"""
+
+import ml_collections
+
+from jaxlm.config import base_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Returns the recipe; ``arg`` selects a variant: None, "smoke" or "ptb"."""
+    c = base_config()
+    if arg in (None, ""):
+        pass
+    elif arg == "smoke":
+        c.name = "lstm_smoke"
+        c.data.batch_size = 8
+        c.data.seq_len = 32
+        c.data.eval_batch_size = 8
+        c.model.embed_dim = 32
+        c.model.hidden_sizes = (64, 64)
+        c.train.num_steps = 60
+        c.train.log_every = 20
+        c.train.eval_every = 30
+        c.train.eval_steps = 20
+        c.train.checkpoint_every = 30
+        c.train.sample_tokens = 40
+        c.optimizer.warmup_steps = 10
+    elif arg == "ptb":
+        c.name = "lstm_ptb"
+        c.data.corpus = "text_files"
+        c.data.path = "../shared/data/ptb"
+        c.data.tokenizer = "word"
+        c.data.batch_size = 20
+        c.data.seq_len = 35
+        c.data.eval_batch_size = 10
+        c.model.embed_dim = 200
+        c.model.hidden_sizes = (200, 200)
+        c.model.dropout = 0.0
+        c.train.num_steps = 3000
+        c.train.eval_every = 1000
+        c.train.checkpoint_every = 1000
+        c.train.sample_prompt = "the "
+    else:
+        raise ValueError(f"configs/lstm.py: unknown variant {arg!r}; expected smoke or ptb")
+    c.lock()
+    return c

@@ -1,0 +1,61 @@
+"""The fields every recipe shares; ``configs/*.py`` start from :func:`base_config`."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Returns an unlocked ConfigDict with every field the trainer reads, at the defaults."""
+    c = ml_collections.ConfigDict()
+    c.name = "lstm"
+    c.seed = 0
+    c.precision = "float32"
+    c.init_from = ""
+
+    c.data = ml_collections.ConfigDict()
+    c.data.corpus = "builtin"  # "builtin" (pydoc topics) or "text_files"
+    c.data.path = ""  # text_files: one file, or a folder / prefix with *.train/valid/test.txt
+    c.data.split = (0.9, 0.05, 0.05)  # one-file corpora: train / validation / test fractions
+    c.data.tokenizer = "char"  # "char", "byte" or "word"
+    c.data.vocab_size = 0  # word: keep the most frequent (0 = all)
+    c.data.min_count = 1  # word: drop rarer words to <unk>
+    c.data.data_dir = ""  # TFDS data_dir; default ~/.cache/jaxlm/tfds
+    c.data.batch_size = 32
+    c.data.seq_len = 128
+    c.data.eval_batch_size = 32
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "lstm"
+    c.model.embed_dim = 256
+    c.model.hidden_sizes = (512, 512)
+    c.model.dropout = 0.1
+    c.model.embed_dropout = 0.0
+    c.model.tie_embeddings = False
+    c.model.init_scale = 0.1
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"  # "adam", "adamw" or "sgd"
+    c.optimizer.learning_rate = 2e-3
+    c.optimizer.schedule = "cosine"  # "constant", "cosine" (warmup + cosine) or "step"
+    c.optimizer.warmup_steps = 100
+    c.optimizer.end_lr_fraction = 0.05  # cosine: final rate as a fraction of the peak
+    c.optimizer.decay_start_step = 0  # step: first decay at this step
+    c.optimizer.decay_every = 1000  # step: then every this many steps
+    c.optimizer.decay_factor = 0.5  # step: multiply the rate by this at each decay
+    c.optimizer.clip_norm = 1.0  # 0 disables
+    c.optimizer.weight_decay = 0.0
+    c.optimizer.momentum = 0.0  # sgd
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+
+    c.train = ml_collections.ConfigDict()
+    c.train.num_steps = 2000
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.eval_steps = 0  # 0: the whole validation split at each eval
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 2
+    c.train.carry_state = True  # recurrent models: carry the hidden state window to window
+    c.train.sample_tokens = 300
+    c.train.sample_prompt = "The "
+    c.train.sample_temperature = 0.8
+    return c
