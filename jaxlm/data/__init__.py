@@ -1,0 +1,100 @@
+"""Corpora through TFDS (no TensorFlow), tokenizers and batching.
+
+``load_corpus(config.data)`` is the one entry point: it prepares the corpus as a TFDS
+array_record dataset (once), reads the splits back through TFDS data sources, and tokenizes them
+into flat int32 arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from jaxlm.data import builders
+from jaxlm.data.builders import CorpusError
+from jaxlm.data.tokenizers import decode_utf8, train_tokenizer
+
+__all__ = ["Corpus", "CorpusError", "load_corpus", "corpus_splits"]
+
+
+@dataclasses.dataclass
+class Corpus:
+    """A tokenized corpus: one flat int32 array per split, and its tokenizer."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    tokenizer: object
+    name: str
+
+    def split(self, name: str) -> np.ndarray:
+        """The token array of ``name`` ("train", "validation" or "test")."""
+        return {"train": self.train, "validation": self.validation, "test": self.test}[name]
+
+
+def corpus_splits(data: ml_collections.ConfigDict) -> tuple[dict[str, bytes], str]:
+    """Reads the raw bytes of each split that ``config.data`` names, checking them.
+
+    Args:
+      data: the ``data`` section of a config.
+
+    Returns:
+      ``(parts, label)``: bytes per split and a readable corpus name.
+    """
+    utf8 = data.tokenizer in ("char", "word")
+    if data.corpus == "builtin":
+        return builders.split_bytes(builders.builtin_text(), data.split, "builtin"), "builtin"
+    if data.corpus != "text_files":
+        raise CorpusError(
+            f"config.data.corpus: unknown corpus {data.corpus!r}; expected builtin or text_files"
+        )
+    if not data.path:
+        raise CorpusError("config.data.path: empty; text_files needs a file or a folder")
+    path = Path(data.path).expanduser()
+    if path.is_dir():
+        files = builders.find_split_files(path)
+        parts = {split: builders.read_file(f) for split, f in files.items()}
+        if utf8:
+            for split, f in files.items():
+                decode_utf8(parts[split], str(f))
+        return parts, path.resolve().name
+    whole = builders.read_file(path)
+    if utf8:
+        decode_utf8(whole, str(path))
+    return builders.split_bytes(whole, data.split, str(path)), path.stem
+
+
+def load_corpus(data: ml_collections.ConfigDict, tokenizer=None) -> Corpus:
+    """Prepares, reads back and tokenizes the corpus that ``config.data`` names.
+
+    Args:
+      data: the ``data`` section of a config (corpus, path, split, tokenizer, vocab_size,
+        min_count, data_dir).
+      tokenizer: reuse this tokenizer (e.g. the one saved in a workdir) instead of training one
+        on the training split.
+
+    Returns:
+      A :class:`Corpus`.
+
+    Example:
+      >>> from jaxlm.config import base_config
+      >>> corpus = load_corpus(base_config().data)
+      >>> corpus.tokenizer.decode(corpus.train[:12])
+    """
+    parts, label = corpus_splits(data)
+    builder = builders.prepare(parts, label, data.data_dir or None)
+    texts = {split: builders.read_split(builder, split) for split in builders.SPLITS}
+    if data.tokenizer != "byte":
+        texts = {split: decode_utf8(t, f"{label} {split}") for split, t in texts.items()}
+    if tokenizer is None:
+        tokenizer = train_tokenizer(
+            data.tokenizer, texts["train"], vocab_size=data.vocab_size, min_count=data.min_count
+        )
+    arrays = {split: tokenizer.encode(t) for split, t in texts.items()}
+    for split, arr in arrays.items():
+        if len(arr) < 2:
+            raise CorpusError(f"{label}: the {split} split has {len(arr)} tokens; need at least 2")
+    return Corpus(name=label, tokenizer=tokenizer, **arrays)

@@ -1,0 +1,110 @@
+"""Sampling from a language model: temperature, top-k and top-p, seeded, for every model kind."""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def sample_logits(
+    logits_BxV: jax.Array,
+    rng: jax.Array,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> jax.Array:
+    """Draws one token per row.
+
+    Args:
+      logits_BxV: unnormalised scores.
+      rng: a PRNG key.
+      temperature: divides the logits; 0 takes the argmax.
+      top_k: keep only the k highest-scoring tokens (0 keeps all).
+      top_p: keep the smallest set of tokens whose probability reaches p (1 keeps all).
+
+    Returns:
+      ``[B]`` int32 token ids.
+
+    Example:
+      >>> sample_logits(jnp.array([[0.0, 9.0, 0.0]]), jax.random.key(0), temperature=0.0)
+      Array([1], dtype=int32)
+    """
+    logits = logits_BxV.astype(jnp.float32)
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        # The smallest logit still needed to reach mass top_p; always keep the best token.
+        cutoff_index = jnp.sum(cum < top_p, axis=-1, keepdims=True)
+        cutoff = jnp.take_along_axis(sorted_logits, cutoff_index, axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "num_tokens", "temperature", "top_k", "top_p")
+)
+def generate(
+    model: nn.Module,
+    params,
+    prompt_BxP: jax.Array,
+    num_tokens: int,
+    rng: jax.Array,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> jax.Array:
+    """Continues a prompt by ``num_tokens`` sampled tokens.
+
+    The prompt is read in one call, then tokens are drawn one at a time inside ``lax.scan``,
+    carrying the model's state (a recurrent model's hidden state, a Transformer's key/value
+    cache: whatever ``model.initial_carry(B, max_length)`` gives).
+
+    Args:
+      model: a jaxlm model (see :func:`jaxlm.models.get_model`).
+      params: its parameters.
+      prompt_BxP: int32 prompt ids, P >= 1.
+      num_tokens: how many tokens to draw.
+      rng: a PRNG key; the same key gives the same text.
+      temperature: see :func:`sample_logits`.
+      top_k: see :func:`sample_logits`.
+      top_p: see :func:`sample_logits`.
+
+    Returns:
+      ``[B, num_tokens]`` int32 sampled ids (the prompt not included).
+
+    Example:
+      >>> from jaxlm.models.rnn import RecurrentLM
+      >>> model = RecurrentLM(vocab_size=10, embed_dim=8, hidden_sizes=(8,))
+      >>> prompt = jnp.zeros((1, 3), jnp.int32)
+      >>> params = model.init(jax.random.key(0), prompt, model.initial_carry(1))["params"]
+      >>> generate(model, params, prompt, 5, jax.random.key(1)).shape
+      (1, 5)
+    """
+    batch, plen = prompt_BxP.shape
+    carry = model.initial_carry(batch, plen + num_tokens)
+    logits, carry, _ = model.apply({"params": params}, prompt_BxP, carry, deterministic=True)
+    draw = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    keys = jax.random.split(rng, num_tokens)
+    first = draw(logits[:, -1], keys[0])
+
+    def step(state, key):
+        carry, token = state
+        logits, carry, _ = model.apply(
+            {"params": params}, token[:, None], carry, deterministic=True
+        )
+        nxt = draw(logits[:, -1], key)
+        return (carry, nxt), token
+
+    (_, last), tokens = jax.lax.scan(step, (carry, first), keys[1:])
+    return jnp.concatenate([tokens.T, last[:, None]], axis=1)
