@@ -31,6 +31,20 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.embed_dropout = 0.0
     c.model.tie_embeddings = False
     c.model.init_scale = 0.1
+    # Recurrent models (AWD-LSTM regularizers); dropouts < 0 mean "same as model.dropout".
+    c.model.input_dropout = -1.0  # locked dropout on the embedding output
+    c.model.hidden_dropout = -1.0  # locked dropout between recurrent layers
+    c.model.weight_drop = 0.0  # DropConnect on hidden-to-hidden weights, one mask per window
+    c.model.ar = 0.0  # activation regularization weight (alpha)
+    c.model.tar = 0.0  # temporal activation regularization weight (beta)
+    # Transformer.
+    c.model.num_layers = 4
+    c.model.num_heads = 4
+    c.model.mlp_dim = 0  # 0: 4 * embed_dim
+    c.model.norm = "layernorm"  # "layernorm" or "rmsnorm" (pre-norm either way)
+    c.model.positions = "learned"  # "learned" or "rotary"
+    c.model.max_len = 512  # longest context (learned positions, cache size limit)
+    c.model.remat = False  # rematerialise each block in the backward pass
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # "adam", "adamw" or "sgd"
@@ -47,6 +61,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
 
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.data = 0  # data-parallel mesh axis size; 0: every device not used by "model"
+    c.parallel.model = 1  # model-parallel mesh axis size
+    c.parallel.rules = ()  # ((regex on parameter path, PartitionSpec tuple), ...); else replicated
+
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 2000
     c.train.log_every = 50
@@ -58,4 +77,5 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.sample_tokens = 300
     c.train.sample_prompt = "The "
     c.train.sample_temperature = 0.8
+    c.train.label_smoothing = 0.0
     return c

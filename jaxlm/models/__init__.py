@@ -1,22 +1,39 @@
-"""Language models behind one registry: ``get_model(config.model, vocab_size, policy)``."""
+"""Language models behind one registry: ``get_model(config.model, vocab_size, policy)``.
+
+Every model keeps one interface: ``model.apply({"params": p}, tokens_BxT, carry,
+deterministic=bool, rngs={"dropout": key})`` returns ``(logits_BxTxV float32, new_carry, aux)``,
+and ``model.initial_carry(batch_size, max_length=None)`` gives the starting carry.
+"""
 
 from __future__ import annotations
 
+import flax.linen as nn
 import ml_collections
 
-from jaxlm.models.rnn import RecurrentLM
+from jaxlm.models.rnn import CELLS, ElmanLayer, GRULayer, LSTMLayer, RecurrentLM
 from jaxlm.precision import Policy
 
-RECURRENT = ("lstm",)
+RECURRENT = tuple(sorted(CELLS))
+MODELS = (*RECURRENT,)
+
+__all__ = [
+    "MODELS",
+    "RECURRENT",
+    "ElmanLayer",
+    "GRULayer",
+    "LSTMLayer",
+    "RecurrentLM",
+    "get_model",
+]
 
 
 def get_model(
     model_config: ml_collections.ConfigDict, vocab_size: int, policy: Policy | None = None
-):
+) -> nn.Module:
     """Builds the flax module that ``model_config.name`` names.
 
     Args:
-      model_config: the ``model`` section of a run config.
+      model_config: the ``model`` section of a run config; ``name`` is one of :data:`MODELS`.
       vocab_size: the tokenizer's vocabulary size.
       policy: dtype policy; float32 throughout when None.
 
@@ -30,18 +47,24 @@ def get_model(
     policy = policy or Policy()
     m = model_config
     if m.name in RECURRENT:
+        weight_drop = m.get("weight_drop", 0.0)
         return RecurrentLM(
             vocab_size=vocab_size,
             cell=m.name,
             embed_dim=m.embed_dim,
             hidden_sizes=tuple(m.hidden_sizes),
             dropout=m.dropout,
+            input_dropout=m.get("input_dropout", -1.0),
+            hidden_dropout=m.get("hidden_dropout", -1.0),
             embed_dropout=m.get("embed_dropout", 0.0),
+            weight_drop=weight_drop if isinstance(weight_drop, int | float) else tuple(weight_drop),
+            ar=m.get("ar", 0.0),
+            tar=m.get("tar", 0.0),
             tie_embeddings=m.tie_embeddings,
             init_scale=m.init_scale,
             dtype=policy.compute_dtype,
             param_dtype=policy.param_dtype,
         )
     raise ValueError(
-        f"config.model.name: unknown model {m.name!r}; expected one of {sorted(RECURRENT)}"
+        f"config.model.name: unknown model {m.name!r}; expected one of {sorted(MODELS)}"
     )

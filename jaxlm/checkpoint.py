@@ -1,0 +1,146 @@
+"""Checkpoints through orbax's CheckpointManager: save, restore, resume.
+
+A checkpoint is ``<workdir>/checkpoints/<step>/`` with two items: ``state`` (the whole
+:class:`~jaxlm.state.TrainState`: parameters, optimizer state, step, RNG, recurrent carry) and
+``meta`` (the run's config and tokenizer as JSON), so each checkpoint stands on its own. Orbax
+writes to a temporary directory and renames it when complete, so a save interrupted at any
+moment leaves the previous checkpoints intact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+# Config fields that may change when a run resumes (they do not change shapes or meaning).
+RESUMABLE_CHANGES = (
+    "train.",
+    "optimizer.learning_rate",
+    "optimizer.schedule",
+    "optimizer.warmup_steps",
+    "optimizer.end_lr_fraction",
+    "optimizer.decay_",
+    "optimizer.clip_norm",
+    "data.eval_batch_size",
+    "data.data_dir",
+    "precision",
+    "name",
+)
+
+
+def checkpoint_dir(workdir: str | Path) -> Path:
+    """Where a run's checkpoints live."""
+    return Path(workdir) / "checkpoints"
+
+
+def manager(
+    workdir: str | Path, keep: int = 2, *, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """An orbax CheckpointManager over ``<workdir>/checkpoints`` keeping the last ``keep``.
+
+    Args:
+      workdir: the run folder.
+      keep: how many checkpoints to keep (older ones are deleted after a save).
+      read_only: open without creating or deleting anything.
+
+    Returns:
+      The manager; call ``close()`` when done (it waits for async saves).
+    """
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only
+    )
+    return ocp.CheckpointManager(
+        checkpoint_dir(workdir).absolute(), options=options, item_names=("state", "meta")
+    )
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict:
+    """A config as plain JSON data."""
+    return json.loads(config.to_json())
+
+
+def save(mgr: ocp.CheckpointManager, state, config, tokenizer, *, force: bool = False) -> bool:
+    """Saves ``state`` at its step with the config and tokenizer (asynchronously).
+
+    Args:
+      mgr: from :func:`manager`.
+      state: the TrainState.
+      config: the run config.
+      tokenizer: the run's tokenizer.
+      force: save even if the manager's interval policy would skip this step.
+
+    Returns:
+      Whether a save was started.
+    """
+    meta = {"config": config_json(config), "tokenizer": tokenizer.to_json()}
+    step = int(jax.device_get(state.step))
+    return mgr.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        force=force,
+    )
+
+
+def restore(mgr: ocp.CheckpointManager, abstract_state, step: int | None = None):
+    """Restores a checkpoint onto the shardings of ``abstract_state``.
+
+    Args:
+      mgr: from :func:`manager`.
+      abstract_state: a TrainState of ``jax.ShapeDtypeStruct`` with shardings.
+      step: which checkpoint; the latest when None.
+
+    Returns:
+      ``(state, meta)``.
+    """
+    step = mgr.latest_step() if step is None else step
+    try:
+        restored = mgr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+            ),
+        )
+    except Exception as e:  # orbax raises many types; name the directory and the cause.
+        raise RuntimeError(
+            f"cannot restore checkpoint {mgr.directory / str(step)}: {type(e).__name__}: {e}"
+        ) from e
+    return restored.state, restored.meta
+
+
+def read_meta(mgr: ocp.CheckpointManager, step: int | None = None) -> dict[str, Any]:
+    """The config and tokenizer JSON stored with a checkpoint, without reading its arrays."""
+    step = mgr.latest_step() if step is None else step
+    return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def incompatible_fields(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
+    """Config fields that differ between a saved run and this one and would break resuming.
+
+    Args:
+      saved: the config JSON stored with the checkpoint.
+      current: this run's config.
+
+    Returns:
+      ``"field: saved -> current"`` lines, empty when the checkpoint can be resumed.
+    """
+    old, new = _flatten(saved), _flatten(config_json(current))
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(RESUMABLE_CHANGES) or old.get(key) == new.get(key):
+            continue
+        diffs.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
+    return diffs

@@ -1,0 +1,39 @@
+"""Command line: ``python -m jaxlm.train --config=configs/lstm.py[:variant] [--workdir=DIR]``.
+
+Every config field can be overridden, e.g. ``--config.model.hidden_sizes=(256,256)``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Recipe file, optionally with a variant: configs/lstm.py:smoke",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder; defaults to runs/<config.name>.")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file they touch at INFO
+    from jaxlm import trainer
+
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or f"runs/{config.name}"
+    try:
+        trainer.train_and_evaluate(config, workdir)
+    except trainer.Preempted as e:
+        print(e, file=sys.stderr)
+        sys.exit(143)
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)

@@ -1,0 +1,452 @@
+"""The training loop as a library function: ``train_and_evaluate(config, workdir)``.
+
+One state pytree, one pure jitted step with explicit shardings and buffer donation; batches are
+a pure function of (seed, step); dropout keys are ``fold_in(rng, step)``; the state (with the
+recurrent carry) is checkpointed, so a run resumed from its workdir ends exactly where an
+uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import signal
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec
+
+from jaxlm import checkpoint, data, losses, monitor, optim, parallel
+from jaxlm.data import batching
+from jaxlm.data.tokenizers import save_tokenizer, tokenizer_from_json
+from jaxlm.models import get_model
+from jaxlm.precision import Policy
+from jaxlm.sampling import generate
+from jaxlm.state import TrainState
+
+LN2 = math.log(2.0)
+
+
+class Preempted(Exception):
+    """Raised after a SIGTERM: the state was checkpointed and the run can be resumed."""
+
+
+# --------------------------------------------------------------------------------------------
+# The pure functions: init, train step, eval step.
+
+
+def make_init_fn(model, tx: optax.GradientTransformation, batch_size: int, seq_len: int, seed: int):
+    """A function from nothing to a fresh TrainState (to ``eval_shape`` or ``jit``)."""
+
+    def init() -> TrainState:
+        init_key, base_key = jax.random.split(jax.random.PRNGKey(seed))
+        tokens = jnp.zeros((batch_size, seq_len), jnp.int32)
+        carry = model.initial_carry(batch_size)
+        params = model.init(init_key, tokens, carry)["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=base_key,
+            carry=carry,
+        )
+
+    return init
+
+
+def make_train_step(model, tx, schedule, *, carry_state: bool = True, label_smoothing: float = 0.0):
+    """``train_step(state, batch) -> (state, metrics)``, pure, for ``jax.jit``.
+
+    Args:
+      model: a jaxlm model.
+      tx: the optimizer.
+      schedule: the learning-rate schedule (reported in the metrics).
+      carry_state: carry the recurrent state from window to window (else start each at zero).
+      label_smoothing: see :func:`jaxlm.losses.cross_entropy`.
+
+    Returns:
+      The step function. ``batch`` holds ``inputs``/``targets`` ``[B, T]`` and ``reset``.
+    """
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        reset = jnp.logical_or(batch["reset"], not carry_state)
+        carry = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), state.carry)
+        dropout_key = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            logits, new_carry, aux = model.apply(
+                {"params": params},
+                batch["inputs"],
+                carry,
+                deterministic=False,
+                rngs={"dropout": dropout_key},
+            )
+            total, count = losses.cross_entropy(
+                logits, batch["targets"], label_smoothing=label_smoothing
+            )
+            loss = total / count + aux.get("reg_loss", 0.0)
+            plain, _ = (
+                losses.cross_entropy(logits, batch["targets"])
+                if label_smoothing
+                else (total, count)
+            )
+            return loss, (new_carry, plain / count)
+
+        (loss, (new_carry, nll)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            carry=jax.lax.stop_gradient(new_carry),
+        )
+        metrics = {
+            "loss": nll,
+            "objective": loss,
+            "grad_norm": optax.global_norm(grads),
+            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model):
+    """``eval_step(params, carry, batch) -> (carry, loss_sum, count)`` for ``jax.jit``."""
+
+    def eval_step(params, carry, batch):
+        logits, carry, _ = model.apply({"params": params}, batch["inputs"], carry)
+        total, count = losses.cross_entropy(logits, batch["targets"], mask=batch["mask"])
+        return carry, total, count
+
+    return eval_step
+
+
+# --------------------------------------------------------------------------------------------
+# Shardings and device placement.
+
+
+def state_shardings(abstract: TrainState, mesh, rules) -> TrainState:
+    """Parameters and optimizer state by path rules; the carry split over "data"."""
+    specs = [(pattern, PartitionSpec(*spec)) for pattern, spec in rules]
+    return TrainState(
+        step=parallel.replicated(mesh),
+        params=parallel.rule_shardings(abstract.params, mesh, specs),
+        opt_state=parallel.rule_shardings(abstract.opt_state, mesh, specs),
+        rng=parallel.replicated(mesh),
+        carry=jax.tree.map(lambda _: parallel.batch_sharding(mesh), abstract.carry),
+    )
+
+
+def device_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """This process's rows of a global numpy batch, as global arrays split over "data"."""
+    out = {}
+    for key, value in batch.items():
+        if value.ndim == 0:
+            out[key] = jax.device_put(value, parallel.replicated(mesh))
+        else:
+            rows = parallel.host_rows(value.shape[0])
+            out[key] = parallel.to_global(value[rows], parallel.batch_sharding(mesh))
+    return out
+
+
+def _check_batch(name: str, size: int, mesh) -> None:
+    n = mesh.shape["data"]
+    if size % n:
+        raise ValueError(f"config.data.{name}={size} must be a multiple of the {n} data devices")
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+def evaluate(
+    model, params, tokens: np.ndarray, mesh, *, batch_size: int, seq_len: int, max_windows: int = 0
+) -> dict[str, float]:
+    """Loss over a whole split (or its first ``max_windows`` windows), summed before dividing.
+
+    Args:
+      model: a jaxlm model.
+      params: its parameters.
+      tokens: the split's token ids.
+      mesh: the device mesh.
+      batch_size: number of parallel streams.
+      seq_len: window length.
+      max_windows: stop after this many windows (0: the whole split).
+
+    Returns:
+      ``loss`` (nats per token), ``bits`` (bits per token), ``perplexity`` and ``tokens``.
+    """
+    streams = batching.make_streams(tokens, batch_size, pad_to=seq_len)
+    step = _eval_step(model, mesh)
+    carry = jax.device_put(model.initial_carry(batch_size), parallel.batch_sharding(mesh))
+    total, count = jnp.zeros(()), jnp.zeros(())
+    for i, batch in enumerate(batching.eval_batches(streams, seq_len)):
+        if max_windows and i >= max_windows:
+            break
+        batch.pop("reset")
+        carry, t, c = step(params, carry, device_batch(batch, mesh))
+        total, count = total + t, count + c
+    total, count = float(total), float(count)
+    loss = total / max(count, 1.0)
+    return {
+        "loss": loss,
+        "bits": loss / LN2,
+        "perplexity": math.exp(min(loss, 700)),
+        "tokens": count,
+    }
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_step(model, mesh):
+    return jax.jit(make_eval_step(model))
+
+
+# --------------------------------------------------------------------------------------------
+# The loop.
+
+
+def _finished_summary(workdir: Path, step: int) -> dict[str, Any]:
+    status = monitor.read_status(workdir) or {}
+    print(f"Run in {workdir} already finished at step {step}; nothing to do.", flush=True)
+    final = status.get("final", {})
+    for key, value in final.items():
+        print(f"  {key}: {value}", flush=True)
+    return final
+
+
+class _SigtermFlag:
+    """Turns SIGTERM into a flag the loop checks, so it can checkpoint before exiting."""
+
+    def __init__(self):
+        self.raised = False
+        self._old = None
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Trains the model a config describes, evaluates it, and checkpoints to ``workdir``.
+
+    Re-running on the same workdir resumes from its latest checkpoint; a finished run returns
+    at once.
+
+    Args:
+      config: a run config (see ``configs/`` and :func:`jaxlm.config.base_config`).
+      workdir: the run folder (checkpoints, config.json, tokenizer.json, metrics.jsonl,
+        TensorBoard events, status.json).
+
+    Returns:
+      The final metrics: validation and test loss (nats and bits per token), perplexities,
+      and the generated sample.
+
+    Example:
+      >>> import importlib.util
+      >>> spec = importlib.util.spec_from_file_location("c", "configs/lstm.py")
+      >>> cfg = importlib.util.module_from_spec(spec); spec.loader.exec_module(cfg)
+      >>> train_and_evaluate(cfg.get_config("smoke"), "/tmp/smoke")  # doctest: +SKIP
+    """
+    if config.model.name == "ngram":
+        from jaxlm.models import ngram
+
+        return ngram.train_and_evaluate(config, workdir)
+    workdir = Path(workdir)
+    mgr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+    try:
+        return _run(config, workdir, mgr)
+    finally:
+        mgr.wait_until_finished()
+        mgr.close()
+
+
+def _run(config, workdir: Path, mgr) -> dict[str, Any]:
+    num_steps = config.train.num_steps
+    latest = mgr.latest_step()
+    tokenizer = None
+    if latest is not None:
+        meta = checkpoint.read_meta(mgr, latest)
+        diffs = checkpoint.incompatible_fields(meta["config"], config)
+        if diffs:
+            raise ValueError(
+                f"workdir {workdir} holds a checkpoint (step {latest}) from an incompatible "
+                "config:\n  "
+                + "\n  ".join(diffs)
+                + "\nUse another --workdir, or run with the saved values to resume it."
+            )
+        if latest >= num_steps and (monitor.read_status(workdir) or {}).get("state") == "finished":
+            return _finished_summary(workdir, latest)
+        tokenizer = tokenizer_from_json(meta["tokenizer"])
+
+    corpus = data.load_corpus(config.data, tokenizer)
+    tokenizer = corpus.tokenizer
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json(indent=1))
+        save_tokenizer(tokenizer, workdir / "tokenizer.json")
+
+    mesh = parallel.make_mesh(config.parallel.data, config.parallel.model)
+    batch_size, seq_len = config.data.batch_size, config.data.seq_len
+    _check_batch("batch_size", batch_size, mesh)
+    _check_batch("eval_batch_size", config.data.eval_batch_size, mesh)
+    train_streams = batching.make_streams(corpus.train, batch_size)
+    batching.check_trainable(train_streams, seq_len, f"{corpus.name} train split")
+
+    model = get_model(config.model, tokenizer.vocab_size, Policy.from_string(config.precision))
+    tx = optim.build_optimizer(config)
+    schedule = optim.build_schedule(config.optimizer, num_steps)
+    init = make_init_fn(model, tx, batch_size, seq_len, config.seed)
+    abstract = jax.eval_shape(init)
+    shardings = state_shardings(abstract, mesh, config.parallel.rules)
+
+    if latest is None:
+        state = jax.jit(init, out_shardings=shardings)()
+    else:
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+        )
+        state, _ = checkpoint.restore(mgr, target, latest)
+        print(f"Resumed from {checkpoint.checkpoint_dir(workdir)}/{latest}", flush=True)
+
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    print(
+        f"{config.name}: {config.model.name} with {n_params:,} parameters, {tokenizer.kind} "
+        f"vocabulary {tokenizer.vocab_size}, {len(corpus.train):,} training tokens, "
+        f"{jax.device_count()} device(s) {dict(mesh.shape)}",
+        flush=True,
+    )
+    train_step = jax.jit(
+        make_train_step(
+            model,
+            tx,
+            schedule,
+            carry_state=config.train.carry_state,
+            label_smoothing=config.train.label_smoothing,
+        ),
+        in_shardings=(shardings, None),
+        out_shardings=(shardings, parallel.replicated(mesh)),
+        donate_argnums=0,
+    )
+    mon = monitor.Monitor(workdir, num_steps)
+    eval_kw = dict(batch_size=config.data.eval_batch_size, seq_len=seq_len)
+    t = config.train
+
+    def run_eval(step: int, split: str, max_windows: int) -> dict[str, float]:
+        result = evaluate(
+            model, state.params, corpus.split(split), mesh, max_windows=max_windows, **eval_kw
+        )
+        mon.write(step, result, split)
+        return result
+
+    step = int(jax.device_get(state.step))
+    pending: tuple[int, Any] | None = None
+    loss_acc, acc_steps = jnp.zeros(()), 0
+    tokens_per_step = batch_size * seq_len
+
+    def flush(pending):
+        s, (m, acc, n) = pending
+        values = {k: float(v) for k, v in m.items()}
+        values["loss"] = float(acc) / n
+        if not math.isfinite(values["loss"]):
+            mon.status("failed", s, error="non-finite loss")
+            raise FloatingPointError(
+                f"training loss is {values['loss']} at step {s}; checkpoints up to step "
+                f"{mgr.latest_step()} are intact in {checkpoint.checkpoint_dir(workdir)}. Lower "
+                "config.optimizer.learning_rate or enable clipping (config.optimizer.clip_norm)."
+            )
+        values["tokens_per_s"] = mon.steps_per_second(s) * tokens_per_step
+        mon.write(s, values, "train")
+
+    with jax.set_mesh(mesh), _SigtermFlag() as sigterm:
+        mon.status("running", step)
+        while step < num_steps:
+            batch = device_batch(
+                batching.train_batch(train_streams, step, seq_len, config.seed), mesh
+            )
+            state, metrics = train_step(state, batch)
+            loss_acc, acc_steps = loss_acc + metrics["loss"], acc_steps + 1
+            if pending is not None:  # fetched after the next step was dispatched
+                flush(pending)
+                pending = None
+            step += 1
+            if mon._rate_start is None:
+                jax.block_until_ready(metrics)
+                mon.start_timing(step)
+            if step % t.log_every == 0 or step == num_steps:
+                pending = (step, (metrics, loss_acc, acc_steps))
+                loss_acc, acc_steps = jnp.zeros(()), 0
+            boundary = step % t.eval_every == 0 or step % t.checkpoint_every == 0
+            if boundary or step == num_steps or sigterm.raised:
+                if pending is not None:
+                    flush(pending)
+                    pending = None
+            if step % t.checkpoint_every == 0 or step == num_steps or sigterm.raised:
+                checkpoint.save(mgr, state, config, tokenizer, force=True)
+            if sigterm.raised:
+                mgr.wait_until_finished()
+                mon.status("preempted", step)
+                raise Preempted(f"SIGTERM at step {step}; checkpoint saved in {workdir}")
+            if step % t.eval_every == 0 and step < num_steps:
+                run_eval(step, "validation", t.eval_steps)
+
+        mon.status("evaluating", step)
+        val = run_eval(step, "validation", 0)
+        test = run_eval(step, "test", 0)
+    unit = tokenizer.kind
+    sample = _sample(model, state.params, tokenizer, config)
+    final = {
+        "step": step,
+        "validation_loss": val["loss"],
+        "validation_bits": val["bits"],
+        "validation_perplexity": val["perplexity"],
+        "test_loss": test["loss"],
+        "test_bits": test["bits"],
+        "test_perplexity": test["perplexity"],
+        "sample": sample,
+    }
+    mon.status("finished", step, final=final)
+    mon.close()
+    print(
+        f"Final validation loss {val['loss']:.4f} nats/{unit} ({val['bits']:.4f} bits/{unit}, "
+        f"perplexity {val['perplexity']:.2f}); test loss {test['loss']:.4f} nats/{unit} "
+        f"({test['bits']:.4f} bits/{unit}, perplexity {test['perplexity']:.2f})",
+        flush=True,
+    )
+    print(f"Sample:\n{sample}", flush=True)
+    return final
+
+
+def _sample(model, params, tokenizer, config) -> str:
+    t = config.train
+    if not t.sample_tokens:
+        return ""
+    prompt = tokenizer.encode(t.sample_prompt)
+    if len(prompt) == 0:
+        prompt = np.zeros(1, np.int32)
+    tokens = generate(
+        model,
+        params,
+        jnp.asarray(prompt[None, :]),
+        t.sample_tokens,
+        jax.random.PRNGKey(config.seed),
+        temperature=t.sample_temperature,
+    )
+    return t.sample_prompt + tokenizer.decode(np.asarray(tokens[0]))

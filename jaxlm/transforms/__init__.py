@@ -1,0 +1,56 @@
+"""Optax transforms and schedules for language-model training and fine-tuning.
+
+Each piece stands alone: an ``optax.GradientTransformation`` (composes with ``optax.chain``, runs
+under ``jax.jit``) or an ``optax.Schedule``, working on any parameter pytree. Parameters are
+selected by regular expressions ``re.search``-ed against their "/"-joined paths (see
+:func:`param_paths`); a pattern that matches nothing is an error.
+"""
+
+from jaxlm.transforms.centralization import centralize, centralize_matrices
+from jaxlm.transforms.freezing import (
+    GradualUnfreezeState,
+    discriminative_lr,
+    discriminative_scales,
+    freeze,
+    gradual_unfreeze,
+    per_group_lr,
+)
+from jaxlm.transforms.paths import match_groups, param_paths, path_str
+from jaxlm.transforms.schedules import (
+    sgdr,
+    slanted_triangular,
+    step_decay_per_epoch,
+    warmup_cosine,
+)
+from jaxlm.transforms.validation import (
+    NTASGDState,
+    PlateauState,
+    averaged_params,
+    nt_asgd,
+    reduce_on_plateau,
+    report_validation_loss,
+)
+
+__all__ = [
+    "GradualUnfreezeState",
+    "NTASGDState",
+    "PlateauState",
+    "averaged_params",
+    "centralize",
+    "centralize_matrices",
+    "discriminative_lr",
+    "discriminative_scales",
+    "freeze",
+    "gradual_unfreeze",
+    "match_groups",
+    "nt_asgd",
+    "param_paths",
+    "path_str",
+    "per_group_lr",
+    "reduce_on_plateau",
+    "report_validation_loss",
+    "sgdr",
+    "slanted_triangular",
+    "step_decay_per_epoch",
+    "warmup_cosine",
+]
