@@ -16,7 +16,8 @@ def make_mesh(data: int = 0, model: int = 1) -> Mesh:
     """A ("data", "model") mesh over all devices of all processes.
 
     Args:
-      data: size of the data-parallel axis; 0 uses every device not taken by ``model``.
+      data: size of the data-parallel axis; 0 uses every device not taken by ``model``. A
+        smaller mesh than the device count uses the first devices (single host only).
       model: size of the model-parallel axis.
 
     Returns:
@@ -29,11 +30,15 @@ def make_mesh(data: int = 0, model: int = 1) -> Mesh:
     """
     n = jax.device_count()
     data = data or n // model
-    if data * model != n:
+    if data * model > n or (data * model < n and jax.process_count() > 1):
         raise ValueError(
-            f"config.parallel: data ({data}) x model ({model}) must equal the {n} devices"
+            f"config.parallel: data ({data}) x model ({model}) must fit the {n} devices "
+            "(and use all of them on several hosts)"
         )
-    return jax.make_mesh((data, model), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    return jax.make_mesh(
+        (data, model), ("data", "model"), axis_types=(AxisType.Auto,) * 2,
+        devices=jax.devices()[: data * model],
+    )
 
 
 def path_str(path) -> str:
