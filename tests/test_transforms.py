@@ -1,0 +1,354 @@
+"""jaxlm.transforms against hand computations on small trees."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxlm import transforms as T
+
+
+def tree():
+    """A tiny model-shaped tree: embedding, two layers, head."""
+    k = iter(jax.random.split(jax.random.PRNGKey(0), 8))
+    return {
+        "embed": {"embedding": jax.random.normal(next(k), (5, 3))},
+        "layers_0": {"kernel": jax.random.normal(next(k), (3, 4)), "bias": jnp.zeros(4)},
+        "layers_1": {"kernel": jax.random.normal(next(k), (4, 4)), "bias": jnp.zeros(4)},
+        "head": {"kernel": jax.random.normal(next(k), (4, 5)), "bias": jnp.zeros(5)},
+    }
+
+
+@jax.jit
+def grads_at(step, params):
+    """Deterministic, step-dependent gradients shaped like ``params``."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(1), step), len(leaves))
+    return jax.tree.unflatten(
+        treedef, [3.0 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    )
+
+
+def run(tx, params, steps: int, jit: bool = True):
+    """Applies ``steps`` updates; returns the parameter trajectory and the final state."""
+    state = tx.init(params)
+
+    def step(params, state, g):
+        updates, state = tx.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    step = jax.jit(step) if jit else step
+    traj = [params]
+    for i in range(steps):
+        params, state = step(params, state, grads_at(i, params))
+        traj.append(params)
+    return traj, state
+
+
+def moved(a, b) -> dict[str, bool]:
+    """Per top-level module: did any leaf change between two parameter trees?"""
+    return {
+        k: any(bool(jnp.any(x != y)) for x, y in zip(jax.tree.leaves(a[k]), jax.tree.leaves(b[k])))
+        for k in a
+    }
+
+
+# Paths and patterns.
+
+
+def test_param_paths_and_unmatched_pattern_error():
+    p = tree()
+    assert T.param_paths(p) == [
+        "embed/embedding",
+        "head/bias",
+        "head/kernel",
+        "layers_0/bias",
+        "layers_0/kernel",
+        "layers_1/bias",
+        "layers_1/kernel",
+    ]
+    assert T.match_groups(p, ["^head", "kernel"])["layers_0"] == {"bias": -1, "kernel": 1}
+    with pytest.raises(ValueError, match=r"(?s)'decoder' matches no parameter.*layers_1/kernel"):
+        T.freeze("decoder", optax.sgd(0.1)).init(p)
+    with pytest.raises(ValueError, match="'head/bias' matches no parameter path not already"):
+        T.gradual_unfreeze(["^head", "head/bias"], [0, 1]).init(p)
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        T.per_group_lr(["(unclosed"], [1.0])
+
+
+# freeze.
+
+
+def test_freeze_keeps_leaves_bit_identical_and_holds_no_state_for_them():
+    p = tree()
+    tx = T.freeze(["^embed", "layers_0/"], optax.adamw(1e-2, weight_decay=0.1))
+    traj, state = run(tx, p, 20)
+    for q in traj:
+        np.testing.assert_array_equal(q["embed"]["embedding"], p["embed"]["embedding"])
+        np.testing.assert_array_equal(q["layers_0"]["kernel"], p["layers_0"]["kernel"])
+    assert moved(p, traj[-1]) == {"embed": False, "layers_0": False, "layers_1": True, "head": True}
+    # Adam's moments exist only for the 4 trainable leaves.
+    adam_state = state.inner_states["train"].inner_state[0]
+    assert len(jax.tree.leaves(adam_state.mu)) == 4
+    assert adam_state.mu["embed"]["embedding"] == optax.MaskedNode()
+
+
+def test_freeze_without_inner_zeroes_updates():
+    p = tree()
+    tx = optax.chain(optax.sgd(0.1), T.freeze("^head"))
+    updates, _ = tx.update(grads_at(0, p), tx.init(p))
+    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(updates["head"]))
+    assert bool(jnp.any(updates["embed"]["embedding"] != 0))
+
+
+def test_freeze_global_norm_clip_equals_clipping_trainable_leaves_alone():
+    p = tree()
+    inner = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(1e-2))
+    traj, _ = run(T.freeze(["^embed", "^layers"], inner), p, 10)
+    sub = {"head": p["head"]}
+    state = inner.init(sub)
+    update = jax.jit(inner.update)
+    for i in range(10):
+        g = {"head": grads_at(i, traj[i])["head"]}
+        u, state = update(g, state, sub)
+        sub = optax.apply_updates(sub, u)
+        np.testing.assert_allclose(sub["head"]["kernel"], traj[i + 1]["head"]["kernel"], rtol=1e-6)
+
+
+# gradual_unfreeze.
+
+GROUPS = ["^head", "^layers_1", "^layers_0"]  # embed matches no group: always trains
+
+
+def test_gradual_unfreeze_moves_exactly_the_next_group_after_each_boundary():
+    p = tree()
+    tx = T.gradual_unfreeze(GROUPS, [0, 3, 6], optax.adamw(1e-2, weight_decay=0.1))
+    traj, _ = run(tx, p, 9)
+    for step in range(9):  # update number `step` takes traj[step] to traj[step + 1]
+        want = {"embed": True, "head": True, "layers_1": step >= 3, "layers_0": step >= 6}
+        assert moved(traj[step], traj[step + 1]) == want, step
+    # frozen leaves are bit-identical until their boundary, despite weight decay
+    for step in range(4):
+        np.testing.assert_array_equal(traj[step]["layers_1"]["kernel"], p["layers_1"]["kernel"])
+    for step in range(7):
+        np.testing.assert_array_equal(traj[step]["layers_0"]["kernel"], p["layers_0"]["kernel"])
+
+
+def test_gradual_unfreeze_compiles_once_across_boundaries():
+    p = tree()
+    tx = T.gradual_unfreeze(GROUPS, [0, 2, 4], optax.adam(1e-2))
+    traces = []
+
+    @jax.jit
+    def step(params, state, g):
+        traces.append(1)  # runs only while tracing
+        updates, state = tx.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    state = tx.init(p)
+    params = p
+    for i in range(7):
+        params, state = step(params, state, grads_at(i, params))
+    assert len(traces) == 1
+    assert step._cache_size() == 1
+    assert int(state.count) == 7
+
+
+def test_gradual_unfreeze_clip_and_moments_ignore_frozen_leaves():
+    p = tree()
+    inner = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(1e-2))
+    traj, state = run(T.gradual_unfreeze(["^head", "^(embed|layers)"], [0, 100], inner), p, 10)
+    sub = {"head": p["head"]}
+    sub_state = inner.init(sub)
+    update = jax.jit(inner.update)
+    for i in range(10):
+        u, sub_state = update({"head": grads_at(i, traj[i])["head"]}, sub_state, sub)
+        sub = optax.apply_updates(sub, u)
+        np.testing.assert_allclose(sub["head"]["kernel"], traj[i + 1]["head"]["kernel"], rtol=1e-6)
+    adam = state.inner_state[1][0]
+    assert all(bool(jnp.all(m == 0)) for m in jax.tree.leaves(adam.mu["layers_0"]))
+    assert all(bool(jnp.all(v == 0)) for v in jax.tree.leaves(adam.nu["embed"]))
+
+
+def test_gradual_unfreeze_holds_frozen_state_with_weight_decay_inside():
+    # With L2 added inside the inner chain, a momentum trace would fill up for frozen leaves if
+    # their state were not held: it must stay zero until the boundary.
+    p = tree()
+    inner = optax.chain(optax.add_decayed_weights(0.5), optax.sgd(0.1, momentum=0.9))
+    _, state = run(T.gradual_unfreeze(GROUPS, [0, 5, 50], inner), p, 8)
+    trace = state.inner_state[1][0].trace
+    assert bool(jnp.all(trace["layers_0"]["kernel"] == 0))
+    assert bool(jnp.any(trace["layers_1"]["kernel"] != 0))
+
+
+def test_gradual_unfreeze_validates_arguments():
+    with pytest.raises(ValueError, match="2 groups but 1 boundaries"):
+        T.gradual_unfreeze(["a", "b"], [0])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        T.gradual_unfreeze(["a", "b"], [5, 0])
+
+
+# per-group rates.
+
+
+def test_per_group_lr_and_discriminative_scales():
+    assert T.discriminative_scales(3) == pytest.approx((1.0, 1 / 2.6, 1 / 2.6**2))
+    p = tree()
+    g = jax.tree.map(jnp.ones_like, p)
+    tx = optax.chain(optax.sgd(1.0), T.discriminative_lr(GROUPS, 2.0))
+    u, _ = tx.update(g, tx.init(p))
+    assert float(u["head"]["kernel"][0, 0]) == -1.0
+    assert float(u["layers_1"]["bias"][0]) == -0.5
+    assert float(u["layers_0"]["kernel"][0, 0]) == -0.25
+    assert float(u["embed"]["embedding"][0, 0]) == -1.0  # no group: scale 1
+    u, _ = jax.jit(T.per_group_lr(["bias"], [3.0]).update)(g, optax.EmptyState())
+    assert float(u["head"]["bias"][0]) == 3.0 and float(u["head"]["kernel"][0, 0]) == 1.0
+
+
+# centralization.
+
+
+def test_centralize_matrices_zero_mean_per_output_unit():
+    g = {
+        "dense": {"kernel": jax.random.normal(jax.random.PRNGKey(2), (6, 4)) + 3.0,
+                  "bias": jnp.arange(4.0)},
+        "conv": jax.random.normal(jax.random.PRNGKey(3), (2, 2, 3, 5)),
+        "embed": jnp.ones((7, 2)),
+    }
+    tx = T.centralize_matrices(exclude="embed")
+    u, _ = jax.jit(tx.update)(g, tx.init(g))
+    np.testing.assert_allclose(u["dense"]["kernel"].mean(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(u["conv"].mean(axis=(0, 1, 2)), 0.0, atol=1e-6)
+    np.testing.assert_array_equal(u["dense"]["bias"], g["dense"]["bias"])
+    np.testing.assert_array_equal(u["embed"], g["embed"])
+    # hand computation: each column minus its mean
+    k = g["dense"]["kernel"]
+    np.testing.assert_allclose(u["dense"]["kernel"], k - k.mean(0), rtol=1e-6)
+    # equals optax.centralize in PyTorch's [out, in] layout
+    ref, _ = T.centralize().update(k.T, optax.EmptyState())
+    np.testing.assert_allclose(u["dense"]["kernel"], ref.T, rtol=1e-6)
+
+
+# schedules.
+
+
+def test_slanted_triangular_matches_ulmfit_formula():
+    peak, total, cut_frac, ratio = 0.01, 1000, 0.1, 32.0
+    sched = T.slanted_triangular(peak, total, cut_frac, ratio)
+    cut = math.floor(total * cut_frac)
+
+    def formula(t):
+        p = t / cut if t < cut else 1 - (t - cut) / (cut * (1 / cut_frac - 1))
+        return peak * (1 + max(p, 0.0) * (ratio - 1)) / ratio
+
+    for t in [0, 1, 50, 99, 100, 101, 550, 999, 1000, 1200]:
+        assert float(sched(t)) == pytest.approx(formula(t), rel=1e-5), t
+    assert float(sched(cut)) == pytest.approx(peak)
+    assert float(sched(0)) == pytest.approx(peak / ratio)
+
+
+def test_warmup_cosine_matches_formula():
+    sched = T.warmup_cosine(2.0, 10, 110, end_value=0.2)
+    assert float(sched(0)) == 0.0
+    assert float(sched(5)) == pytest.approx(1.0)
+    for t in [10, 35, 60, 85, 110]:
+        want = 0.2 + (2.0 - 0.2) * (1 + math.cos(math.pi * (t - 10) / 100)) / 2
+        assert float(sched(t)) == pytest.approx(want, rel=1e-5), t
+
+
+def test_sgdr_restarts_with_growing_periods():
+    sched = T.sgdr(1.0, 10, 70, period_mult=2.0, end_value=0.1, peak_decay=0.5)
+    starts, lengths, peaks = [0, 10, 30], [10, 20, 40], [1.0, 0.5, 0.25]
+    for s, n, pk in zip(starts, lengths, peaks, strict=True):
+        for frac in [0.0, 0.25, 0.5, 0.9]:
+            t = s + int(frac * n)
+            want = 0.1 + (pk - 0.1) * (1 + math.cos(math.pi * (t - s) / n)) / 2
+            assert float(sched(t)) == pytest.approx(want, rel=1e-5), t
+    assert float(sched(9)) < 0.2 and float(sched(10)) == pytest.approx(0.5)
+
+
+def test_step_decay_per_epoch_is_zarembas_rule():
+    sched = T.step_decay_per_epoch(1.0, steps_per_epoch=10, decay_after_epochs=4, factor=0.5)
+    for epoch in range(9):
+        want = 0.5 ** max(epoch + 1 - 4, 0)  # Zaremba's ptb_word_lm: lr_decay ** max(i+1-max_epoch, 0)
+        assert float(sched(epoch * 10)) == pytest.approx(want)
+        assert float(sched(epoch * 10 + 9)) == pytest.approx(want)
+
+
+# validation-driven transforms.
+
+
+def test_reduce_on_plateau_agrees_with_optax_contrib():
+    kw = dict(factor=0.5, patience=2, rtol=1e-3, atol=0.0, cooldown=1, min_scale=0.05)
+    ours = optax.chain(optax.sgd(1.0), T.reduce_on_plateau(**kw))
+    ref = optax.contrib.reduce_on_plateau(**kw, accumulation_size=1)
+    p = {"w": jnp.ones(3)}
+    s, r = ours.init(p), ref.init(p)
+    report = jax.jit(T.report_validation_loss)
+    ref_update = jax.jit(lambda r, v: ref.update(p, r, value=v)[1])
+    losses = [5.0, 4.0, 4.0, 3.999, 4.1, 4.2, 4.3, 2.0, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5, 2.5]
+    for loss in losses:
+        s = report(s, loss)
+        r = ref_update(r, jnp.float32(loss))
+        assert float(s[1].scale) == pytest.approx(float(r.scale)), loss
+        assert int(s[1].plateau_count) == int(r.plateau_count)
+        assert int(s[1].cooldown_count) == int(r.cooldown_count)
+    assert float(s[1].scale) == pytest.approx(0.05)  # 1 -> 0.5 -> ... -> 0.03125, floored
+    u, _ = ours.update({"w": jnp.ones(3)}, s)
+    np.testing.assert_allclose(u["w"], -0.05)
+
+
+def _awd_switch_index(losses, nonmono):
+    """AWD-LSTM main.py's rule; returns the index of the loss that triggers ASGD, or None."""
+    best = []
+    for i, v in enumerate(losses):
+        if len(best) > nonmono and v > min(best[:-nonmono]):
+            return i
+        best.append(v)
+    return None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nt_asgd_triggers_like_awd_lstm_and_averages_iterates(seed):
+    rng = np.random.default_rng(seed)
+    losses = list(5.0 - np.cumsum(rng.uniform(-0.3, 1.0, size=15)))
+    want = _awd_switch_index(losses, 3)
+    tx = optax.chain(optax.sgd(0.1), T.nt_asgd(nonmono=3))
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    report = jax.jit(T.report_validation_loss)
+    step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+    got, iterates = None, []
+    for i, loss in enumerate(losses):
+        state = report(state, loss)
+        if got is None and bool(state[1].triggered):
+            got = i
+        updates, state = step(params, state, {"w": jnp.array([float(i), -1.0])})
+        params = optax.apply_updates(params, updates)
+        if bool(state[1].triggered):
+            iterates.append(params["w"])
+    assert got == want
+    avg = T.averaged_params(state, params)["w"]
+    if want is None:
+        np.testing.assert_array_equal(avg, params["w"])
+    else:
+        np.testing.assert_allclose(avg, np.mean(iterates, axis=0), rtol=1e-5)
+
+
+def test_report_validation_loss_reaches_into_wrappers_and_is_a_no_op_otherwise():
+    p = {"w": jnp.ones(2)}
+    plain = optax.adam(1e-3).init(p)
+    assert T.report_validation_loss(plain, 1.0) is not None
+    inner = optax.chain(optax.sgd(1.0), T.reduce_on_plateau(factor=0.5, patience=1))
+    tx = optax.MultiSteps(optax.apply_if_finite(inner, 3), 2)
+    s = tx.init(p)
+    for loss in [1.0, 1.0]:
+        s = T.report_validation_loss(s, loss)
+    found = [x for x in jax.tree.leaves(s, is_leaf=lambda x: isinstance(x, T.PlateauState))
+             if isinstance(x, T.PlateauState)]
+    assert len(found) == 1 and float(found[0].scale) == 0.5
