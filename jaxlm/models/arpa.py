@@ -1,0 +1,303 @@
+"""ARPA files: the text format of back-off n-gram models that SRILM and KenLM read and write.
+
+Layout::
+
+    \\data\\
+    ngram 1=10001
+    ngram 2=264990
+
+    \\1-grams:
+    -4.123456\\tthe\\t-0.5432
+    ...
+    \\end\\
+
+Each line holds ``log10 p(w | h)``, the n-gram's words, and (below the highest order) the
+``log10`` back-off weight of the n-gram as a context. ``<s>`` is written with probability
+``-99`` (never predicted). The model's sentence-end token is written ``</s>``.
+
+Token names: ARPA words cannot contain whitespace, so whitespace characters inside a token (the
+space and newline of a character-level vocabulary) are written as ``<U+0020>``-style escapes and
+an empty token as ``<empty>``. Probabilities are written with the shortest decimal that reads back
+to the same float64, so a model read back scores like the one that wrote it (to the last bit or
+two of the nats/log10 conversion).
+
+Example:
+  >>> from jaxlm.models import ngram, arpa
+  >>> model = ngram.build(train_ids, 10000, 5, eos_id=0, vocab=words)  # doctest: +SKIP
+  >>> arpa.write_arpa(model, "ptb.arpa")  # doctest: +SKIP
+  >>> again = arpa.read_arpa("ptb.arpa", vocab=words, eos_id=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jaxlm.models.ngram import NGramModel
+
+LN10 = math.log(10.0)
+BOS, EOS = "<s>", "</s>"
+_NEVER = -99.0  # log10 probability ARPA files give <s>
+
+
+def escape_token(token: str) -> str:
+    """A token as an ARPA word: whitespace characters as ``<U+XXXX>``, the empty string as
+    ``<empty>``.
+
+    Args:
+      token: a vocabulary entry.
+
+    Returns:
+      A string without whitespace.
+
+    Example:
+      >>> escape_token("a b")
+      'a<U+0020>b'
+    """
+    if token == "":
+        return "<empty>"
+    if not any(c.isspace() for c in token):
+        return token
+    return "".join(f"<U+{ord(c):04X}>" if c.isspace() else c for c in token)
+
+
+def arpa_names(vocab: Sequence[str] | None, vocab_size: int, eos_id: int | None) -> list[str]:
+    """The ARPA word of every id ``0..V`` (``V`` being ``<s>``).
+
+    Args:
+      vocab: token strings (``len == vocab_size``), or None to name ids by their decimal value.
+      vocab_size: ``V``.
+      eos_id: the sentence-end id, written ``</s>``; or None.
+
+    Returns:
+      ``V + 1`` distinct names.
+
+    Raises:
+      ValueError: a token other than ``eos_id`` is named ``<s>`` or ``</s>``, or two tokens
+        escape to the same name.
+
+    Example:
+      >>> arpa_names(["<eos>", "a b"], 2, eos_id=0)
+      ['</s>', 'a<U+0020>b', '<s>']
+    """
+    if vocab is None:
+        names = [str(i) for i in range(vocab_size)]
+    else:
+        if len(vocab) != vocab_size:
+            raise ValueError(
+                f"vocab has {len(vocab)} entries, the model's vocab_size is {vocab_size}"
+            )
+        names = [escape_token(t) for t in vocab]
+    for i, name in enumerate(names):
+        if name in (BOS, EOS) and i != eos_id:
+            raise ValueError(f"token {i} is named {name!r}, which ARPA reserves for sentence marks")
+    if eos_id is not None:
+        names[eos_id] = EOS
+    names.append(BOS)
+    if len(set(names)) != len(names):
+        seen: set[str] = set()
+        dup = next(n for n in names if n in seen or seen.add(n))
+        raise ValueError(f"two tokens have the ARPA name {dup!r}")
+    return names
+
+
+def _fmt(values: np.ndarray) -> list[str]:
+    """log10 values as shortest round-trip decimals; -inf as -99."""
+    out = np.where(np.isneginf(values), _NEVER, values)
+    return [repr(x) if x != 0 else "0" for x in out.tolist()]
+
+
+def write_arpa(model: NGramModel, path: str | Path, vocab: Sequence[str] | None = None) -> None:
+    """Writes a model as an ARPA file.
+
+    Args:
+      model: the model (any method; all are back-off models).
+      path: destination file (UTF-8).
+      vocab: token strings; default ``model.vocab``; ids are written as numbers if both are None.
+
+    Example:
+      >>> write_arpa(model, "/tmp/model.arpa")  # doctest: +SKIP
+    """
+    names = np.array(
+        arpa_names(vocab if vocab is not None else model.vocab, model.vocab_size, model.eos_id),
+        dtype=object,
+    )
+    m = model.vocab_size + 1
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("\\data\\\n")
+        for n, count in enumerate(model.num_ngrams, 1):
+            f.write(f"ngram {n}={count}\n")
+        words = names
+        for n in range(1, model.order + 1):
+            key = model.keys[n - 1]
+            if n > 1:
+                words = words[key // m] + " " + names[key % m]
+            f.write(f"\n\\{n}-grams:\n")
+            probs = _fmt(model.log_probs[n - 1] / LN10)
+            if n < model.order:
+                backs = _fmt(model.log_backoffs[n - 1] / LN10)
+                lines = map("\t".join, zip(probs, words.tolist(), backs, strict=True))
+            else:
+                lines = map("\t".join, zip(probs, words.tolist(), strict=True))
+            f.write("\n".join(lines))
+            f.write("\n")
+        f.write("\n\\end\\\n")
+
+
+def _read_header(lines: list[str], path: str) -> tuple[list[int], int]:
+    """The n-gram counts of the ``\\data\\`` section and the index of the line after it."""
+    i = 0
+    while i < len(lines) and lines[i].strip() != "\\data\\":
+        i += 1
+    if i == len(lines):
+        raise ValueError(f"{path}: not an ARPA file (no \\data\\ line)")
+    counts: list[int] = []
+    i += 1
+    while i < len(lines) and lines[i].strip().startswith("ngram "):
+        n, c = lines[i].strip()[6:].split("=")
+        if int(n) != len(counts) + 1:
+            raise ValueError(f"{path}: line {i + 1}: expected 'ngram {len(counts) + 1}=...'")
+        counts.append(int(c))
+        i += 1
+    if not counts:
+        raise ValueError(f"{path}: the \\data\\ section lists no n-gram counts")
+    return counts, i
+
+
+def _section(
+    lines: list[str], start: int, n: int, count: int, index: dict[str, int], path: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Parses one ``\\n-grams:`` section: log10 probs, word ids, log10 back-offs, next line."""
+    i = start
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    if i >= len(lines) or lines[i].strip() != f"\\{n}-grams:":
+        raise ValueError(f"{path}: line {i + 1}: expected '\\{n}-grams:'")
+    body = lines[i + 1 : i + 1 + count]
+    flat = " ".join(body).split()
+    if len(body) == count and len(flat) in (count * (n + 1), count * (n + 2)):
+        width = len(flat) // max(count, 1)  # every line has the same fields: slice columns
+        columns = [flat[j::width] for j in range(width)]
+    else:  # lines with and without back-offs, or malformed: line by line
+        fields = [ln.split() for ln in body]
+        for j, fl in enumerate(fields):
+            if len(fl) not in (n + 1, n + 2):
+                raise ValueError(
+                    f"{path}: line {i + 2 + j}: a {n}-gram line needs {n + 1} or {n + 2} fields, "
+                    f"got {len(fl)}: {body[j]!r}"
+                )
+        if len(fields) != count:
+            raise ValueError(
+                f"{path}: the \\{n}-grams: section has {len(fields)} lines, expected {count}"
+            )
+        width = n + 2
+        columns = [[fl[j] if j < len(fl) else "0" for fl in fields] for j in range(width)]
+    try:
+        probs = np.fromiter(map(float, columns[0]), np.float64, count)
+        backs = (
+            np.fromiter(map(float, columns[n + 1]), np.float64, count) if width > n + 1 else None
+        )
+    except ValueError as e:
+        raise ValueError(f"{path}: \\{n}-grams: section: {e}") from None
+    words = np.empty((count, n), np.int64)
+    for j in range(n):
+        try:
+            words[:, j] = np.fromiter(map(index.__getitem__, columns[1 + j]), np.int64, count)
+        except KeyError as e:
+            raise ValueError(
+                f"{path}: {n}-gram word {e.args[0]!r} is not in the vocabulary"
+            ) from None
+    if backs is None:
+        backs = np.zeros(count)
+    return probs, words, backs, i + 1 + count
+
+
+def _vocabulary(lines: list[str], start: int, count: int, path: str) -> list[str]:
+    """The words of the unigram section, in file order."""
+    i = start
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    words = []
+    for ln in lines[i + 1 : i + 1 + count]:
+        fl = ln.split()
+        if len(fl) < 2:
+            raise ValueError(f"{path}: malformed unigram line {ln!r}")
+        words.append(fl[1])
+    return words
+
+
+def read_arpa(
+    path: str | Path, vocab: Sequence[str] | None = None, eos_id: int | None = None
+) -> NGramModel:
+    """Reads an ARPA file into a model that scores exactly as the file says.
+
+    Args:
+      path: the ARPA file (UTF-8).
+      vocab: token strings giving the ids (as the tokenizer that trained the model); every
+        unigram in the file must be one of them (after escaping), and every one of them must be
+        in the file. None: ids follow the file's unigram order and the model's ``vocab`` holds
+        the file's words.
+      eos_id: the id written ``</s>``; default the position of ``</s>`` in the vocabulary.
+
+    Returns:
+      :class:`~jaxlm.models.ngram.NGramModel` (``info["method"] == "arpa"``). Sentences start
+      from ``<s>`` when the file has ``<s>``; contexts restart after ``eos_id`` when there is one.
+
+    Example:
+      >>> model = read_arpa("ptb.arpa", vocab=tokenizer.vocab, eos_id=0)  # doctest: +SKIP
+    """
+    path = str(path)
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    counts, i = _read_header(lines, path)
+    order = len(counts)
+    if vocab is None:
+        vocab = [w for w in _vocabulary(lines, i, counts[0], path) if w != BOS]
+    if eos_id is None and EOS in vocab:
+        eos_id = list(vocab).index(EOS)
+    v = len(vocab)
+    m = v + 1
+    names = arpa_names(vocab, v, eos_id)
+    index = {name: j for j, name in enumerate(names)}
+
+    probs, words, backs, i = _section(lines, i, 1, counts[0], index, path)
+    uni = words[:, 0]
+    if len(np.unique(uni)) != len(uni):
+        raise ValueError(f"{path}: a unigram is listed twice")
+    missing = np.setdiff1d(np.arange(v), uni)
+    if len(missing):
+        shown = [names[j] for j in missing[:5].tolist()]
+        raise ValueError(f"{path}: {len(missing)} vocabulary tokens have no unigram, e.g. {shown}")
+    add_bos = bool(np.any(uni == v))
+    log_probs = [np.full(m, -np.inf)]
+    log_probs[0][uni] = probs * LN10
+    log_probs[0][v] = -np.inf  # <s> is never predicted
+    log_backoffs = [np.zeros(m)]
+    log_backoffs[0][uni] = backs * LN10
+    keys = [np.arange(m, dtype=np.int64)]
+    for n in range(2, order + 1):
+        probs, words, backs, i = _section(lines, i, n, counts[n - 1], index, path)
+        row = words[:, 0]
+        for j in range(2, n):
+            key = row * m + words[:, j - 1]
+            table = keys[j - 1]
+            pos = np.searchsorted(table, key)
+            bad = (pos >= len(table)) | (table[np.minimum(pos, len(table) - 1)] != key)
+            if bad.any():
+                gram = " ".join(names[w] for w in words[int(np.flatnonzero(bad)[0])].tolist())
+                raise ValueError(f"{path}: the {n}-gram {gram!r} has no entry for its context")
+            row = pos
+        key = row * m + words[:, n - 1]
+        order_idx = np.argsort(key, kind="stable")
+        key = key[order_idx]
+        if np.any(key[1:] == key[:-1]):
+            raise ValueError(f"{path}: a {n}-gram is listed twice")
+        keys.append(key)
+        log_probs.append(probs[order_idx] * LN10)
+        if n < order:
+            log_backoffs.append(backs[order_idx] * LN10)
+    info = {"method": "arpa", "source": path, "num_ngrams": [len(k) for k in keys]}
+    return NGramModel(order, v, eos_id, add_bos, keys, log_probs, log_backoffs, tuple(vocab), info)
