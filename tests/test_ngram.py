@@ -448,3 +448,85 @@ def test_kenlm_scores_our_arpa_like_we_do(tmp_path):
             ken_orders.append(length)
     np.testing.assert_allclose(np.array(ken_lp) * math.log(10), lp, rtol=1e-5, atol=1e-5)
     assert ken_orders == orders.tolist()
+
+
+# ------------------------------------------------------------------------------------------------
+# Peers and the published number.
+
+
+@pytest.mark.skipif(not HAS_NLTK, reason="nltk is not installed (pip install jaxlm[ngram])")
+@pytest.mark.parametrize("order,d", [(2, 0.1), (3, 0.75), (4, 0.5)])
+def test_nltk_kneser_ney_interpolated_gives_the_same_probabilities(order, d):
+    """NLTK's KneserNeyInterpolated is our plain interpolated KN with its conventions.
+
+    NLTK discounts every order above 1 by the same ``d`` and does not discount unigrams (they are
+    continuation counts over the number of bigram types), so ours gets ``discount=(0, d, ..., d)``.
+    Both are given the same unpadded stream (``add_bos=False``, no sentence ends); it ends with a
+    copy of its first tokens so every lower-order n-gram has a left neighbour (NLTK divides by zero
+    otherwise).
+    """
+    from nltk.lm import KneserNeyInterpolated
+    from nltk.util import everygrams
+
+    v = 12
+    s = random_corpus(10, 400, v, None)
+    stream = np.concatenate([s, s[: order - 1]])
+    words = [f"w{t}" for t in stream.tolist()]
+    nltk_lm = KneserNeyInterpolated(order, discount=d)
+    nltk_lm.fit([list(everygrams(words, max_len=order))], vocabulary_text=words)
+    ours = ngram.build(stream, v, order, method="kneser_ney", discount=(0.0,) + (d,) * (order - 1),
+                       add_bos=False)  # fmt: skip
+    rng = np.random.default_rng(11)
+    contexts = [()] + [tuple(r) for r in ours.ngram_words(order - 1).tolist()]
+    contexts += [tuple(rng.integers(0, v, order - 1).tolist()) for _ in range(20)]  # some unseen
+    worst = 0.0
+    for h in contexts:
+        mine = np.exp(ours.next_log_probs(h))
+        theirs = [nltk_lm.score(f"w{w}", [f"w{c}" for c in h]) for w in range(v)]
+        np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-15, err_msg=f"context {h}")
+        worst = max(worst, float(np.abs(mine - theirs).max()))
+    assert worst < 1e-14
+
+
+def ptb_ids() -> tuple[dict[str, np.ndarray], object]:
+    """PTB splits through the project's word tokenizer (vocabulary from the training split)."""
+    from jaxlm.data.tokenizers import WordTokenizer
+
+    texts = {s: (PTB / f"ptb.{s}.txt").read_text() for s in ("train", "valid", "test")}
+    tok = WordTokenizer.train(texts["train"])
+    return {s: tok.encode(t) for s, t in texts.items()}, tok
+
+
+@pytest.fixture(scope="module")
+def ptb_5gram():
+    ids, tok = ptb_ids()
+    model = ngram.build(ids["train"], tok.vocab_size, 5, eos_id=tok.eos_id, vocab=tok.vocab)
+    return model, ids, tok
+
+
+@pytest.mark.skipif(not HAS_PTB, reason="../shared/data/ptb is absent")
+def test_ptb_5gram_modified_kn_matches_mikolov(ptb_5gram):
+    """Mikolov (2012, table 4.1): 5-gram interpolated modified KN, no cut-offs: test ppl 141.2."""
+    model, ids, tok = ptb_5gram
+    assert tok.vocab_size == 10000 and len(ids["test"]) == 82430
+    assert model.num_ngrams[0] == 10001 and model.info["discount_fallback_orders"] == []
+    test_ppl = model.perplexity(ids["test"])
+    assert test_ppl == pytest.approx(141.2, rel=0.005)
+    assert model.perplexity(ids["valid"]) == pytest.approx(148.0, rel=0.005)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (HAS_PTB and HAS_KENLM), reason="needs ../shared/data/ptb and kenlm")
+def test_kenlm_reads_our_ptb_arpa_and_agrees(ptb_5gram, tmp_path):
+    import kenlm
+
+    model, ids, tok = ptb_5gram
+    arpa.write_arpa(model, tmp_path / "ptb5.arpa")
+    lm = kenlm.Model(str(tmp_path / "ptb5.arpa"))
+    lines = (PTB / "ptb.test.txt").read_text().splitlines()
+    log10_sum = sum(lm.score(line, bos=True, eos=True) for line in lines)
+    count = sum(len(line.split()) + 1 for line in lines)
+    kenlm_ppl = 10 ** (-log10_sum / count)
+    ours = model.perplexity(ids["test"])
+    assert count == len(ids["test"])
+    assert kenlm_ppl == pytest.approx(ours, rel=1e-4)
