@@ -49,7 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # "adam", "adamw" or "sgd"
     c.optimizer.learning_rate = 2e-3
-    c.optimizer.schedule = "cosine"  # "constant", "cosine" (warmup + cosine) or "step"
+    # "constant", "cosine" (warmup + cosine), "step", "slanted_triangular", "sgdr" (warm
+    # restarts), "epoch_step" (Zaremba) or "plateau" (constant, cut when validation stalls)
+    c.optimizer.schedule = "cosine"
     c.optimizer.warmup_steps = 100
     c.optimizer.end_lr_fraction = 0.05  # cosine: final rate as a fraction of the peak
     c.optimizer.decay_start_step = 0  # step: first decay at this step
@@ -60,6 +62,33 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.momentum = 0.0  # sgd
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
+    c.optimizer.cut_frac = 0.1  # slanted_triangular: fraction of steps rising
+    c.optimizer.stlr_ratio = 32.0  # slanted_triangular: peak / lowest rate
+    c.optimizer.sgdr_period = 1000  # sgdr: first cycle length in steps (ends at end_lr_fraction)
+    c.optimizer.sgdr_mult = 2.0  # sgdr: each cycle this many times longer
+    c.optimizer.steps_per_epoch = 0  # epoch_step: optimizer steps per epoch (required)
+    c.optimizer.decay_after_epochs = 4  # epoch_step: epochs at the full rate, then decay_factor
+    c.optimizer.plateau_factor = 0.5  # plateau: scale on the rate after a validation plateau
+    c.optimizer.plateau_patience = 2  # plateau: evaluations without improvement before that
+    c.optimizer.plateau_cooldown = 0  # plateau: evaluations to wait after a reduction
+    c.optimizer.nt_asgd_nonmono = 0  # > 0: AWD-LSTM's NT-ASGD averaging with this interval
+    c.optimizer.centralize = False  # gradient centralization of weight matrices
+    c.optimizer.accumulate_steps = 1  # > 1: one update per this many micro-batches
+    c.optimizer.skip_nonfinite = False  # skip updates with NaN/inf gradients
+    c.optimizer.max_nonfinite = 10  # skip_nonfinite: consecutive skips before giving up
+
+    # Fine-tuning a pretrained model (set init_from); see docs/finetuning.md.
+    c.finetune = ml_collections.ConfigDict()
+    # "full", "freeze_all_but_last", "tune_last_layers", "feature", "gradual_unfreeze" or
+    # "discriminative".
+    c.finetune.strategy = "full"
+    c.finetune.num_last_layers = 1  # freeze_all_but_last, tune_last_layers: layers that train
+    c.finetune.lr_factor = 0.1  # feature: the output layer's rate is this times the base rate
+    c.finetune.unfreeze_every = 100  # gradual_unfreeze: steps between unfreezing groups
+    c.finetune.discriminative_factor = 2.6  # discriminative: each lower group's rate is divided
+    c.finetune.clip_norm = 0.25  # tune_last_layers: global-norm clipping
+    c.finetune.l2 = 1e-5  # tune_last_layers: L2 coefficient added to the gradient
+    c.finetune.dropout = 0.3  # tune_last_layers: model.dropout is raised to at least this
 
     c.parallel = ml_collections.ConfigDict()
     c.parallel.data = 0  # data-parallel mesh axis size; 0: every device not used by "model"
@@ -79,3 +108,28 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.sample_temperature = 0.8
     c.train.label_smoothing = 0.0
     return c
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads a recipe file the way ``--config`` does: ``"configs/lstm.py"`` or ``"...py:smoke"``.
+
+    Args:
+      spec: a path to a config file, optionally followed by ``:variant``.
+
+    Returns:
+      The locked ConfigDict that the file's ``get_config(variant)`` returns.
+
+    Example:
+      >>> load_config("configs/lstm.py:smoke").train.num_steps
+      60
+    """
+    import importlib.util
+    from pathlib import Path
+
+    path, _, arg = spec.partition(":")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(Path(path).stem + "_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)

@@ -1,17 +1,34 @@
-"""Builds the optimizer from the config out of optax pieces; the loop never branches on it."""
+"""Builds the optimizer from the config out of optax pieces; the loop never branches on it.
+
+The chain, outermost first: gradient accumulation (``optax.MultiSteps``) or skipping of
+non-finite updates (``optax.apply_if_finite``); the fine-tuning preset
+(:func:`jaxlm.finetune.strategy_transform`: freezing, gradual unfreezing, per-group rates) around
+the base optimizer; the base optimizer is L2 (fine-tuning presets), gradient centralization,
+global-norm clipping, the update rule with its schedule, then reduce-on-plateau and NT-ASGD.
+"""
 
 from __future__ import annotations
 
+import math
+
+import jax
 import ml_collections
 import optax
+
+from jaxlm import finetune, transforms
+
+SCHEDULES = ("constant", "cosine", "step", "slanted_triangular", "sgdr", "epoch_step", "plateau")
 
 
 def build_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
     """The learning-rate schedule named by ``opt.schedule``.
 
+    ``plateau`` is a constant rate here; the cut on a validation plateau is a transform
+    (:func:`jaxlm.transforms.reduce_on_plateau`) that :func:`build_optimizer` adds.
+
     Args:
       opt: the ``optimizer`` section of a config.
-      num_steps: total training steps (the cosine decay ends there).
+      num_steps: total optimizer updates (the decaying schedules end there).
 
     Returns:
       A function from step to learning rate.
@@ -23,61 +40,123 @@ def build_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sche
       0.0
     """
     peak = opt.learning_rate
-    if opt.schedule == "constant":
+    name = opt.schedule
+    if name in ("constant", "plateau"):
         return optax.constant_schedule(peak)
-    if opt.schedule == "cosine":
-        warmup = min(opt.warmup_steps, max(num_steps - 1, 0))
-        return optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=peak,
-            warmup_steps=warmup,
-            decay_steps=max(num_steps, warmup + 1),
-            end_value=peak * opt.end_lr_fraction,
+    if name == "cosine":
+        return transforms.warmup_cosine(
+            peak, opt.warmup_steps, max(num_steps, 1), end_value=peak * opt.end_lr_fraction
         )
-    if opt.schedule == "step":
+    if name == "step":
         boundaries = {
             int(step): opt.decay_factor
             for step in range(opt.decay_start_step, num_steps, opt.decay_every)
             if step > 0
         }
         return optax.piecewise_constant_schedule(peak, boundaries)
+    if name == "slanted_triangular":
+        return transforms.slanted_triangular(
+            peak, max(num_steps, 2), cut_frac=opt.cut_frac, ratio=opt.stlr_ratio
+        )
+    if name == "sgdr":
+        return transforms.sgdr(
+            peak,
+            opt.sgdr_period,
+            max(num_steps, 1),
+            period_mult=opt.sgdr_mult,
+            end_value=peak * opt.end_lr_fraction,
+        )
+    if name == "epoch_step":
+        if opt.steps_per_epoch < 1:
+            raise ValueError(
+                "config.optimizer.steps_per_epoch must be set (>= 1) for schedule 'epoch_step'"
+            )
+        return transforms.step_decay_per_epoch(
+            peak, opt.steps_per_epoch, opt.decay_after_epochs, opt.decay_factor
+        )
     raise ValueError(
-        f"config.optimizer.schedule: unknown schedule {opt.schedule!r}; expected constant, "
-        "cosine or step"
+        f"config.optimizer.schedule: unknown schedule {name!r}; expected one of {SCHEDULES}"
     )
 
 
-def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """The optimizer chain for a run: clipping, then the update rule with its schedule.
+def _rule(opt: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """The update rule named by ``opt.name`` with its weight decay."""
+    if opt.name == "adam":
+        rule = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
+        if opt.weight_decay:  # L2 added to the gradient, as classic Adam does
+            rule = optax.chain(optax.add_decayed_weights(opt.weight_decay), rule)
+        return rule
+    if opt.name == "adamw":
+        return optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
+    if opt.name == "sgd":
+        rule = optax.sgd(schedule, momentum=opt.momentum or None)
+        if opt.weight_decay:
+            rule = optax.chain(optax.add_decayed_weights(opt.weight_decay), rule)
+        return rule
+    raise ValueError(
+        f"config.optimizer.name: unknown optimizer {opt.name!r}; expected adam, adamw or sgd"
+    )
+
+
+def build_optimizer(config: ml_collections.ConfigDict, params=None) -> optax.GradientTransformation:
+    """The optimizer for a run, everything the config asks for composed with ``optax.chain``.
 
     Args:
-      config: a full run config (reads ``optimizer`` and ``train.num_steps``).
+      config: a full run config (reads ``optimizer``, ``finetune`` and ``train.num_steps``).
+      params: optional parameters (or their ``jax.eval_shape``); when given, the optimizer is
+        initialised abstractly once so that a bad pattern or preset fails here, early.
 
     Returns:
-      An ``optax.GradientTransformation``.
+      An ``optax.GradientTransformation``. With ``optimizer.accumulate_steps = k > 1`` it is an
+      ``optax.MultiSteps`` one: call ``update`` once per micro-batch; the parameters move every
+      k-th call with the mean gradient (the schedule then counts updates, not micro-batches).
 
     Example:
       >>> from jaxlm.config import base_config
       >>> tx = build_optimizer(base_config())
     """
     opt = config.optimizer
-    schedule = build_schedule(opt, config.train.num_steps)
-    if opt.name == "adam":
-        rule = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
-        if opt.weight_decay:  # L2 added to the gradient, as classic Adam does
-            rule = optax.chain(optax.add_decayed_weights(opt.weight_decay), rule)
-    elif opt.name == "adamw":
-        rule = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay)
-    elif opt.name == "sgd":
-        rule = optax.sgd(schedule, momentum=opt.momentum or None)
-        if opt.weight_decay:
-            rule = optax.chain(optax.add_decayed_weights(opt.weight_decay), rule)
+    accumulate = max(int(opt.get("accumulate_steps", 1)), 1)
+    num_updates = math.ceil(config.train.num_steps / accumulate)
+    schedule = build_schedule(opt, num_updates)
+
+    def make_base(clip_norm: float | None = None, l2: float = 0.0) -> optax.GradientTransformation:
+        parts = []
+        if l2:
+            parts.append(optax.add_decayed_weights(l2))
+        if opt.get("centralize", False):
+            parts.append(transforms.centralize_matrices())
+        clip = opt.clip_norm if clip_norm is None else clip_norm
+        if clip:
+            parts.append(optax.clip_by_global_norm(clip))
+        parts.append(_rule(opt, schedule))
+        return optax.chain(*parts)
+
+    ft = config.get("finetune")
+    if ft is None:
+        tx = make_base()
     else:
-        raise ValueError(
-            f"config.optimizer.name: unknown optimizer {opt.name!r}; expected adam, adamw or sgd"
+        tx = finetune.strategy_transform(ft, make_base, updates_per_step=1.0 / accumulate)
+    tail = []
+    if opt.schedule == "plateau":
+        tail.append(
+            transforms.reduce_on_plateau(
+                factor=opt.plateau_factor,
+                patience=opt.plateau_patience,
+                cooldown=opt.plateau_cooldown,
+            )
         )
-    parts = []
-    if opt.clip_norm:
-        parts.append(optax.clip_by_global_norm(opt.clip_norm))
-    parts.append(rule)
-    return optax.chain(*parts)
+    if opt.get("nt_asgd_nonmono", 0):
+        tail.append(transforms.nt_asgd(opt.nt_asgd_nonmono))
+    if tail:
+        tx = optax.chain(tx, *tail)
+    skip = opt.get("skip_nonfinite", False)
+    if accumulate > 1:
+        tx = optax.MultiSteps(
+            tx, accumulate, should_skip_update_fn=optax.skip_not_finite if skip else None
+        ).gradient_transformation()
+    elif skip:
+        tx = optax.apply_if_finite(tx, opt.max_nonfinite)
+    if params is not None:
+        jax.eval_shape(tx.init, params)
+    return tx

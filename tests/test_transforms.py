@@ -53,7 +53,10 @@ def run(tx, params, steps: int, jit: bool = True):
 def moved(a, b) -> dict[str, bool]:
     """Per top-level module: did any leaf change between two parameter trees?"""
     return {
-        k: any(bool(jnp.any(x != y)) for x, y in zip(jax.tree.leaves(a[k]), jax.tree.leaves(b[k])))
+        k: any(
+            bool(jnp.any(x != y))
+            for x, y in zip(jax.tree.leaves(a[k]), jax.tree.leaves(b[k]), strict=True)
+        )
         for k in a
     }
 
@@ -215,8 +218,10 @@ def test_per_group_lr_and_discriminative_scales():
 
 def test_centralize_matrices_zero_mean_per_output_unit():
     g = {
-        "dense": {"kernel": jax.random.normal(jax.random.PRNGKey(2), (6, 4)) + 3.0,
-                  "bias": jnp.arange(4.0)},
+        "dense": {
+            "kernel": jax.random.normal(jax.random.PRNGKey(2), (6, 4)) + 3.0,
+            "bias": jnp.arange(4.0),
+        },
         "conv": jax.random.normal(jax.random.PRNGKey(3), (2, 2, 3, 5)),
         "embed": jnp.ones((7, 2)),
     }
@@ -275,7 +280,9 @@ def test_sgdr_restarts_with_growing_periods():
 def test_step_decay_per_epoch_is_zarembas_rule():
     sched = T.step_decay_per_epoch(1.0, steps_per_epoch=10, decay_after_epochs=4, factor=0.5)
     for epoch in range(9):
-        want = 0.5 ** max(epoch + 1 - 4, 0)  # Zaremba's ptb_word_lm: lr_decay ** max(i+1-max_epoch, 0)
+        want = 0.5 ** max(
+            epoch + 1 - 4, 0
+        )  # Zaremba's ptb_word_lm: lr_decay ** max(i+1-max_epoch, 0)
         assert float(sched(epoch * 10)) == pytest.approx(want)
         assert float(sched(epoch * 10 + 9)) == pytest.approx(want)
 
@@ -349,6 +356,9 @@ def test_report_validation_loss_reaches_into_wrappers_and_is_a_no_op_otherwise()
     s = tx.init(p)
     for loss in [1.0, 1.0]:
         s = T.report_validation_loss(s, loss)
-    found = [x for x in jax.tree.leaves(s, is_leaf=lambda x: isinstance(x, T.PlateauState))
-             if isinstance(x, T.PlateauState)]
+    found = [
+        x
+        for x in jax.tree.leaves(s, is_leaf=lambda x: isinstance(x, T.PlateauState))
+        if isinstance(x, T.PlateauState)
+    ]
     assert len(found) == 1 and float(found[0].scale) == 0.5

@@ -1,0 +1,230 @@
+"""Fine-tuning presets and loading pretrained parameters across vocabularies."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxlm import checkpoint, finetune
+from jaxlm.config import base_config
+from jaxlm.data.tokenizers import ByteTokenizer, CharTokenizer
+from jaxlm.models import get_model
+from jaxlm.optim import build_optimizer
+from jaxlm.state import TrainState
+
+V, D, H = 6, 3, 4
+
+
+def lm_tree(v=V, tied=False, seed=0):
+    """A tree named like RecurrentLM's: embed, layers_0..2, head (or proj when tied)."""
+    k = iter(jax.random.split(jax.random.PRNGKey(seed), 12))
+    t = {"embed": {"embedding": jax.random.normal(next(k), (v, D))}}
+    for i, n_in in enumerate([D, H, H]):
+        t[f"layers_{i}"] = {
+            "ih": {"kernel": jax.random.normal(next(k), (n_in, 4 * H)), "bias": jnp.zeros(4 * H)},
+            "hh": {"kernel": jax.random.normal(next(k), (H, 4 * H))},
+        }
+    if tied:
+        t["proj"] = {"kernel": jax.random.normal(next(k), (H, D)), "bias": jnp.zeros(D)}
+    else:
+        t["head"] = {"kernel": jax.random.normal(next(k), (H, v)), "bias": jnp.zeros(v)}
+    return t
+
+
+def ft_config(strategy, **finetune_fields):
+    c = base_config()
+    c.train.num_steps = 100
+    c.optimizer.update(dict(name="sgd", schedule="constant", learning_rate=0.1, clip_norm=0.0))
+    c.finetune.strategy = strategy
+    c.finetune.update(finetune_fields)
+    return c
+
+
+def one_step_updates(c, params, steps=1):
+    """The updates of the ``steps``-th step with all-ones gradients, per top-level module."""
+    tx = build_optimizer(c, params)
+    state = tx.init(params)
+    g = jax.tree.map(jnp.ones_like, params)
+    update = jax.jit(tx.update)
+    history = []
+    for _ in range(steps):
+        u, state = update(g, state, params)
+        history.append(u)
+    return history
+
+
+def scale_of(u, module):
+    """The single scale of a module's update (all-ones gradient, SGD): -lr * factor."""
+    vals = np.unique(np.concatenate([np.ravel(x) for x in jax.tree.leaves(u[module])]))
+    assert len(vals) == 1, (module, vals)
+    return float(vals[0])
+
+
+def test_layout_of_the_real_models():
+    m = base_config().model
+    m.hidden_sizes = (8, 8, 8)
+    m.embed_dim = 4
+    tokens = jnp.zeros((1, 2), jnp.int32)
+    for tied, output in [(False, ["^head/bias$", "^head/kernel$"]), (True, None)]:
+        m.tie_embeddings = tied
+        model = get_model(m, 11)
+        params = jax.eval_shape(
+            lambda model=model: model.init(jax.random.PRNGKey(0), tokens, model.initial_carry(1))[
+                "params"
+            ]
+        )
+        layout = finetune.model_layout(params)
+        assert layout.layers == tuple(f"(^|/)layers_{i}(/|$)" for i in (2, 1, 0))
+        if output:
+            assert list(layout.output) == output and layout.inputs == ("^embed/embedding$",)
+        else:  # tied: the embedding is the output layer
+            assert "^embed/embedding$" in layout.output and layout.inputs == ()
+
+
+def test_full_trains_everything_at_the_base_rate():
+    u = one_step_updates(ft_config("full"), lm_tree())[0]
+    assert {m: scale_of(u, m) for m in u} == {m: pytest.approx(-0.1) for m in u}
+
+
+@pytest.mark.parametrize(
+    "k, trained", [(1, {"head", "layers_2"}), (2, {"head", "layers_2", "layers_1"})]
+)
+def test_freeze_all_but_last(k, trained):
+    u = one_step_updates(ft_config("freeze_all_but_last", num_last_layers=k), lm_tree())[0]
+    assert {m for m in u if scale_of(u, m) != 0.0} == trained
+
+
+def test_tune_last_layers_clips_and_adds_l2():
+    params = lm_tree()
+    c = ft_config("tune_last_layers", num_last_layers=1, clip_norm=0.5, l2=0.01)
+    u = one_step_updates(c, params)[0]
+    assert {m for m in u if any(bool(jnp.any(x != 0)) for x in jax.tree.leaves(u[m]))} == {
+        "head",
+        "layers_2",
+    }
+    # hand computation over the trainable leaves only: g + l2 * p, clipped to norm 0.5
+    trainable = {m: params[m] for m in ("head", "layers_2")}
+    g = jax.tree.map(lambda p: 1.0 + 0.01 * p, trainable)
+    norm = optax.tree.norm(g)
+    want = jax.tree.map(lambda x: -0.1 * x * 0.5 / norm, g)
+    np.testing.assert_allclose(u["head"]["kernel"], want["head"]["kernel"], rtol=1e-5)
+    np.testing.assert_allclose(
+        u["layers_2"]["hh"]["kernel"], want["layers_2"]["hh"]["kernel"], rtol=1e-5
+    )
+    c.model.dropout = 0.0
+    assert finetune.prepare_config(c).model.dropout == 0.3
+    assert c.model.dropout == 0.0
+
+
+def test_feature_trains_only_the_output_layer_at_a_smaller_rate():
+    u = one_step_updates(ft_config("feature", lr_factor=0.1), lm_tree())[0]
+    assert scale_of(u, "head") == pytest.approx(-0.01)
+    assert all(scale_of(u, m) == 0.0 for m in ("embed", "layers_0", "layers_1", "layers_2"))
+    u = one_step_updates(ft_config("feature", lr_factor=0.1), lm_tree(tied=True))[0]
+    assert scale_of(u, "proj") == pytest.approx(-0.01) and scale_of(u, "embed") == pytest.approx(
+        -0.01
+    )
+    assert scale_of(u, "layers_2") == 0.0
+
+
+def test_gradual_unfreeze_from_the_top_one_group_per_interval():
+    history = one_step_updates(ft_config("gradual_unfreeze", unfreeze_every=2), lm_tree(), steps=9)
+    order = ["head", "layers_2", "layers_1", "layers_0", "embed"]
+    for step, u in enumerate(history):
+        live = {m for m in order if scale_of(u, m) != 0.0}
+        assert live == set(order[: step // 2 + 1]), step
+
+
+def test_gradual_unfreeze_counts_updates_under_accumulation():
+    c = ft_config("gradual_unfreeze", unfreeze_every=4)
+    c.optimizer.accumulate_steps = 2
+    history = one_step_updates(c, lm_tree(), steps=6)
+    # micro-batches 1, 3, 5 apply updates 0, 1, 2; layers_2 unfreezes at update 2 (= step 4)
+    assert scale_of(history[3], "layers_2") == 0.0
+    assert scale_of(history[5], "layers_2") != 0.0
+
+
+def test_discriminative_rates_shrink_by_the_factor_per_group():
+    u = one_step_updates(ft_config("discriminative", discriminative_factor=2.0), lm_tree())[0]
+    for i, m in enumerate(["head", "layers_2", "layers_1", "layers_0", "embed"]):
+        assert scale_of(u, m) == pytest.approx(-0.1 / 2.0**i), m
+
+
+def test_unknown_strategy_and_layerless_trees_are_refused():
+    with pytest.raises(ValueError, match="unknown strategy 'partial'"):
+        build_optimizer(ft_config("partial"))
+    with pytest.raises(ValueError, match="layers_<i> or blocks_<i>"):
+        build_optimizer(ft_config("feature"), {"head": {"kernel": jnp.ones((2, 2))}})
+
+
+# load_pretrained.
+
+
+def save_run(workdir, params, tokenizer, model=None):
+    c = base_config()
+    if model:
+        c.model.update(model)
+    state = TrainState(
+        step=jnp.asarray(5, jnp.int32),
+        params=params,
+        opt_state=optax.adam(1e-3).init(params),
+        rng=jax.random.PRNGKey(0),
+        carry=None,
+    )
+    mgr = checkpoint.manager(workdir)
+    checkpoint.save(mgr, state, c, tokenizer, force=True)
+    mgr.wait_until_finished()
+    mgr.close()
+
+
+def test_load_pretrained_maps_vocabularies(tmp_path):
+    old_tok = CharTokenizer(list("abcde"))  # vocab: <unk> a b c d e
+    new_tok = CharTokenizer(list("bdefx"))  # vocab: <unk> b d e f x
+    old = lm_tree(v=6, seed=1)
+    save_run(tmp_path, old, old_tok)
+    fresh = lm_tree(v=6, seed=2)
+    params, mapping = finetune.load_pretrained(str(tmp_path), fresh, new_tok)
+    assert mapping.kept == 4 and mapping.new == ("f", "x") and mapping.dropped == ("a", "c")
+    assert "4 tokens keep their trained rows" in mapping.summary()
+    new_to_old = {0: 0, 1: 2, 2: 4, 3: 5}  # <unk>, b, d, e
+    emb, old_emb, fresh_emb = (t["embed"]["embedding"] for t in (params, old, fresh))
+    for j in range(6):
+        want = old_emb[new_to_old[j]] if j in new_to_old else fresh_emb[j]
+        np.testing.assert_array_equal(emb[j], want)
+        want = (
+            old["head"]["kernel"][:, new_to_old[j]]
+            if j in new_to_old
+            else fresh["head"]["kernel"][:, j]
+        )
+        np.testing.assert_array_equal(params["head"]["kernel"][:, j], want)
+    np.testing.assert_array_equal(
+        params["layers_1"]["hh"]["kernel"], old["layers_1"]["hh"]["kernel"]
+    )
+    # a checkpoint folder works too, and a bigger vocabulary keeps the shapes of this run
+    bigger = CharTokenizer(list("abcdefgh"))
+    params, mapping = finetune.load_pretrained(
+        str(tmp_path / "checkpoints" / "5"), lm_tree(v=9), bigger
+    )
+    assert params["embed"]["embedding"].shape == (9, D) and mapping.new == ("f", "g", "h")
+    np.testing.assert_array_equal(params["head"]["bias"][:6], old["head"]["bias"])
+
+
+def test_load_pretrained_refuses_other_tokenizer_kind_or_shape(tmp_path):
+    save_run(
+        tmp_path, lm_tree(v=6), CharTokenizer(list("abcde")), model={"hidden_sizes": (4, 4, 4)}
+    )
+    with pytest.raises(ValueError, match="'char' tokenizer but this run uses 'byte'"):
+        finetune.load_pretrained(str(tmp_path), lm_tree(v=258), ByteTokenizer())
+    other = lm_tree(v=6)
+    other["layers_2"]["hh"]["kernel"] = jnp.zeros((4, 8))
+    m = base_config().model
+    m.hidden_sizes = (4, 4, 2)
+    with pytest.raises(
+        ValueError, match=r"(?s)layers_2/hh/kernel: checkpoint \(4, 16\).*hidden_sizes"
+    ):
+        finetune.load_pretrained(str(tmp_path), other, CharTokenizer(list("abcde")), model_config=m)
+    with pytest.raises(FileNotFoundError, match="neither a jaxlm workdir"):
+        finetune.load_pretrained(str(tmp_path / "nothing"), other, ByteTokenizer())
