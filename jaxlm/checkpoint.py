@@ -144,3 +144,33 @@ def incompatible_fields(saved: dict, current: ml_collections.ConfigDict) -> list
             continue
         diffs.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
     return diffs
+
+
+def load_tree(workdir: str | Path, step: int | None = None) -> tuple[dict[str, Any], dict]:
+    """Reads a checkpoint's state as saved (numpy leaves, no target shardings) and its meta.
+
+    Args:
+      workdir: a run folder.
+      step: which checkpoint; the latest when None.
+
+    Returns:
+      ``(state, meta)``: the state as a nested dict (``state["params"]`` etc.) and the config
+      and tokenizer JSON.
+
+    Example:
+      >>> state, meta = load_tree("runs/lstm")  # doctest: +SKIP
+      >>> meta["tokenizer"]["kind"]  # doctest: +SKIP
+      'char'
+    """
+    mgr = manager(workdir, read_only=True)
+    try:
+        step = mgr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
+        restored = mgr.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
+        )
+    finally:
+        mgr.close()
+    return restored.state, restored.meta

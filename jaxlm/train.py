@@ -34,6 +34,21 @@ def main(argv: list[str]) -> None:
         sys.exit(143)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with unknown ``--config.*`` fields reported in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # ml_collections' error for an unknown field
+        message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
+        field = next((a.split("=")[0] for a in argv if a.startswith("--config.")), "--config.*")
+        print(f"FATAL Flags parsing error: unknown config field in {field}: {message}",
+              file=sys.stderr)
+        sys.exit(2)
+    except flags.Error as e:
+        print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     flags.mark_flag_as_required("config")
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -109,7 +109,7 @@ def make_train_step(model, tx, schedule, *, carry_state: bool = True, label_smoo
         metrics = {
             "loss": nll,
             "objective": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
         }
         return new_state, metrics

@@ -1,0 +1,137 @@
+"""The training loop: a smoke run end to end, exact resume, 1 vs 4 devices, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlm import checkpoint, trainer
+from jaxlm.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke(**overrides):
+    config = load_config(str(ROOT / "configs/lstm.py:smoke"))
+    for dotted, value in overrides.items():
+        section, _, field = dotted.rpartition(".")
+        setattr(config.get(section) if section else config, field, value)
+    return config
+
+
+def train_losses(workdir):
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["split"] == "train"]
+
+
+def final_params(workdir):
+    return checkpoint.load_tree(workdir)[0]["params"]
+
+
+def test_cli_smoke_run_trains_checkpoints_and_finishes(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jaxlm.train", f"--config={ROOT}/configs/lstm.py:smoke",
+           f"--workdir={workdir}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "tokens_per_s" in out.stdout and "ETA" in out.stdout
+    assert "Final validation loss" in out.stdout and "bits/char" in out.stdout
+    assert "Sample:\nThe " in out.stdout
+    losses = train_losses(workdir)
+    assert losses[-1][1] < losses[0][1] - 0.5  # from ~4.5 (uniform over 104) downwards
+    status = json.loads((workdir / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 60
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "30", "60"]
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((workdir / "tokenizer.json").read_text())["kind"] == "char"
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0 and "already finished at step 60" in again.stdout
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch):
+    config = smoke(**{"train.num_steps": 40, "train.checkpoint_every": 10,
+                      "train.eval_every": 20, "train.log_every": 10})
+    straight = trainer.train_and_evaluate(config, tmp_path / "straight")
+
+    real_save = checkpoint.save
+
+    def save_then_die(mgr, state, *args, **kwargs):
+        real_save(mgr, state, *args, **kwargs)
+        mgr.wait_until_finished()
+        raise Killed  # the process dies right after its first checkpoint
+
+    monkeypatch.setattr(checkpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        trainer.train_and_evaluate(config, tmp_path / "resumed")
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert checkpoint.manager(tmp_path / "resumed", read_only=True).latest_step() == 10
+    resumed = trainer.train_and_evaluate(config, tmp_path / "resumed")
+
+    assert resumed["validation_loss"] == straight["validation_loss"]
+    assert resumed["test_loss"] == straight["test_loss"]
+    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    tail = [loss for step, loss in train_losses(tmp_path / "straight") if step > 10]
+    assert tail == [loss for step, loss in train_losses(tmp_path / "resumed") if step > 10]
+
+
+def test_one_and_four_devices_give_the_same_losses(tmp_path):
+    overrides = {"train.num_steps": 20, "train.log_every": 5, "train.eval_every": 20,
+                 "model.dropout": 0.0}
+    one = trainer.train_and_evaluate(smoke(**overrides, **{"parallel.data": 1}), tmp_path / "1")
+    four = trainer.train_and_evaluate(smoke(**overrides, **{"parallel.data": 4}), tmp_path / "4")
+    l1, l4 = train_losses(tmp_path / "1"), train_losses(tmp_path / "4")
+    assert [s for s, _ in l1] == [5, 10, 15, 20]
+    np.testing.assert_allclose([v for _, v in l1], [v for _, v in l4], rtol=1e-5)
+    np.testing.assert_allclose(one["validation_loss"], four["validation_loss"], rtol=1e-5)
+
+
+def test_dropout_runs_agree_across_device_counts(tmp_path):
+    overrides = {"train.num_steps": 10, "train.log_every": 5, "train.eval_every": 10}
+    trainer.train_and_evaluate(smoke(**overrides, **{"parallel.data": 1}), tmp_path / "1")
+    trainer.train_and_evaluate(smoke(**overrides, **{"parallel.data": 2}), tmp_path / "2")
+    np.testing.assert_allclose(
+        [v for _, v in train_losses(tmp_path / "1")],
+        [v for _, v in train_losses(tmp_path / "2")], rtol=1e-5)
+
+
+def test_incompatible_workdir_is_refused_and_kept(tmp_path):
+    config = smoke(**{"train.num_steps": 10, "train.checkpoint_every": 10,
+                      "train.eval_every": 10})
+    trainer.train_and_evaluate(config, tmp_path)
+    other = smoke(**{"train.num_steps": 10, "model.hidden_sizes": (32, 32)})
+    with pytest.raises(ValueError, match=r"incompatible config:\n  model.hidden_sizes: \[64, 64\]"
+                       r" -> \[32, 32\]"):
+        trainer.train_and_evaluate(other, tmp_path)
+    assert checkpoint.manager(tmp_path, read_only=True).latest_step() == 10
+
+
+def test_missing_corpus_fails_before_training(tmp_path):
+    config = smoke(**{"data.corpus": "text_files", "data.path": str(tmp_path / "none.txt")})
+    with pytest.raises(ValueError, match="corpus file not found: .*none.txt"):
+        trainer.train_and_evaluate(config, tmp_path / "run")
+
+
+def test_unknown_config_field_is_named():
+    cmd = [sys.executable, "-m", "jaxlm.train", f"--config={ROOT}/configs/lstm.py:smoke",
+           "--config.model.hiden_size=3", "--workdir=/tmp/never"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode != 0
+    assert "hiden_size" in out.stderr
+
+
+def test_unknown_model_and_optimizer_names(tmp_path):
+    with pytest.raises(ValueError, match="config.model.name: unknown model 'lstmm'"):
+        trainer.train_and_evaluate(smoke(**{"model.name": "lstmm"}), tmp_path / "a")
+    with pytest.raises(ValueError, match="config.optimizer.name: unknown optimizer 'adamm'"):
+        trainer.train_and_evaluate(smoke(**{"optimizer.name": "adamm"}), tmp_path / "b")
