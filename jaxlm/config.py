@@ -133,3 +133,43 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg or None)
+
+
+_POSITIVE_INTS = (
+    "data.batch_size",
+    "data.seq_len",
+    "data.eval_batch_size",
+    "train.num_steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks the fields the trainer relies on, naming the field and what was expected.
+
+    Args:
+      config: a run config.
+
+    Raises:
+      ValueError: on the first field that has the wrong type or range.
+    """
+    for dotted in _POSITIVE_INTS:
+        value = config
+        for part in dotted.split("."):
+            value = value[part]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.{dotted}: expected a positive integer, got {value!r}")
+    sizes = config.model.get("hidden_sizes", (1,))
+    if isinstance(sizes, int | str) or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
+    ):
+        raise ValueError(
+            f"config.model.hidden_sizes: expected a tuple of positive integers like (256, 256), "
+            f"got {sizes!r}"
+        )
+    lr = config.optimizer.learning_rate
+    if not isinstance(lr, int | float) or lr <= 0:
+        raise ValueError(f"config.optimizer.learning_rate: expected a positive number, got {lr!r}")

@@ -22,6 +22,7 @@ import optax
 from jax.sharding import PartitionSpec
 
 from jaxlm import checkpoint, data, losses, monitor, optim, parallel
+from jaxlm.config import validate
 from jaxlm.data import batching
 from jaxlm.data.tokenizers import save_tokenizer, tokenizer_from_json
 from jaxlm.models import get_model
@@ -269,6 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         from jaxlm.models import ngram
 
         return ngram.train_and_evaluate(config, workdir)
+    validate(config)
     workdir = Path(workdir)
     mgr = checkpoint.manager(workdir, config.train.keep_checkpoints)
     try:

@@ -135,3 +135,20 @@ def test_unknown_model_and_optimizer_names(tmp_path):
         trainer.train_and_evaluate(smoke(**{"model.name": "lstmm"}), tmp_path / "a")
     with pytest.raises(ValueError, match="config.optimizer.name: unknown optimizer 'adamm'"):
         trainer.train_and_evaluate(smoke(**{"optimizer.name": "adamm"}), tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("model.hidden_sizes", ("abc",), "config.model.hidden_sizes: expected a tuple"),
+        ("data.batch_size", 0, "config.data.batch_size: expected a positive integer"),
+        ("optimizer.learning_rate", -1.0, "config.optimizer.learning_rate: expected a positive"),
+    ],
+)
+def test_bad_field_values_are_named(tmp_path, field, value, message):
+    config = smoke()
+    config.unlock()
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=message):
+        trainer.train_and_evaluate(config, tmp_path)
