@@ -42,8 +42,8 @@ Example:
   >>> tokens = np.array([2, 3, 0, 2, 4, 0, 3, 2, 4, 0])  # 0 is <eos>
   >>> model = build(tokens, vocab_size=5, order=3, eos_id=0, method="kneser_ney")
   >>> log_probs, orders = model.score(np.array([2, 4, 0]))
-  >>> float(np.exp(model.next_log_probs([model.bos_id])).sum())
-  1.0...
+  >>> round(float(np.exp(model.next_log_probs([model.bos_id])).sum()), 12)
+  1.0
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def count_ngrams(
     if tokens.size == 0:
         raise ValueError("count_ngrams: the training token array is empty")
     m = vocab_size + 1
-    if (vocab_size + 1) ** 2 * len(tokens) >= 2**63:
+    if (2 * len(tokens) + 2) * m >= 2**63:  # keys are row * m + word, rows < len(seq)
         raise ValueError(f"vocab_size {vocab_size} and {len(tokens)} tokens overflow int64 keys")
     seq, hist, _ = _pad(tokens, vocab_size, eos_id, add_bos)
     keys = [np.arange(m, dtype=np.int64)]
@@ -264,7 +264,7 @@ def modified_kn_discounts(n: Sequence[int]) -> tuple[float, float, float]:
 
     Example:
       >>> [round(d, 4) for d in modified_kn_discounts([0, 10, 4, 2, 1])]
-      [0.6667, 1.2222, 1.6111]
+      [0.5556, 1.1667, 1.8889]
     """
     n1, n2, n3, n4 = (int(x) for x in n[1:5])
     if min(n1, n2, n3) == 0:
@@ -527,6 +527,8 @@ class NGramModel:
           >>> model.perplexity(test_tokens)  # doctest: +SKIP
         """
         total, count = self.nll(tokens)
+        if count == 0:
+            raise ValueError("perplexity: no tokens to score")
         return math.exp(total / count)
 
     def _row(self, words: Sequence[int]) -> int:
