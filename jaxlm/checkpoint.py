@@ -52,7 +52,8 @@ def manager(
       The manager; call ``close()`` when done (it waits for async saves).
     """
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only
+        max_to_keep=keep, create=not read_only, read_only=read_only,
+        cleanup_tmp_directories=not read_only,  # left by a save that was killed midway
     )
     return ocp.CheckpointManager(
         checkpoint_dir(workdir).absolute(), options=options, item_names=("state", "meta")
