@@ -175,3 +175,86 @@ def load_tree(workdir: str | Path, step: int | None = None) -> tuple[dict[str, A
     finally:
         mgr.close()
     return restored.state, restored.meta
+
+
+def latest_intact_step(mgr: ocp.CheckpointManager) -> int | None:
+    """The newest step whose checkpoint has readable meta and array metadata.
+
+    A cheap check that reads no array data: it finds checkpoints whose folders were emptied,
+    truncated or mangled at the metadata level. Damaged array data shows only when read;
+    :func:`restore_latest_intact` catches that too.
+
+    Args:
+      mgr: from :func:`manager`.
+
+    Returns:
+      The step, or None when no checkpoint passes.
+
+    Example:
+      >>> latest_intact_step(manager("runs/lstm"))  # doctest: +SKIP
+      2000
+    """
+    for step in sorted(mgr.all_steps(), reverse=True):
+        if _metadata_problem(mgr.directory / str(step)) is None:
+            return step
+    return None
+
+
+def _metadata_problem(step_dir) -> str | None:
+    """Why a checkpoint folder's meta or array metadata cannot be read (None when they can)."""
+    from etils import epath
+
+    try:
+        meta = ocp.JsonCheckpointHandler().restore(epath.Path(step_dir) / "meta")
+        if not isinstance(meta, dict) or "config" not in meta:
+            return f"{step_dir}/meta holds no config"
+        ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir) / "state")
+    except Exception as e:  # orbax, tensorstore and json raise many types
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def restore_latest_intact(mgr: ocp.CheckpointManager, abstract_state, *, log=print):
+    """Restores the newest checkpoint that reads back whole, skipping damaged ones.
+
+    Tries checkpoints newest first; each one that fails (missing or unreadable metadata,
+    truncated or corrupted array data) is reported through ``log`` with its directory and the
+    cause, and left on disk untouched.
+
+    Args:
+      mgr: from :func:`manager`.
+      abstract_state: a TrainState of ``jax.ShapeDtypeStruct`` with shardings.
+      log: called with one line per skipped checkpoint.
+
+    Returns:
+      ``(state, meta, step)``.
+
+    Raises:
+      FileNotFoundError: there is no checkpoint at all.
+      RuntimeError: no checkpoint is intact; the message names each one and why.
+
+    Example:
+      >>> state, meta, step = restore_latest_intact(mgr, target)  # doctest: +SKIP
+      Skipping damaged checkpoint runs/x/checkpoints/60: cannot restore ...
+    """
+    steps = sorted(mgr.all_steps(), reverse=True)
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {mgr.directory}")
+    problems = []
+    for step in steps:
+        step_dir = mgr.directory / str(step)
+        problem = _metadata_problem(step_dir)
+        if problem is None:
+            try:
+                state, meta = restore(mgr, abstract_state, step)
+            except RuntimeError as e:
+                problem = str(e)
+            else:
+                if problems:
+                    log(f"Restored {step_dir} instead of the newer, damaged checkpoint(s).")
+                return state, meta, step
+        problems.append(f"{step_dir}: {problem}")
+        log(f"Skipping damaged checkpoint {step_dir}: {problem}")
+    raise RuntimeError(
+        f"no intact checkpoint in {mgr.directory}; tried:\n  " + "\n  ".join(problems)
+    )
