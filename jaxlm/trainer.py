@@ -91,14 +91,11 @@ def make_train_step(model, tx, schedule, *, carry_state: bool = True, label_smoo
                 logits, batch["targets"], label_smoothing=label_smoothing
             )
             loss = total / count + aux.get("reg_loss", 0.0)
-            plain, _ = (
-                losses.cross_entropy(logits, batch["targets"])
-                if label_smoothing
-                else (total, count)
-            )
-            return loss, (new_carry, plain / count)
+            if label_smoothing:  # report the plain log-likelihood, not the smoothed loss
+                total, count = losses.cross_entropy(logits, batch["targets"])
+            return loss, (new_carry, total / count, aux)
 
-        (loss, (new_carry, nll)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, (new_carry, nll, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
@@ -109,9 +106,9 @@ def make_train_step(model, tx, schedule, *, carry_state: bool = True, label_smoo
         )
         metrics = {
             "loss": nll,
-            "objective": loss,
             "grad_norm": optax.tree.norm(grads),
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
+            **aux,  # e.g. reg_loss (AR/TAR) of recurrent models
         }
         return new_state, metrics
 
