@@ -24,8 +24,8 @@ def _torch_model(cell: str):
     return embed, rnn, head
 
 
-def _to_jax(embed, rnn, head, cell: str) -> dict:
-    """Maps torch weights onto our parameter names (transposing kernels)."""
+def _to_jax(embed, rnn, head, cell: str, grads: bool = False) -> dict:
+    """Maps torch weights (or, with ``grads``, gradients) onto our names and layouts."""
 
     def a(t):
         return jnp.asarray(t.detach().numpy())
@@ -41,10 +41,22 @@ def _to_jax(embed, rnn, head, cell: str) -> dict:
         if cell == "gru":  # the reset gate multiplies h W_hn + b_hn: the biases stay apart
             layer["ih"]["bias"] = a(b_ih)
             layer["hh"]["bias"] = a(b_hh)
+        elif grads:  # our one bias stands for torch's two: it gets the gradient of either
+            layer["ih"]["bias"] = a(b_ih)
         else:
             layer["ih"]["bias"] = a(b_ih) + a(b_hh)
         params[f"layers_{i}"] = layer
     return params
+
+
+def _grads_of(module):
+    """A copy of ``module`` whose parameters hold their gradients."""
+    import copy
+
+    clone = copy.deepcopy(module)
+    for p, q in zip(clone.parameters(), module.parameters(), strict=True):
+        p.data = q.grad.clone()
+    return clone
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -54,13 +66,14 @@ def test_outputs_and_states_match_torch(cell):
     tokens = rng.integers(0, V, (B, T))
     h0 = rng.uniform(-1, 1, (L, B, H)).astype(np.float32)
     c0 = rng.uniform(-1, 1, (L, B, H)).astype(np.float32)
-    with torch.no_grad():
-        x = embed(torch.as_tensor(tokens))
-        state = (
-            (torch.as_tensor(h0), torch.as_tensor(c0)) if cell == "lstm" else torch.as_tensor(h0)
-        )
-        out, state = rnn(x, state)
-        want_logits = head(out).numpy()
+    weights = rng.uniform(-1, 1, (B, T, V)).astype(np.float32)
+    x = embed(torch.as_tensor(tokens))
+    state = (torch.as_tensor(h0), torch.as_tensor(c0)) if cell == "lstm" else torch.as_tensor(h0)
+    out, state = rnn(x, state)
+    logits_t = head(out)
+    (logits_t * torch.as_tensor(weights)).sum().backward()
+    want_logits = logits_t.detach().numpy()
+    state = tuple(s.detach() for s in state) if cell == "lstm" else state.detach()
     if cell == "lstm":
         carry = tuple((jnp.asarray(c0[i]), jnp.asarray(h0[i])) for i in range(L))
         want_h, want_c = state[0].numpy(), state[1].numpy()
@@ -75,8 +88,17 @@ def test_outputs_and_states_match_torch(cell):
     assert jax.tree.structure(ours) == jax.tree.structure(params)
     assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, params)
 
-    logits, new_carry, _ = model.apply({"params": params}, jnp.asarray(tokens), carry)
+    def loss(p):
+        logits, new_carry, _ = model.apply({"params": p}, jnp.asarray(tokens), carry)
+        return jnp.sum(logits * weights), (logits, new_carry)
+
+    (_, (logits, new_carry)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     np.testing.assert_allclose(logits, want_logits, atol=TOL, rtol=0)
+    # Gradients too: torch's, mapped like the weights, equal ours.
+    want_grads = _to_jax(*(_grads_of(m) for m in (embed, rnn, head)), cell, grads=True)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=TOL, rtol=TOL), grads, want_grads
+    )
     for i in range(L):
         if cell == "lstm":
             np.testing.assert_allclose(new_carry[i][0], want_c[i], atol=TOL, rtol=0)

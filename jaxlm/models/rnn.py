@@ -21,7 +21,8 @@ of :class:`RecurrentLM`: embedding dropout, locked dropout, weight-drop, AR and 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -51,6 +52,174 @@ def uniform_init(scale: float) -> nn.initializers.Initializer:
     return init
 
 
+# --------------------------------------------------------------------------------------------
+# The recurrence, with a hand-written backward pass.
+#
+# Reverse-mode autodiff of a scan accumulates the recurrent weight's gradient inside the backward
+# loop, one small [H, B] x [B, G] product per step. The backward pass below only carries the
+# state gradient through time (one [B, G] x [G, H] product per step) and stacks the gradients
+# of the gate pre-activations; the weight gradient is then one [H, T*B] x [T*B, G] product, and
+# the input projection's gradient flows out of the stacked gate gradients directly.
+
+
+def _mm(a: jax.Array, w: jax.Array) -> jax.Array:
+    """``a @ w`` in ``w``'s dtype with float32 accumulation and result."""
+    return jnp.dot(a.astype(w.dtype), w, preferred_element_type=jnp.float32)
+
+
+def _lstm_step(w, hb, carry, xw, *, residuals):
+    del hb
+    c, h = carry
+    z = xw + _mm(h, w)
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    if residuals:
+        return (c, h), (h, jnp.concatenate([i, f, g, o], -1), c)
+    return (c, h), h
+
+
+def _lstm_bwd_step(w_t, carry, xs):
+    dh_next, dc_next = carry
+    dh_out, gates, c, c_prev = xs
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    tc = jnp.tanh(c)
+    dh = dh_out + dh_next
+    dc = dc_next + dh * o * (1.0 - tc * tc)
+    dz = jnp.concatenate(
+        [
+            dc * g * i * (1.0 - i),
+            dc * c_prev * f * (1.0 - f),
+            dc * i * (1.0 - g * g),
+            dh * tc * o * (1.0 - o),
+        ],
+        axis=-1,
+    )
+    return (_mm(dz, w_t), dc * f), dz
+
+
+def _gru_step(w, hb, h, xw, *, residuals):
+    zh = _mm(h, w) + hb
+    xr, xz, xn = jnp.split(xw, 3, axis=-1)
+    hr, hz, hn = jnp.split(zh, 3, axis=-1)
+    r = jax.nn.sigmoid(xr + hr)
+    z = jax.nn.sigmoid(xz + hz)
+    n = jnp.tanh(xn + r * hn)
+    h_new = n + z * (h - n)
+    if residuals:
+        return h_new, (h_new, jnp.concatenate([r, z, n, hn], -1))
+    return h_new, h_new
+
+
+def _gru_bwd_step(w_t, dh_next, xs):
+    dh_out, acts, h_prev = xs
+    r, z, n, hn = jnp.split(acts, 4, axis=-1)
+    dh = dh_out + dh_next
+    dn = dh * (1.0 - z) * (1.0 - n * n)
+    dr = dn * hn * r * (1.0 - r)
+    dz = dh * (h_prev - n) * z * (1.0 - z)
+    dxw = jnp.concatenate([dr, dz, dn], -1)
+    dzh = jnp.concatenate([dr, dz, dn * r], -1)
+    return dh * z + _mm(dzh, w_t), (dxw, dzh)
+
+
+def _elman_step(w, hb, h, xw, *, residuals):
+    del hb, residuals
+    h = jnp.tanh(xw + _mm(h, w))
+    return h, h
+
+
+def _elman_bwd_step(w_t, dh_next, xs):
+    dh_out, h = xs
+    da = (dh_out + dh_next) * (1.0 - h * h)
+    return _mm(da, w_t), da
+
+
+_STEPS = {"lstm": _lstm_step, "gru": _gru_step, "rnn": _elman_step}
+
+
+def _recurrence_impl(cell: str, w, hb, xw_TxBxG, carry):
+    """The plain scan: ``(h_TxBxH, final carry)``; autodiff through it is the reference."""
+    step = functools.partial(_STEPS[cell], w, hb, residuals=False)
+    carry, h = jax.lax.scan(step, carry, xw_TxBxG)
+    return h, carry
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def recurrence(cell: str, w, hb, xw_TxBxG, carry):
+    """Runs a recurrent cell over a window whose input projection is already done.
+
+    ``z_t = xw_t + h_{t-1} @ w (+ hb)``, then the cell's gates. The backward pass is
+    hand-written: the recurrent weight's gradient is one matrix product over the whole window
+    instead of one per step.
+
+    Args:
+      cell: "lstm", "gru" or "rnn".
+      w: ``[H, G]`` recurrent weights in the compute dtype.
+      hb: ``[G]`` float32 recurrent bias (GRU), else None.
+      xw_TxBxG: float32 input projections, time-major.
+      carry: the state at the start: ``(c, h)`` for an LSTM, ``h`` otherwise, float32 ``[B, H]``.
+
+    Returns:
+      ``(h_TxBxH, final carry)``, float32.
+
+    Example:
+      >>> w, xw = jnp.zeros((3, 12)), jnp.ones((5, 2, 12))
+      >>> h, (c, h_last) = recurrence("lstm", w, None, xw, (jnp.zeros((2, 3)),) * 2)
+    """
+    return _recurrence_impl(cell, w, hb, xw_TxBxG, carry)
+
+
+def _recurrence_fwd(cell, w, hb, xw_TxBxG, carry):
+    step = functools.partial(_STEPS[cell], w, hb, residuals=True)
+    final, res = jax.lax.scan(step, carry, xw_TxBxG)
+    h = res[0] if cell != "rnn" else res
+    return (h, final), (w, hb, carry, res)
+
+
+def _recurrence_bwd(cell, saved, cts):
+    w, hb, carry0, res = saved
+    dh_TxBxH, dfinal = cts
+    w_t = w.T
+    if cell == "lstm":
+        h, gates, c = res
+        c0, h0 = carry0
+        c_prev = jnp.concatenate([c0[None], c[:-1]], 0)
+        (dh0, dc0), dzh = jax.lax.scan(
+            functools.partial(_lstm_bwd_step, w_t),
+            (dfinal[1], dfinal[0]),
+            (dh_TxBxH, gates, c, c_prev),
+            reverse=True,
+        )
+        dcarry, dxw = (dc0, dh0), dzh
+    elif cell == "gru":
+        h, acts = res
+        h0 = carry0
+        h_prev = jnp.concatenate([h0[None], h[:-1]], 0)
+        dcarry, (dxw, dzh) = jax.lax.scan(
+            functools.partial(_gru_bwd_step, w_t), dfinal, (dh_TxBxH, acts, h_prev), reverse=True
+        )
+    else:
+        h, h0 = res, carry0
+        dcarry, dzh = jax.lax.scan(
+            functools.partial(_elman_bwd_step, w_t), dfinal, (dh_TxBxH, h), reverse=True
+        )
+        dxw = dzh
+    h_prev = jnp.concatenate([h0[None], h[:-1]], 0)
+    gsize = w.shape[1]
+    dw = jnp.dot(
+        h_prev.reshape(-1, w.shape[0]).astype(w.dtype).T,
+        dzh.reshape(-1, gsize).astype(w.dtype),
+        preferred_element_type=jnp.float32,
+    ).astype(w.dtype)
+    dhb = None if hb is None else jnp.sum(dzh, axis=(0, 1)).astype(hb.dtype)
+    return dw, dhb, dxw, dcarry
+
+
+recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
 class _RecurrentLayer(nn.Module):
     """Shared parts of one recurrent layer: parameters, weight-drop and the scan over time."""
 
@@ -60,11 +229,9 @@ class _RecurrentLayer(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    cell: ClassVar[str] = "rnn"
     num_gates: ClassVar[int] = 1
     hh_bias: ClassVar[bool] = False
-
-    def _step_fn(self, hh_GH: jax.Array, hb: jax.Array | None) -> Callable:
-        raise NotImplementedError
 
     def initial_carry(self, batch_size: int) -> Carry:
         """Zero hidden state, float32 ``[B, H]``."""
@@ -76,14 +243,15 @@ class _RecurrentLayer(nn.Module):
     ) -> tuple[jax.Array, Carry]:
         init = uniform_init(self.init_scale)
         gh = self.num_gates * self.hidden_size
-        xw_BxTxG = nn.Dense(
+        # Time-major from here on: the scan walks the leading axis without copies per step.
+        xw_TxBxG = nn.Dense(
             gh,
             name="ih",
             kernel_init=init,
             bias_init=init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-        )(x_BxTxI).astype(jnp.float32)
+        )(jnp.swapaxes(x_BxTxI, 0, 1)).astype(jnp.float32)
 
         def hh_init(key, shape, dtype):
             k1, k2 = jax.random.split(key)
@@ -100,12 +268,8 @@ class _RecurrentLayer(nn.Module):
             mask = jax.random.bernoulli(self.make_rng("dropout"), keep, kernel.shape)
             kernel = jnp.where(mask, kernel / keep, 0.0).astype(kernel.dtype)
         hb = hh["bias"].astype(jnp.float32) if self.hh_bias else None
-        step = self._step_fn(kernel.astype(self.dtype), hb)
-        carry, h_TxBxH = jax.lax.scan(step, carry, jnp.swapaxes(xw_BxTxG, 0, 1))
+        h_TxBxH, carry = recurrence(self.cell, kernel.astype(self.dtype), hb, xw_TxBxG, carry)
         return jnp.swapaxes(h_TxBxH, 0, 1), carry
-
-    def _hh(self, h: jax.Array, hh_GH: jax.Array) -> jax.Array:
-        return jnp.dot(h.astype(self.dtype), hh_GH, preferred_element_type=jnp.float32)
 
 
 class LSTMLayer(_RecurrentLayer):
@@ -128,23 +292,14 @@ class LSTMLayer(_RecurrentLayer):
       >>> h, carry = layer.apply(params, x, carry)
     """
 
+    cell: ClassVar[str] = "lstm"
     num_gates: ClassVar[int] = 4
 
     def initial_carry(self, batch_size: int) -> tuple[jax.Array, jax.Array]:
         """Zero ``(c, h)``, float32 ``[B, H]`` each."""
-        zeros = jnp.zeros((batch_size, self.hidden_size), jnp.float32)
-        return zeros, zeros
-
-    def _step_fn(self, hh_GH, hb):
-        def step(carry, xw_BxG):
-            c, h = carry
-            z = xw_BxG + self._hh(h, hh_GH)
-            i, f, g, o = jnp.split(z, 4, axis=-1)
-            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-            h = jax.nn.sigmoid(o) * jnp.tanh(c)
-            return (c, h), h
-
-        return step
+        shape = (batch_size, self.hidden_size)
+        # Two buffers, not one twice: a caller may donate the carry.
+        return jnp.zeros(shape, jnp.float32), jnp.zeros(shape, jnp.float32)
 
 
 class GRULayer(_RecurrentLayer):
@@ -169,21 +324,9 @@ class GRULayer(_RecurrentLayer):
       >>> h, carry = layer.apply(params, x, carry)
     """
 
+    cell: ClassVar[str] = "gru"
     num_gates: ClassVar[int] = 3
     hh_bias: ClassVar[bool] = True
-
-    def _step_fn(self, hh_GH, hb):
-        def step(h, xw_BxG):
-            zh = self._hh(h, hh_GH) + hb
-            xr, xz, xn = jnp.split(xw_BxG, 3, axis=-1)
-            hr, hz, hn = jnp.split(zh, 3, axis=-1)
-            r = jax.nn.sigmoid(xr + hr)
-            z = jax.nn.sigmoid(xz + hz)
-            n = jnp.tanh(xn + r * hn)
-            h = n + z * (h - n)
-            return h, h
-
-        return step
 
 
 class ElmanLayer(_RecurrentLayer):
@@ -205,12 +348,7 @@ class ElmanLayer(_RecurrentLayer):
       >>> h, carry = layer.apply(params, x, carry)
     """
 
-    def _step_fn(self, hh_GH, hb):
-        def step(h, xw_BxH):
-            h = jnp.tanh(xw_BxH + self._hh(h, hh_GH))
-            return h, h
-
-        return step
+    cell: ClassVar[str] = "rnn"
 
 
 CELLS: dict[str, type[_RecurrentLayer]] = {"rnn": ElmanLayer, "lstm": LSTMLayer, "gru": GRULayer}
