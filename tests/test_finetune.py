@@ -84,6 +84,29 @@ def test_layout_of_the_real_models():
             assert "^embed/embedding$" in layout.output and layout.inputs == ()
 
 
+def test_layout_of_a_transformer_shaped_tree():
+    x = jnp.zeros(2)
+    block = {"qkv": {"kernel": x}, "mlp_fc": {"kernel": x}}
+    tree = {
+        "embed": {"embedding": x},
+        "pos_embed": x,
+        "blocks_0": block,
+        "blocks_1": block,
+        "final_norm": {"scale": x},
+        "head": {"kernel": x},
+    }
+    assert finetune.model_layout(tree).groups() == [
+        ["^final_norm/scale$", "^head/kernel$"],
+        ["(^|/)blocks_1(/|$)"],
+        ["(^|/)blocks_0(/|$)"],
+        ["^embed/embedding$", "^pos_embed$"],
+    ]
+    del tree["head"]  # tied: the embedding joins the output group, positions stay at the bottom
+    groups = finetune.model_layout(tree).groups()
+    assert groups[0] == ["^embed/embedding$", "^final_norm/scale$"]
+    assert groups[-1] == ["^pos_embed$"]
+
+
 def test_full_trains_everything_at_the_base_rate():
     u = one_step_updates(ft_config("full"), lm_tree())[0]
     assert {m: scale_of(u, m) for m in u} == {m: pytest.approx(-0.1) for m in u}

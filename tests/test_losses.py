@@ -21,10 +21,10 @@ def reference(logits, labels, eps, mask=None):
 
 @pytest.fixture
 def small():
-    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
-    logits = 3.0 * jax.random.normal(k1, (2, 5, 7))
-    labels = jax.random.randint(k2, (2, 5), 0, 7)
-    mask = jax.random.bernoulli(k3, 0.7, (2, 5))
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(3.0 * rng.normal(size=(2, 5, 7)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 7, size=(2, 5)), jnp.int32)
+    mask = jnp.asarray(rng.random((2, 5)) < 0.7)
     return logits, labels, mask
 
 
