@@ -11,10 +11,11 @@ import flax.linen as nn
 import ml_collections
 
 from jaxlm.models.rnn import CELLS, ElmanLayer, GRULayer, LSTMLayer, RecurrentLM
+from jaxlm.models.transformer import Transformer
 from jaxlm.precision import Policy
 
 RECURRENT = tuple(sorted(CELLS))
-MODELS = (*RECURRENT,)
+MODELS = (*RECURRENT, "transformer")
 
 __all__ = [
     "MODELS",
@@ -23,6 +24,7 @@ __all__ = [
     "GRULayer",
     "LSTMLayer",
     "RecurrentLM",
+    "Transformer",
     "get_model",
 ]
 
@@ -38,7 +40,8 @@ def get_model(
       policy: dtype policy; float32 throughout when None.
 
     Returns:
-      A ``flax.linen.Module`` with jaxlm's model interface (see :class:`RecurrentLM`).
+      A ``flax.linen.Module`` with jaxlm's model interface (see :class:`RecurrentLM` and
+      :class:`Transformer`).
 
     Example:
       >>> from jaxlm.config import base_config
@@ -62,6 +65,22 @@ def get_model(
             tar=m.get("tar", 0.0),
             tie_embeddings=m.tie_embeddings,
             init_scale=m.init_scale,
+            dtype=policy.compute_dtype,
+            param_dtype=policy.param_dtype,
+        )
+    if m.name == "transformer":
+        return Transformer(
+            vocab_size=vocab_size,
+            embed_dim=m.embed_dim,
+            num_layers=m.get("num_layers", 4),
+            num_heads=m.get("num_heads", 4),
+            mlp_dim=m.get("mlp_dim", 0),
+            max_len=m.get("max_len", 512),
+            dropout=m.dropout,
+            norm=m.get("norm", "layernorm"),
+            positions=m.get("positions", "learned"),
+            tie_embeddings=m.tie_embeddings,
+            remat=m.get("remat", False),
             dtype=policy.compute_dtype,
             param_dtype=policy.param_dtype,
         )

@@ -1,0 +1,273 @@
+"""A decoder-only Transformer language model with a key/value cache for decoding.
+
+Pre-norm blocks (LayerNorm or RMSNorm), learned or rotary positions, a GELU MLP, tied or separate
+output embeddings, dropout on the embeddings and on each residual branch, optional
+rematerialisation of each block. Attention runs through ``jax.nn.dot_product_attention`` with a
+causal mask, so GPUs get the fused kernel where one exists.
+
+Parameter layout: ``embed/embedding`` ``[V, E]``, ``pos_embed`` ``[max_len, E]`` (learned
+positions), ``blocks_<i>/{norm_attn, qkv, attn_out, norm_mlp, mlp_fc, mlp_proj}``,
+``final_norm``, and ``head/kernel`` ``[E, V]`` unless the embeddings are tied.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Cache = dict[str, Any]
+
+
+def rotary(x_BxTxNxD: jax.Array, positions_T: jax.Array, base: float = 10000.0) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021), the half-split ("NeoX") layout.
+
+    Args:
+      x_BxTxNxD: queries or keys; D even.
+      positions_T: the absolute position of each of the T entries.
+      base: the frequency base.
+
+    Returns:
+      ``x`` rotated, same shape and dtype.
+
+    Example:
+      >>> q = jnp.ones((1, 4, 2, 8))
+      >>> rotary(q, jnp.arange(4)).shape
+      (1, 4, 2, 8)
+    """
+    d = x_BxTxNxD.shape[-1]
+    half = d // 2
+    freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle_TxH = positions_T.astype(jnp.float32)[:, None] * freq[None, :]
+    cos = jnp.cos(angle_TxH)[None, :, None, :]
+    sin = jnp.sin(angle_TxH)[None, :, None, :]
+    x = x_BxTxNxD.astype(jnp.float32)
+    x1, x2 = x[..., :half], x[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxTxNxD.dtype)
+
+
+def _norm(kind: str, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
+    if kind == "layernorm":
+        return nn.LayerNorm(epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, name=name)
+    if kind == "rmsnorm":
+        return nn.RMSNorm(epsilon=1e-5, dtype=dtype, param_dtype=param_dtype, name=name)
+    raise ValueError(f"Transformer.norm: unknown norm {kind!r}; expected layernorm or rmsnorm")
+
+
+class Block(nn.Module):
+    """One pre-norm Transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
+
+    Attributes:
+      num_heads: attention heads; the width must divide by it.
+      mlp_dim: hidden width of the MLP.
+      dropout: dropout on each residual branch in training.
+      norm: "layernorm" or "rmsnorm".
+      positions: "learned" (added to the embeddings outside) or "rotary" (applied here).
+      out_init_std: standard deviation of the residual output projections.
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    dropout: float = 0.0
+    norm: str = "layernorm"
+    positions: str = "learned"
+    out_init_std: float = 0.02
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BxTxE: jax.Array,
+        cache: Cache | None,
+        pos: jax.Array,
+        deterministic: bool,
+    ) -> tuple[jax.Array, Cache | None]:
+        b, t, e = x_BxTxE.shape
+        n = self.num_heads
+        d = e // n
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        init = nn.initializers.normal(0.02)
+        out_init = nn.initializers.normal(self.out_init_std)
+
+        y = _norm(self.norm, "norm_attn", self.dtype, self.param_dtype)(x_BxTxE)
+        qkv = nn.Dense(3 * e, kernel_init=init, name="qkv", **dense)(y)
+        q, k, v = jnp.split(qkv.reshape(b, t, 3 * n, d), 3, axis=2)
+        positions = pos + jnp.arange(t)
+        if self.positions == "rotary":
+            q, k = rotary(q, positions), rotary(k, positions)
+        if cache is None:
+            att = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        else:
+            k_all = jax.lax.dynamic_update_slice(
+                cache["k"], k.astype(cache["k"].dtype), (0, pos, 0, 0)
+            )
+            v_all = jax.lax.dynamic_update_slice(
+                cache["v"], v.astype(cache["v"].dtype), (0, pos, 0, 0)
+            )
+            cache = {"k": k_all, "v": v_all}
+            # Query i (at position pos + i) sees cache slots 0 .. pos + i; later slots are empty.
+            mask = jnp.arange(k_all.shape[1])[None, :] <= positions[:, None]
+            att = jax.nn.dot_product_attention(
+                q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask[None, None]
+            )
+        att = nn.Dense(e, kernel_init=out_init, name="attn_out", **dense)(att.reshape(b, t, e))
+        x_BxTxE = x_BxTxE + nn.Dropout(self.dropout)(att, deterministic=deterministic)
+
+        y = _norm(self.norm, "norm_mlp", self.dtype, self.param_dtype)(x_BxTxE)
+        y = nn.Dense(self.mlp_dim, kernel_init=init, name="mlp_fc", **dense)(y)
+        y = jax.nn.gelu(y, approximate=True)
+        y = nn.Dense(e, kernel_init=out_init, name="mlp_proj", **dense)(y)
+        x_BxTxE = x_BxTxE + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+        return x_BxTxE, cache
+
+
+class Transformer(nn.Module):
+    """Decoder-only Transformer language model with jaxlm's model interface.
+
+    ``apply({"params": p}, tokens_BxT, carry, deterministic=..., rngs={"dropout": key})``
+    returns ``(logits_BxTxV float32, new_carry, aux)``. In training ``carry`` is None (from
+    ``initial_carry(B)``) and attention is causal over the window. For decoding,
+    ``initial_carry(B, max_length)`` gives an empty key/value cache; each call appends its
+    tokens to the cache and attends to everything before them, so a prompt can be read in one
+    call and then continued one token per call.
+
+    Attributes:
+      vocab_size: V.
+      embed_dim: E, the model width.
+      num_layers: number of blocks.
+      num_heads: attention heads per block.
+      mlp_dim: MLP hidden width; 0 means 4E.
+      max_len: the longest sequence (learned position table size; cache limit).
+      dropout: dropout on the embeddings and on each residual branch (not on attention
+        probabilities, which ``jax.nn.dot_product_attention`` does not offer).
+      norm: "layernorm" or "rmsnorm", applied before each sub-block and at the end.
+      positions: "learned" or "rotary".
+      tie_embeddings: the output layer reuses the token embedding matrix.
+      remat: recompute each block's activations in the backward pass to save memory.
+      dtype: compute dtype; logits are float32.
+      param_dtype: parameter dtype.
+
+    Example:
+      >>> model = Transformer(vocab_size=65, embed_dim=32, num_layers=2, num_heads=4)
+      >>> tokens = jnp.zeros((2, 16), jnp.int32)
+      >>> params = model.init(jax.random.key(0), tokens, None)["params"]
+      >>> logits, carry, aux = model.apply({"params": params}, tokens, None)
+      >>> logits.shape
+      (2, 16, 65)
+    """
+
+    vocab_size: int
+    embed_dim: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    mlp_dim: int = 0
+    max_len: int = 512
+    dropout: float = 0.0
+    norm: str = "layernorm"
+    positions: str = "learned"
+    tie_embeddings: bool = True
+    remat: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def initial_carry(self, batch_size: int, max_length: int | None = None) -> Cache | None:
+        """No carry for training; an empty key/value cache for decoding ``max_length`` tokens.
+
+        Args:
+          batch_size: B.
+          max_length: total tokens the cache must hold (prompt plus generated); None for
+            training.
+
+        Returns:
+          None, or ``{"pos": int32 scalar, "layers": ({"k": [B, L, N, D], "v": ...}, ...)}``.
+        """
+        if max_length is None:
+            return None
+        if self.positions == "learned" and max_length > self.max_len:
+            raise ValueError(
+                f"Transformer: {max_length} tokens exceed max_len={self.max_len} of the learned "
+                "position table"
+            )
+        d = self.embed_dim // self.num_heads
+        shape = (batch_size, max_length, self.num_heads, d)
+        layers = tuple(
+            {"k": jnp.zeros(shape, self.dtype), "v": jnp.zeros(shape, self.dtype)}
+            for _ in range(self.num_layers)
+        )
+        return {"pos": jnp.zeros((), jnp.int32), "layers": layers}
+
+    @nn.compact
+    def __call__(
+        self, tokens_BxT: jax.Array, carry: Cache | None = None, *, deterministic: bool = True
+    ) -> tuple[jax.Array, Cache | None, dict[str, jax.Array]]:
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"Transformer: embed_dim={self.embed_dim} does not divide into "
+                f"num_heads={self.num_heads}"
+            )
+        if self.positions not in ("learned", "rotary"):
+            raise ValueError(
+                f"Transformer.positions: unknown {self.positions!r}; expected learned or rotary"
+            )
+        t = tokens_BxT.shape[1]
+        if carry is None and t > self.max_len and self.positions == "learned":
+            raise ValueError(f"Transformer: window {t} exceeds max_len={self.max_len}")
+        pos = jnp.zeros((), jnp.int32) if carry is None else carry["pos"]
+        embed = nn.Embed(
+            self.vocab_size,
+            self.embed_dim,
+            embedding_init=nn.initializers.normal(0.02),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="embed",
+        )
+        x = embed(tokens_BxT)
+        if self.positions == "learned":
+            table = self.param(
+                "pos_embed",
+                nn.initializers.normal(0.02),
+                (self.max_len, self.embed_dim),
+                self.param_dtype,
+            )
+            x = x + jax.lax.dynamic_slice_in_dim(table, pos, t).astype(self.dtype)[None]
+        x = self.perturb("embedded", x)  # lets tests take gradients with respect to the inputs
+        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+
+        block_cls = nn.remat(Block, static_argnums=(4,)) if self.remat else Block
+        mlp_dim = self.mlp_dim or 4 * self.embed_dim
+        new_layers = []
+        for i in range(self.num_layers):
+            x, layer_cache = block_cls(
+                num_heads=self.num_heads,
+                mlp_dim=mlp_dim,
+                dropout=self.dropout,
+                norm=self.norm,
+                positions=self.positions,
+                out_init_std=0.02 / math.sqrt(2 * self.num_layers),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"blocks_{i}",
+            )(x, None if carry is None else carry["layers"][i], pos, deterministic)
+            new_layers.append(layer_cache)
+        x = _norm(self.norm, "final_norm", self.dtype, self.param_dtype)(x)
+        if self.tie_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = nn.Dense(
+                self.vocab_size,
+                use_bias=False,
+                kernel_init=nn.initializers.normal(0.02),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="head",
+            )(x)
+        new_carry = None if carry is None else {"pos": pos + t, "layers": tuple(new_layers)}
+        return logits.astype(jnp.float32), new_carry, {}

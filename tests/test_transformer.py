@@ -1,0 +1,173 @@
+"""Transformer: causality, the key/value cache, remat, dropout, norms, tying, the registry."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlm.config import base_config
+from jaxlm.models import get_model
+from jaxlm.models.transformer import Transformer, rotary
+from jaxlm.precision import Policy
+
+V, B, T = 19, 2, 9
+TOKENS = jax.random.randint(jax.random.key(1), (B, T), 0, V)
+
+
+def _model(**kw) -> Transformer:
+    kw = {"embed_dim": 16, "num_layers": 2, "num_heads": 4, "max_len": 12, **kw}
+    return Transformer(vocab_size=V, **kw)
+
+
+@functools.cache
+def _params(**kw):
+    model = _model(**kw)
+    return jax.jit(model.init)(jax.random.key(0), TOKENS, None)["params"]
+
+
+@jax.jit(static_argnums=0)
+def _fwd(model, params, tokens, carry=None, key=None):
+    if key is None:
+        return model.apply({"params": params}, tokens, carry)
+    return model.apply(
+        {"params": params}, tokens, carry, deterministic=False, rngs={"dropout": key}
+    )
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_outputs_depend_on_no_later_input(positions):
+    model, params = _model(positions=positions), _params(positions=positions)
+    weights = jax.random.normal(jax.random.key(2), (V,))
+    zero = jnp.zeros((B, T, 16))
+
+    def scores(delta):  # [B, T]: a scalar per output position
+        logits, _, _ = model.apply(
+            {"params": params, "perturbations": {"embedded": delta}}, TOKENS, None
+        )
+        return logits @ weights
+
+    jac = np.asarray(jax.jit(jax.jacrev(scores))(zero))  # [B, T, B, T, E]
+    for b in range(B):
+        for t in range(T):
+            assert np.all(jac[b, t, :, t + 1 :] == 0.0), (b, t)  # exactly zero: the future
+            assert np.all(jac[b, t, 1 - b] == 0.0)  # and other sequences
+            assert np.all(np.abs(jac[b, t, b, : t + 1]).sum(-1) > 0)  # the past does count
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_cached_decoding_equals_the_full_forward(positions):
+    model, params = _model(positions=positions), _params(positions=positions)
+    full, none_carry, _ = _fwd(model, params, TOKENS)
+    assert none_carry is None and model.initial_carry(B) is None
+    carry = model.initial_carry(B, T)
+    assert carry["layers"][0]["k"].shape == (B, T, 4, 4)
+    step = jax.jit(lambda tok, c: model.apply({"params": params}, tok, c))
+    first, carry, _ = step(TOKENS[:, :4], carry)  # the prompt in one call
+    outs = [first]
+    for i in range(4, T):
+        out, carry, _ = step(TOKENS[:, i : i + 1], carry)
+        outs.append(out)
+    assert int(carry["pos"]) == T
+    np.testing.assert_allclose(jnp.concatenate(outs, 1), full, atol=1e-5, rtol=0)
+
+
+def test_cache_longer_than_learned_positions_is_refused():
+    with pytest.raises(ValueError, match="max_len"):
+        _model().initial_carry(1, 13)
+    assert _model(positions="rotary").initial_carry(1, 100)["layers"][0]["k"].shape[1] == 100
+
+
+def test_remat_changes_nothing_but_memory():
+    params = _params(num_layers=1)
+
+    def grads(model):
+        def loss(p):
+            logits, _, _ = model.apply(
+                {"params": p},
+                TOKENS,
+                None,
+                deterministic=False,
+                rngs={"dropout": jax.random.key(3)},
+            )
+            return jnp.mean(logits**2)
+
+        return jax.jit(jax.grad(loss))(params)
+
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+        grads(_model(remat=True, dropout=0.2, num_layers=1)),
+        grads(_model(dropout=0.2, num_layers=1)),
+    )
+
+
+def test_dropout_only_in_training_and_seeded():
+    model, params = _model(dropout=0.3), _params()
+    a, _, _ = _fwd(model, params, TOKENS, None, jax.random.key(0))
+    b, _, _ = _fwd(model, params, TOKENS, None, jax.random.key(0))
+    c, _, _ = _fwd(model, params, TOKENS, None, jax.random.key(1))
+    e1, _, _ = _fwd(model, params, TOKENS)
+    e2, _, _ = _fwd(_model(), params, TOKENS)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c) and not np.allclose(a, e1)
+    np.testing.assert_array_equal(e1, e2)
+
+
+def test_parameter_names_norms_and_tying():
+    tied = _params()
+    assert {"embed", "pos_embed", "blocks_0", "blocks_1", "final_norm"} == set(tied)
+    assert set(tied["blocks_0"]) == {
+        "norm_attn",
+        "qkv",
+        "attn_out",
+        "norm_mlp",
+        "mlp_fc",
+        "mlp_proj",
+    }
+    assert tied["blocks_0"]["mlp_fc"]["kernel"].shape == (16, 64)  # mlp_dim 0: 4 E
+    assert set(tied["blocks_0"]["norm_attn"]) == {"scale", "bias"}
+    shapes = jax.eval_shape(
+        _model(norm="rmsnorm", positions="rotary", tie_embeddings=False, mlp_dim=24).init,
+        jax.random.key(0),
+        TOKENS,
+        None,
+    )["params"]
+    assert set(shapes["blocks_0"]["norm_attn"]) == {"scale"}
+    assert "pos_embed" not in shapes and shapes["head"]["kernel"].shape == (16, V)
+    assert shapes["blocks_1"]["mlp_fc"]["kernel"].shape == (16, 24)
+    with pytest.raises(ValueError, match="norm"):
+        jax.eval_shape(_model(norm="batchnorm").init, jax.random.key(0), TOKENS, None)
+
+
+def test_rotary_is_a_rotation_that_depends_on_relative_position():
+    q = jax.random.normal(jax.random.key(0), (1, 1, 1, 8))
+    k = jax.random.normal(jax.random.key(1), (1, 1, 1, 8))
+    np.testing.assert_allclose(
+        jnp.linalg.norm(rotary(q, jnp.array([5]))), jnp.linalg.norm(q), rtol=1e-6
+    )
+    dot = [
+        float(jnp.sum(rotary(q, jnp.array([i + 3])) * rotary(k, jnp.array([i])))) for i in (0, 7)
+    ]
+    np.testing.assert_allclose(dot[0], dot[1], rtol=1e-5)
+
+
+def test_registry_and_bfloat16():
+    cfg = base_config().model
+    cfg.update(
+        name="transformer",
+        embed_dim=16,
+        num_layers=1,
+        num_heads=2,
+        max_len=16,
+        positions="rotary",
+        norm="rmsnorm",
+        tie_embeddings=True,
+    )
+    model = get_model(cfg, V, Policy.from_string("params=float32,compute=bfloat16"))
+    assert isinstance(model, Transformer) and model.positions == "rotary"
+    params = jax.jit(model.init)(jax.random.key(0), TOKENS, None)["params"]
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    logits, _, _ = _fwd(model, params, TOKENS)
+    assert logits.dtype == jnp.float32 and logits.shape == (B, T, V)
+    assert model.initial_carry(B, 4)["layers"][0]["k"].dtype == jnp.bfloat16
