@@ -1,0 +1,444 @@
+"""Hugging Face GPT-2 <-> jaxlm Transformer, through safetensors and config.json.
+
+GPT-2 is a pre-LayerNorm decoder with learned positions, a tanh-approximated GELU MLP and tied
+input/output embeddings; :class:`jaxlm.models.transformer.Transformer` with ``norm="layernorm"``,
+``positions="learned"`` is the same function. The mapping (GPT-2 ``Conv1D`` weights are stored
+``[in, out]``, as flax ``Dense`` kernels are, so no transposes):
+
+====================================  =======================================
+Hugging Face (``transformer.`` prefix)   jaxlm ``params``
+====================================  =======================================
+``wte.weight`` ``[V, E]``             ``embed/embedding``
+``wpe.weight`` ``[P, E]``             ``pos_embed`` (``max_len = P``)
+``h.<i>.ln_1.{weight,bias}``          ``blocks_<i>/norm_attn/{scale,bias}``
+``h.<i>.attn.c_attn.{weight,bias}``   ``blocks_<i>/qkv/{kernel,bias}``
+``h.<i>.attn.c_proj.{weight,bias}``   ``blocks_<i>/attn_out/{kernel,bias}``
+``h.<i>.ln_2.{weight,bias}``          ``blocks_<i>/norm_mlp/{scale,bias}``
+``h.<i>.mlp.c_fc.{weight,bias}``      ``blocks_<i>/mlp_fc/{kernel,bias}``
+``h.<i>.mlp.c_proj.{weight,bias}``    ``blocks_<i>/mlp_proj/{kernel,bias}``
+``ln_f.{weight,bias}``                ``final_norm/{scale,bias}``
+``lm_head.weight`` ``[V, E]``         ``head/kernel`` ``[E, V]`` (untied models only)
+====================================  =======================================
+
+Only ``config.json`` and ``*.safetensors`` are read (``pytorch_model.bin`` is refused: it would
+need unpickling). Neither direction needs ``torch`` or ``transformers``.
+
+Example:
+  >>> from jaxlm.interop import gpt2
+  >>> gpt2.hf_to_jaxlm("hf/gpt2", "runs/gpt2")  # doctest: +SKIP
+  PosixPath('runs/gpt2/checkpoints/0')
+  >>> gpt2.jaxlm_to_hf("runs/gpt2", "hf/gpt2_again")  # doctest: +SKIP
+  PosixPath('hf/gpt2_again')
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxlm import checkpoint_tools as ct
+
+HF_WEIGHTS = "model.safetensors"
+HF_INDEX = "model.safetensors.index.json"
+JAXLM_CONFIG = "jaxlm_config.json"
+JAXLM_TOKENIZER = "jaxlm_tokenizer.json"
+# GPT-2 activations that are the tanh-approximated GELU our Transformer uses.
+TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+EPSILON = 1e-5  # jaxlm's LayerNorm epsilon, and GPT-2's default
+
+_BLOCK = {
+    "ln_1.weight": ("norm_attn", "scale"),
+    "ln_1.bias": ("norm_attn", "bias"),
+    "attn.c_attn.weight": ("qkv", "kernel"),
+    "attn.c_attn.bias": ("qkv", "bias"),
+    "attn.c_proj.weight": ("attn_out", "kernel"),
+    "attn.c_proj.bias": ("attn_out", "bias"),
+    "ln_2.weight": ("norm_mlp", "scale"),
+    "ln_2.bias": ("norm_mlp", "bias"),
+    "mlp.c_fc.weight": ("mlp_fc", "kernel"),
+    "mlp.c_fc.bias": ("mlp_fc", "bias"),
+    "mlp.c_proj.weight": ("mlp_proj", "kernel"),
+    "mlp.c_proj.bias": ("mlp_proj", "bias"),
+}
+# Buffers older GPT-2 checkpoints store (the causal mask); not parameters.
+_IGNORED = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+
+
+class ConversionError(ValueError):
+    """A model that cannot be converted exactly; the message names the file and the field."""
+
+
+# --------------------------------------------------------------------------------------------
+# Configs.
+
+
+def model_config_from_hf(hf: dict[str, Any], source: str = "config.json") -> dict[str, Any]:
+    """The jaxlm ``config.model`` fields of a GPT-2 ``config.json``.
+
+    Args:
+      hf: the parsed ``config.json``.
+      source: the file's name, for error messages.
+
+    Returns:
+      ``{"name": "transformer", "embed_dim", "num_layers", "num_heads", "mlp_dim", "max_len",
+      "norm": "layernorm", "positions": "learned", "tie_embeddings", "dropout"}`` and
+      ``vocab_size`` (the tokenizer's, kept beside the model fields).
+
+    Raises:
+      ConversionError: the model is not one our Transformer computes exactly.
+    """
+    model_type = hf.get("model_type", "gpt2")
+    if model_type != "gpt2":
+        raise ConversionError(f"{source}: model_type {model_type!r}; only 'gpt2' converts")
+    act = hf.get("activation_function", "gelu_new")
+    checks = [
+        (act in TANH_GELU, f"activation_function {act!r} (expected one of {TANH_GELU})"),
+        (
+            abs(hf.get("layer_norm_epsilon", EPSILON) - EPSILON) < 1e-12,
+            f"layer_norm_epsilon {hf.get('layer_norm_epsilon')} (jaxlm uses {EPSILON})",
+        ),
+        (hf.get("scale_attn_weights", True), "scale_attn_weights false"),
+        (not hf.get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx"),
+        (hf.get("n_embd", 768) % hf.get("n_head", 12) == 0, "n_embd not divisible by n_head"),
+    ]
+    problems = [what for ok, what in checks if not ok]
+    if problems:
+        raise ConversionError(f"{source}: cannot convert exactly: " + "; ".join(problems))
+    n_embd = int(hf.get("n_embd", 768))
+    return {
+        "name": "transformer",
+        "embed_dim": n_embd,
+        "num_layers": int(hf.get("n_layer", 12)),
+        "num_heads": int(hf.get("n_head", 12)),
+        "mlp_dim": int(hf.get("n_inner") or 4 * n_embd),
+        "max_len": int(hf.get("n_positions", 1024)),
+        "norm": "layernorm",
+        "positions": "learned",
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", True)),
+        "dropout": float(hf.get("resid_pdrop", 0.1)),
+        "vocab_size": int(hf.get("vocab_size", 50257)),
+    }
+
+
+def hf_config_from_model(model: dict[str, Any], vocab_size: int) -> dict[str, Any]:
+    """A GPT-2 ``config.json`` for a jaxlm Transformer's ``config.model`` fields.
+
+    Args:
+      model: ``config.model`` as JSON (``name`` must be ``transformer``, with ``layernorm``
+        and ``learned`` positions).
+      vocab_size: the number of token ids.
+
+    Returns:
+      The ``config.json`` contents (``GPT2LMHeadModel``).
+
+    Raises:
+      ConversionError: the model is not a GPT-2 (another family, RMSNorm, rotary positions).
+    """
+    problems = []
+    if model.get("name") != "transformer":
+        problems.append(f"model.name {model.get('name')!r} (expected 'transformer')")
+    if model.get("norm", "layernorm") != "layernorm":
+        problems.append(f"model.norm {model.get('norm')!r} (GPT-2 has LayerNorm)")
+    if model.get("positions", "learned") != "learned":
+        problems.append(f"model.positions {model.get('positions')!r} (GPT-2 learns positions)")
+    if problems:
+        raise ConversionError("not expressible as GPT-2: " + "; ".join(problems))
+    e = int(model["embed_dim"])
+    dropout = float(model.get("dropout", 0.0))
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": int(vocab_size),
+        "n_positions": int(model.get("max_len", 512)),
+        "n_embd": e,
+        "n_layer": int(model["num_layers"]),
+        "n_head": int(model["num_heads"]),
+        "n_inner": int(model.get("mlp_dim") or 4 * e),
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": EPSILON,
+        "resid_pdrop": dropout,
+        "embd_pdrop": dropout,
+        "attn_pdrop": 0.0,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "tie_word_embeddings": bool(model.get("tie_embeddings", True)),
+        "bos_token_id": int(vocab_size) - 1,
+        "eos_token_id": int(vocab_size) - 1,
+        "use_cache": True,
+        "torch_dtype": "float32",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters.
+
+
+def params_from_hf(
+    weights: dict[str, np.ndarray], model: dict[str, Any], source: str = "model.safetensors"
+) -> dict[str, Any]:
+    """Maps GPT-2 weights (names with or without ``transformer.``) onto jaxlm parameters.
+
+    Args:
+      weights: ``{name: array}`` as in the safetensors file.
+      model: from :func:`model_config_from_hf`.
+      source: the file's name, for error messages.
+
+    Returns:
+      The jaxlm ``params`` tree.
+
+    Raises:
+      ConversionError: a weight is missing, unexpected or of the wrong shape.
+    """
+    w = {}
+    for name, value in weights.items():
+        short = name.removeprefix("transformer.")
+        if not _IGNORED.match(short):
+            w[short] = np.asarray(value)
+    e, v = model["embed_dim"], model["vocab_size"]
+    params: dict[str, Any] = {}
+    expected: dict[str, tuple[int, ...]] = {}
+
+    def take(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        expected[name] = shape
+        if name not in w:
+            raise ConversionError(f"{source}: missing weight {name!r} (shape {shape})")
+        if w[name].shape != shape:
+            raise ConversionError(f"{source}: {name} has shape {w[name].shape}; expected {shape}")
+        return w[name]
+
+    params["embed"] = {"embedding": take("wte.weight", (v, e))}
+    params["pos_embed"] = take("wpe.weight", (model["max_len"], e))
+    shapes = {
+        "ln_1.weight": (e,), "ln_1.bias": (e,), "ln_2.weight": (e,), "ln_2.bias": (e,),
+        "attn.c_attn.weight": (e, 3 * e), "attn.c_attn.bias": (3 * e,),
+        "attn.c_proj.weight": (e, e), "attn.c_proj.bias": (e,),
+        "mlp.c_fc.weight": (e, model["mlp_dim"]), "mlp.c_fc.bias": (model["mlp_dim"],),
+        "mlp.c_proj.weight": (model["mlp_dim"], e), "mlp.c_proj.bias": (e,),
+    }  # fmt: skip
+    for i in range(model["num_layers"]):
+        block: dict[str, dict[str, np.ndarray]] = {}
+        for hf_name, (module, leaf) in _BLOCK.items():
+            block.setdefault(module, {})[leaf] = take(f"h.{i}.{hf_name}", shapes[hf_name])
+        params[f"blocks_{i}"] = block
+    params["final_norm"] = {"scale": take("ln_f.weight", (e,)), "bias": take("ln_f.bias", (e,))}
+    if not model["tie_embeddings"]:
+        params["head"] = {"kernel": take("lm_head.weight", (v, e)).T.copy()}
+    elif "lm_head.weight" in w:
+        expected["lm_head.weight"] = (v, e)
+        if not np.array_equal(w["lm_head.weight"], w["wte.weight"]):
+            raise ConversionError(
+                f"{source}: tie_word_embeddings is true but lm_head.weight differs from wte.weight"
+            )
+    unexpected = sorted(set(w) - set(expected))
+    if unexpected:
+        raise ConversionError(f"{source}: unexpected weights {unexpected[:5]}")
+    return params
+
+
+def params_to_hf(params: dict[str, Any], model: dict[str, Any]) -> dict[str, np.ndarray]:
+    """jaxlm Transformer parameters as GPT-2 weights (as ``GPT2LMHeadModel`` names them).
+
+    Args:
+      params: the jaxlm ``params`` tree (numpy or jax arrays).
+      model: ``config.model`` fields (see :func:`hf_config_from_model`).
+
+    Returns:
+      ``{"transformer.wte.weight": ..., ...}``; ``lm_head.weight`` only for untied models
+      (``transformers`` ties it to ``wte`` on load otherwise).
+    """
+    p = jax.tree.map(np.asarray, params)
+    out = {
+        "transformer.wte.weight": p["embed"]["embedding"],
+        "transformer.wpe.weight": p["pos_embed"],
+        "transformer.ln_f.weight": p["final_norm"]["scale"],
+        "transformer.ln_f.bias": p["final_norm"]["bias"],
+    }
+    for i in range(int(model["num_layers"])):
+        block = p[f"blocks_{i}"]
+        for hf_name, (module, leaf) in _BLOCK.items():
+            out[f"transformer.h.{i}.{hf_name}"] = block[module][leaf]
+    if not model.get("tie_embeddings", True):
+        out["lm_head.weight"] = p["head"]["kernel"].T
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Folders.
+
+
+def read_hf_folder(folder: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Reads a Hugging Face model folder's ``config.json`` and safetensors weights.
+
+    Args:
+      folder: holds ``config.json`` and ``model.safetensors`` (or a sharded
+        ``model.safetensors.index.json`` with its files).
+
+    Returns:
+      ``(weights, hf_config)``.
+
+    Raises:
+      FileNotFoundError: no config.json or no safetensors weights (a folder with only
+        ``pytorch_model.bin`` is refused: reading it would mean unpickling).
+    """
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (expected a Hugging Face model folder)")
+    hf = json.loads(config_file.read_text())
+    if (folder / HF_INDEX).is_file():
+        index = json.loads((folder / HF_INDEX).read_text())
+        files = sorted(set(index["weight_map"].values()))
+    elif (folder / HF_WEIGHTS).is_file():
+        files = [HF_WEIGHTS]
+    else:
+        found = sorted(p.name for p in folder.iterdir())
+        raise FileNotFoundError(
+            f"{folder}: no {HF_WEIGHTS} or {HF_INDEX} (found {found}); only safetensors weights "
+            "are read, never pickled ones such as pytorch_model.bin. Re-save the model with "
+            "save_pretrained(..., safe_serialization=True)."
+        )
+    weights: dict[str, np.ndarray] = {}
+    for name in files:
+        arrays, _ = ct.read_arrays(folder / name)
+        weights.update(arrays)
+    return weights, hf
+
+
+def write_hf_folder(
+    folder: str | Path, weights: dict[str, np.ndarray], hf_config: dict[str, Any]
+) -> Path:
+    """Writes ``config.json`` and ``model.safetensors`` as ``save_pretrained`` would.
+
+    Args:
+      folder: the output folder (created).
+      weights: from :func:`params_to_hf`.
+      hf_config: from :func:`hf_config_from_model`.
+
+    Returns:
+      The folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    ct.write_arrays(folder / HF_WEIGHTS, weights, {"format": "pt"})
+    return folder
+
+
+def build_model(model: dict[str, Any] | ml_collections.ConfigDict, vocab_size: int):
+    """The jaxlm Transformer that ``config.model`` describes (float32, deterministic use).
+
+    Args:
+      model: ``config.model`` fields.
+      vocab_size: the number of token ids.
+
+    Returns:
+      A :class:`jaxlm.models.transformer.Transformer`.
+    """
+    from jaxlm.models import transformer
+
+    m = dict(model)
+    return transformer.Transformer(
+        vocab_size=vocab_size,
+        embed_dim=int(m["embed_dim"]),
+        num_layers=int(m["num_layers"]),
+        num_heads=int(m["num_heads"]),
+        mlp_dim=int(m.get("mlp_dim") or 0),
+        max_len=int(m.get("max_len", 512)),
+        dropout=float(m.get("dropout", 0.0)),
+        norm=m.get("norm", "layernorm"),
+        positions=m.get("positions", "learned"),
+        tie_embeddings=bool(m.get("tie_embeddings", True)),
+    )
+
+
+def hf_to_jaxlm(
+    folder: str | Path,
+    out_workdir: str | Path,
+    *,
+    tokenizer: dict[str, Any] | None = None,
+    step: int = 0,
+) -> Path:
+    """Converts a Hugging Face GPT-2 folder into a jaxlm checkpoint of our Transformer.
+
+    The checkpoint holds the parameters, a fresh optimizer state for the config's optimizer
+    (Adam by default), step ``step`` and a config whose ``model`` section describes the
+    Transformer. The tokenizer is ``tokenizer`` when given, else the ``jaxlm_tokenizer.json``
+    that :func:`jaxlm_to_hf` writes, else a ``{"kind": "gpt2_bpe", "vocab_size": V}`` record
+    (jaxlm has no BPE tokenizer: token ids are GPT-2's).
+
+    Args:
+      folder: a Hugging Face model folder (see :func:`read_hf_folder`).
+      out_workdir: run folder for the checkpoint.
+      tokenizer: a jaxlm tokenizer's JSON to store with it.
+      step: the checkpoint's step.
+
+    Returns:
+      The checkpoint's folder.
+    """
+    from jaxlm import optim
+    from jaxlm.config import base_config
+
+    folder = Path(folder)
+    weights, hf = read_hf_folder(folder)
+    model = model_config_from_hf(hf, str(folder / "config.json"))
+    vocab_size = model.pop("vocab_size")
+    params = params_from_hf(weights, dict(model, vocab_size=vocab_size), str(folder))
+    saved_config = folder / JAXLM_CONFIG
+    if saved_config.is_file():
+        config = ml_collections.ConfigDict(json.loads(saved_config.read_text()))
+    else:
+        config = base_config()
+        config.name = "gpt2"
+        config.data.tokenizer = "gpt2_bpe"
+    for key, value in model.items():
+        config.model[key] = value
+    if tokenizer is None and (folder / JAXLM_TOKENIZER).is_file():
+        tokenizer = json.loads((folder / JAXLM_TOKENIZER).read_text())
+    if tokenizer is None:
+        tokenizer = {"kind": "gpt2_bpe", "vocab_size": vocab_size, "source": str(folder)}
+    tx = optim.build_optimizer(config)
+    state = {
+        "step": np.int32(step),
+        "params": params,
+        "opt_state": jax.device_get(jax.jit(tx.init)(params)),  # one compile, not one per op
+        "rng": np.asarray(jax.random.split(jax.random.PRNGKey(int(config.seed)))[1]),  # as train
+        "carry": None,
+    }
+    meta = {"config": json.loads(config.to_json()), "tokenizer": tokenizer,
+            "converted_from": str(folder)}
+    return ct.write_checkpoint(out_workdir, step, state, meta)
+
+
+def jaxlm_to_hf(path: str | Path, out_folder: str | Path, *, step: int | None = None) -> Path:
+    """Converts a jaxlm Transformer checkpoint into a Hugging Face GPT-2 folder.
+
+    Writes ``config.json`` and ``model.safetensors`` (loadable with
+    ``GPT2LMHeadModel.from_pretrained``), plus ``jaxlm_config.json`` and
+    ``jaxlm_tokenizer.json`` so :func:`hf_to_jaxlm` restores the run's config and tokenizer.
+
+    Args:
+      path: a checkpoint path (see :func:`jaxlm.checkpoint_tools.resolve`).
+      out_folder: the output folder.
+      step: which checkpoint of a run folder.
+
+    Returns:
+      The output folder.
+    """
+    ckpt = ct.resolve(path, step)
+    state, meta = ct.load_state(ckpt, parts=("params",))
+    params = state["params"]
+    model = meta["config"]["model"]
+    vocab_size = int(np.shape(params["embed"]["embedding"])[0])
+    hf = hf_config_from_model(model, vocab_size)
+    out = write_hf_folder(out_folder, params_to_hf(params, model), hf)
+    (out / JAXLM_CONFIG).write_text(json.dumps(meta["config"], indent=1) + "\n")
+    (out / JAXLM_TOKENIZER).write_text(json.dumps(meta["tokenizer"]) + "\n")
+    return out

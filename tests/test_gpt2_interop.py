@@ -1,0 +1,153 @@
+"""GPT-2 interop: a tiny random Hugging Face GPT2LMHeadModel (made locally, no download) and our
+Transformer give the same logits to 1e-4 in float32, converted in either direction."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is made locally; never reach a hub
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from jaxlm import checkpoint_tools as ct  # noqa: E402
+from jaxlm.config import base_config  # noqa: E402
+from jaxlm.interop import gpt2  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB, POSITIONS, WIDTH, LAYERS, HEADS = 50, 64, 32, 2, 4
+TOLERANCE = 1e-4
+
+
+def _hf_model(tied: bool, seed: int = 0):
+    """A tiny GPT-2 with every weight (biases and LayerNorms too) randomised."""
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=POSITIONS, n_embd=WIDTH, n_layer=LAYERS, n_head=HEADS,
+        bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, tie_word_embeddings=tied,
+    )
+    model = transformers.GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def _hf_logits(model, ids: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor(ids)).logits.numpy()
+
+
+def _our_logits(checkpoint: Path, ids: np.ndarray) -> np.ndarray:
+    state, meta = ct.load_state(checkpoint, parts=("params",))
+    vocab = state["params"]["embed"]["embedding"].shape[0]
+    model = gpt2.build_model(meta["config"]["model"], vocab)
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, None)[0])
+    return np.asarray(apply(state["params"], jnp.asarray(ids)))
+
+
+@pytest.fixture(scope="module")
+def ids() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, VOCAB, (3, POSITIONS)).astype(np.int64)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_hf_to_jaxlm_same_logits(tmp_path, ids, tied):
+    hf = _hf_model(tied)
+    hf.save_pretrained(tmp_path / "hf")
+    assert (tmp_path / "hf/model.safetensors").is_file()
+    out = gpt2.hf_to_jaxlm(tmp_path / "hf", tmp_path / "run")
+    assert out == tmp_path / "run/checkpoints/0"
+    diff = np.abs(_our_logits(out, ids) - _hf_logits(hf, ids)).max()
+    print(f"\nGPT-2 (tied={tied}) HF -> jaxlm: largest logit difference {diff:.3g}")
+    assert diff < TOLERANCE
+    report = ct.inspect(out)
+    hf_count = sum(p.numel() for p in hf.parameters())
+    assert report["totals"]["params"]["count"] == hf_count
+    assert report["config"]["model"]["tie_embeddings"] is tied
+
+
+def _jaxlm_checkpoint(workdir: Path, tied: bool) -> Path:
+    """A jaxlm Transformer checkpoint with every parameter randomised."""
+    config = base_config()
+    config.name = "tiny_transformer"
+    config.data.tokenizer = "byte"
+    for key, value in dict(
+        name="transformer", embed_dim=WIDTH, num_layers=LAYERS, num_heads=HEADS, mlp_dim=0,
+        max_len=POSITIONS, norm="layernorm", positions="learned", tie_embeddings=tied,
+    ).items():
+        config.model[key] = value
+    model = gpt2.build_model(config.model, VOCAB)
+    init = jax.jit(lambda key: model.init(key, jnp.zeros((1, 8), jnp.int32), None)["params"])
+    rng = np.random.default_rng(2)
+    params = jax.tree.map(
+        lambda x: (x + 0.2 * rng.standard_normal(x.shape)).astype(np.float32),
+        jax.device_get(init(jax.random.PRNGKey(1))),
+    )
+    state = {"step": np.int32(7), "params": params, "rng": np.zeros(2, np.uint32)}
+    meta = {
+        "config": json.loads(config.to_json()),
+        "tokenizer": {"kind": "byte", "note": "kept through the round trip"},
+    }
+    return ct.write_checkpoint(workdir, 7, state, meta)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_jaxlm_to_hf_same_logits_and_round_trip(tmp_path, ids, tied):
+    ckpt = _jaxlm_checkpoint(tmp_path / "run", tied)
+    folder = gpt2.jaxlm_to_hf(tmp_path / "run", tmp_path / "hf")
+    hf, info = transformers.GPT2LMHeadModel.from_pretrained(folder, output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched weights
+    hf = hf.eval()
+    assert hf.config.tie_word_embeddings is tied
+    diff = np.abs(_our_logits(ckpt, ids) - _hf_logits(hf, ids)).max()
+    print(f"\nGPT-2 (tied={tied}) jaxlm -> HF: largest logit difference {diff:.3g}")
+    assert diff < TOLERANCE
+
+    # And back: the same parameters bit for bit, with the run's config and tokenizer.
+    back = gpt2.hf_to_jaxlm(folder, tmp_path / "back", step=7)
+    original, meta = ct.load_state(ckpt, parts=("params",))
+    again, meta_again = ct.load_state(back, parts=("params",))
+    assert ct.flatten(again).keys() == ct.flatten(original).keys()
+    for name, value in ct.flatten(original).items():
+        assert ct.flatten(again)[name].tobytes() == value.tobytes(), name
+    assert meta_again["tokenizer"] == meta["tokenizer"]
+    assert meta_again["config"]["name"] == "tiny_transformer"
+
+
+def test_unsupported_models_are_refused_with_the_reason(tmp_path):
+    hf = _hf_model(True)
+    hf.config.activation_function = "relu"
+    hf.save_pretrained(tmp_path / "relu")
+    with pytest.raises(gpt2.ConversionError, match=r"config.json.*activation_function 'relu'"):
+        gpt2.hf_to_jaxlm(tmp_path / "relu", tmp_path / "x")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/config.json").write_text(json.dumps(hf.config.to_dict()))
+    (tmp_path / "bin/pytorch_model.bin").write_bytes(b"not read")
+    with pytest.raises(FileNotFoundError, match="never pickled"):
+        gpt2.hf_to_jaxlm(tmp_path / "bin", tmp_path / "x")
+    model = dict(name="transformer", embed_dim=WIDTH, num_layers=1, num_heads=4,
+                 norm="rmsnorm", positions="rotary")
+    with pytest.raises(gpt2.ConversionError, match="rmsnorm.*rotary"):
+        gpt2.hf_config_from_model(model, VOCAB)
+
+
+def test_command_line(tmp_path, ids):
+    spec = importlib.util.spec_from_file_location("checkpoint_cli", ROOT / "tools/checkpoint.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    hf = _hf_model(True, seed=3)
+    hf.save_pretrained(tmp_path / "hf")
+    assert cli.main(["gpt2", "to-jaxlm", str(tmp_path / "hf"), str(tmp_path / "run")]) == 0
+    assert cli.main(["gpt2", "from-jaxlm", str(tmp_path / "run"), str(tmp_path / "hf2")]) == 0
+    again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf2").eval()
+    np.testing.assert_allclose(_hf_logits(again, ids), _hf_logits(hf, ids), atol=TOLERANCE)
