@@ -18,7 +18,9 @@ pytest.importorskip("safetensors")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 
+from jaxlm import checkpoint, optim, parallel, trainer  # noqa: E402
 from jaxlm import checkpoint_tools as ct  # noqa: E402
 from jaxlm.config import base_config  # noqa: E402
 from jaxlm.interop import gpt2  # noqa: E402
@@ -70,6 +72,27 @@ def test_hf_to_jaxlm_same_logits(tmp_path, ids, tied):
     diff = np.abs(_our_logits(out, ids) - _hf_logits(hf, ids)).max()
     print(f"\nGPT-2 (tied={tied}) HF -> jaxlm: largest logit difference {diff:.3g}")
     assert diff < TOLERANCE
+    # The checkpoint restores as the trainer would resume it (TrainState target, shardings).
+    meta = ct.read_meta(out)
+    config = ml_collections.ConfigDict(meta["config"])
+    init = trainer.make_init_fn(
+        gpt2.build_model(config.model, VOCAB), optim.build_optimizer(config),
+        config.data.batch_size, config.data.seq_len, config.seed,
+    )
+    abstract = jax.eval_shape(init)
+    mesh = parallel.make_mesh()
+    shardings = trainer.state_shardings(abstract, mesh, ())
+    target = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    mgr = checkpoint.manager(tmp_path / "run", read_only=True)
+    try:
+        state, _ = checkpoint.restore(mgr, target)
+    finally:
+        mgr.close()
+    np.testing.assert_array_equal(
+        state.params["embed"]["embedding"], hf.transformer.wte.weight.detach().numpy()
+    )
     report = ct.inspect(out)
     hf_count = sum(p.numel() for p in hf.parameters())
     assert report["totals"]["params"]["count"] == hf_count

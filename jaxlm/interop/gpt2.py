@@ -333,30 +333,18 @@ def write_hf_folder(
 
 
 def build_model(model: dict[str, Any] | ml_collections.ConfigDict, vocab_size: int):
-    """The jaxlm Transformer that ``config.model`` describes (float32, deterministic use).
+    """The jaxlm Transformer that ``config.model`` describes, through the model registry.
 
     Args:
-      model: ``config.model`` fields.
+      model: ``config.model`` fields (JSON or ConfigDict).
       vocab_size: the number of token ids.
 
     Returns:
-      A :class:`jaxlm.models.transformer.Transformer`.
+      A :class:`jaxlm.models.transformer.Transformer` (float32).
     """
-    from jaxlm.models import transformer
+    from jaxlm.models import get_model
 
-    m = dict(model)
-    return transformer.Transformer(
-        vocab_size=vocab_size,
-        embed_dim=int(m["embed_dim"]),
-        num_layers=int(m["num_layers"]),
-        num_heads=int(m["num_heads"]),
-        mlp_dim=int(m.get("mlp_dim") or 0),
-        max_len=int(m.get("max_len", 512)),
-        dropout=float(m.get("dropout", 0.0)),
-        norm=m.get("norm", "layernorm"),
-        positions=m.get("positions", "learned"),
-        tie_embeddings=bool(m.get("tie_embeddings", True)),
-    )
+    return get_model(ml_collections.ConfigDict(dict(model)), vocab_size)
 
 
 def hf_to_jaxlm(
@@ -398,6 +386,7 @@ def hf_to_jaxlm(
         config = base_config()
         config.name = "gpt2"
         config.data.tokenizer = "gpt2_bpe"
+        config.data.seq_len = min(config.data.seq_len, model["max_len"])
     for key, value in model.items():
         config.model[key] = value
     if tokenizer is None and (folder / JAXLM_TOKENIZER).is_file():
