@@ -1,10 +1,25 @@
-"""Mixed-precision dtype policies."""
+"""Mixed-precision dtype policies and dynamic loss scaling for float16.
+
+A :class:`Policy` says which dtype parameters are stored in, matrix work runs in and outputs come
+out in. float16 compute needs loss scaling: :func:`dynamic_loss_scale` wraps an optax optimizer,
+and the train step multiplies its loss by :func:`loss_scale` of the optimizer state::
+
+    tx = wrap_optimizer(build_optimizer(config), policy)   # loss-scaled only for float16
+    ...
+    def loss_fn(params):
+        return loss_scale(state.opt_state) * loss(params)
+    grads = jax.grad(loss_fn)(state.params)                # scaled gradients
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)  # unscaled, or skipped
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
+import optax
 
 _DTYPES = {
     "float32": jnp.float32,
@@ -39,6 +54,11 @@ class Policy:
     compute_dtype: type = jnp.float32
     output_dtype: type = jnp.float32
 
+    @property
+    def needs_loss_scaling(self) -> bool:
+        """True when compute or parameters are float16 (bfloat16 has float32's range)."""
+        return jnp.float16 in (self.compute_dtype, self.param_dtype)
+
     @classmethod
     def from_string(cls, spec: str) -> Policy:
         """Parses ``"bfloat16"`` (compute dtype only) or ``"params=..,compute=..,output=.."``.
@@ -64,3 +84,200 @@ class Policy:
                 )
             kwargs[fields[key]] = _dtype(value, key)
         return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# Dynamic loss scaling for float16.
+
+
+class DynamicLossScaleState(NamedTuple):
+    """State of :func:`dynamic_loss_scale`.
+
+    Attributes:
+      scale: float32 scalar the loss is multiplied by before differentiation.
+      good_steps: finite steps since the scale last changed.
+      skipped: total steps skipped for non-finite gradients.
+      last_finite: whether the last step's gradients were finite (and it was applied).
+      inner_state: the wrapped optimizer's state (untouched on skipped steps).
+    """
+
+    scale: jax.Array
+    good_steps: jax.Array
+    skipped: jax.Array
+    last_finite: jax.Array
+    inner_state: optax.OptState
+
+
+def dynamic_loss_scale(
+    inner: optax.GradientTransformation,
+    *,
+    init_scale: float = 2.0**15,
+    growth_interval: int = 2000,
+    growth_factor: float = 2.0,
+    backoff_factor: float = 0.5,
+    min_scale: float = 1.0,
+    max_scale: float = 2.0**24,
+) -> optax.GradientTransformation:
+    """Dynamic loss scaling around an optimizer, for float16 training.
+
+    The train step multiplies its loss by :func:`loss_scale` of the optimizer state before
+    differentiating; this transformation receives those scaled gradients, divides them by the
+    scale, and then either applies ``inner`` (all gradients finite) or skips the step: zero
+    updates, ``inner``'s state unchanged. After ``growth_interval`` finite steps in a row the
+    scale is multiplied by ``growth_factor``; on a non-finite step it is multiplied by
+    ``backoff_factor`` (never below ``min_scale``). Wrap the whole chain (clipping included) so
+    that every inner transformation sees unscaled gradients. Works under ``jit``; the state is a
+    pytree that checkpoints with the rest of the optimizer state.
+
+    Args:
+      inner: the optimizer to protect, e.g. ``optax.chain(clip, adam)``.
+      init_scale: the starting scale.
+      growth_interval: finite steps in a row before the scale grows.
+      growth_factor: growth multiplier.
+      backoff_factor: multiplier on overflow.
+      min_scale: the scale never falls below this.
+      max_scale: the scale never grows above this.
+
+    Returns:
+      An ``optax.GradientTransformation`` with :class:`DynamicLossScaleState`.
+
+    Example:
+      >>> tx = dynamic_loss_scale(optax.adam(1e-3), init_scale=2.0**10)
+      >>> params = {"w": jnp.ones(3)}
+      >>> state = tx.init(params)
+      >>> grads = jax.grad(lambda p: loss_scale(state) * jnp.sum(p["w"] ** 2))(params)
+      >>> updates, state = tx.update(grads, state, params)
+      >>> float(loss_scale(state))
+      1024.0
+    """
+    if not (0.0 < backoff_factor < 1.0 and growth_factor >= 1.0 and growth_interval >= 1):
+        raise ValueError(
+            "dynamic_loss_scale: need 0 < backoff_factor < 1, growth_factor >= 1 and "
+            f"growth_interval >= 1; got {backoff_factor}, {growth_factor}, {growth_interval}"
+        )
+
+    def init_fn(params):
+        return DynamicLossScaleState(
+            scale=jnp.asarray(init_scale, jnp.float32),
+            good_steps=jnp.zeros((), jnp.int32),
+            skipped=jnp.zeros((), jnp.int32),
+            last_finite=jnp.ones((), jnp.bool_),
+            inner_state=inner.init(params),
+        )
+
+    def update_fn(updates, state, params=None):
+        inv = 1.0 / state.scale
+        grads = jax.tree.map(lambda g: (g.astype(jnp.float32) * inv).astype(g.dtype), updates)
+        finite = all_finite(grads)
+        new_updates, new_inner = inner.update(grads, state.inner_state, params)
+        new_updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
+        new_inner = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), new_inner, state.inner_state
+        )
+        good = jnp.where(finite, state.good_steps + 1, 0)
+        grow = good >= growth_interval
+        scale = jnp.where(
+            finite,
+            jnp.where(grow, jnp.minimum(state.scale * growth_factor, max_scale), state.scale),
+            jnp.maximum(state.scale * backoff_factor, min_scale),
+        )
+        new_state = DynamicLossScaleState(
+            scale=scale.astype(jnp.float32),
+            good_steps=jnp.where(grow, 0, good).astype(jnp.int32),
+            skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32),
+            last_finite=finite,
+            inner_state=new_inner,
+        )
+        return new_updates, new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def all_finite(tree) -> jax.Array:
+    """True when every element of every array in ``tree`` is finite.
+
+    Args:
+      tree: a pytree of arrays.
+
+    Returns:
+      A boolean scalar.
+
+    Example:
+      >>> bool(all_finite({"a": jnp.array([1.0, jnp.inf])}))
+      False
+    """
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _find_scale_state(opt_state) -> DynamicLossScaleState | None:
+    """The first :class:`DynamicLossScaleState` inside an optimizer state, if any."""
+    found = [
+        s
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, DynamicLossScaleState))
+        if isinstance(s, DynamicLossScaleState)
+    ]
+    return found[0] if found else None
+
+
+def loss_scale(opt_state) -> jax.Array:
+    """The factor to multiply the loss by before differentiating: 1 without loss scaling.
+
+    Args:
+      opt_state: an optimizer state, possibly containing a :class:`DynamicLossScaleState`
+        anywhere (e.g. inside ``optax.chain`` or ``optax.MultiSteps``).
+
+    Returns:
+      A float32 scalar.
+
+    Example:
+      >>> state = dynamic_loss_scale(optax.sgd(0.1), init_scale=8.0).init({"w": jnp.ones(2)})
+      >>> float(loss_scale(state)), float(loss_scale(optax.sgd(0.1).init({"w": jnp.ones(2)})))
+      (8.0, 1.0)
+    """
+    found = _find_scale_state(opt_state)
+    return jnp.ones((), jnp.float32) if found is None else found.scale
+
+
+def loss_scale_metrics(opt_state) -> dict[str, jax.Array]:
+    """``{"loss_scale", "skipped_steps", "step_applied"}`` when loss scaling is on, else ``{}``.
+
+    Args:
+      opt_state: an optimizer state.
+
+    Returns:
+      A dict of scalars to log.
+
+    Example:
+      >>> loss_scale_metrics(optax.sgd(0.1).init({"w": jnp.ones(2)}))
+      {}
+    """
+    found = _find_scale_state(opt_state)
+    if found is None:
+        return {}
+    return {
+        "loss_scale": found.scale,
+        "skipped_steps": found.skipped.astype(jnp.float32),
+        "step_applied": found.last_finite.astype(jnp.float32),
+    }
+
+
+def wrap_optimizer(
+    tx: optax.GradientTransformation, policy: Policy, **kwargs: Any
+) -> optax.GradientTransformation:
+    """Wraps ``tx`` in :func:`dynamic_loss_scale` when the policy computes in float16.
+
+    Args:
+      tx: the optimizer.
+      policy: the run's dtype policy.
+      **kwargs: passed to :func:`dynamic_loss_scale`.
+
+    Returns:
+      ``tx`` itself for float32 and bfloat16 policies, else the loss-scaled optimizer.
+
+    Example:
+      >>> tx = wrap_optimizer(optax.sgd(0.1), Policy.from_string("float16"))
+    """
+    if policy.needs_loss_scaling:
+        return dynamic_loss_scale(tx, **kwargs)
+    return tx
