@@ -214,17 +214,22 @@ def _metadata_problem(step_dir) -> str | None:
     return None
 
 
-def restore_latest_intact(mgr: ocp.CheckpointManager, abstract_state, *, log=print):
+def restore_latest_intact(
+    mgr: ocp.CheckpointManager, abstract_state, *, log=print, quarantine: bool = False
+):
     """Restores the newest checkpoint that reads back whole, skipping damaged ones.
 
     Tries checkpoints newest first; each one that fails (missing or unreadable metadata,
     truncated or corrupted array data) is reported through ``log`` with its directory and the
-    cause, and left on disk untouched.
+    cause. Damaged checkpoints are left on disk as they are, or with ``quarantine`` renamed to
+    ``<step>.damaged`` (orbax then no longer lists them, so training can save that step again).
 
     Args:
       mgr: from :func:`manager`.
       abstract_state: a TrainState of ``jax.ShapeDtypeStruct`` with shardings.
       log: called with one line per skipped checkpoint.
+      quarantine: rename damaged checkpoints aside (process 0 renames; every process reloads
+        the manager's step list).
 
     Returns:
       ``(state, meta, step)``.
@@ -240,7 +245,7 @@ def restore_latest_intact(mgr: ocp.CheckpointManager, abstract_state, *, log=pri
     steps = sorted(mgr.all_steps(), reverse=True)
     if not steps:
         raise FileNotFoundError(f"no checkpoint in {mgr.directory}")
-    problems = []
+    problems, damaged = [], []
     for step in steps:
         step_dir = mgr.directory / str(step)
         problem = _metadata_problem(step_dir)
@@ -252,9 +257,24 @@ def restore_latest_intact(mgr: ocp.CheckpointManager, abstract_state, *, log=pri
             else:
                 if problems:
                     log(f"Restored {step_dir} instead of the newer, damaged checkpoint(s).")
+                if quarantine and damaged:
+                    _quarantine(mgr, damaged, log)
                 return state, meta, step
         problems.append(f"{step_dir}: {problem}")
+        damaged.append(step_dir)
         log(f"Skipping damaged checkpoint {step_dir}: {problem}")
     raise RuntimeError(
         f"no intact checkpoint in {mgr.directory}; tried:\n  " + "\n  ".join(problems)
     )
+
+
+def _quarantine(mgr: ocp.CheckpointManager, step_dirs, log) -> None:
+    """Renames damaged checkpoint folders to ``<step>.damaged[-n]`` and reloads the manager."""
+    if jax.process_index() == 0:
+        for step_dir in step_dirs:
+            target, n = Path(f"{step_dir}.damaged"), 1
+            while target.exists():
+                target, n = Path(f"{step_dir}.damaged-{n}"), n + 1
+            Path(step_dir).rename(target)
+            log(f"Moved damaged checkpoint {step_dir} to {target}")
+    mgr.reload()

@@ -383,3 +383,16 @@ def test_damaged_checkpoint_is_named_and_skipped(run, tmp_path):
         mgr.close()
     with pytest.raises(ct.CheckpointError, match=str(workdir / "checkpoints/3")):
         ct.load_state(workdir, 3)
+    # Quarantined, the damaged checkpoints leave the step list, so those steps can be saved again.
+    mgr = checkpoint.manager(workdir, keep=3)
+    try:
+        lines = []
+        _, _, step = checkpoint.restore_latest_intact(
+            mgr, target, log=lines.append, quarantine=True
+        )
+        assert step == 1 and mgr.all_steps() == [1]
+        assert (workdir / "checkpoints/3.damaged").is_dir()
+        assert (workdir / "checkpoints/2.damaged").is_dir()
+        assert ct.list_steps(workdir) == [1]
+    finally:
+        mgr.close()
