@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Recurrent models (AWD-LSTM regularizers); dropouts < 0 mean "same as model.dropout".
     c.model.input_dropout = -1.0  # locked dropout on the embedding output
     c.model.hidden_dropout = -1.0  # locked dropout between recurrent layers
+    c.model.locked_dropout = True  # one dropout mask per sequence; False: per time step
     c.model.weight_drop = 0.0  # DropConnect on hidden-to-hidden weights, one mask per window
     c.model.ar = 0.0  # activation regularization weight (alpha)
     c.model.tar = 0.0  # temporal activation regularization weight (beta)

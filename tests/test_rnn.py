@@ -207,3 +207,22 @@ def test_hand_written_backward_equals_autodiff(cell):
         ours(w, hb, xw, carry),
         ref(w, hb, xw, carry),
     )
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_locked_dropout_shares_one_mask_over_time(locked):
+    model = _model(dropout=0.5, locked_dropout=locked)
+    _, state = jax.jit(
+        lambda p: model.apply(
+            {"params": p},
+            TOKENS,
+            model.initial_carry(3),
+            deterministic=False,
+            rngs={"dropout": jax.random.key(0)},
+            capture_intermediates=True,
+            mutable=["intermediates"],
+        )
+    )(_params("lstm"))
+    dropped = np.asarray(state["intermediates"]["Dropout_0"]["__call__"][0]) == 0  # [B, T, E]
+    same_over_time = np.all(dropped == dropped[:, :1], axis=1).all()
+    assert same_over_time == locked and 0.2 < dropped.mean() < 0.8

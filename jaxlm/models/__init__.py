@@ -59,6 +59,7 @@ def get_model(
             dropout=m.dropout,
             input_dropout=m.get("input_dropout", -1.0),
             hidden_dropout=m.get("hidden_dropout", -1.0),
+            locked_dropout=m.get("locked_dropout", True),
             embed_dropout=m.get("embed_dropout", 0.0),
             weight_drop=weight_drop if isinstance(weight_drop, int | float) else tuple(weight_drop),
             ar=m.get("ar", 0.0),

@@ -384,6 +384,8 @@ class RecurrentLM(nn.Module):
         as ``dropout``.
       hidden_dropout: locked dropout between recurrent layers (AWD-LSTM ``dropouth``); < 0:
         same as ``dropout``.
+      locked_dropout: True: one dropout mask per sequence, shared over time (Gal and
+        Ghahramani; AWD-LSTM); False: a fresh mask at every time step (Zaremba et al.).
       embed_dropout: drops whole rows of the embedding matrix (a word is dropped everywhere it
         appears in the batch), remaining rows scaled by ``1 / (1 - p)``.
       weight_drop: DropConnect on each layer's ``hh/kernel``, one mask per window; a float for
@@ -415,6 +417,7 @@ class RecurrentLM(nn.Module):
     dropout: float = 0.0
     input_dropout: float = -1.0
     hidden_dropout: float = -1.0
+    locked_dropout: bool = True
     embed_dropout: float = 0.0
     weight_drop: float | Sequence[float] = 0.0
     ar: float = 0.0
@@ -447,7 +450,8 @@ class RecurrentLM(nn.Module):
         return tuple(cls(h, parent=None).initial_carry(batch_size) for h in self.hidden_sizes)
 
     def _locked_dropout(self, x_BxTxF: jax.Array, rate: float, deterministic: bool) -> jax.Array:
-        return nn.Dropout(rate, broadcast_dims=(1,))(x_BxTxF, deterministic=deterministic)
+        dims = (1,) if self.locked_dropout else ()
+        return nn.Dropout(rate, broadcast_dims=dims)(x_BxTxF, deterministic=deterministic)
 
     @nn.compact
     def __call__(
