@@ -1,0 +1,42 @@
+"""Character-level Elman (tanh) RNN on the built-in corpus.
+
+Variants: ``configs/rnn.py`` (default, about the lstm recipe's size and time), ``:smoke``
+(seconds, for tests).
+"""
+
+import ml_collections
+
+from jaxlm.config import base_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Returns the recipe; ``arg`` selects a variant: None or "smoke"."""
+    c = base_config()
+    c.name = "rnn"
+    c.model.name = "rnn"
+    if arg in (None, ""):
+        c.data.batch_size = 64
+        c.data.seq_len = 64
+        c.model.embed_dim = 128
+        c.model.hidden_sizes = (384, 384)  # an LSTM's 4 gates cost 4x: wider for the same time
+        c.optimizer.learning_rate = 2e-3
+        c.optimizer.clip_norm = 0.5  # tanh RNNs' gradients spike more than an LSTM's
+        c.train.num_steps = 1500
+    elif arg == "smoke":
+        c.name = "rnn_smoke"
+        c.data.batch_size = 8
+        c.data.seq_len = 32
+        c.data.eval_batch_size = 8
+        c.model.embed_dim = 32
+        c.model.hidden_sizes = (64, 64)
+        c.train.num_steps = 60
+        c.train.log_every = 20
+        c.train.eval_every = 30
+        c.train.eval_steps = 20
+        c.train.checkpoint_every = 30
+        c.train.sample_tokens = 40
+        c.optimizer.warmup_steps = 10
+    else:
+        raise ValueError(f"configs/rnn.py: unknown variant {arg!r}; expected smoke")
+    c.lock()
+    return c
