@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from jaxlm import checkpoint, data, losses, monitor, optim, parallel
+from jaxlm import checkpoint, data, finetune, losses, monitor, optim, parallel, transforms
 from jaxlm.config import validate
 from jaxlm.data import batching
 from jaxlm.data.tokenizers import save_tokenizer, tokenizer_from_json
@@ -309,15 +309,29 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
     train_streams = batching.make_streams(corpus.train, batch_size)
     batching.check_trainable(train_streams, seq_len, f"{corpus.name} train split")
 
-    model = get_model(config.model, tokenizer.vocab_size, Policy.from_string(config.precision))
+    model_config = finetune.prepare_config(config).model  # presets may raise dropout
+    model = get_model(model_config, tokenizer.vocab_size, Policy.from_string(config.precision))
     tx = optim.build_optimizer(config)
-    schedule = optim.build_schedule(config.optimizer, num_steps)
+    accumulate = max(int(config.optimizer.accumulate_steps), 1)
+    update_schedule = optim.build_schedule(config.optimizer, -(-num_steps // accumulate))
+
+    def schedule(step):  # the rate in force at a micro-batch step
+        return update_schedule(step // accumulate)
+
     init = make_init_fn(model, tx, batch_size, seq_len, config.seed)
     abstract = jax.eval_shape(init)
     shardings = state_shardings(abstract, mesh, config.parallel.rules)
 
     if latest is None:
         state = jax.jit(init, out_shardings=shardings)()
+        if config.init_from:
+            params, mapping = finetune.load_pretrained(
+                config.init_from, state.params, tokenizer, model_config=config.model
+            )
+            params = jax.device_put(params, shardings.params)
+            opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+            state = state.replace(params=params, opt_state=opt_state)
+            print(mapping.summary(), flush=True)
     else:
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
@@ -348,9 +362,17 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
     eval_kw = dict(batch_size=config.data.eval_batch_size, seq_len=seq_len)
     t = config.train
 
+    # Plateau and NT-ASGD transforms are driven by the validation loss (a no-op otherwise).
+    report_validation = jax.jit(
+        transforms.report_validation_loss, out_shardings=shardings.opt_state, donate_argnums=0
+    )
+
+    def eval_params():  # NT-ASGD evaluates its running average once it has started
+        return transforms.averaged_params(state.opt_state, state.params)
+
     def run_eval(step: int, split: str, max_windows: int) -> dict[str, float]:
         result = evaluate(
-            model, state.params, corpus.split(split), mesh, max_windows=max_windows, **eval_kw
+            model, eval_params(), corpus.split(split), mesh, max_windows=max_windows, **eval_kw
         )
         mon.write(step, result, split)
         return result
@@ -364,7 +386,7 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
         s, (m, acc, n) = pending
         values = {k: float(v) for k, v in m.items()}
         values["loss"] = float(acc) / n
-        if not math.isfinite(values["loss"]):
+        if not math.isfinite(values["loss"]) and not config.optimizer.skip_nonfinite:
             mon.status("failed", s, error="non-finite loss")
             raise FloatingPointError(
                 f"training loss is {values['loss']} at step {s}; checkpoints up to step "
@@ -392,25 +414,26 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
             if step % t.log_every == 0 or step == num_steps:
                 pending = (step, (metrics, loss_acc, acc_steps))
                 loss_acc, acc_steps = jnp.zeros(()), 0
-            boundary = step % t.eval_every == 0 or step % t.checkpoint_every == 0
-            if boundary or step == num_steps or sigterm.raised:
-                if pending is not None:
-                    flush(pending)
-                    pending = None
-            if step % t.checkpoint_every == 0 or step == num_steps or sigterm.raised:
+            evaluate_now = step % t.eval_every == 0 and step < num_steps
+            save_now = step % t.checkpoint_every == 0 or step == num_steps or sigterm.raised
+            if pending is not None and (evaluate_now or save_now):
+                flush(pending)
+                pending = None
+            if evaluate_now:  # before saving, so a resumed run sees the same optimizer state
+                val = run_eval(step, "validation", t.eval_steps)
+                state = state.replace(opt_state=report_validation(state.opt_state, val["loss"]))
+            if save_now:
                 checkpoint.save(mgr, state, config, tokenizer, force=True)
             if sigterm.raised:
                 mgr.wait_until_finished()
                 mon.status("preempted", step)
                 raise Preempted(f"SIGTERM at step {step}; checkpoint saved in {workdir}")
-            if step % t.eval_every == 0 and step < num_steps:
-                run_eval(step, "validation", t.eval_steps)
 
         mon.status("evaluating", step)
         val = run_eval(step, "validation", 0)
         test = run_eval(step, "test", 0)
     unit = tokenizer.kind
-    sample = _sample(model, state.params, tokenizer, config)
+    sample = _sample(model, eval_params(), tokenizer, config)
     final = {
         "step": step,
         "validation_loss": val["loss"],

@@ -57,9 +57,12 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch):
+@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule):
+    # plateau: the optimizer state also depends on validation losses seen along the way.
     config = smoke(**{"train.num_steps": 40, "train.checkpoint_every": 10,
-                      "train.eval_every": 20, "train.log_every": 10})
+                      "train.eval_every": 10, "train.log_every": 10,
+                      "optimizer.schedule": schedule, "optimizer.plateau_patience": 0})
     straight = trainer.train_and_evaluate(config, tmp_path / "straight")
 
     real_save = checkpoint.save
@@ -152,3 +155,16 @@ def test_bad_field_values_are_named(tmp_path, field, value, message):
     config[section][name] = value
     with pytest.raises(ValueError, match=message):
         trainer.train_and_evaluate(config, tmp_path)
+
+
+def test_init_from_with_feature_preset_trains_only_the_output_layer(tmp_path):
+    base = {"train.num_steps": 10, "train.checkpoint_every": 10, "train.eval_every": 10}
+    trainer.train_and_evaluate(smoke(**base), tmp_path / "pretrained")
+    tuned = smoke(**base, **{"init_from": str(tmp_path / "pretrained"),
+                             "finetune.strategy": "feature"})
+    trainer.train_and_evaluate(tuned, tmp_path / "tuned")
+    before, after = final_params(tmp_path / "pretrained"), final_params(tmp_path / "tuned")
+    for name in ("embed", "layers_0", "layers_1"):
+        for x, y in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name]), strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert np.abs(before["head"]["kernel"] - after["head"]["kernel"]).max() > 0
