@@ -292,6 +292,8 @@ def _vocab_size(tokenizer: dict) -> int | None:
     try:
         return int(tokenizer_from_json(tokenizer).vocab_size)
     except Exception:  # an unknown or newer tokenizer kind: report what can be seen
+        if isinstance(tokenizer.get("vocab_size"), int):
+            return tokenizer["vocab_size"]
         for key in ("vocab", "chars", "words", "tokens"):
             if isinstance(tokenizer.get(key), list):
                 return len(tokenizer[key])
