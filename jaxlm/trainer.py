@@ -210,6 +210,17 @@ def _eval_step(model, mesh):
 # The loop.
 
 
+def _newest_readable_meta(mgr) -> dict[str, Any]:
+    """The config and tokenizer of the newest checkpoint whose metadata reads back."""
+    errors = []
+    for step in sorted(mgr.all_steps(), reverse=True):
+        try:
+            return checkpoint.read_meta(mgr, step)
+        except Exception as e:  # a damaged checkpoint; restore_latest_intact reports it
+            errors.append(f"{mgr.directory / str(step)}: {e}")
+    raise RuntimeError("no checkpoint has readable metadata:\n  " + "\n  ".join(errors))
+
+
 def _finished_summary(workdir: Path, step: int) -> dict[str, Any]:
     status = monitor.read_status(workdir) or {}
     print(f"Run in {workdir} already finished at step {step}; nothing to do.", flush=True)
@@ -282,7 +293,7 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
     latest = mgr.latest_step()
     tokenizer = None
     if latest is not None:
-        meta = checkpoint.read_meta(mgr, latest)
+        meta = _newest_readable_meta(mgr)
         diffs = checkpoint.incompatible_fields(meta["config"], config)
         if diffs:
             raise ValueError(
@@ -336,8 +347,9 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
         )
-        state, _ = checkpoint.restore(mgr, target, latest)
-        print(f"Resumed from {checkpoint.checkpoint_dir(workdir)}/{latest}", flush=True)
+        # A damaged newest checkpoint is reported, set aside, and the one before it used.
+        state, _, restored = checkpoint.restore_latest_intact(mgr, target, quarantine=True)
+        print(f"Resumed from {checkpoint.checkpoint_dir(workdir)}/{restored}", flush=True)
 
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     print(

@@ -1,6 +1,7 @@
 """The training loop: a smoke run end to end, exact resume, 1 vs 4 devices, bad input."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,30 @@ def test_init_from_with_feature_preset_trains_only_the_output_layer(tmp_path):
         for x, y in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name]), strict=True):
             np.testing.assert_array_equal(x, y)
     assert np.abs(before["head"]["kernel"] - after["head"]["kernel"]).max() > 0
+
+
+def test_damaged_newest_checkpoint_falls_back_and_says_so(tmp_path, monkeypatch, capsys):
+    config = smoke(**{"train.num_steps": 30, "train.checkpoint_every": 10,
+                      "train.eval_every": 30, "train.log_every": 10})
+    real_save, saves = checkpoint.save, []
+
+    def save_twice_then_die(mgr, state, *args, **kwargs):
+        real_save(mgr, state, *args, **kwargs)
+        mgr.wait_until_finished()
+        saves.append(1)
+        if len(saves) == 2:
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save", save_twice_then_die)
+    with pytest.raises(Killed):
+        trainer.train_and_evaluate(config, tmp_path)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    data_files = sorted((tmp_path / "checkpoints/20/state").glob("ocdbt.process_*/d/*"),
+                        key=lambda f: f.stat().st_size)
+    with open(data_files[-1], "r+b") as f:  # truncate the largest array file
+        f.truncate(data_files[-1].stat().st_size // 3)
+    final = trainer.train_and_evaluate(config, tmp_path)
+    out = capsys.readouterr().out
+    assert f"Skipping damaged checkpoint {tmp_path / 'checkpoints' / '20'}" in out
+    assert f"Resumed from {tmp_path / 'checkpoints'}/10" in out
+    assert final["step"] == 30 and math.isfinite(final["validation_loss"])
