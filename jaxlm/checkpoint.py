@@ -29,6 +29,7 @@ RESUMABLE_CHANGES = (
     "data.eval_batch_size",
     "data.data_dir",
     "precision",
+    "parallel.",  # restore reshards onto this run's mesh
     "name",
 )
 
@@ -148,7 +149,7 @@ def incompatible_fields(saved: dict, current: ml_collections.ConfigDict) -> list
 
 
 def load_tree(workdir: str | Path, step: int | None = None) -> tuple[dict[str, Any], dict]:
-    """Reads a checkpoint's state as saved (numpy leaves, no target shardings) and its meta.
+    """Reads a checkpoint's state as numpy arrays, whatever devices saved it, and its meta.
 
     Args:
       workdir: a run folder.
@@ -163,18 +164,9 @@ def load_tree(workdir: str | Path, step: int | None = None) -> tuple[dict[str, A
       >>> meta["tokenizer"]["kind"]  # doctest: +SKIP
       'char'
     """
-    mgr = manager(workdir, read_only=True)
-    try:
-        step = mgr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {checkpoint_dir(workdir)}")
-        restored = mgr.restore(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()),
-        )
-    finally:
-        mgr.close()
-    return restored.state, restored.meta
+    from jaxlm import checkpoint_tools  # it builds on this module
+
+    return checkpoint_tools.load_state(workdir, step)
 
 
 def latest_intact_step(mgr: ocp.CheckpointManager) -> int | None:

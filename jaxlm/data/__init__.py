@@ -13,8 +13,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from jaxlm.data import builders
-from jaxlm.data.builders import CorpusError
+from jaxlm.data.errors import CorpusError
 from jaxlm.data.tokenizers import decode_utf8, train_tokenizer
 
 __all__ = ["Corpus", "CorpusError", "load_corpus", "corpus_splits"]
@@ -44,6 +43,8 @@ def corpus_splits(data: ml_collections.ConfigDict) -> tuple[dict[str, bytes], st
     Returns:
       ``(parts, label)``: bytes per split and a readable corpus name.
     """
+    from jaxlm.data import builders  # TFDS is imported only when a corpus is read
+
     utf8 = data.tokenizer in ("char", "word")
     if data.corpus == "builtin":
         return builders.split_bytes(builders.builtin_text(), data.split, "builtin"), "builtin"
@@ -84,6 +85,8 @@ def load_corpus(data: ml_collections.ConfigDict, tokenizer=None) -> Corpus:
       >>> corpus = load_corpus(base_config().data)
       >>> corpus.tokenizer.decode(corpus.train[:12])
     """
+    from jaxlm.data import builders
+
     parts, label = corpus_splits(data)
     builder = builders.prepare(parts, label, data.data_dir or None)
     texts = {split: builders.read_split(builder, split) for split in builders.SPLITS}

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
+from jaxlm.data.errors import CorpusError
+
 SPLITS = ("train", "validation", "test")
 _SPLIT_PATTERNS = {"train": "train", "validation": "valid", "test": "test"}
-
-
-class CorpusError(ValueError):
-    """A corpus that cannot be used: missing, empty, ambiguous or undecodable."""
 
 
 def default_data_dir() -> str:
