@@ -5,6 +5,7 @@ Variants:
 - ``small``, ``medium``, ``large``: Zaremba, Sutskever and Vinyals (2014), "Recurrent Neural
   Network Regularization" (https://arxiv.org/abs/1409.2329): 2-layer LSTMs of 200 / 650 / 1500
   units, uniform init +-0.1 / 0.05 / 0.04, BPTT 20 / 35 / 35, batch 20, plain SGD at rate 1
+  (on the loss summed over the window: rate T and clipping at clip / T on our per-token mean)
   kept for 4 / 6 / 14 epochs and then multiplied by 0.5 / 1/1.2 / 1/1.15 every epoch, 13 / 39 /
   55 epochs, gradient-norm clipping at 5 / 5 / 10, dropout 0 / 0.5 / 0.65 on non-recurrent
   connections with a fresh mask per time step, hidden state carried across batches, no tying.
@@ -44,13 +45,15 @@ def _zaremba(c, *, hidden, init, bptt, decay_after, factor, epochs, clip, dropou
     c.model.init_scale = init
     c.model.dropout = dropout
     c.model.locked_dropout = False  # Zaremba: a fresh mask at every time step
+    # Zaremba's loss is summed over the BPTT window and averaged over the batch; ours is the
+    # mean over tokens, T times smaller. The same steps: rate T, clipping threshold clip / T.
     c.optimizer.name = "sgd"
-    c.optimizer.learning_rate = 1.0
+    c.optimizer.learning_rate = float(bptt)
     c.optimizer.schedule = "epoch_step"
     c.optimizer.steps_per_epoch = per_epoch
     c.optimizer.decay_after_epochs = decay_after
     c.optimizer.decay_factor = factor
-    c.optimizer.clip_norm = clip
+    c.optimizer.clip_norm = clip / bptt
     c.train.num_steps = epochs * per_epoch
     c.train.eval_every = per_epoch
     c.train.checkpoint_every = per_epoch
