@@ -116,12 +116,16 @@ def make_train_step(model, tx, schedule, *, carry_state: bool = True, label_smoo
 
 
 def make_eval_step(model):
-    """``eval_step(params, carry, batch) -> (carry, loss_sum, count)`` for ``jax.jit``."""
+    """``eval_step(params, carry, sums, batch) -> (carry, sums)`` for ``jax.jit``.
 
-    def eval_step(params, carry, batch):
+    ``sums`` is ``(loss_sum, count)`` over the windows so far: the running sums stay inside the
+    compiled step, so no eager arithmetic mixes arrays of different processes.
+    """
+
+    def eval_step(params, carry, sums, batch):
         logits, carry, _ = model.apply({"params": params}, batch["inputs"], carry)
         total, count = losses.cross_entropy(logits, batch["targets"], mask=batch["mask"])
-        return carry, total, count
+        return carry, (sums[0] + total, sums[1] + count)
 
     return eval_step
 
@@ -184,14 +188,13 @@ def evaluate(
     streams = batching.make_streams(tokens, batch_size, pad_to=seq_len)
     step = _eval_step(model, mesh)
     carry = jax.device_put(model.initial_carry(batch_size), parallel.batch_sharding(mesh))
-    total, count = jnp.zeros(()), jnp.zeros(())
+    sums = jax.device_put((np.float32(0), np.float32(0)), parallel.replicated(mesh))
     for i, batch in enumerate(batching.eval_batches(streams, seq_len)):
         if max_windows and i >= max_windows:
             break
         batch.pop("reset")
-        carry, t, c = step(params, carry, device_batch(batch, mesh))
-        total, count = total + t, count + c
-    total, count = float(total), float(count)
+        carry, sums = step(params, carry, sums, device_batch(batch, mesh))
+    total, count = float(sums[0]), float(sums[1])
     loss = total / max(count, 1.0)
     return {
         "loss": loss,
@@ -203,11 +206,20 @@ def evaluate(
 
 @functools.lru_cache(maxsize=8)
 def _eval_step(model, mesh):
-    return jax.jit(make_eval_step(model))
+    return jax.jit(
+        make_eval_step(model),
+        out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # The loop.
+
+
+def _log(*args) -> None:
+    """Prints on process 0 only (every process runs the loop)."""
+    if jax.process_index() == 0:
+        print(*args, flush=True)
 
 
 def _newest_readable_meta(mgr) -> dict[str, Any]:
@@ -223,10 +235,10 @@ def _newest_readable_meta(mgr) -> dict[str, Any]:
 
 def _finished_summary(workdir: Path, step: int) -> dict[str, Any]:
     status = monitor.read_status(workdir) or {}
-    print(f"Run in {workdir} already finished at step {step}; nothing to do.", flush=True)
+    _log(f"Run in {workdir} already finished at step {step}; nothing to do.")
     final = status.get("final", {})
     for key, value in final.items():
-        print(f"  {key}: {value}", flush=True)
+        _log(f"  {key}: {value}")
     return final
 
 
@@ -342,21 +354,23 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
             params = jax.device_put(params, shardings.params)
             opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
             state = state.replace(params=params, opt_state=opt_state)
-            print(mapping.summary(), flush=True)
+            _log(mapping.summary())
     else:
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
         )
         # A damaged newest checkpoint is reported, set aside, and the one before it used.
-        state, _, restored = checkpoint.restore_latest_intact(mgr, target, quarantine=True)
-        print(f"Resumed from {checkpoint.checkpoint_dir(workdir)}/{restored}", flush=True)
+        state, _, restored = checkpoint.restore_latest_intact(
+            mgr, target, quarantine=True, log=_log
+        )
+        _log(f"Resumed from {checkpoint.checkpoint_dir(workdir)}/{restored}")
 
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    print(
+    _log(
         f"{config.name}: {config.model.name} with {n_params:,} parameters, {tokenizer.kind} "
         f"vocabulary {tokenizer.vocab_size}, {len(corpus.train):,} training tokens, "
-        f"{jax.device_count()} device(s) {dict(mesh.shape)}",
-        flush=True,
+        f"{jax.device_count()} device(s) in {jax.process_count()} process(es), mesh "
+        f"{dict(mesh.shape)}"
     )
     train_step = jax.jit(
         make_train_step(
@@ -391,13 +405,13 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
 
     step = int(jax.device_get(state.step))
     pending: tuple[int, Any] | None = None
-    loss_acc, acc_steps = jnp.zeros(()), 0
+    step_losses: list[jax.Array] = []  # fetched at log time, never added up on device eagerly
     tokens_per_step = batch_size * seq_len
 
     def flush(pending):
-        s, (m, acc, n) = pending
+        s, (m, interval_losses) = pending
         values = {k: float(v) for k, v in m.items()}
-        values["loss"] = float(acc) / n
+        values["loss"] = float(np.mean([float(x) for x in interval_losses]))
         if not math.isfinite(values["loss"]) and not config.optimizer.skip_nonfinite:
             mon.status("failed", s, error="non-finite loss")
             raise FloatingPointError(
@@ -415,7 +429,7 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
                 batching.train_batch(train_streams, step, seq_len, config.seed), mesh
             )
             state, metrics = train_step(state, batch)
-            loss_acc, acc_steps = loss_acc + metrics["loss"], acc_steps + 1
+            step_losses.append(metrics["loss"])
             if pending is not None:  # fetched after the next step was dispatched
                 flush(pending)
                 pending = None
@@ -424,8 +438,8 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
                 jax.block_until_ready(metrics)
                 mon.start_timing(step)
             if step % t.log_every == 0 or step == num_steps:
-                pending = (step, (metrics, loss_acc, acc_steps))
-                loss_acc, acc_steps = jnp.zeros(()), 0
+                pending = (step, (metrics, step_losses))
+                step_losses = []
             evaluate_now = step % t.eval_every == 0 and step < num_steps
             save_now = step % t.checkpoint_every == 0 or step == num_steps or sigterm.raised
             if pending is not None and (evaluate_now or save_now):
@@ -436,6 +450,8 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
                 state = state.replace(opt_state=report_validation(state.opt_state, val["loss"]))
             if save_now:
                 checkpoint.save(mgr, state, config, tokenizer, force=True)
+                if jax.process_count() > 1:  # orbax's background barriers would otherwise
+                    mgr.wait_until_finished()  # interleave with the next collectives
             if sigterm.raised:
                 mgr.wait_until_finished()
                 mon.status("preempted", step)
@@ -458,13 +474,12 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
     }
     mon.status("finished", step, final=final)
     mon.close()
-    print(
+    _log(
         f"Final validation loss {val['loss']:.4f} nats/{unit} ({val['bits']:.4f} bits/{unit}, "
         f"perplexity {val['perplexity']:.2f}); test loss {test['loss']:.4f} nats/{unit} "
-        f"({test['bits']:.4f} bits/{unit}, perplexity {test['perplexity']:.2f})",
-        flush=True,
+        f"({test['bits']:.4f} bits/{unit}, perplexity {test['perplexity']:.2f})"
     )
-    print(f"Sample:\n{sample}", flush=True)
+    _log(f"Sample:\n{sample}")
     return final
 
 
