@@ -6,7 +6,7 @@ tests), ``:ptb`` (word-level Penn Treebank from ../shared/data/ptb).
 
 import ml_collections
 
-from jaxlm.config import base_config
+from jaxlm.config import base_config, shrink_to_smoke
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -22,19 +22,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.optimizer.learning_rate = 3e-3
         c.train.num_steps = 1500
     elif arg == "smoke":
-        c.name = "lstm_smoke"
-        c.data.batch_size = 8
-        c.data.seq_len = 32
-        c.data.eval_batch_size = 8
-        c.model.embed_dim = 32
-        c.model.hidden_sizes = (64, 64)
-        c.train.num_steps = 60
-        c.train.log_every = 20
-        c.train.eval_every = 30
-        c.train.eval_steps = 20
-        c.train.checkpoint_every = 30
-        c.train.sample_tokens = 40
-        c.optimizer.warmup_steps = 10
+        shrink_to_smoke(c)
     elif arg == "ptb":
         c.name = "lstm_ptb"
         c.data.corpus = "text_files"

@@ -174,3 +174,28 @@ def validate(config: ml_collections.ConfigDict) -> None:
     lr = config.optimizer.learning_rate
     if not isinstance(lr, int | float) or lr <= 0:
         raise ValueError(f"config.optimizer.learning_rate: expected a positive number, got {lr!r}")
+
+
+def shrink_to_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Turns a recipe into its ``smoke`` variant: a tiny model and run that finish in seconds.
+
+    Args:
+      c: an unlocked config; its ``name`` gets a ``_smoke`` suffix.
+
+    Returns:
+      The same config, changed in place.
+    """
+    c.name = f"{c.name}_smoke"
+    c.data.batch_size = 8
+    c.data.seq_len = 32
+    c.data.eval_batch_size = 8
+    c.model.embed_dim = 32
+    c.model.hidden_sizes = (64, 64)
+    c.train.num_steps = 60
+    c.train.log_every = 20
+    c.train.eval_every = 30
+    c.train.eval_steps = 20
+    c.train.checkpoint_every = 30
+    c.train.sample_tokens = 40
+    c.optimizer.warmup_steps = 10
+    return c
