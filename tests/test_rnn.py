@@ -184,29 +184,29 @@ def test_registry_names_and_errors():
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_hand_written_backward_equals_autodiff(cell):
-    from jaxlm.models.rnn import _recurrence_impl, recurrence
+    from jaxlm.models.rnn import _layer_impl, recurrent_layer
 
-    t, b, h = 6, 3, 5
+    t, b, i, h = 6, 3, 4, 5
     g = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
-    ks = jax.random.split(jax.random.key(0), 7)
-    w = 0.5 * jax.random.normal(ks[0], (h, g * h))
-    hb = jax.random.normal(ks[1], (g * h,)) if cell == "gru" else None
-    xw = jax.random.normal(ks[2], (t, b, g * h))
-    h0 = jax.random.normal(ks[3], (b, h))
-    carry = (jax.random.normal(ks[4], (b, h)), h0) if cell == "lstm" else h0
-    r_out, r_fin = jax.random.normal(ks[5], (t, b, h)), jax.random.normal(ks[6], (b, h))
+    ks = jax.random.split(jax.random.key(0), 9)
+    x = jax.random.normal(ks[0], (t, b, i))
+    w_ih = 0.5 * jax.random.normal(ks[1], (i, g * h))
+    b_ih = jax.random.normal(ks[2], (g * h,))
+    w_hh = 0.5 * jax.random.normal(ks[3], (h, g * h))
+    b_hh = jax.random.normal(ks[4], (g * h,)) if cell == "gru" else None
+    h0 = jax.random.normal(ks[5], (b, h))
+    carry = (jax.random.normal(ks[6], (b, h)), h0) if cell == "lstm" else h0
+    r_out, r_fin = jax.random.normal(ks[7], (t, b, h)), jax.random.normal(ks[8], (b, h))
 
     def loss(fn, *args):
         out, fin = fn(cell, *args)
         return jnp.sum(out * r_out) + sum(jnp.sum(f * r_fin) for f in jax.tree.leaves(fin))
 
-    ours = jax.jit(jax.grad(functools.partial(loss, recurrence), argnums=(0, 1, 2, 3)))
-    ref = jax.jit(jax.grad(functools.partial(loss, _recurrence_impl), argnums=(0, 1, 2, 3)))
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
-        ours(w, hb, xw, carry),
-        ref(w, hb, xw, carry),
-    )
+    args = (x, w_ih, b_ih, w_hh, b_hh, carry)
+    argnums = (0, 1, 2, 3, 4, 5)
+    ours = jax.jit(jax.grad(functools.partial(loss, recurrent_layer), argnums=argnums))(*args)
+    ref = jax.jit(jax.grad(functools.partial(loss, _layer_impl), argnums=argnums))(*args)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), ours, ref)
 
 
 @pytest.mark.parametrize("locked", [True, False])

@@ -53,13 +53,15 @@ def uniform_init(scale: float) -> nn.initializers.Initializer:
 
 
 # --------------------------------------------------------------------------------------------
-# The recurrence, with a hand-written backward pass.
+# A recurrent layer as one function with a hand-written backward pass.
 #
-# Reverse-mode autodiff of a scan accumulates the recurrent weight's gradient inside the backward
-# loop, one small [H, B] x [B, G] product per step. The backward pass below only carries the
-# state gradient through time (one [B, G] x [G, H] product per step) and stacks the gradients
-# of the gate pre-activations; the weight gradient is then one [H, T*B] x [T*B, G] product, and
-# the input projection's gradient flows out of the stacked gate gradients directly.
+# Forward: the input projection of the whole window is one matrix product; the scan then adds
+# the bias and the recurrent product step by step. Reverse-mode autodiff of a scan would
+# accumulate the recurrent weight's gradient inside the backward loop, one small [H, B] x [B, G]
+# product per step; the backward pass below only carries the state gradient through time (one
+# [B, G] x [G, H] product per step, on a transposed copy of the weights made once) and stacks
+# the gradients of the gate pre-activations; both weight gradients are then one product each over
+# the whole window. The LSTM's four gate activations are one elementwise pass (see _lstm_act).
 
 
 def _mm(a: jax.Array, w: jax.Array) -> jax.Array:
@@ -67,16 +69,35 @@ def _mm(a: jax.Array, w: jax.Array) -> jax.Array:
     return jnp.dot(a.astype(w.dtype), w, preferred_element_type=jnp.float32)
 
 
-def _lstm_step(w, hb, carry, xw, *, residuals):
+def _gate_consts(hidden: int) -> tuple[jax.Array, jax.Array]:
+    """Per-column ``(s, t)`` of ``act(z) = tanh(s z) s + t``: 1/2, 1/2 for the sigmoid gates
+    (input, forget, output), 1, 0 for the cell candidate's tanh."""
+    half = jnp.full((hidden,), 0.5, jnp.float32)
+    one = jnp.ones((hidden,), jnp.float32)
+    s = jnp.concatenate([half, half, one, half])
+    t = jnp.concatenate([half, half, 0.0 * one, half])
+    return s, t
+
+
+def _lstm_act(z: jax.Array) -> jax.Array:
+    """All four LSTM gate activations in one elementwise pass over ``[B, 4H]``.
+
+    ``sigmoid(x) = tanh(x / 2) / 2 + 1/2``, so the input, forget and output columns and the
+    cell column's ``tanh`` are one ``tanh(s z) * s + t`` with per-column constants.
+    """
+    s, t = _gate_consts(z.shape[-1] // 4)
+    return jnp.tanh(z * s) * s + t
+
+
+def _lstm_step(w, b, hb, carry, xw, *, residuals):
     del hb
     c, h = carry
-    z = xw + _mm(h, w)
-    i, f, g, o = jnp.split(z, 4, axis=-1)
-    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    gates = _lstm_act(xw + b + _mm(h, w))
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
     c = f * c + i * g
     h = o * jnp.tanh(c)
     if residuals:
-        return (c, h), (h, jnp.concatenate([i, f, g, o], -1), c)
+        return (c, h), (h, gates, c)
     return (c, h), h
 
 
@@ -87,21 +108,17 @@ def _lstm_bwd_step(w_t, carry, xs):
     tc = jnp.tanh(c)
     dh = dh_out + dh_next
     dc = dc_next + dh * o * (1.0 - tc * tc)
-    dz = jnp.concatenate(
-        [
-            dc * g * i * (1.0 - i),
-            dc * c_prev * f * (1.0 - f),
-            dc * i * (1.0 - g * g),
-            dh * tc * o * (1.0 - o),
-        ],
-        axis=-1,
-    )
+    # d act / dz = s * s * (1 - ((a - t) / s)^2): a(1 - a) for sigmoid columns, 1 - a^2 for g.
+    s, t = _gate_consts(dc.shape[-1])
+    u = (gates - t) / s
+    dgates = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tc], axis=-1)
+    dz = dgates * (s * s) * (1.0 - u * u)
     return (_mm(dz, w_t), dc * f), dz
 
 
-def _gru_step(w, hb, h, xw, *, residuals):
+def _gru_step(w, b, hb, h, xw, *, residuals):
     zh = _mm(h, w) + hb
-    xr, xz, xn = jnp.split(xw, 3, axis=-1)
+    xr, xz, xn = jnp.split(xw + b, 3, axis=-1)
     hr, hz, hn = jnp.split(zh, 3, axis=-1)
     r = jax.nn.sigmoid(xr + hr)
     z = jax.nn.sigmoid(xz + hz)
@@ -124,9 +141,9 @@ def _gru_bwd_step(w_t, dh_next, xs):
     return dh * z + _mm(dzh, w_t), (dxw, dzh)
 
 
-def _elman_step(w, hb, h, xw, *, residuals):
+def _elman_step(w, b, hb, h, xw, *, residuals):
     del hb, residuals
-    h = jnp.tanh(xw + _mm(h, w))
+    h = jnp.tanh(xw + b + _mm(h, w))
     return h, h
 
 
@@ -139,49 +156,66 @@ def _elman_bwd_step(w_t, dh_next, xs):
 _STEPS = {"lstm": _lstm_step, "gru": _gru_step, "rnn": _elman_step}
 
 
-def _recurrence_impl(cell: str, w, hb, xw_TxBxG, carry):
-    """The plain scan: ``(h_TxBxH, final carry)``; autodiff through it is the reference."""
-    step = functools.partial(_STEPS[cell], w, hb, residuals=False)
-    carry, h = jax.lax.scan(step, carry, xw_TxBxG)
+def _project(x_TxBxI: jax.Array, w_ih: jax.Array) -> jax.Array:
+    """The whole window's input projection, float32 ``[T, B, G]`` (bias added in the scan)."""
+    t, b, i = x_TxBxI.shape
+    return _mm(x_TxBxI.reshape(t * b, i), w_ih).reshape(t, b, -1)
+
+
+def _layer_impl(cell: str, x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry):
+    """The plain computation: ``(h_TxBxH, final carry)``; autodiff through it is the reference."""
+    step = functools.partial(_STEPS[cell], w_hh, b_ih, b_hh, residuals=False)
+    carry, h = jax.lax.scan(step, carry, _project(x_TxBxI, w_ih))
     return h, carry
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def recurrence(cell: str, w, hb, xw_TxBxG, carry):
-    """Runs a recurrent cell over a window whose input projection is already done.
+def recurrent_layer(cell: str, x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry):
+    """One recurrent layer over a time-major window, with a hand-written backward pass.
 
-    ``z_t = xw_t + h_{t-1} @ w (+ hb)``, then the cell's gates. The backward pass is
-    hand-written: the recurrent weight's gradient is one matrix product over the whole window
-    instead of one per step.
+    ``z_t = x_t @ w_ih + b_ih + h_{t-1} @ w_hh (+ b_hh)``, then the cell's gates (GRU: the
+    reset gate multiplies the recurrent part of the new-gate pre-activation, as in
+    ``torch.nn.GRU``). The backward pass computes each weight gradient as one product over the
+    whole window instead of one per step.
 
     Args:
       cell: "lstm", "gru" or "rnn".
-      w: ``[H, G]`` recurrent weights in the compute dtype.
-      hb: ``[G]`` float32 recurrent bias (GRU), else None.
-      xw_TxBxG: float32 input projections, time-major.
+      x_TxBxI: the layer input, time-major, in the compute dtype.
+      w_ih: ``[I, G]`` input weights in the compute dtype.
+      b_ih: ``[G]`` float32 bias.
+      w_hh: ``[H, G]`` recurrent weights in the compute dtype.
+      b_hh: ``[G]`` float32 recurrent bias (GRU), else None.
       carry: the state at the start: ``(c, h)`` for an LSTM, ``h`` otherwise, float32 ``[B, H]``.
 
     Returns:
       ``(h_TxBxH, final carry)``, float32.
 
     Example:
-      >>> w, xw = jnp.zeros((3, 12)), jnp.ones((5, 2, 12))
-      >>> h, (c, h_last) = recurrence("lstm", w, None, xw, (jnp.zeros((2, 3)),) * 2)
+      >>> x, w_ih, b = jnp.ones((5, 2, 4)), jnp.zeros((4, 12)), jnp.zeros(12)
+      >>> carry = (jnp.zeros((2, 3)), jnp.zeros((2, 3)))
+      >>> h, (c, h_last) = recurrent_layer("lstm", x, w_ih, b, jnp.zeros((3, 12)), None, carry)
+      >>> h.shape
+      (5, 2, 3)
     """
-    return _recurrence_impl(cell, w, hb, xw_TxBxG, carry)
+    return _layer_impl(cell, x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry)
 
 
-def _recurrence_fwd(cell, w, hb, xw_TxBxG, carry):
-    step = functools.partial(_STEPS[cell], w, hb, residuals=True)
-    final, res = jax.lax.scan(step, carry, xw_TxBxG)
+def _layer_fwd(cell, x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry):
+    step = functools.partial(_STEPS[cell], w_hh, b_ih, b_hh, residuals=True)
+    final, res = jax.lax.scan(step, carry, _project(x_TxBxI, w_ih))
     h = res[0] if cell != "rnn" else res
-    return (h, final), (w, hb, carry, res)
+    return (h, final), (x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry, res)
 
 
-def _recurrence_bwd(cell, saved, cts):
-    w, hb, carry0, res = saved
+def _transposed(w: jax.Array) -> jax.Array:
+    """``w.T`` as its own row-major array (the loop's products run faster on it)."""
+    return jax.lax.optimization_barrier(w.T)
+
+
+def _layer_bwd(cell, saved, cts):
+    x, w_ih, b_ih, w_hh, b_hh, carry0, res = saved
     dh_TxBxH, dfinal = cts
-    w_t = w.T
+    w_t = _transposed(w_hh)
     if cell == "lstm":
         h, gates, c = res
         c0, h0 = carry0
@@ -206,18 +240,33 @@ def _recurrence_bwd(cell, saved, cts):
             functools.partial(_elman_bwd_step, w_t), dfinal, (dh_TxBxH, h), reverse=True
         )
         dxw = dzh
-    h_prev = jnp.concatenate([h0[None], h[:-1]], 0)
-    gsize = w.shape[1]
-    dw = jnp.dot(
-        h_prev.reshape(-1, w.shape[0]).astype(w.dtype).T,
-        dzh.reshape(-1, gsize).astype(w.dtype),
-        preferred_element_type=jnp.float32,
-    ).astype(w.dtype)
-    dhb = None if hb is None else jnp.sum(dzh, axis=(0, 1)).astype(hb.dtype)
-    return dw, dhb, dxw, dcarry
+    t, b, i = x.shape
+    hsize, gsize = w_hh.shape
+    h_prev = jnp.concatenate([h0[None], h[:-1]], 0).reshape(t * b, hsize).astype(w_hh.dtype)
+    x2 = x.reshape(t * b, i).astype(w_ih.dtype)
+    dxw2 = dxw.reshape(t * b, gsize).astype(w_ih.dtype)
+
+    def tn(a, g):  # a^T @ g, float32 accumulation
+        return jax.lax.dot_general(
+            a, g, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+        )
+
+    dw_ih = tn(x2, dxw2)
+    dw_hh = tn(h_prev, dzh.reshape(t * b, gsize).astype(w_hh.dtype))
+    dx = jnp.dot(dxw2, _transposed(w_ih), preferred_element_type=jnp.float32)
+    db_ih = jnp.sum(dxw, axis=(0, 1)).astype(b_ih.dtype)
+    db_hh = None if b_hh is None else jnp.sum(dzh, axis=(0, 1)).astype(b_hh.dtype)
+    return (
+        dx.reshape(t, b, i).astype(x.dtype),
+        dw_ih.astype(w_ih.dtype),
+        db_ih,
+        dw_hh.astype(w_hh.dtype),
+        db_hh,
+        dcarry,
+    )
 
 
-recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+recurrent_layer.defvjp(_layer_fwd, _layer_bwd)
 
 
 class _RecurrentLayer(nn.Module):
@@ -243,24 +292,26 @@ class _RecurrentLayer(nn.Module):
     ) -> tuple[jax.Array, Carry]:
         init = uniform_init(self.init_scale)
         gh = self.num_gates * self.hidden_size
-        # Time-major from here on: the scan walks the leading axis without copies per step.
-        xw_TxBxG = nn.Dense(
-            gh,
-            name="ih",
-            kernel_init=init,
-            bias_init=init,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )(jnp.swapaxes(x_BxTxI, 0, 1)).astype(jnp.float32)
 
-        def hh_init(key, shape, dtype):
+        def dense_init(key, shape, dtype, bias: bool):
             k1, k2 = jax.random.split(key)
             p = {"kernel": init(k1, shape, dtype)}
-            if self.hh_bias:
+            if bias:
                 p["bias"] = init(k2, shape[-1:], dtype)
             return p
 
-        hh = self.param("hh", hh_init, (self.hidden_size, gh), self.param_dtype)
+        ih = self.param(
+            "ih",
+            functools.partial(dense_init, bias=True),
+            (x_BxTxI.shape[-1], gh),
+            self.param_dtype,
+        )
+        hh = self.param(
+            "hh",
+            functools.partial(dense_init, bias=self.hh_bias),
+            (self.hidden_size, gh),
+            self.param_dtype,
+        )
         kernel = hh["kernel"]
         if self.weight_drop and not deterministic:
             # DropConnect on the recurrent weights, one mask for the whole window.
@@ -268,7 +319,16 @@ class _RecurrentLayer(nn.Module):
             mask = jax.random.bernoulli(self.make_rng("dropout"), keep, kernel.shape)
             kernel = jnp.where(mask, kernel / keep, 0.0).astype(kernel.dtype)
         hb = hh["bias"].astype(jnp.float32) if self.hh_bias else None
-        h_TxBxH, carry = recurrence(self.cell, kernel.astype(self.dtype), hb, xw_TxBxG, carry)
+        # Time-major inside: the scan walks the leading axis.
+        h_TxBxH, carry = recurrent_layer(
+            self.cell,
+            jnp.swapaxes(x_BxTxI, 0, 1).astype(self.dtype),
+            ih["kernel"].astype(self.dtype),
+            ih["bias"].astype(jnp.float32),
+            kernel.astype(self.dtype),
+            hb,
+            carry,
+        )
         return jnp.swapaxes(h_TxBxH, 0, 1), carry
 
 
