@@ -1,0 +1,212 @@
+"""Training-step speed of jaxlm's Transformer against a plain PyTorch one, same shapes, same CPU.
+
+Both sides: 4 pre-LayerNorm blocks, 4 heads, width 256, GELU (tanh) MLP of width 1024, learned
+positions, tied embeddings, no dropout, context 128, batch 32, vocabulary 65; token
+cross-entropy, backward pass, gradient-norm clipping at 1 and AdamW. Ours is the trainer's step
+(``jaxlm.models.Transformer`` with ``jax.nn.dot_product_attention``, ``jaxlm.losses``, optax,
+jitted with the state donated); torch's uses ``nn.Linear``/``nn.LayerNorm`` and
+``F.scaled_dot_product_attention(is_causal=True)`` in eager mode. Runs alternate between the two
+so load from other processes falls on both; figures are medians. float32 throughout.
+
+Usage::
+
+    python benchmarks/transformer_speed.py
+    python benchmarks/transformer_speed.py --threads=1 --cpu_time
+    python benchmarks/transformer_speed.py --keep_heap   # no page faults on fresh buffers
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+
+def _args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=5, help="steps per timed run")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per side, alternating")
+    p.add_argument("--threads", type=int, default=0, help="threads per side (0: defaults)")
+    p.add_argument("--cpu_time", action="store_true", help="also report CPU time per step")
+    p.add_argument(
+        "--keep_heap",
+        action="store_true",
+        help="glibc: serve big buffers from the heap and keep freed memory (mallopt), so each "
+        "step's fresh temporaries do not page-fault; applies to both sides",
+    )
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--seq_len", type=int, default=128)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--vocab", type=int, default=65)
+    return p.parse_args()
+
+
+ARGS = _args()
+
+
+def keep_heap() -> None:
+    """Raises glibc's mmap and trim thresholds to 1 GiB (as MALLOC_MMAP_THRESHOLD_ would).
+
+    Large temporaries (a [400, 10000] float32 logits array is 16 MB) are otherwise mmap-ed and
+    unmapped every step, and each step pays the page faults of touching them afresh.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+if ARGS.keep_heap:
+    keep_heap()
+if ARGS.threads:  # before JAX starts
+    os.environ["XLA_FLAGS"] = (
+        f"--xla_cpu_multi_thread_eigen={'true' if ARGS.threads > 1 else 'false'} "
+        + os.environ.get("XLA_FLAGS", "")
+    )
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from jaxlm import losses  # noqa: E402
+from jaxlm.models.transformer import Transformer  # noqa: E402
+
+
+def jax_runner():
+    """A function running ``n`` jaxlm training steps; returns when the last has finished."""
+    a = ARGS
+    model = Transformer(
+        vocab_size=a.vocab,
+        embed_dim=a.width,
+        num_layers=a.layers,
+        num_heads=a.heads,
+        max_len=a.seq_len,
+        tie_embeddings=True,
+    )
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, a.vocab, (a.batch, a.seq_len + 1)))
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-4, weight_decay=0.1))
+
+    def step(params, opt_state, tokens):
+        def loss_fn(p):
+            logits, _, _ = model.apply({"params": p}, tokens[:, :-1], None)
+            total, count = losses.cross_entropy(logits, tokens[:, 1:])
+            return total / count
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    params = model.init(jax.random.key(0), tokens[:, :-1], None)["params"]
+    state = [params, tx.init(params)]
+
+    def run(n: int) -> None:
+        loss = None
+        for _ in range(n):
+            state[0], state[1], loss = step(state[0], state[1], tokens)
+        jax.block_until_ready(loss)
+
+    return run
+
+
+def torch_runner():
+    """The same model and step in plain PyTorch."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    a = ARGS
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(a.width), nn.LayerNorm(a.width)
+            self.qkv, self.out = nn.Linear(a.width, 3 * a.width), nn.Linear(a.width, a.width)
+            self.fc, self.proj = nn.Linear(a.width, 4 * a.width), nn.Linear(4 * a.width, a.width)
+
+        def forward(self, x):
+            b, t, e = x.shape
+            q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, a.heads, e // a.heads).unbind(2)
+            y = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+            )
+            x = x + self.out(y.transpose(1, 2).reshape(b, t, e))
+            return x + self.proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(a.vocab, a.width)
+            self.pos = nn.Parameter(torch.zeros(a.seq_len, a.width).normal_(0, 0.02))
+            self.blocks = nn.ModuleList(Block() for _ in range(a.layers))
+            self.ln = nn.LayerNorm(a.width)
+
+        def forward(self, idx):
+            x = self.embed(idx) + self.pos[: idx.shape[1]]
+            for block in self.blocks:
+                x = block(x)
+            return self.ln(x) @ self.embed.weight.T
+
+    torch.manual_seed(0)
+    model = GPT()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1)
+    tokens = torch.randint(0, a.vocab, (a.batch, a.seq_len + 1))
+    inputs, targets = tokens[:, :-1], tokens[:, 1:].reshape(-1)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            loss = F.cross_entropy(model(inputs).reshape(-1, a.vocab), targets)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        loss.item()
+
+    return run
+
+
+def timed(run, n: int) -> tuple[float, float]:
+    """Wall and process-CPU seconds per step over ``n`` steps."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run(n)
+    return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
+
+
+def main() -> int:
+    try:
+        import torch
+    except ImportError:
+        print("torch is not installed: pip install -e '.[parity]'", file=sys.stderr)
+        return 1
+    if ARGS.threads:
+        torch.set_num_threads(ARGS.threads)
+    a = ARGS
+    print(
+        f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"float32; {a.layers} layers, {a.heads} heads, width {a.width}, context {a.seq_len}, "
+        f"batch {a.batch}, vocab {a.vocab}; {a.steps} steps x {a.repeats} alternating runs"
+    )
+    ours, theirs = jax_runner(), torch_runner()
+    ours(2), theirs(2)  # compile, warm up
+    rows = [(*timed(ours, a.steps), *timed(theirs, a.steps)) for _ in range(a.repeats)]
+    j_wall, j_cpu, t_wall, t_cpu = np.median(np.array(rows), axis=0)
+    tokens = a.batch * a.seq_len
+    ratios = [r[2] / r[0] for r in rows]
+    line = (
+        f"transformer jaxlm {tokens / j_wall:8.0f} tok/s | torch {tokens / t_wall:8.0f} tok/s | "
+        f"ratio {t_wall / j_wall:.2f} (runs {min(ratios):.2f}-{max(ratios):.2f})"
+    )
+    if a.cpu_time:
+        line += f" | CPU ms/step jaxlm {j_cpu * 1e3:.0f} torch {t_cpu * 1e3:.0f}"
+    print(line, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
