@@ -1,0 +1,68 @@
+"""Kills a real training process with SIGKILL after its first checkpoint, resumes it, and
+compares the result with an uninterrupted run (final losses and every parameter).
+
+Usage: python benchmarks/resume_sigkill.py [--steps 300] [--every 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(workdir: Path, args: list[str], kill_after: int | None = None) -> str | None:
+    cmd = [sys.executable, "-m", "jaxlm.train", *args, f"--workdir={workdir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    if kill_after is None:
+        out, _ = proc.communicate()
+        return next(line for line in out.splitlines() if line.startswith("Final"))
+    while not (workdir / "checkpoints" / str(kill_after)).exists():
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    present = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    print(f"SIGKILL after checkpoint {kill_after}; checkpoint folders then: {present}")
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--every", type=int, default=50)
+    a = parser.parse_args()
+    args = ["--config=configs/lstm.py:smoke", f"--config.train.num_steps={a.steps}",
+            f"--config.train.checkpoint_every={a.every}", "--config.train.eval_every=100",
+            "--config.train.log_every=50"]
+    tmp = Path(tempfile.mkdtemp(prefix="jaxlm-sigkill-"))
+    try:
+        straight = run(tmp / "straight", args)
+        run(tmp / "killed", args, kill_after=a.every)
+        resumed = run(tmp / "killed", args)
+        print(f"uninterrupted:    {straight}\nkilled + resumed: {resumed}")
+        sys.path.insert(0, str(ROOT))
+        from jaxlm import checkpoint
+
+        pa = checkpoint.load_tree(tmp / "straight")[0]["params"]
+        pb = checkpoint.load_tree(tmp / "killed")[0]["params"]
+        diff = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+                   for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True))
+        print(f"max |parameter difference|: {diff}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
