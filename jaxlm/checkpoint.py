@@ -55,6 +55,9 @@ def manager(
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
         cleanup_tmp_directories=not read_only,  # left by a save that was killed midway
+        # Across processes, orbax's background thread synchronises hosts with collectives
+        # that could interleave with the training step's own: save in the foreground there.
+        enable_async_checkpointing=jax.process_count() == 1,
     )
     return ocp.CheckpointManager(
         checkpoint_dir(workdir).absolute(), options=options, item_names=("state", "meta")

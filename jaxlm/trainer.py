@@ -187,13 +187,18 @@ def evaluate(
     """
     streams = batching.make_streams(tokens, batch_size, pad_to=seq_len)
     step = _eval_step(model, mesh)
-    carry = jax.device_put(model.initial_carry(batch_size), parallel.batch_sharding(mesh))
+    # Made by a jitted function, not device_put of a local array (that would be a cross-host
+    # transfer on several processes).
+    carry = jax.jit(
+        functools.partial(model.initial_carry, batch_size),
+        out_shardings=parallel.batch_sharding(mesh),
+    )()
     sums = jax.device_put((np.float32(0), np.float32(0)), parallel.replicated(mesh))
     for i, batch in enumerate(batching.eval_batches(streams, seq_len)):
         if max_windows and i >= max_windows:
             break
         batch.pop("reset")
-        carry, sums = step(params, carry, sums, device_batch(batch, mesh))
+        carry, sums = _serialise_on_cpu_hosts(step(params, carry, sums, device_batch(batch, mesh)))
     total, count = float(sums[0]), float(sums[1])
     loss = total / max(count, 1.0)
     return {
@@ -202,6 +207,17 @@ def evaluate(
         "perplexity": math.exp(min(loss, 700)),
         "tokens": count,
     }
+
+
+def _serialise_on_cpu_hosts(outputs):
+    """Waits for a step on multi-process CPU runs, else returns at once.
+
+    The CPU backend's gloo collectives deadlock when two computations with collectives run at
+    once across processes (seen on 2 processes x 2 devices); GPU and TPU order them on streams.
+    """
+    if jax.process_count() > 1 and jax.default_backend() == "cpu":
+        jax.block_until_ready(outputs)
+    return outputs
 
 
 @functools.lru_cache(maxsize=8)
@@ -428,7 +444,7 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
             batch = device_batch(
                 batching.train_batch(train_streams, step, seq_len, config.seed), mesh
             )
-            state, metrics = train_step(state, batch)
+            state, metrics = _serialise_on_cpu_hosts(train_step(state, batch))
             step_losses.append(metrics["loss"])
             if pending is not None:  # fetched after the next step was dispatched
                 flush(pending)
@@ -450,8 +466,6 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
                 state = state.replace(opt_state=report_validation(state.opt_state, val["loss"]))
             if save_now:
                 checkpoint.save(mgr, state, config, tokenizer, force=True)
-                if jax.process_count() > 1:  # orbax's background barriers would otherwise
-                    mgr.wait_until_finished()  # interleave with the next collectives
             if sigterm.raised:
                 mgr.wait_until_finished()
                 mon.status("preempted", step)
