@@ -13,14 +13,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the recipe; ``arg`` selects a variant: None, "smoke" or "ptb"."""
     c = base_config()
     if arg in (None, ""):
-        # 2x256 LSTM, ~0.96M parameters: about 1.25 nats/char on validation in under 10 minutes
-        # on 2 CPU cores (about 14 epochs of the 0.42M-character training split).
+        # 2x256 LSTM, ~0.96M parameters, 1300 steps of 64x64 characters (about 13 epochs of the
+        # 0.42M-character training split): about 1.25 nats/char on validation in under 10
+        # minutes on 2 CPU cores.
         c.data.batch_size = 64
         c.data.seq_len = 64
         c.model.embed_dim = 128
         c.model.hidden_sizes = (256, 256)
         c.optimizer.learning_rate = 3e-3
-        c.train.num_steps = 1500
+        c.train.num_steps = 1300
     elif arg == "smoke":
         shrink_to_smoke(c)
     elif arg == "ptb":
