@@ -21,7 +21,17 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from jaxlm import checkpoint, data, finetune, losses, monitor, optim, parallel, transforms
+from jaxlm import (
+    checkpoint,
+    data,
+    finetune,
+    losses,
+    monitor,
+    optim,
+    parallel,
+    precision,
+    transforms,
+)
 from jaxlm.config import validate
 from jaxlm.data import batching
 from jaxlm.data.tokenizers import save_tokenizer, tokenizer_from_json
@@ -60,7 +70,15 @@ def make_init_fn(model, tx: optax.GradientTransformation, batch_size: int, seq_l
     return init
 
 
-def make_train_step(model, tx, schedule, *, carry_state: bool = True, label_smoothing: float = 0.0):
+def make_train_step(
+    model,
+    tx,
+    schedule,
+    *,
+    carry_state: bool = True,
+    label_smoothing: float = 0.0,
+    loss_scaling: bool = False,
+):
     """``train_step(state, batch) -> (state, metrics)``, pure, for ``jax.jit``.
 
     Args:
@@ -69,6 +87,8 @@ def make_train_step(model, tx, schedule, *, carry_state: bool = True, label_smoo
       schedule: the learning-rate schedule (reported in the metrics).
       carry_state: carry the recurrent state from window to window (else start each at zero).
       label_smoothing: see :func:`jaxlm.losses.cross_entropy`.
+      loss_scaling: float16: differentiate the loss times the optimizer state's dynamic loss
+        scale (``tx`` must be wrapped by :func:`jaxlm.precision.wrap_optimizer`).
 
     Returns:
       The step function. ``batch`` holds ``inputs``/``targets`` ``[B, T]`` and ``reset``.
@@ -91,6 +111,8 @@ def make_train_step(model, tx, schedule, *, carry_state: bool = True, label_smoo
                 logits, batch["targets"], label_smoothing=label_smoothing
             )
             loss = total / count + aux.get("reg_loss", 0.0)
+            if loss_scaling:
+                loss = loss * precision.loss_scale(state.opt_state)
             if label_smoothing:  # report the plain log-likelihood, not the smoothed loss
                 total, count = losses.cross_entropy(logits, batch["targets"])
             return loss, (new_carry, total / count, aux)
@@ -106,9 +128,12 @@ def make_train_step(model, tx, schedule, *, carry_state: bool = True, label_smoo
         )
         metrics = {
             "loss": nll,
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": optax.tree.norm(grads) / precision.loss_scale(state.opt_state)
+            if loss_scaling
+            else optax.tree.norm(grads),
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
             **aux,  # e.g. reg_loss (AR/TAR) of recurrent models
+            **precision.loss_scale_metrics(opt_state),  # float16: scale and skipped steps
         }
         return new_state, metrics
 
@@ -349,8 +374,9 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
     batching.check_trainable(train_streams, seq_len, f"{corpus.name} train split")
 
     model_config = finetune.prepare_config(config).model  # presets may raise dropout
-    model = get_model(model_config, tokenizer.vocab_size, Policy.from_string(config.precision))
-    tx = optim.build_optimizer(config)
+    policy = Policy.from_string(config.precision)
+    model = get_model(model_config, tokenizer.vocab_size, policy)
+    tx = precision.wrap_optimizer(optim.build_optimizer(config), policy)  # float16 only
     accumulate = max(int(config.optimizer.accumulate_steps), 1)
     update_schedule = optim.build_schedule(config.optimizer, -(-num_steps // accumulate))
 
@@ -395,6 +421,7 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
             schedule,
             carry_state=config.train.carry_state,
             label_smoothing=config.train.label_smoothing,
+            loss_scaling=policy.needs_loss_scaling,
         ),
         in_shardings=(shardings, None),
         out_shardings=(shardings, parallel.replicated(mesh)),

@@ -196,3 +196,13 @@ def test_damaged_newest_checkpoint_falls_back_and_says_so(tmp_path, monkeypatch,
     assert f"Skipping damaged checkpoint {tmp_path / 'checkpoints' / '20'}" in out
     assert f"Resumed from {tmp_path / 'checkpoints'}/10" in out
     assert final["step"] == 30 and math.isfinite(final["validation_loss"])
+
+
+def test_float16_run_uses_dynamic_loss_scaling(tmp_path):
+    overrides = {"train.num_steps": 20, "train.log_every": 10, "train.eval_every": 20}
+    f32 = trainer.train_and_evaluate(smoke(**overrides), tmp_path / "f32")
+    f16 = trainer.train_and_evaluate(smoke(**overrides, precision="float16"), tmp_path / "f16")
+    rows = [json.loads(line) for line in (tmp_path / "f16/metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert all("loss_scale" in r and r["loss_scale"] >= 1 for r in train_rows)
+    assert abs(f16["validation_loss"] - f32["validation_loss"]) < 0.05
