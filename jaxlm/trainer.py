@@ -484,7 +484,8 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
                 pending = (step, (metrics, step_losses))
                 step_losses = []
             evaluate_now = step % t.eval_every == 0 and step < num_steps
-            save_now = step % t.checkpoint_every == 0 or step == num_steps or sigterm.raised
+            stop = sigterm.raised  # read once: a signal landing mid-iteration waits for the next
+            save_now = step % t.checkpoint_every == 0 or step == num_steps or stop
             if pending is not None and (evaluate_now or save_now):
                 flush(pending)
                 pending = None
@@ -493,7 +494,7 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
                 state = state.replace(opt_state=report_validation(state.opt_state, val["loss"]))
             if save_now:
                 checkpoint.save(mgr, state, config, tokenizer, force=True)
-            if sigterm.raised:
+            if stop:
                 mgr.wait_until_finished()
                 mon.status("preempted", step)
                 raise Preempted(f"SIGTERM at step {step}; checkpoint saved in {workdir}")
