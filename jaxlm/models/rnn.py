@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.models.common import on_rows
+
 Carry = Any
 Dtype = Any
 
@@ -563,21 +565,23 @@ class RecurrentLM(nn.Module):
             aux["reg_loss"] = reg
         if self.tie_embeddings:
             if self.hidden_sizes[-1] != self.embed_dim:
-                x = nn.Dense(
+                proj = nn.Dense(
                     self.embed_dim,
                     name="proj",
                     kernel_init=init,
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
-                )(x)
-            logits = embed.attend(x)
+                )
+                x = on_rows(proj, x)
+            logits = on_rows(embed.attend, x)
         else:
-            logits = nn.Dense(
+            head = nn.Dense(
                 self.vocab_size,
                 name="head",
                 kernel_init=init,
                 bias_init=init,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
-            )(x)
+            )
+            logits = on_rows(head, x)
         return logits.astype(jnp.float32), tuple(new_carry), aux

@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.models.common import on_rows
+
 Dtype = Any
 Cache = dict[str, Any]
 
@@ -98,7 +100,7 @@ class Block(nn.Module):
         out_init = nn.initializers.normal(self.out_init_std)
 
         y = _norm(self.norm, "norm_attn", self.dtype, self.param_dtype)(x_BxTxE)
-        qkv = nn.Dense(3 * e, kernel_init=init, name="qkv", **dense)(y)
+        qkv = on_rows(nn.Dense(3 * e, kernel_init=init, name="qkv", **dense), y)
         q, k, v = jnp.split(qkv.reshape(b, t, 3 * n, d), 3, axis=2)
         positions = pos + jnp.arange(t)
         if self.positions == "rotary":
@@ -118,13 +120,15 @@ class Block(nn.Module):
             att = jax.nn.dot_product_attention(
                 q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask[None, None]
             )
-        att = nn.Dense(e, kernel_init=out_init, name="attn_out", **dense)(att.reshape(b, t, e))
+        att = on_rows(
+            nn.Dense(e, kernel_init=out_init, name="attn_out", **dense), att.reshape(b, t, e)
+        )
         x_BxTxE = x_BxTxE + nn.Dropout(self.dropout)(att, deterministic=deterministic)
 
         y = _norm(self.norm, "norm_mlp", self.dtype, self.param_dtype)(x_BxTxE)
-        y = nn.Dense(self.mlp_dim, kernel_init=init, name="mlp_fc", **dense)(y)
+        y = on_rows(nn.Dense(self.mlp_dim, kernel_init=init, name="mlp_fc", **dense), y)
         y = jax.nn.gelu(y, approximate=True)
-        y = nn.Dense(e, kernel_init=out_init, name="mlp_proj", **dense)(y)
+        y = on_rows(nn.Dense(e, kernel_init=out_init, name="mlp_proj", **dense), y)
         x_BxTxE = x_BxTxE + nn.Dropout(self.dropout)(y, deterministic=deterministic)
         return x_BxTxE, cache
 
@@ -259,15 +263,16 @@ class Transformer(nn.Module):
             new_layers.append(layer_cache)
         x = _norm(self.norm, "final_norm", self.dtype, self.param_dtype)(x)
         if self.tie_embeddings:
-            logits = embed.attend(x)
+            logits = on_rows(embed.attend, x)
         else:
-            logits = nn.Dense(
+            head = nn.Dense(
                 self.vocab_size,
                 use_bias=False,
                 kernel_init=nn.initializers.normal(0.02),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="head",
-            )(x)
+            )
+            logits = on_rows(head, x)
         new_carry = None if carry is None else {"pos": pos + t, "layers": tuple(new_layers)}
         return logits.astype(jnp.float32), new_carry, {}
