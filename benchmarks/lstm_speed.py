@@ -17,16 +17,17 @@ Usage::
     python benchmarks/lstm_speed.py --threads=1          # one core each (XLA and torch)
 
 ``--cpu_time`` also reports process CPU time per step, which moves less than wall time when
-other jobs share the cores. ``--keep_heap`` stops glibc from unmapping large freed buffers
-(both sides gain; see :func:`keep_heap`).
+other jobs share the cores. By default glibc keeps freed memory in the heap for both sides, as
+``python -m jaxlm.train`` does (``jaxlm.malloc``); ``--no-keep_heap`` measures glibc's defaults,
+under which every step page-faults on its fresh large temporaries.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
+
+import _harness
 
 SHAPES = {
     "ptb_small": dict(vocab=10_000, hidden=200, seq_len=20, batch=20),
@@ -38,43 +39,14 @@ SHAPES = {
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="ptb_small,char", help=f"comma list of {list(SHAPES)}")
-    p.add_argument("--steps", type=int, default=20, help="steps per timed run")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per side, alternating")
-    p.add_argument("--threads", type=int, default=0, help="threads per side (0: defaults)")
-    p.add_argument("--cpu_time", action="store_true", help="also report CPU time per step")
-    p.add_argument(
-        "--keep_heap",
-        action="store_true",
-        help="glibc: serve big buffers from the heap and keep freed memory (mallopt), so each "
-        "step's fresh temporaries do not page-fault; applies to both sides",
-    )
+    _harness.add_common_args(p, steps=20)
     return p.parse_args()
 
 
 ARGS = _args()
 
 
-def keep_heap() -> None:
-    """Raises glibc's mmap and trim thresholds to 1 GiB (as MALLOC_MMAP_THRESHOLD_ would).
-
-    Large temporaries (a [400, 10000] float32 logits array is 16 MB) are otherwise mmap-ed and
-    unmapped every step, and each step pays the page faults of touching them afresh.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 1 << 30)
-    libc.mallopt(m_trim_threshold, 1 << 30)
-
-
-if ARGS.keep_heap:
-    keep_heap()
-if ARGS.threads:  # before JAX starts
-    os.environ["XLA_FLAGS"] = (
-        f"--xla_cpu_multi_thread_eigen={'true' if ARGS.threads > 1 else 'false'} "
-        + os.environ.get("XLA_FLAGS", "")
-    )
+_harness.setup(ARGS)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -142,13 +114,6 @@ def torch_runner(vocab: int, hidden: int, seq_len: int, batch: int):
     return run
 
 
-def timed(run, n: int) -> tuple[float, float]:
-    """Wall and process-CPU seconds per step over ``n`` steps."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    run(n)
-    return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
-
-
 def main() -> int:
     try:
         import torch
@@ -164,22 +129,9 @@ def main() -> int:
     )
     for name in ARGS.shapes.split(","):
         shape = SHAPES[name]
-        tokens = shape["seq_len"] * shape["batch"]
         ours, theirs = jax_runner(**shape), torch_runner(**shape)
-        ours(2), theirs(2)  # compile, warm up
-        rows = []
-        for _ in range(ARGS.repeats):
-            rows.append((*timed(ours, ARGS.steps), *timed(theirs, ARGS.steps)))
-        j_wall, j_cpu, t_wall, t_cpu = np.median(np.array(rows), axis=0)
-        ratios = [r[2] / r[0] for r in rows]
-        line = (
-            f"{name:10s} jaxlm {tokens / j_wall:9.0f} tok/s | torch {tokens / t_wall:9.0f} tok/s | "
-            f"ratio {tokens / j_wall / (tokens / t_wall):.2f} (runs {min(ratios):.2f}-"
-            f"{max(ratios):.2f})"
-        )
-        if ARGS.cpu_time:
-            line += f" | CPU ms/step jaxlm {j_cpu * 1e3:.1f} torch {t_cpu * 1e3:.1f}"
-        print(line, flush=True)
+        tokens = shape["seq_len"] * shape["batch"]
+        print(_harness.compare(name, ours, theirs, tokens, ARGS), flush=True)
     return 0
 
 

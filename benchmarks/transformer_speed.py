@@ -12,29 +12,20 @@ Usage::
 
     python benchmarks/transformer_speed.py
     python benchmarks/transformer_speed.py --threads=1 --cpu_time
-    python benchmarks/transformer_speed.py --keep_heap   # no page faults on fresh buffers
+    python benchmarks/transformer_speed.py --no-keep_heap   # glibc's default heap policy
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
+
+import _harness
 
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=5, help="steps per timed run")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per side, alternating")
-    p.add_argument("--threads", type=int, default=0, help="threads per side (0: defaults)")
-    p.add_argument("--cpu_time", action="store_true", help="also report CPU time per step")
-    p.add_argument(
-        "--keep_heap",
-        action="store_true",
-        help="glibc: serve big buffers from the heap and keep freed memory (mallopt), so each "
-        "step's fresh temporaries do not page-fault; applies to both sides",
-    )
+    _harness.add_common_args(p, steps=5)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--width", type=int, default=256)
@@ -47,27 +38,7 @@ def _args() -> argparse.Namespace:
 ARGS = _args()
 
 
-def keep_heap() -> None:
-    """Raises glibc's mmap and trim thresholds to 1 GiB (as MALLOC_MMAP_THRESHOLD_ would).
-
-    Large temporaries (a [400, 10000] float32 logits array is 16 MB) are otherwise mmap-ed and
-    unmapped every step, and each step pays the page faults of touching them afresh.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 1 << 30)
-    libc.mallopt(m_trim_threshold, 1 << 30)
-
-
-if ARGS.keep_heap:
-    keep_heap()
-if ARGS.threads:  # before JAX starts
-    os.environ["XLA_FLAGS"] = (
-        f"--xla_cpu_multi_thread_eigen={'true' if ARGS.threads > 1 else 'false'} "
-        + os.environ.get("XLA_FLAGS", "")
-    )
+_harness.setup(ARGS)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -171,13 +142,6 @@ def torch_runner():
     return run
 
 
-def timed(run, n: int) -> tuple[float, float]:
-    """Wall and process-CPU seconds per step over ``n`` steps."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    run(n)
-    return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
-
-
 def main() -> int:
     try:
         import torch
@@ -193,17 +157,7 @@ def main() -> int:
         f"batch {a.batch}, vocab {a.vocab}; {a.steps} steps x {a.repeats} alternating runs"
     )
     ours, theirs = jax_runner(), torch_runner()
-    ours(2), theirs(2)  # compile, warm up
-    rows = [(*timed(ours, a.steps), *timed(theirs, a.steps)) for _ in range(a.repeats)]
-    j_wall, j_cpu, t_wall, t_cpu = np.median(np.array(rows), axis=0)
-    tokens = a.batch * a.seq_len
-    ratios = [r[2] / r[0] for r in rows]
-    line = (
-        f"transformer jaxlm {tokens / j_wall:8.0f} tok/s | torch {tokens / t_wall:8.0f} tok/s | "
-        f"ratio {t_wall / j_wall:.2f} (runs {min(ratios):.2f}-{max(ratios):.2f})"
-    )
-    if a.cpu_time:
-        line += f" | CPU ms/step jaxlm {j_cpu * 1e3:.0f} torch {t_cpu * 1e3:.0f}"
+    line = _harness.compare("transformer", ours, theirs, a.batch * a.seq_len, a)
     print(line, flush=True)
     return 0
 

@@ -10,6 +10,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxlm import malloc
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
@@ -17,12 +19,20 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True,
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder; defaults to runs/<config.name>.")
+_KEEP_HEAP = flags.DEFINE_bool(
+    "keep_heap",
+    True,
+    "Keep freed memory in the heap so each step's large temporaries do not page-fault "
+    "(glibc only; see jaxlm.malloc). --nokeep_heap returns freed memory to the system.",
+)
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file they touch at INFO
+    if _KEEP_HEAP.value:
+        malloc.keep_freed_memory()
     from jaxlm import trainer
 
     config = _CONFIG.value

@@ -1,0 +1,69 @@
+"""What the speed benchmarks share: their common flags, process set-up before JAX starts, and
+alternating timed runs of ours against a peer, reported as tokens/s and a ratio."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+Runner = Callable[[int], None]  # runs n training steps, returns when the last has finished
+
+
+def add_common_args(p: argparse.ArgumentParser, steps: int) -> None:
+    """Adds --steps, --repeats, --threads, --cpu_time and --keep_heap/--no-keep_heap."""
+    p.add_argument("--steps", type=int, default=steps, help="steps per timed run")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per side, alternating")
+    p.add_argument("--threads", type=int, default=0, help="threads per side (0: defaults)")
+    p.add_argument("--cpu_time", action="store_true", help="also report CPU time per step")
+    p.add_argument(
+        "--keep_heap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="glibc keeps freed memory in the heap (jaxlm.malloc, as python -m jaxlm.train "
+        "does), so fresh temporaries do not page-fault every step; the process setting applies "
+        "to both sides",
+    )
+
+
+def setup(args: argparse.Namespace) -> None:
+    """Process-wide settings that must precede JAX's start: heap policy and XLA threads."""
+    if args.keep_heap:
+        from jaxlm.malloc import keep_freed_memory
+
+        keep_freed_memory()
+    if args.threads:
+        multi = "true" if args.threads > 1 else "false"
+        os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen={multi} " + os.environ.get(
+            "XLA_FLAGS", ""
+        )
+
+
+def timed(run: Runner, n: int) -> tuple[float, float]:
+    """Wall and process-CPU seconds per step over ``n`` steps."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run(n)
+    return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
+
+
+def compare(name: str, ours: Runner, theirs: Runner, tokens: int, args) -> str:
+    """Warms both up, alternates ``args.repeats`` timed runs, and reports medians.
+
+    Returns:
+      One line: tokens/s of each, the ratio ours/theirs (median and range over the runs) and,
+      with ``args.cpu_time``, CPU milliseconds per step.
+    """
+    import numpy as np
+
+    ours(2), theirs(2)  # compile, warm up
+    rows = [(*timed(ours, args.steps), *timed(theirs, args.steps)) for _ in range(args.repeats)]
+    j_wall, j_cpu, t_wall, t_cpu = np.median(np.array(rows), axis=0)
+    ratios = [r[2] / r[0] for r in rows]
+    line = (
+        f"{name:11s} jaxlm {tokens / j_wall:8.0f} tok/s | torch {tokens / t_wall:8.0f} tok/s | "
+        f"ratio {t_wall / j_wall:.2f} (runs {min(ratios):.2f}-{max(ratios):.2f})"
+    )
+    if args.cpu_time:
+        line += f" | CPU ms/step jaxlm {j_cpu * 1e3:.1f} torch {t_cpu * 1e3:.1f}"
+    return line
