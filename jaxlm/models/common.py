@@ -12,9 +12,10 @@ def on_rows(fn: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
 
     ``x [..., F]`` is flattened to ``[N, F]`` before ``fn`` and the result's leading axes are
     restored after; both reshapes are free. XLA's CPU backend compiles a dense layer on a rank-3
-    operand and its gradients noticeably slower than the same layer on a matrix: the 10,000-way
-    output layer of a PTB LSTM made a whole training step 15% slower
-    (``python benchmarks/lstm_speed.py``).
+    operand and its gradients noticeably slower than the same layer on a matrix: with the
+    10,000-way output layer of a PTB-small LSTM on ``[B, T, H]`` a whole training step took 70 ms
+    instead of 59 ms (``python benchmarks/lstm_speed.py``), a Transformer step 830 instead of
+    745 ms.
 
     Args:
       fn: maps ``[N, F]`` to ``[N, G]``.
