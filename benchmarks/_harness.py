@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -38,6 +39,18 @@ def setup(args: argparse.Namespace) -> None:
         os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen={multi} " + os.environ.get(
             "XLA_FLAGS", ""
         )
+
+
+def import_torch(args: argparse.Namespace):
+    """torch with ``args.threads`` threads, or None (and a hint on stderr) if not installed."""
+    try:
+        import torch
+    except ImportError:
+        print("torch is not installed: pip install -e '.[parity]'", file=sys.stderr)
+        return None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch
 
 
 def timed(run: Runner, n: int) -> tuple[float, float]:

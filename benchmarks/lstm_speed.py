@@ -115,13 +115,9 @@ def torch_runner(vocab: int, hidden: int, seq_len: int, batch: int):
 
 
 def main() -> int:
-    try:
-        import torch
-    except ImportError:
-        print("torch is not installed: pip install -e '.[parity]'", file=sys.stderr)
+    torch = _harness.import_torch(ARGS)
+    if torch is None:
         return 1
-    if ARGS.threads:
-        torch.set_num_threads(ARGS.threads)
     print(
         f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), float32, {ARGS.steps} steps x {ARGS.repeats} "

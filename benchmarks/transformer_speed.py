@@ -143,13 +143,9 @@ def torch_runner():
 
 
 def main() -> int:
-    try:
-        import torch
-    except ImportError:
-        print("torch is not installed: pip install -e '.[parity]'", file=sys.stderr)
+    torch = _harness.import_torch(ARGS)
+    if torch is None:
         return 1
-    if ARGS.threads:
-        torch.set_num_threads(ARGS.threads)
     a = ARGS
     print(
         f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
