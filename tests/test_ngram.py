@@ -400,6 +400,33 @@ def test_arpa_round_trip_scores_identically(tmp_path, method, cutoffs):
         np.testing.assert_array_equal(orders, want_orders)
 
 
+@pytest.mark.parametrize("cutoffs", [(0, 0, 5), (0, 5, 5)])
+def test_arpa_round_trip_with_empty_orders(tmp_path, cutoffs):
+    """Cut-offs can empty the top orders (``ngram 3=0``); such a file reads back, scoring alike."""
+    vocab = ["<eos>", "a", "b", "c"]
+    model = tiny_model(cutoffs=cutoffs, vocab=vocab)
+    assert model.num_ngrams[-1] == 0
+    arpa.write_arpa(model, tmp_path / "e.arpa")
+    assert "ngram 3=0\n" in (tmp_path / "e.arpa").read_text()
+    for back in (arpa.read_arpa(tmp_path / "e.arpa", vocab=vocab, eos_id=0),
+                 arpa.read_arpa(tmp_path / "e.arpa")):  # fmt: skip
+        assert back.order == 3 and back.num_ngrams == model.num_ngrams
+        for n in range(model.order):
+            np.testing.assert_array_equal(back.keys[n], model.keys[n])
+            np.testing.assert_allclose(back.log_probs[n], model.log_probs[n], rtol=1e-14)
+        assert back.keys[2].shape == (0,) and back.keys[2].dtype == np.int64
+        assert back.log_probs[2].shape == (0,)
+        lp, orders = back.score(TINY)
+        np.testing.assert_allclose(lp, model.score(TINY)[0], rtol=1e-14, atol=1e-14)
+        np.testing.assert_array_equal(orders, model.score(TINY)[1])
+    (tmp_path / "bad.arpa").write_text(
+        "\\data\\\nngram 1=2\nngram 2=0\nngram 3=1\n\n\\1-grams:\n-0.3\t</s>\t0\n-99\t<s>\t0\n"
+        "\n\\2-grams:\n\n\\3-grams:\n-0.1\t<s> </s> </s>\n\n\\end\\\n"
+    )
+    with pytest.raises(ValueError, match="has no entry for its context"):
+        arpa.read_arpa(tmp_path / "bad.arpa", vocab=["<eos>"], eos_id=0)
+
+
 def test_arpa_escapes_whitespace_tokens(tmp_path):
     vocab = ["<unk>", " ", "\n", "a", "<U+0020>x"]
     toks = np.array([3, 1, 3, 2, 4, 3, 1, 1, 3, 2, 3, 4])

@@ -176,6 +176,8 @@ def _section(
         i += 1
     if i >= len(lines) or lines[i].strip() != f"\\{n}-grams:":
         raise ValueError(f"{path}: line {i + 1}: expected '\\{n}-grams:'")
+    if count == 0:  # an order emptied by cut-offs: a header and no lines
+        return np.zeros(0), np.zeros((0, n), np.int64), np.zeros(0), i + 1
     body = lines[i + 1 : i + 1 + count]
     flat = " ".join(body).split()
     if len(body) == count and len(flat) in (count * (n + 1), count * (n + 2)):
@@ -285,7 +287,8 @@ def read_arpa(
             key = row * m + words[:, j - 1]
             table = keys[j - 1]
             pos = np.searchsorted(table, key)
-            bad = (pos >= len(table)) | (table[np.minimum(pos, len(table) - 1)] != key)
+            bad = pos >= len(table)  # (every one of them when the context order is empty)
+            bad[~bad] = table[pos[~bad]] != key[~bad]
             if bad.any():
                 gram = " ".join(names[w] for w in words[int(np.flatnonzero(bad)[0])].tolist())
                 raise ValueError(f"{path}: the {n}-gram {gram!r} has no entry for its context")
