@@ -37,7 +37,7 @@ def _dtype(name: str, field: str):
     except KeyError:
         raise ValueError(
             f"precision: unknown dtype {name!r} for {field!r}; expected one of "
-            f"{sorted(set(_DTYPES))}"
+            f"{sorted(_DTYPES)}"
         ) from None
 
 

@@ -68,6 +68,7 @@ def get_model(
             init_scale=m.init_scale,
             dtype=policy.compute_dtype,
             param_dtype=policy.param_dtype,
+            output_dtype=policy.output_dtype,
         )
     if m.name == "transformer":
         return Transformer(
@@ -84,6 +85,7 @@ def get_model(
             remat=m.get("remat", False),
             dtype=policy.compute_dtype,
             param_dtype=policy.param_dtype,
+            output_dtype=policy.output_dtype,
         )
     raise ValueError(
         f"config.model.name: unknown model {m.name!r}; expected one of {sorted(MODELS)}"

@@ -314,12 +314,10 @@ class _RecurrentLayer(nn.Module):
             (self.hidden_size, gh),
             self.param_dtype,
         )
-        kernel = hh["kernel"]
-        if self.weight_drop and not deterministic:
-            # DropConnect on the recurrent weights, one mask for the whole window.
-            keep = 1.0 - self.weight_drop
-            mask = jax.random.bernoulli(self.make_rng("dropout"), keep, kernel.shape)
-            kernel = jnp.where(mask, kernel / keep, 0.0).astype(kernel.dtype)
+        # DropConnect on the recurrent weights, one mask for the whole window.
+        kernel = nn.Dropout(self.weight_drop)(
+            hh["kernel"], deterministic=deterministic
+        )
         hb = hh["bias"].astype(jnp.float32) if self.hh_bias else None
         # Time-major inside: the scan walks the leading axis.
         h_TxBxH, carry = recurrent_layer(
@@ -459,8 +457,9 @@ class RecurrentLM(nn.Module):
       tie_embeddings: the output layer reuses the embedding matrix (with a projection ``proj``
         when the last hidden width differs from E).
       init_scale: uniform initialisation range of all weights.
-      dtype: compute dtype; logits are returned in float32.
+      dtype: compute dtype.
       param_dtype: parameter storage dtype.
+      output_dtype: dtype of the returned logits (the loss upcasts to float32 either way).
 
     Example:
       >>> model = RecurrentLM(vocab_size=65, embed_dim=32, hidden_sizes=(64, 64))
@@ -488,6 +487,7 @@ class RecurrentLM(nn.Module):
     init_scale: float = 0.1
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    output_dtype: Dtype = jnp.float32
 
     def _cell(self) -> type[_RecurrentLayer]:
         try:
@@ -532,13 +532,14 @@ class RecurrentLM(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
+        x = embed(tokens_BxT)
         if self.embed_dropout and not deterministic:
-            keep = 1.0 - self.embed_dropout
-            rows = jax.random.bernoulli(self.make_rng("dropout"), keep, (self.vocab_size, 1))
-            table = jnp.where(rows, embed.embedding / keep, 0.0)
-            x = jnp.take(table, tokens_BxT, axis=0).astype(self.dtype)
-        else:
-            x = embed(tokens_BxT)
+            # One keep/drop draw per vocabulary row, gathered for the tokens: a word is dropped
+            # everywhere it occurs, without a select over the whole [V, E] table each step.
+            row_scale = nn.Dropout(self.embed_dropout)(
+                jnp.ones((self.vocab_size,), jnp.float32), deterministic=False
+            )
+            x = x * row_scale[tokens_BxT][..., None].astype(x.dtype)
         x = self._locked_dropout(x, p_in, deterministic)
         cls = self._cell()
         new_carry = []
@@ -584,4 +585,4 @@ class RecurrentLM(nn.Module):
                 param_dtype=self.param_dtype,
             )
             logits = on_rows(head, x)
-        return logits.astype(jnp.float32), tuple(new_carry), aux
+        return logits.astype(self.output_dtype), tuple(new_carry), aux

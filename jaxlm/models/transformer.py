@@ -156,8 +156,9 @@ class Transformer(nn.Module):
       positions: "learned" or "rotary".
       tie_embeddings: the output layer reuses the token embedding matrix.
       remat: recompute each block's activations in the backward pass to save memory.
-      dtype: compute dtype; logits are float32.
+      dtype: compute dtype.
       param_dtype: parameter dtype.
+      output_dtype: dtype of the returned logits (the loss upcasts to float32 either way).
 
     Example:
       >>> model = Transformer(vocab_size=65, embed_dim=32, num_layers=2, num_heads=4)
@@ -181,6 +182,7 @@ class Transformer(nn.Module):
     remat: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    output_dtype: Dtype = jnp.float32
 
     def initial_carry(self, batch_size: int, max_length: int | None = None) -> Cache | None:
         """No carry for training; an empty key/value cache for decoding ``max_length`` tokens.
@@ -275,4 +277,4 @@ class Transformer(nn.Module):
             )
             logits = on_rows(head, x)
         new_carry = None if carry is None else {"pos": pos + t, "layers": tuple(new_layers)}
-        return logits.astype(jnp.float32), new_carry, {}
+        return logits.astype(self.output_dtype), new_carry, {}
