@@ -132,6 +132,16 @@ def test_nt_asgd_and_centralize_from_the_config():
     new = optax.apply_updates(p, u)
     avg = transforms.averaged_params(s, new)
     np.testing.assert_allclose(avg["head"]["kernel"], new["head"]["kernel"])
+    iterates = [new]
+    for i in range(3):  # three more averaged steps, with different gradients
+        u, s = tx.update(grads(scale=2.0 + i), s, new)
+        new = optax.apply_updates(new, u)
+        iterates.append(new)
+    avg = transforms.averaged_params(s, new)
+    for path in (("head", "kernel"), ("head", "bias"), ("layers_0", "kernel")):
+        mean = np.mean([it[path[0]][path[1]] for it in iterates], axis=0)
+        np.testing.assert_allclose(avg[path[0]][path[1]], mean, rtol=1e-6, atol=1e-6)
+        assert not np.allclose(avg[path[0]][path[1]], new[path[0]][path[1]])
 
 
 def test_schedule_counts_updates_not_micro_batches():

@@ -321,11 +321,19 @@ def _awd_switch_index(losses, nonmono):
     return None
 
 
+@pytest.mark.parametrize("rises", [False, True])
 @pytest.mark.parametrize("seed", range(4))
-def test_nt_asgd_triggers_like_awd_lstm_and_averages_iterates(seed):
+def test_nt_asgd_triggers_like_awd_lstm_and_averages_iterates(seed, rises):
     rng = np.random.default_rng(seed)
-    losses = list(5.0 - np.cumsum(rng.uniform(-0.3, 1.0, size=15)))
+    if rises:  # falls for 5-8 checks, then rises steadily: triggers within 4 rising checks
+        k = int(rng.integers(5, 9))
+        falls = 5.0 - np.cumsum(rng.uniform(0.1, 1.0, size=k))
+        rises_by = np.cumsum(rng.uniform(0.05, 0.3, size=15 - k))
+        losses = list(np.concatenate([falls, falls[-1] + rises_by]))
+    else:  # mostly falling: these never trigger, and the average is never used
+        losses = list(5.0 - np.cumsum(rng.uniform(-0.3, 1.0, size=15)))
     want = _awd_switch_index(losses, 3)
+    assert (want is not None) == rises
     tx = optax.chain(optax.sgd(0.1), T.nt_asgd(nonmono=3))
     params = {"w": jnp.zeros(2)}
     state = tx.init(params)
@@ -345,7 +353,9 @@ def test_nt_asgd_triggers_like_awd_lstm_and_averages_iterates(seed):
     if want is None:
         np.testing.assert_array_equal(avg, params["w"])
     else:
+        assert len(iterates) >= 3 and int(state[1].num_averaged) == len(iterates)
         np.testing.assert_allclose(avg, np.mean(iterates, axis=0), rtol=1e-5)
+        assert not np.allclose(avg, params["w"])  # the mean, not the last iterate
 
 
 def test_report_validation_loss_reaches_into_wrappers_and_is_a_no_op_otherwise():
