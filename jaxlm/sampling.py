@@ -23,7 +23,7 @@ def sample_logits(
       logits_BxV: unnormalised scores.
       rng: a PRNG key.
       temperature: divides the logits; 0 takes the argmax.
-      top_k: keep only the k highest-scoring tokens (0 keeps all).
+      top_k: keep only the k highest-scoring tokens, ties broken by index (0 keeps all).
       top_p: keep the smallest set of tokens whose probability reaches p (1 keeps all).
 
     Returns:
@@ -38,8 +38,10 @@ def sample_logits(
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / temperature
     if top_k:
-        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
+        # Exactly k tokens, by index: a threshold on the k-th value would keep every tie.
+        idx = jax.lax.top_k(logits, top_k)[1]
+        keep = jnp.put_along_axis(jnp.zeros(logits.shape, bool), idx, True, axis=-1, inplace=False)
+        logits = jnp.where(keep, logits, -jnp.inf)
     if top_p < 1.0:
         sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
         cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
@@ -74,7 +76,7 @@ def generate(
       model: a jaxlm model (see :func:`jaxlm.models.get_model`).
       params: its parameters.
       prompt_BxP: int32 prompt ids, P >= 1.
-      num_tokens: how many tokens to draw.
+      num_tokens: how many tokens to draw, >= 1.
       rng: a PRNG key; the same key gives the same text.
       temperature: see :func:`sample_logits`.
       top_k: see :func:`sample_logits`.
@@ -91,6 +93,8 @@ def generate(
       >>> generate(model, params, prompt, 5, jax.random.key(1)).shape
       (1, 5)
     """
+    if num_tokens < 1:
+        raise ValueError(f"generate: num_tokens must be >= 1, got {num_tokens}")
     batch, plen = prompt_BxP.shape
     carry = model.initial_carry(batch, plen + num_tokens)
     logits, carry, _ = model.apply({"params": params}, prompt_BxP, carry, deterministic=True)
