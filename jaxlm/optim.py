@@ -3,8 +3,9 @@
 The chain, outermost first: gradient accumulation (``optax.MultiSteps``) or skipping of
 non-finite updates (``optax.apply_if_finite``); the fine-tuning preset
 (:func:`jaxlm.finetune.strategy_transform`: freezing, gradual unfreezing, per-group rates) around
-the base optimizer; the base optimizer is L2 (fine-tuning presets), gradient centralization,
-global-norm clipping, the update rule with its schedule, then reduce-on-plateau and NT-ASGD.
+the base optimizer; the base optimizer is L2 (fine-tuning presets), gradient centralization
+(weight matrices; embedding tables excluded), global-norm clipping, the update rule with its
+schedule, then reduce-on-plateau and NT-ASGD.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ import optax
 from jaxlm import finetune, transforms
 
 SCHEDULES = ("constant", "cosine", "step", "slanted_triangular", "sgdr", "epoch_step", "plateau")
+
+# Lookup tables that gradient centralization leaves alone: the [V, E] token embedding of every
+# jaxlm model (``embed/embedding``, also the output matrix when tied) and the Transformer's
+# learned [max_len, E] positions (``pos_embed``). Their rows are vectors, not output units.
+EMBEDDING_PATTERNS = (r"(^|/)embed/embedding$", r"(^|/)pos_embed$")
 
 
 def build_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
@@ -125,7 +131,7 @@ def build_optimizer(config: ml_collections.ConfigDict, params=None) -> optax.Gra
         if l2:
             parts.append(optax.add_decayed_weights(l2))
         if opt.get("centralize", False):
-            parts.append(transforms.centralize_matrices())
+            parts.append(transforms.centralize_matrices(exclude=EMBEDDING_PATTERNS))
         clip = opt.clip_norm if clip_norm is None else clip_norm
         if clip:
             parts.append(optax.clip_by_global_norm(clip))

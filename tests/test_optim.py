@@ -144,6 +144,45 @@ def test_nt_asgd_and_centralize_from_the_config():
         assert not np.allclose(avg[path[0]][path[1]], new[path[0]][path[1]])
 
 
+@pytest.mark.parametrize("name", ["lstm", "transformer"])
+def test_centralize_leaves_embedding_tables_alone(name):
+    from jaxlm.models.rnn import RecurrentLM
+    from jaxlm.models.transformer import Transformer
+
+    if name == "lstm":
+        model = RecurrentLM(vocab_size=11, embed_dim=8, hidden_sizes=(8, 8))
+        carry = model.initial_carry(1)
+        matrices = ["layers_0/ih/kernel", "layers_0/hh/kernel", "head/kernel"]
+        tables = ["embed/embedding"]
+    else:
+        model = Transformer(
+            vocab_size=11, embed_dim=8, num_layers=1, num_heads=2, max_len=16, positions="learned"
+        )
+        carry = None
+        matrices = ["blocks_0/qkv/kernel", "blocks_0/mlp_fc/kernel"]
+        tables = ["embed/embedding", "pos_embed"]
+    tokens = jnp.zeros((1, 3), jnp.int32)
+    p = model.init(jax.random.key(0), tokens, carry)["params"]
+    assert set(matrices + tables) <= set(transforms.param_paths(p))
+    leaves, treedef = jax.tree.flatten(p)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    g = jax.tree.unflatten(
+        treedef, [jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    )
+    tx = build_optimizer(config(centralize=True))
+    u, _ = tx.update(g, tx.init(p), p)
+    flat_u = dict(zip(transforms.param_paths(u), jax.tree.leaves(u), strict=True))
+    flat_g = dict(zip(transforms.param_paths(g), jax.tree.leaves(g), strict=True))
+    for path in tables:  # plain SGD: exactly -lr * g, rows not centred
+        np.testing.assert_allclose(flat_u[path], -0.1 * flat_g[path], rtol=1e-6)
+        assert np.abs(np.asarray(flat_u[path]).mean(axis=0)).max() > 1e-3
+    for path in matrices:  # each output unit's incoming gradient has zero mean
+        np.testing.assert_allclose(flat_u[path].mean(axis=0), 0.0, atol=1e-6)
+        np.testing.assert_allclose(
+            flat_u[path], -0.1 * (flat_g[path] - flat_g[path].mean(axis=0)), rtol=1e-5, atol=1e-6
+        )
+
+
 def test_schedule_counts_updates_not_micro_batches():
     c = config(schedule="cosine", warmup_steps=0, accumulate_steps=4)
     c.optimizer.end_lr_fraction = 0.0
