@@ -104,6 +104,21 @@ def test_remat_changes_nothing_but_memory():
         grads(_model(dropout=0.2, num_layers=1)),
     )
 
+    # And remat is really on: the gradient recomputes the block (a remat equation and the
+    # forward matrix products again).
+    def grad_jaxpr(model):
+        def loss(p):
+            return jnp.mean(model.apply({"params": p}, TOKENS, None)[0] ** 2)
+
+        return str(jax.make_jaxpr(jax.grad(loss))(params))
+
+    with_remat, without = (
+        grad_jaxpr(_model(remat=True, num_layers=1)),
+        grad_jaxpr(_model(num_layers=1)),
+    )
+    assert "remat" in with_remat and "remat" not in without
+    assert with_remat.count("dot_general") > without.count("dot_general")
+
 
 def test_dropout_only_in_training_and_seeded():
     model, params = _model(dropout=0.3), _params()
