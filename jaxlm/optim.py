@@ -54,12 +54,17 @@ def build_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sche
             peak, opt.warmup_steps, max(num_steps, 1), end_value=peak * opt.end_lr_fraction
         )
     if name == "step":
-        boundaries = {
-            int(step): opt.decay_factor
-            for step in range(opt.decay_start_step, num_steps, opt.decay_every)
-            if step > 0
-        }
-        return optax.piecewise_constant_schedule(peak, boundaries)
+        every = int(opt.decay_every)
+        if every < 1:
+            raise ValueError(f"config.optimizer.decay_every must be >= 1, got {every}")
+        # Decays at decay_start_step + k * every, those in [1, num_steps) (a decay at step 0
+        # would only lower the peak): the first of them and how many, in closed form.
+        start = int(opt.decay_start_step)
+        points = range(start, num_steps, every)
+        points = points[(-start) // every + 1 :] if start <= 0 else points
+        return transforms.step_decay(
+            peak, points.start, every, opt.decay_factor, max_decays=len(points)
+        )
     if name == "slanted_triangular":
         return transforms.slanted_triangular(
             peak, max(num_steps, 2), cut_frac=opt.cut_frac, ratio=opt.stlr_ratio

@@ -65,11 +65,29 @@ def test_named_schedules_hit_their_key_points(name, fields, points):
         assert float(sched(step)) == pytest.approx(want, rel=1e-5), step
 
 
+@pytest.mark.parametrize(
+    "start, every, num_steps",
+    [(0, 30, 100), (0, 25, 100), (10, 7, 60), (-15, 10, 50), (120, 30, 100), (0, 200, 100)],
+)
+def test_step_schedule_closed_form_equals_piecewise_constant(start, every, num_steps):
+    opt = config(schedule="step", decay_start_step=start, decay_every=every).optimizer
+    sched = build_schedule(opt, num_steps)
+    boundaries = {s: opt.decay_factor for s in range(start, num_steps, every) if s > 0}
+    old = optax.piecewise_constant_schedule(opt.learning_rate, boundaries)
+    steps = np.arange(0, num_steps + 2 * every + 1)
+    np.testing.assert_allclose(jax.vmap(sched)(steps), jax.vmap(old)(steps), rtol=1e-6)
+    for step in [0, start - 1, start, start + every, num_steps - 1, num_steps, 10 * num_steps]:
+        step = max(step, 0)
+        assert float(jax.jit(sched)(step)) == pytest.approx(float(old(step)), rel=1e-6), step
+
+
 def test_bad_schedule_and_epoch_step_without_epoch_length_are_refused():
     with pytest.raises(ValueError, match="unknown schedule 'linear'"):
         build_optimizer(config(schedule="linear"))
     with pytest.raises(ValueError, match="steps_per_epoch must be set"):
         build_optimizer(config(schedule="epoch_step"))
+    with pytest.raises(ValueError, match="decay_every must be >= 1"):
+        build_optimizer(config(schedule="step", decay_every=0))
 
 
 def test_accumulation_equals_one_step_on_the_mean_gradient():

@@ -19,6 +19,7 @@ from jaxlm.transforms.paths import match_groups, param_paths, path_str
 from jaxlm.transforms.schedules import (
     sgdr,
     slanted_triangular,
+    step_decay,
     step_decay_per_epoch,
     warmup_cosine,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "report_validation_loss",
     "sgdr",
     "slanted_triangular",
+    "step_decay",
     "step_decay_per_epoch",
     "warmup_cosine",
 ]

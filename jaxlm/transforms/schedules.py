@@ -1,4 +1,4 @@
-"""Learning-rate schedules: slanted triangular, warm-up + cosine, SGDR, step decay per epoch."""
+"""Learning-rate schedules: slanted triangular, warm-up + cosine, SGDR, step decays."""
 
 from __future__ import annotations
 
@@ -160,6 +160,49 @@ def sgdr(
     return optax.sgdr_schedule(cycles)
 
 
+def step_decay(
+    init_value: float,
+    first_step: int,
+    every: int,
+    factor: float,
+    max_decays: int | None = None,
+) -> optax.Schedule:
+    """The rate times ``factor`` at step ``first_step`` and every ``every`` steps after it.
+
+    ``lr = init_value * factor ** n``, ``n`` being how many of the decay points
+    ``first_step, first_step + every, ...`` (at most ``max_decays`` of them) the step has
+    reached. The same values as ``optax.piecewise_constant_schedule`` with one boundary per
+    decay point, in closed form: the graph does not grow with the number of decays.
+
+    Args:
+      init_value: the rate before the first decay.
+      first_step: the step of the first decay (its rate is ``init_value * factor``).
+      every: steps between decays (>= 1).
+      factor: multiplier at each decay.
+      max_decays: stop after this many decays; None: never stop.
+
+    Returns:
+      An ``optax.Schedule``.
+
+    Example:
+      >>> sched = step_decay(1.0, first_step=10, every=5, factor=0.5, max_decays=2)
+      >>> [float(sched(s)) for s in (9, 10, 15, 20, 99)]
+      [1.0, 0.5, 0.25, 0.25, 0.25]
+    """
+    if every < 1:
+        raise ValueError(f"step_decay: every must be >= 1, got {every}")
+    if max_decays is not None and max_decays < 0:
+        raise ValueError(f"step_decay: max_decays must be >= 0 or None, got {max_decays}")
+
+    def schedule(step: optax.ScalarOrSchedule) -> jnp.ndarray:
+        n = jnp.maximum((jnp.asarray(step, jnp.int32) - first_step) // every + 1, 0)
+        if max_decays is not None:
+            n = jnp.minimum(n, max_decays)
+        return init_value * jnp.power(jnp.float32(factor), n.astype(jnp.float32))
+
+    return schedule
+
+
 def step_decay_per_epoch(
     init_value: float, steps_per_epoch: int, decay_after_epochs: int, factor: float = 0.5
 ) -> optax.Schedule:
@@ -169,7 +212,8 @@ def step_decay_per_epoch(
     ``epoch = step // steps_per_epoch``: epochs ``0 .. decay_after_epochs - 1`` run at
     ``init_value``, epoch ``decay_after_epochs`` at ``init_value * factor`` and so on. optax's
     ``exponential_decay(staircase=True)`` counts from a begin step instead; ours speaks in epochs
-    and has no end.
+    and has no end. It is :func:`step_decay` with a decay at the start of every epoch from
+    ``decay_after_epochs`` on.
 
     Args:
       init_value: the starting rate (Zaremba: 1.0).
@@ -194,10 +238,5 @@ def step_decay_per_epoch(
             f"step_decay_per_epoch: need steps_per_epoch >= 1 and decay_after_epochs >= 0; got "
             f"{steps_per_epoch}, {decay_after_epochs}"
         )
-
-    def schedule(step: optax.ScalarOrSchedule) -> jnp.ndarray:
-        epoch = jnp.asarray(step, jnp.int32) // steps_per_epoch
-        exponent = jnp.maximum(epoch - decay_after_epochs + 1, 0).astype(jnp.float32)
-        return init_value * jnp.power(jnp.float32(factor), exponent)
-
-    return schedule
+    # epoch - decay_after_epochs + 1 = the decay points decay_after_epochs * spe + k * spe passed
+    return step_decay(init_value, decay_after_epochs * steps_per_epoch, steps_per_epoch, factor)
