@@ -227,12 +227,20 @@ def test_load_pretrained_maps_vocabularies(tmp_path):
         params["layers_1"]["hh"]["kernel"], old["layers_1"]["hh"]["kernel"]
     )
     # a checkpoint folder works too, and a bigger vocabulary keeps the shapes of this run
-    bigger = CharTokenizer(list("abcdefgh"))
-    params, mapping = finetune.load_pretrained(
-        str(tmp_path / "checkpoints" / "5"), lm_tree(v=9), bigger
-    )
+    bigger = CharTokenizer(list("abcdefgh"))  # <unk> a b c d e: ids 0..5 as before; f g h new
+    fresh9 = lm_tree(v=9, seed=3)
+    fresh9["head"]["bias"] = jnp.arange(1.0, 10.0)  # not zero, unlike the checkpoint's bias
+    params, mapping = finetune.load_pretrained(str(tmp_path / "checkpoints" / "5"), fresh9, bigger)
     assert params["embed"]["embedding"].shape == (9, D) and mapping.new == ("f", "g", "h")
     np.testing.assert_array_equal(params["head"]["bias"][:6], old["head"]["bias"])
+    np.testing.assert_array_equal(params["head"]["bias"][6:], fresh9["head"]["bias"][6:])
+    np.testing.assert_array_equal(params["embed"]["embedding"][:6], old["embed"]["embedding"])
+    np.testing.assert_array_equal(
+        params["embed"]["embedding"][6:], fresh9["embed"]["embedding"][6:]
+    )
+    np.testing.assert_array_equal(params["head"]["kernel"][:, :6], old["head"]["kernel"])
+    np.testing.assert_array_equal(params["head"]["kernel"][:, 6:], fresh9["head"]["kernel"][:, 6:])
+    assert not np.array_equal(old["embed"]["embedding"], fresh9["embed"]["embedding"][:6])
 
 
 def test_load_pretrained_refuses_other_tokenizer_kind_or_shape(tmp_path):
