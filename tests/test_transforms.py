@@ -362,6 +362,10 @@ def test_report_validation_loss_reaches_into_wrappers_and_is_a_no_op_otherwise()
     p = {"w": jnp.ones(2)}
     plain = optax.adam(1e-3).init(p)
     assert T.report_validation_loss(plain, 1.0) is not None
+    same = T.report_validation_loss(plain, 1.0)
+    assert jax.tree.structure(same) == jax.tree.structure(plain)
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(a, b)
     inner = optax.chain(optax.sgd(1.0), T.reduce_on_plateau(factor=0.5, patience=1))
     tx = optax.MultiSteps(optax.apply_if_finite(inner, 3), 2)
     s = tx.init(p)
