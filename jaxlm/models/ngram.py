@@ -111,21 +111,6 @@ def _check_tokens(tokens: Any, vocab_size: int, what: str) -> np.ndarray:
     return arr
 
 
-def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """np.unique with first index, inverse and counts from a single stable argsort."""
-    order = np.argsort(keys, kind="stable")
-    ks = keys[order]
-    flag = np.empty(len(ks), bool)
-    flag[:1] = True
-    flag[1:] = ks[1:] != ks[:-1]
-    group = np.cumsum(flag) - 1
-    inverse = np.empty(len(ks), np.int64)
-    inverse[order] = group
-    starts = np.flatnonzero(flag)
-    counts = np.diff(np.append(starts, len(ks)))
-    return ks[flag], order[flag], inverse, counts
-
-
 # ------------------------------------------------------------------------------------------------
 # Counting.
 
@@ -211,7 +196,13 @@ def count_ngrams(
             raise ValueError(
                 f"count_ngrams: no {n}-grams in the data (sentences too short for order {order})"
             )
-        uniq, first, inverse, cnt = _unique(ids_prev[pos - 1] * m + seq[pos])
+        # first: index of each n-gram's first occurrence (numpy sorts stably for return_index)
+        uniq, first, inverse, cnt = np.unique(
+            ids_prev[pos - 1] * m + seq[pos],
+            return_index=True,
+            return_inverse=True,
+            return_counts=True,
+        )
         keys.append(uniq)
         counts.append(cnt.astype(np.int64))
         suffix.append(ids_prev[pos[first]])
