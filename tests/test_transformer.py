@@ -189,3 +189,13 @@ def test_registry_and_bfloat16():
     logits, _, _ = _fwd(model, params, TOKENS)
     assert logits.dtype == jnp.float32 and logits.shape == (B, T, V)
     assert model.initial_carry(B, 4)["layers"][0]["k"].dtype == jnp.bfloat16
+
+
+def test_decoding_past_the_cache_gives_nan_not_wrong_numbers():
+    model, params = _model(positions="rotary"), _params()
+    cache = model.initial_carry(1, 4)
+    tokens = TOKENS[:1, :3]
+    logits, cache, _ = model.apply({"params": params}, tokens, cache)
+    assert np.all(np.isfinite(logits))
+    logits, _, _ = model.apply({"params": params}, tokens, cache)  # 6 tokens into 4 slots
+    assert np.all(np.isnan(logits))

@@ -272,7 +272,24 @@ recurrent_layer.defvjp(_layer_fwd, _layer_bwd)
 
 
 class _RecurrentLayer(nn.Module):
-    """Shared parts of one recurrent layer: parameters, weight-drop and the scan over time."""
+    """One recurrent layer over a window, ``[B, T, I] -> [B, T, H]``: parameters, weight-drop
+    and the scan over time; :class:`LSTMLayer`, :class:`GRULayer` and :class:`ElmanLayer` set
+    the cell.
+
+    Attributes:
+      hidden_size: H.
+      init_scale: weights are uniform in ``[-init_scale, init_scale)``.
+      weight_drop: DropConnect probability on ``hh/kernel`` (one mask per call) in training.
+      dtype: compute dtype of the matrix products; the state (an LSTM's cell too) stays
+        float32.
+      param_dtype: storage dtype of the parameters.
+
+    Example:
+      >>> layer = LSTMLayer(8)  # or GRULayer(8), ElmanLayer(8)
+      >>> x, carry = jnp.ones((2, 5, 4)), layer.initial_carry(2)
+      >>> params = layer.init(jax.random.key(0), x, carry)
+      >>> h, carry = layer.apply(params, x, carry)
+    """
 
     hidden_size: int
     init_scale: float = 0.1
@@ -338,18 +355,7 @@ class LSTMLayer(_RecurrentLayer):
     Parameters: ``ih/kernel`` ``[I, 4H]``, ``ih/bias`` ``[4H]`` and ``hh/kernel`` ``[H, 4H]``;
     gate order (input, forget, cell, output) as in ``torch.nn.LSTM``.
 
-    Attributes:
-      hidden_size: H.
-      init_scale: weights are uniform in ``[-init_scale, init_scale)``.
-      weight_drop: DropConnect probability on ``hh/kernel`` (one mask per call) in training.
-      dtype: compute dtype of the matrix products; the cell state stays float32.
-      param_dtype: storage dtype of the parameters.
-
-    Example:
-      >>> layer = LSTMLayer(8)
-      >>> x, carry = jnp.ones((2, 5, 4)), layer.initial_carry(2)
-      >>> params = layer.init(jax.random.key(0), x, carry)
-      >>> h, carry = layer.apply(params, x, carry)
+    Attributes and example: see :class:`_RecurrentLayer`.
     """
 
     cell: ClassVar[str] = "lstm"
@@ -370,18 +376,7 @@ class GRULayer(_RecurrentLayer):
     Parameters: ``ih/kernel`` ``[I, 3H]``, ``ih/bias`` ``[3H]``, ``hh/kernel`` ``[H, 3H]``,
     ``hh/bias`` ``[3H]``; gate order (reset, update, new).
 
-    Attributes:
-      hidden_size: H.
-      init_scale: weights are uniform in ``[-init_scale, init_scale)``.
-      weight_drop: DropConnect probability on ``hh/kernel`` (one mask per call) in training.
-      dtype: compute dtype of the matrix products; the state stays float32.
-      param_dtype: storage dtype of the parameters.
-
-    Example:
-      >>> layer = GRULayer(8)
-      >>> x, carry = jnp.ones((2, 5, 4)), layer.initial_carry(2)
-      >>> params = layer.init(jax.random.key(0), x, carry)
-      >>> h, carry = layer.apply(params, x, carry)
+    Attributes and example: see :class:`_RecurrentLayer`.
     """
 
     cell: ClassVar[str] = "gru"
@@ -394,24 +389,13 @@ class ElmanLayer(_RecurrentLayer):
 
     ``h' = tanh(x W_ih + b + h W_hh)``, as ``torch.nn.RNN`` (whose two biases sum to ``b``).
 
-    Attributes:
-      hidden_size: H.
-      init_scale: weights are uniform in ``[-init_scale, init_scale)``.
-      weight_drop: DropConnect probability on ``hh/kernel`` (one mask per call) in training.
-      dtype: compute dtype of the matrix products; the state stays float32.
-      param_dtype: storage dtype of the parameters.
-
-    Example:
-      >>> layer = ElmanLayer(8)
-      >>> x, carry = jnp.ones((2, 5, 4)), layer.initial_carry(2)
-      >>> params = layer.init(jax.random.key(0), x, carry)
-      >>> h, carry = layer.apply(params, x, carry)
+    Attributes and example: see :class:`_RecurrentLayer`.
     """
 
     cell: ClassVar[str] = "rnn"
 
 
-CELLS: dict[str, type[_RecurrentLayer]] = {"rnn": ElmanLayer, "lstm": LSTMLayer, "gru": GRULayer}
+CELLS: dict[str, type[_RecurrentLayer]] = {c.cell: c for c in (ElmanLayer, LSTMLayer, GRULayer)}
 
 
 def _per_layer(value: float | Sequence[float], n: int, name: str) -> tuple[float, ...]:

@@ -190,7 +190,7 @@ class Transformer(nn.Module):
         Args:
           batch_size: B.
           max_length: total tokens the cache must hold (prompt plus generated); None for
-            training.
+            training. A call that would go past it returns NaN logits.
 
         Returns:
           None, or ``{"pos": int32 scalar, "layers": ({"k": [B, L, N, D], "v": ...}, ...)}``.
@@ -276,5 +276,11 @@ class Transformer(nn.Module):
                 name="head",
             )
             logits = on_rows(head, x)
-        new_carry = None if carry is None else {"pos": pos + t, "layers": tuple(new_layers)}
+        new_carry = None
+        if carry is not None:
+            new_carry = {"pos": pos + t, "layers": tuple(new_layers)}
+            # Writing past the cache is clamped by dynamic_update_slice, not an error: make the
+            # result NaN rather than silently wrong (the cache is sized by initial_carry).
+            fits = pos + t <= carry["layers"][0]["k"].shape[1]
+            logits = jnp.where(fits, logits, jnp.nan)
         return logits.astype(self.output_dtype), new_carry, {}
