@@ -24,11 +24,11 @@ def freeze(
 ) -> optax.GradientTransformation:
     """Freezes the parameters whose path matches any pattern: their updates are exactly zero.
 
-    Built on ``optax.freeze`` (no ``inner``) and ``optax.partition`` (with ``inner``). Ours adds
-    selection by path regex computed from the tree itself, and an error when a pattern matches
-    nothing. Pass the optimizer as ``inner`` so that it keeps no state for frozen leaves and frozen
-    leaves take no part in it at all (moments, weight decay, global-norm clipping): ``inner`` only
-    ever sees the trainable leaves.
+    Built on ``optax.masked(optax.set_to_zero(), ...)`` (what ``optax.freeze`` is; no ``inner``) and
+    ``optax.partition`` (with ``inner``). Ours adds selection by path regex computed from the tree
+    itself, and an error when a pattern matches nothing. Pass the optimizer as ``inner`` so that it
+    keeps no state for frozen leaves and frozen leaves take no part in it at all (moments, weight
+    decay, global-norm clipping): ``inner`` only ever sees the trainable leaves.
 
     Args:
       patterns: regular expression(s), ``re.search``-ed against "/"-joined parameter paths.
@@ -58,7 +58,9 @@ def freeze(
         return jax.tree.map(lambda label: label >= 0, match_groups(tree, pats))
 
     if inner is None:
-        return optax.freeze(frozen)  # optax.masked accepts a mask function of the tree
+        # optax.freeze(mask) is exactly this, but documents only static masks; optax.masked
+        # documents a mask function of the tree
+        return optax.masked(optax.set_to_zero(), frozen)
     return optax.partition(
         {"train": inner, "frozen": optax.set_to_zero()},
         lambda tree: jax.tree.map(lambda f: "frozen" if f else "train", frozen(tree)),
