@@ -5,6 +5,7 @@ Every config field can be overridden, e.g. ``--config.model.hidden_sizes=(256,25
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -25,6 +26,18 @@ _KEEP_HEAP = flags.DEFINE_bool(
     "Keep freed memory in the heap so each step's large temporaries do not page-fault "
     "(glibc only; see jaxlm.malloc). --nokeep_heap returns freed memory to the system.",
 )
+
+
+class _EarlySigterm:
+    """Records a SIGTERM that lands before the trainer installs its own handler (during the
+    imports, flag parsing and config loading); the trainer reads ``raised`` when it takes over
+    and stops before the loop, so the process exits with 143 instead of dying silently."""
+
+    raised = False
+
+    def __call__(self, signum, frame):
+        del signum, frame
+        self.raised = True
 
 
 def main(argv: list[str]) -> None:
@@ -60,5 +73,6 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _EarlySigterm())
     flags.mark_flag_as_required("config")
     app.run(main, flags_parser=parse_flags)

@@ -284,20 +284,30 @@ def _finished_summary(workdir: Path, step: int) -> dict[str, Any]:
 
 
 class _SigtermFlag:
-    """Turns SIGTERM into a flag the loop checks, so it can checkpoint before exiting."""
+    """Turns SIGTERM into a flag the run checks, so it can checkpoint before exiting.
 
-    def __init__(self):
+    Installed for the whole of :func:`train_and_evaluate`. A handler installed before it that
+    has a ``raised`` attribute (the command line's, set up before the slow imports) passes on a
+    SIGTERM it already received. ``default=True`` installs the default action instead (a run
+    with nothing to checkpoint), after taking over such an earlier flag.
+    """
+
+    def __init__(self, *, default: bool = False):
         self.raised = False
+        self._default = default
         self._old = None
 
     def __enter__(self):
+        handler = signal.SIG_DFL if self._default else self
         try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
+            self._old = signal.signal(signal.SIGTERM, handler)
         except ValueError:  # not the main thread
             self._old = None
+        if getattr(self._old, "raised", False):
+            self.raised = True
         return self
 
-    def _handle(self, signum, frame):
+    def __call__(self, signum, frame):
         del signum, frame
         self.raised = True
 
@@ -330,18 +340,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if config.model.name == "ngram":
         from jaxlm.models import ngram
 
-        return ngram.train_and_evaluate(config, workdir)
-    validate(config)
-    workdir = Path(workdir)
-    mgr = checkpoint.manager(workdir, config.train.keep_checkpoints)
-    try:
-        return _run(config, workdir, mgr)
-    finally:
-        mgr.wait_until_finished()
-        mgr.close()
+        with _SigtermFlag(default=True) as sigterm:  # no checkpoints: SIGTERM ends it at once
+            if sigterm.raised:
+                raise Preempted(f"SIGTERM before the n-gram run in {workdir} started")
+            return ngram.train_and_evaluate(config, workdir)
+    # From the start: a SIGTERM during data preparation, model init or restore is noticed
+    # before the loop, and one during the final evaluation after it (not swallowed).
+    with _SigtermFlag() as sigterm:
+        validate(config)
+        workdir = Path(workdir)
+        mgr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+        try:
+            return _run(config, workdir, mgr, sigterm)
+        finally:
+            mgr.wait_until_finished()
+            mgr.close()
 
 
-def _run(config, workdir: Path, mgr) -> dict[str, Any]:
+def _run(config, workdir: Path, mgr, sigterm: _SigtermFlag) -> dict[str, Any]:
     num_steps = config.train.num_steps
     latest = mgr.latest_step()
     tokenizer = None
@@ -465,7 +481,13 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
         values["tokens_per_s"] = mon.steps_per_second(s) * tokens_per_step
         mon.write(s, values, "train")
 
-    with jax.set_mesh(mesh), _SigtermFlag() as sigterm:
+    with jax.set_mesh(mesh):
+        if sigterm.raised:  # before the loop: checkpoints on disk are kept as they are
+            mon.status("preempted", step)
+            raise Preempted(
+                f"SIGTERM before training resumed at step {step}; nothing new to save in "
+                f"{workdir}"
+            )
         mon.status("running", step)
         while step < num_steps:
             batch = device_batch(
@@ -504,6 +526,11 @@ def _run(config, workdir: Path, mgr) -> dict[str, Any]:
         test = run_eval(step, "test", 0)
     unit = tokenizer.kind
     sample = _sample(model, eval_params(), tokenizer, config)
+    if sigterm.raised:  # the step-`num_steps` checkpoint is saved; a re-run evaluates again
+        mon.status("preempted", step)
+        raise Preempted(
+            f"SIGTERM during the final evaluation at step {step}; checkpoint saved in {workdir}"
+        )
     final = {
         "step": step,
         "validation_loss": val["loss"],

@@ -2,8 +2,10 @@
 
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -52,6 +54,79 @@ def test_cli_smoke_run_trains_checkpoints_and_finishes(tmp_path):
     assert json.loads((workdir / "tokenizer.json").read_text())["kind"] == "char"
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "already finished at step 60" in again.stdout
+
+
+def _sigterm_caught(pid):
+    """Whether the process has a SIGTERM handler installed (Linux: SigCgt in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+def _wait_for(predicate, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _status(workdir):
+    try:
+        return json.loads((workdir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def test_cli_sigterm_checkpoints_exits_143_and_resumes(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jaxlm.train", f"--config={ROOT}/configs/lstm.py:smoke",
+           f"--workdir={workdir}", "--config.train.log_every=1",
+           "--config.train.eval_every=100000", "--config.train.checkpoint_every=100000"]
+    proc = subprocess.Popen(cmd + ["--config.train.num_steps=100000"], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: _status(workdir).get("step", 0) > 0, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "SIGTERM at step" in err
+    status = _status(workdir)
+    steps = checkpoint.manager(workdir, read_only=True).all_steps()
+    assert status["state"] == "preempted" and list(steps) == [status["step"]]
+    saved = status["step"]
+    again = subprocess.run(cmd + [f"--config.train.num_steps={saved + 3}"], capture_output=True,
+                           text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Resumed from {workdir / 'checkpoints'}/{saved}" in again.stdout
+    assert _status(workdir)["state"] == "finished" and _status(workdir)["step"] == saved + 3
+
+
+def test_cli_sigterm_during_startup_exits_143(tmp_path):
+    # Sent as soon as the command line's handler is in place: during the imports, before the
+    # trainer's own handler, the data, the model or the loop exist.
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc")
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jaxlm.train", f"--config={ROOT}/configs/lstm.py:smoke",
+           f"--workdir={workdir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: _sigterm_caught(proc.pid), proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "SIGTERM before training" in err
+    assert _status(workdir)["state"] == "preempted"
+    assert checkpoint.manager(workdir, read_only=True).all_steps() == []
 
 
 class Killed(Exception):
