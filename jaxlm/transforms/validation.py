@@ -57,7 +57,8 @@ def reduce_on_plateau(
       min_scale: the scale never goes below this.
 
     Returns:
-      An ``optax.GradientTransformation`` with :class:`PlateauState`; chain it last.
+      An ``optax.GradientTransformation`` with :class:`PlateauState`; chain it after the update
+      rule, and before :func:`nt_asgd` when both are used (NT-ASGD must see the scaled updates).
 
     Example:
       >>> import jax.numpy as jnp, optax
@@ -147,7 +148,8 @@ class NTASGDState(NamedTuple):
 def nt_asgd(nonmono: int = 5) -> optax.GradientTransformation:
     """AWD-LSTM's non-monotonically triggered averaged SGD (NT-ASGD), as a chainable transform.
 
-    Updates pass through unchanged (chain it last, after ``optax.sgd`` and any clipping). Each
+    Updates pass through unchanged. Chain it last: after ``optax.sgd``, any clipping and
+    :func:`reduce_on_plateau`, since it averages ``params + updates`` with the final updates. Each
     validation loss goes to :func:`report_validation_loss`; when a loss is worse than the best one
     logged more than ``nonmono`` checks earlier, averaging starts: from then on every update also
     folds the new parameters ``params + updates`` into a running mean, which is what PyTorch's
