@@ -22,7 +22,7 @@ Variants:
 
 Steps per epoch follow the trainer's batching: 929,589 training tokens (with one ``<eos>`` a
 line) give 929,588 (input, target) pairs, 46,479 per stream at batch 20, and
-``(46,479 - T) // T`` windows: 2,322 at T = 20, 1,327 at T = 35 and 662 at T = 70.
+``(46,479 - T) // T`` windows: 2,322 at T = 20, 1,326 at T = 35 and 662 at T = 70.
 """
 
 import ml_collections
