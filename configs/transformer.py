@@ -7,7 +7,7 @@ RMSNorm and rotary positions).
 
 import ml_collections
 
-from jaxlm.config import base_config
+from jaxlm.config import base_config, shrink_to_smoke
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -38,24 +38,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.positions = "rotary"
         c.model.norm = "rmsnorm"
     elif arg == "smoke":
-        c.name = "transformer_smoke"
-        c.data.batch_size = 8
-        c.data.seq_len = 32
-        c.data.eval_batch_size = 8
-        c.model.embed_dim = 32
+        shrink_to_smoke(c)  # name, batch, window, width, steps: as every smoke variant
         c.model.num_layers = 2
         c.model.num_heads = 2
         c.model.max_len = 64
         c.model.dropout = 0.0
         c.optimizer.learning_rate = 3e-3
         c.optimizer.weight_decay = 0.0
-        c.train.num_steps = 60
-        c.train.log_every = 20
-        c.train.eval_every = 30
-        c.train.eval_steps = 20
-        c.train.checkpoint_every = 30
-        c.train.sample_tokens = 40
-        c.optimizer.warmup_steps = 10
     else:
         raise ValueError(
             f"configs/transformer.py: unknown variant {arg!r}; expected smoke or rotary"
