@@ -96,16 +96,27 @@ class DynamicLossScaleState(NamedTuple):
     Attributes:
       scale: float32 scalar the loss is multiplied by before differentiation.
       good_steps: finite steps since the scale last changed.
-      skipped: total steps skipped for non-finite gradients.
-      last_finite: whether the last step's gradients were finite (and it was applied).
-      inner_state: the wrapped optimizer's state (untouched on skipped steps).
+      guarded: the state of ``optax.apply_if_finite`` around the wrapped optimizer.
     """
 
     scale: jax.Array
     good_steps: jax.Array
-    skipped: jax.Array
-    last_finite: jax.Array
-    inner_state: optax.OptState
+    guarded: optax.ApplyIfFiniteState
+
+    @property
+    def skipped(self) -> jax.Array:
+        """Total steps skipped for non-finite gradients."""
+        return self.guarded.total_notfinite
+
+    @property
+    def last_finite(self) -> jax.Array:
+        """Whether the last step's gradients were finite (and it was applied)."""
+        return self.guarded.last_finite
+
+    @property
+    def inner_state(self) -> optax.OptState:
+        """The wrapped optimizer's state (untouched on skipped steps)."""
+        return self.guarded.inner_state
 
 
 def dynamic_loss_scale(
@@ -120,7 +131,9 @@ def dynamic_loss_scale(
 ) -> optax.GradientTransformation:
     """Dynamic loss scaling around an optimizer, for float16 training.
 
-    The train step multiplies its loss by :func:`loss_scale` of the optimizer state before
+    Adds to ``optax.apply_if_finite`` (which does the skipping) the scale itself: the gradients
+    are unscaled before the check, and the scale grows and backs off with the outcome. The
+    train step multiplies its loss by :func:`loss_scale` of the optimizer state before
     differentiating; this transformation receives those scaled gradients, divides them by the
     scale, and then either applies ``inner`` (all gradients finite) or skips the step: zero
     updates, ``inner``'s state unchanged. After ``growth_interval`` finite steps in a row the
@@ -156,24 +169,21 @@ def dynamic_loss_scale(
             f"growth_interval >= 1; got {backoff_factor}, {growth_factor}, {growth_interval}"
         )
 
+    # Skip every non-finite step: the backoff, not a give-up count, is what ends a run of them.
+    guard = optax.apply_if_finite(inner, max_consecutive_errors=jnp.iinfo(jnp.int32).max)
+
     def init_fn(params):
         return DynamicLossScaleState(
             scale=jnp.asarray(init_scale, jnp.float32),
             good_steps=jnp.zeros((), jnp.int32),
-            skipped=jnp.zeros((), jnp.int32),
-            last_finite=jnp.ones((), jnp.bool_),
-            inner_state=inner.init(params),
+            guarded=guard.init(params),
         )
 
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, state, params=None, **extra_args):
         inv = 1.0 / state.scale
         grads = jax.tree.map(lambda g: (g.astype(jnp.float32) * inv).astype(g.dtype), updates)
-        finite = all_finite(grads)
-        new_updates, new_inner = inner.update(grads, state.inner_state, params)
-        new_updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates)
-        new_inner = jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old), new_inner, state.inner_state
-        )
+        new_updates, guarded = guard.update(grads, state.guarded, params, **extra_args)
+        finite = guarded.last_finite
         good = jnp.where(finite, state.good_steps + 1, 0)
         grow = good >= growth_interval
         scale = jnp.where(
@@ -184,30 +194,11 @@ def dynamic_loss_scale(
         new_state = DynamicLossScaleState(
             scale=scale.astype(jnp.float32),
             good_steps=jnp.where(grow, 0, good).astype(jnp.int32),
-            skipped=state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32),
-            last_finite=finite,
-            inner_state=new_inner,
+            guarded=guarded,
         )
         return new_updates, new_state
 
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
-def all_finite(tree) -> jax.Array:
-    """True when every element of every array in ``tree`` is finite.
-
-    Args:
-      tree: a pytree of arrays.
-
-    Returns:
-      A boolean scalar.
-
-    Example:
-      >>> bool(all_finite({"a": jnp.array([1.0, jnp.inf])}))
-      False
-    """
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _find_scale_state(opt_state) -> DynamicLossScaleState | None:
