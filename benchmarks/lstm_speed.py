@@ -2,10 +2,11 @@
 
 A full step is timed on both sides: embedding, 2-layer LSTM, softmax output layer, token
 cross-entropy, backward pass, gradient-norm clipping at 5 and an SGD update, with the hidden state
-carried from step to step. Our step is the trainer's (``jaxlm.losses.cross_entropy``, optax
-``clip_by_global_norm`` + ``sgd``, jitted with the state donated); torch's is the usual eager
-loop. Runs alternate between the two so that load from other processes falls on both; the
-figures are medians over the repeats. float32 throughout on both sides.
+carried from step to step. Our step is built from the trainer's parts (``RecurrentLM``,
+``jaxlm.losses.cross_entropy``, optax ``clip_by_global_norm`` + ``sgd``, jitted with the state
+donated) without its dropout and metrics; torch's is the usual eager loop. Runs alternate
+between the two so that load from other processes falls on both; the figures are medians over
+the repeats. float32 throughout on both sides.
 
 Shapes: ``ptb_small`` (vocab 10,000, 2x200, BPTT 20, batch 20), ``char`` (vocab 65, 2x512,
 BPTT 100, batch 32), ``ptb_medium`` (vocab 10,000, 2x650, BPTT 35, batch 20).
