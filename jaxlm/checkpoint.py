@@ -21,17 +21,33 @@ import orbax.checkpoint as ocp
 RESUMABLE_CHANGES = (
     "train.",
     "optimizer.learning_rate",
-    "optimizer.schedule",
     "optimizer.warmup_steps",
     "optimizer.end_lr_fraction",
     "optimizer.decay_",
-    "optimizer.clip_norm",
     "data.eval_batch_size",
     "data.data_dir",
-    "precision",
     "parallel.",  # restore reshards onto this run's mesh
     "name",
 )
+
+
+def _loss_scaled(precision: Any) -> Any:
+    from jaxlm.precision import Policy
+
+    try:
+        return Policy.from_string(precision).needs_loss_scaling
+    except Exception:  # an unparsable value: only the very same value is compatible
+        return ("unparsed", precision)
+
+
+# Fields that may change as long as the optimizer state keeps its structure: the value's class
+# (what the key function returns) must stay the same. Clipping on/off adds or removes a chain
+# element, "plateau" adds reduce-on-plateau's state, float16 adds the loss-scale state.
+RESUMABLE_WITHIN_CLASS = {
+    "optimizer.clip_norm": lambda v: bool(v),
+    "optimizer.schedule": lambda v: v == "plateau",
+    "precision": _loss_scaled,
+}
 
 
 def checkpoint_dir(workdir: str | Path) -> Path:
@@ -147,6 +163,9 @@ def incompatible_fields(saved: dict, current: ml_collections.ConfigDict) -> list
     for key in sorted(set(old) | set(new)):
         if key.startswith(RESUMABLE_CHANGES) or old.get(key) == new.get(key):
             continue
+        within = RESUMABLE_WITHIN_CLASS.get(key)
+        if within and key in old and key in new and within(old[key]) == within(new[key]):
+            continue
         diffs.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")
     return diffs
 
@@ -231,6 +250,8 @@ def restore_latest_intact(
 
     Raises:
       FileNotFoundError: there is no checkpoint at all.
+      StructureMismatch: an intact checkpoint holds a state of another structure (leaf paths
+        or shapes) than ``abstract_state``; nothing is reported as damaged or moved.
       RuntimeError: no checkpoint is intact; the message names each one and why.
 
     Example:
@@ -245,6 +266,13 @@ def restore_latest_intact(
         step_dir = mgr.directory / str(step)
         problem = _metadata_problem(step_dir)
         if problem is None:
+            # An intact checkpoint of another state layout is no damage: say so, touch nothing.
+            mismatch = _structure_mismatch(step_dir, abstract_state)
+            if mismatch:
+                raise StructureMismatch(
+                    f"checkpoint {step_dir} holds a state of another structure than this run "
+                    f"builds (a changed optimizer or model?): {mismatch}"
+                )
             try:
                 state, meta = restore(mgr, abstract_state, step)
             except RuntimeError as e:
@@ -261,6 +289,36 @@ def restore_latest_intact(
     raise RuntimeError(
         f"no intact checkpoint in {mgr.directory}; tried:\n  " + "\n  ".join(problems)
     )
+
+
+class StructureMismatch(ValueError):
+    """An intact checkpoint whose state tree does not match the one this run builds."""
+
+
+def _structure_mismatch(step_dir, abstract_state) -> str | None:
+    """How the saved state's leaf paths and shapes differ from ``abstract_state``'s (or None)."""
+    from etils import epath
+
+    from jaxlm.parallel import path_str
+
+    def leaves(tree):
+        return {
+            path_str(p): tuple(getattr(leaf, "shape", ()) or ())
+            for p, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        }
+
+    saved = leaves(ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir) / "state").tree)
+    wanted = leaves(abstract_state)
+    parts = []
+    for what, names in (
+        ("only in the checkpoint", sorted(set(saved) - set(wanted))),
+        ("only in this run", sorted(set(wanted) - set(saved))),
+        ("other shapes", sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])),
+    ):
+        if names:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            parts.append(f"{what}: {', '.join(names[:3])}{more}")
+    return "; ".join(parts) or None
 
 
 def _quarantine(mgr: ocp.CheckpointManager, step_dirs, log) -> None:

@@ -195,6 +195,36 @@ def test_incompatible_workdir_is_refused_and_kept(tmp_path):
     assert checkpoint.manager(tmp_path, read_only=True).latest_step() == 10
 
 
+@pytest.mark.parametrize("field, value", [("optimizer.clip_norm", 0.0),
+                                          ("optimizer.schedule", "plateau"),
+                                          ("precision", "float16")])
+def test_changes_of_optimizer_state_structure_are_refused_by_name(tmp_path, field, value):
+    base = {"train.num_steps": 10, "train.checkpoint_every": 10, "train.eval_every": 10,
+            "train.sample_tokens": 0}
+    trainer.train_and_evaluate(smoke(**base), tmp_path)
+    with pytest.raises(ValueError, match=rf"incompatible config:\n  {field}: "):
+        trainer.train_and_evaluate(smoke(**base, **{field: value}), tmp_path)
+    # Changes that keep the optimizer state's structure still resume.
+    same = {"optimizer.clip_norm": 0.5, "optimizer.schedule": "constant",
+            "precision": "bfloat16"}[field]
+    assert trainer.train_and_evaluate(smoke(**base, **{field: same}), tmp_path)["step"] == 10
+
+    # A state of another structure is not "damage": named, and nothing is moved aside.
+    from jaxlm import optim, precision
+    from jaxlm.models import get_model
+
+    config = smoke(**base, **{field: value})
+    policy = precision.Policy.from_string(config.precision)
+    tx = precision.wrap_optimizer(optim.build_optimizer(config), policy)
+    model = get_model(config.model, 104, policy)
+    target = jax.eval_shape(trainer.make_init_fn(model, tx, 8, 32, 0))
+    mgr = checkpoint.manager(tmp_path)
+    with pytest.raises(checkpoint.StructureMismatch, match="only in this run: opt_state/"):
+        checkpoint.restore_latest_intact(mgr, target, quarantine=True, log=pytest.fail)
+    mgr.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
+
+
 def test_missing_corpus_fails_before_training(tmp_path):
     config = smoke(**{"data.corpus": "text_files", "data.path": str(tmp_path / "none.txt")})
     with pytest.raises(ValueError, match="corpus file not found: .*none.txt"):
