@@ -467,17 +467,24 @@ def _run(config, workdir: Path, mgr, sigterm: _SigtermFlag) -> dict[str, Any]:
     step_losses: list[jax.Array] = []  # fetched at log time, never added up on device eagerly
     tokens_per_step = batch_size * seq_len
 
-    def flush(pending):
-        s, (m, interval_losses) = pending
-        values = {k: float(v) for k, v in m.items()}
-        values["loss"] = float(np.mean([float(x) for x in interval_losses]))
-        if not math.isfinite(values["loss"]) and not config.optimizer.skip_nonfinite:
+    def check_finite(last_step: int, losses) -> np.ndarray:
+        """The losses of the steps up to ``last_step`` as numpy (one fetch); raises on NaN/inf."""
+        values = np.asarray(jax.device_get(losses), np.float64).reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size and not config.optimizer.skip_nonfinite:
+            s = last_step - len(values) + 1 + int(bad[0])
             mon.status("failed", s, error="non-finite loss")
             raise FloatingPointError(
-                f"training loss is {values['loss']} at step {s}; checkpoints up to step "
+                f"training loss is {values[bad[0]]} at step {s}; checkpoints up to step "
                 f"{mgr.latest_step()} are intact in {checkpoint.checkpoint_dir(workdir)}. Lower "
                 "config.optimizer.learning_rate or enable clipping (config.optimizer.clip_norm)."
             )
+        return values
+
+    def flush(pending):
+        s, (m, interval_losses) = pending
+        values = {k: float(v) for k, v in m.items()}
+        values["loss"] = float(np.mean(check_finite(s, interval_losses)))
         values["tokens_per_s"] = mon.steps_per_second(s) * tokens_per_step
         mon.write(s, values, "train")
 
@@ -515,6 +522,8 @@ def _run(config, workdir: Path, mgr, sigterm: _SigtermFlag) -> dict[str, Any]:
                 val = run_eval(step, "validation", t.eval_steps)
                 state = state.replace(opt_state=report_validation(state.opt_state, val["loss"]))
             if save_now:
+                if step_losses:  # steps since the last log line: no NaN state is saved
+                    check_finite(step, step_losses)
                 checkpoint.save(mgr, state, config, tokenizer, force=True)
             if stop:
                 mgr.wait_until_finished()

@@ -303,6 +303,32 @@ def test_damaged_newest_checkpoint_falls_back_and_says_so(tmp_path, monkeypatch,
     assert final["step"] == 30 and math.isfinite(final["validation_loss"])
 
 
+def test_nan_between_log_lines_is_caught_before_a_save(tmp_path, monkeypatch):
+    # Logs at 20 and 40, saves at 15 and 30; the loss (and state) go NaN from step 22 on.
+    config = smoke(**{"train.num_steps": 40, "train.log_every": 20, "train.eval_every": 100,
+                      "train.checkpoint_every": 15, "train.sample_tokens": 0})
+    real_make = trainer.make_train_step
+
+    def poisoned(*args, **kwargs):
+        step_fn = real_make(*args, **kwargs)
+
+        def train_step(state, batch):
+            state, metrics = step_fn(state, batch)
+            bad = state.step >= 22
+            params = jax.tree.map(lambda p: jax.numpy.where(bad, jax.numpy.nan, p), state.params)
+            return state.replace(params=params), dict(
+                metrics, loss=jax.numpy.where(bad, jax.numpy.nan, metrics["loss"]))
+
+        return train_step
+
+    monkeypatch.setattr(trainer, "make_train_step", poisoned)
+    with pytest.raises(FloatingPointError, match="at step 22; checkpoints up to step 15 are"):
+        trainer.train_and_evaluate(config, tmp_path)
+    assert checkpoint.manager(tmp_path, read_only=True).all_steps() == [15]
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "failed" and status["step"] == 22
+
+
 def test_float16_run_uses_dynamic_loss_scaling(tmp_path):
     overrides = {"train.num_steps": 20, "train.log_every": 10, "train.eval_every": 20}
     f32 = trainer.train_and_evaluate(smoke(**overrides), tmp_path / "f32")
