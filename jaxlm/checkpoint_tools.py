@@ -553,8 +553,8 @@ def average(checkpoints: Sequence[PathLike], out_workdir: PathLike) -> Path:
     ``train --config.init_from`` and resuming accept the result.
 
     Args:
-      checkpoints: two or more checkpoint paths (see :func:`resolve`), e.g.
-        :func:`last_checkpoints`.
+      checkpoints: two or more distinct checkpoint paths (see :func:`resolve`), e.g.
+        :func:`last_checkpoints`; a checkpoint named twice counts once.
       out_workdir: run folder for the result (its checkpoint has the newest source's step).
 
     Returns:
@@ -564,9 +564,17 @@ def average(checkpoints: Sequence[PathLike], out_workdir: PathLike) -> Path:
       >>> average(last_checkpoints("runs/lstm", 3), "runs/lstm_avg3")  # doctest: +SKIP
       PosixPath('runs/lstm_avg3/checkpoints/2000')
     """
-    folders = [resolve(c) for c in checkpoints]
-    if len(folders) < 1:
-        raise CheckpointError("average needs at least one checkpoint")
+    folders, seen = [], set()
+    for c in checkpoints:  # each checkpoint once: the mean divides by the number of folders
+        folder = resolve(c)
+        if folder.resolve() not in seen:
+            seen.add(folder.resolve())
+            folders.append(folder)
+    if len(folders) < 2:
+        raise CheckpointError(
+            "average needs two or more distinct checkpoints, got "
+            f"{[str(f) for f in folders]} (from {len(list(checkpoints))} path(s))"
+        )
     newest = max(folders, key=lambda f: (_step_of(f) or -1))
     state, meta = load_state(newest)
     ref = flatten(state["params"])

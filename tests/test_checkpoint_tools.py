@@ -158,6 +158,15 @@ def test_average_is_the_mean_of_the_params(run, tmp_path, cli):
     got = ct.flatten(three["params"])["head/bias"]
     want = np.mean(np.stack([p1["head/bias"], p2["head/bias"], p3["head/bias"]]), axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    # A checkpoint named twice (even by another spelling) counts once.
+    again = ct.average([sources[0], run / "checkpoints/3", sources[1], run / "checkpoints/./3"],
+                       tmp_path / "avg_dup")
+    for name, value in ct.flatten(ct.load_state(again)[0]["params"]).items():
+        np.testing.assert_array_equal(value, ct.flatten(avg["params"])[name])
+    for same in ([sources[1], sources[1]], [sources[1]], []):
+        with pytest.raises(ct.CheckpointError, match="two or more distinct checkpoints"):
+            ct.average(same, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
