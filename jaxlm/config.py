@@ -148,6 +148,25 @@ _POSITIVE_INTS = (
 )
 
 
+_NON_NEGATIVE_INTS = (
+    "train.eval_steps",  # 0: the whole split
+    "train.sample_tokens",  # 0: no sample
+)
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str, default=None):
+    value = config
+    for part in dotted.split("."):
+        if part not in value:
+            return default
+        value = value[part]
+    return value
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the fields the trainer relies on, naming the field and what was expected.
 
@@ -163,6 +182,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
             value = value[part]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"config.{dotted}: expected a positive integer, got {value!r}")
+    for dotted in _NON_NEGATIVE_INTS:
+        value = _get(config, dotted, 0)
+        if not _is_int(value) or value < 0:
+            raise ValueError(f"config.{dotted}: expected an integer >= 0, got {value!r}")
+    value = _get(config, "optimizer.accumulate_steps", 1)
+    if not _is_int(value) or value < 1:
+        raise ValueError(
+            f"config.optimizer.accumulate_steps: expected a positive integer (1: no "
+            f"accumulation), got {value!r}"
+        )
     sizes = config.model.get("hidden_sizes", (1,))
     if isinstance(sizes, int | str) or not all(
         isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes

@@ -225,7 +225,12 @@ def evaluate(
         batch.pop("reset")
         carry, sums = _serialise_on_cpu_hosts(step(params, carry, sums, device_batch(batch, mesh)))
     total, count = float(sums[0]), float(sums[1])
-    loss = total / max(count, 1.0)
+    if count <= 0:  # a loss of 0 (perplexity 1) over nothing would look like a perfect model
+        raise ValueError(
+            f"evaluated no tokens ({len(tokens)} tokens in the split, max_windows={max_windows}, "
+            f"batch_size={batch_size}, seq_len={seq_len})"
+        )
+    loss = total / count
     return {
         "loss": loss,
         "bits": loss / LN2,

@@ -252,6 +252,11 @@ def test_unknown_model_and_optimizer_names(tmp_path):
         ("model.hidden_sizes", ("abc",), "config.model.hidden_sizes: expected a tuple"),
         ("data.batch_size", 0, "config.data.batch_size: expected a positive integer"),
         ("optimizer.learning_rate", -1.0, "config.optimizer.learning_rate: expected a positive"),
+        ("train.eval_steps", -1, r"config.train.eval_steps: expected an integer >= 0, got -1"),
+        ("train.sample_tokens", -5, r"config.train.sample_tokens: expected an integer >= 0"),
+        ("optimizer.accumulate_steps", 0,
+         r"config.optimizer.accumulate_steps: expected a positive integer \(1: no accumulation"
+         r"\), got 0"),
     ],
 )
 def test_bad_field_values_are_named(tmp_path, field, value, message):
@@ -261,6 +266,22 @@ def test_bad_field_values_are_named(tmp_path, field, value, message):
     config[section][name] = value
     with pytest.raises(ValueError, match=message):
         trainer.train_and_evaluate(config, tmp_path)
+
+
+def test_evaluating_no_tokens_is_an_error():
+    from jaxlm import parallel
+    from jaxlm.models import get_model
+
+    config = smoke()
+    model = get_model(config.model, 10, trainer.Policy.from_string("float32"))
+    init = trainer.make_init_fn(model, trainer.optim.build_optimizer(config), 2, 4, 0)
+    params = jax.jit(init)().params
+    mesh = parallel.make_mesh(1, 1)
+    tokens = np.arange(40, dtype=np.int32) % 10
+    ok = trainer.evaluate(model, params, tokens, mesh, batch_size=2, seq_len=4)
+    assert ok["tokens"] > 0 and math.isfinite(ok["loss"])
+    with pytest.raises(ValueError, match="evaluated no tokens"):
+        trainer.evaluate(model, params, tokens, mesh, batch_size=2, seq_len=4, max_windows=-1)
 
 
 def test_init_from_with_feature_preset_trains_only_the_output_layer(tmp_path):
