@@ -5,8 +5,11 @@ Every config field can be overridden, e.g. ``--config.model.hidden_sizes=(256,25
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
+import traceback
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -57,15 +60,39 @@ def main(argv: list[str]) -> None:
         sys.exit(143)
 
 
+def _unknown_override(e: BaseException, argv: list[str]) -> str | None:
+    """The one-line report of an unknown field in a ``--config.*`` override, else None.
+
+    ml_collections raises KeyError (or AttributeError wrapping one) whose message starts with
+    the missing key, e.g. ``'hiden_size'`` and a "Did you mean" hint. Only errors raised while
+    applying an override (in ``config_flags/config_path.py``) count: an AttributeError or
+    KeyError inside a config file's ``get_config`` is that file's bug, not an unknown field.
+    """
+    frames = traceback.extract_tb(e.__traceback__)
+    if not any(Path(f.filename).parts[-2:] == ("config_flags", "config_path.py") for f in frames):
+        return None
+    inner: object = e
+    while isinstance(inner, BaseException) and inner.args:
+        inner = inner.args[0]
+    message = " ".join(str(inner).split())
+    match = re.match(r"'([^']+)'", message)
+    key = match.group(1) if match else None
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    field = next((o for o in overrides if key in o[len("--config."):].split(".")), None)
+    if field is None:
+        field = overrides[0] if len(overrides) == 1 else "--config.*"
+    return f"unknown config field in {field}: {message}"
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with unknown ``--config.*`` fields reported in one line."""
     try:
         return flags.FLAGS(argv)
     except (AttributeError, KeyError) as e:  # ml_collections' error for an unknown field
-        message = str(e).strip("'\"").replace("\\n", " ").replace("\\'", "'")
-        field = next((a.split("=")[0] for a in argv if a.startswith("--config.")), "--config.*")
-        print(f"FATAL Flags parsing error: unknown config field in {field}: {message}",
-              file=sys.stderr)
+        report = _unknown_override(e, argv)
+        if report is None:  # raised by the config file itself: show its traceback
+            raise
+        print(f"FATAL Flags parsing error: {report}", file=sys.stderr)
         sys.exit(2)
     except flags.Error as e:
         print(f"FATAL Flags parsing error: {e}", file=sys.stderr)

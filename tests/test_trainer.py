@@ -231,12 +231,30 @@ def test_missing_corpus_fails_before_training(tmp_path):
         trainer.train_and_evaluate(config, tmp_path / "run")
 
 
-def test_unknown_config_field_is_named():
+def test_unknown_config_field_is_named(tmp_path):
     cmd = [sys.executable, "-m", "jaxlm.train", f"--config={ROOT}/configs/lstm.py:smoke",
-           "--config.model.hiden_size=3", "--workdir=/tmp/never"]
+           "--config.train.num_steps=3", "--config.model.hiden_size=3",
+           "--config.train.log_every=1", "--workdir=/tmp/never"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode != 0
     assert "hiden_size" in out.stderr
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "FATAL Flags parsing error: unknown config field in --config.model.hiden_size: "
+        "'hiden_size' Did you mean \"hidden_sizes\" instead of \"hiden_size\"?")
+    # An unknown section is named too.
+    out = subprocess.run(cmd[:4] + ["--config.nosuch.x=3"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert out.stderr.strip().splitlines()[-1] == (
+        "FATAL Flags parsing error: unknown config field in --config.nosuch.x: 'nosuch'")
+    # An AttributeError inside the config file is its own bug, not an unknown field.
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(arg=None):\n    return object().no_such_attribute\n")
+    out = subprocess.run(cmd[:3] + [f"--config={broken}", "--config.train.num_steps=3"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode != 0
+    assert "unknown config field" not in out.stderr
+    assert "no_such_attribute" in out.stderr and "broken.py" in out.stderr
 
 
 def test_unknown_model_and_optimizer_names(tmp_path):
