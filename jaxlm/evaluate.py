@@ -65,7 +65,12 @@ def evaluate_checkpoint(
             f"{path} is an n-gram run (model.npz); its evaluation is printed by train"
         )
     ckpt = checkpoint_tools.resolve(path, step)
-    state, meta = checkpoint_tools.load_state(ckpt, parts=("params",))
+    # The optimizer state too (when saved): NT-ASGD runs are evaluated, as the trainer does, with
+    # the running average of the parameters once averaging has started.
+    parts = ("params", "opt_state") if "opt_state" in checkpoint_tools.metadata_tree(ckpt) else (
+        "params",)
+    state, meta = checkpoint_tools.load_state(ckpt, parts=parts)
+    params = _averaged_params(state.get("opt_state"), state["params"])
     config = ml_collections.ConfigDict(meta["config"])
     tokenizer = tokenizer_from_json(meta["tokenizer"])
     corpus = data.load_corpus(config.data, tokenizer)
@@ -76,9 +81,7 @@ def evaluate_checkpoint(
         _pick_data_size(batch_size, n_model, jax.device_count()), n_model
     )
     rules = checkpoint_tools.rules_from_config(meta["config"])
-    params = jax.device_put(
-        state["params"], parallel.rule_shardings(state["params"], mesh, rules)
-    )
+    params = jax.device_put(params, parallel.rule_shardings(params, mesh, rules))
     with jax.set_mesh(mesh):
         result = trainer.evaluate(
             model,
@@ -92,6 +95,42 @@ def evaluate_checkpoint(
         result, checkpoint=str(ckpt), step=int(ckpt.name) if ckpt.name.isdigit() else None,
         split=split, unit=tokenizer.kind,
     )
+
+
+def _averaged_params(opt_state: Any, params: Any) -> Any:
+    """``params``, or NT-ASGD's average of them when the saved optimizer state has started one.
+
+    A loaded optimizer state is plain dicts and lists (a NamedTuple becomes a dict of its
+    fields), so NT-ASGD's state is found by its field names, rebuilt, and handed to
+    :func:`jaxlm.transforms.averaged_params`, the function the trainer evaluates with.
+    """
+    import jax
+    import numpy as np
+
+    from jaxlm import transforms
+    from jaxlm.transforms.validation import NTASGDState
+
+    fields = set(NTASGDState._fields)
+
+    def find(tree):
+        if isinstance(tree, dict):
+            if set(tree) == fields:
+                return NTASGDState(**tree)
+            children = tree.values()
+        elif isinstance(tree, list | tuple):
+            children = tree
+        else:
+            return None
+        for child in children:
+            found = find(child)
+            if found is not None:
+                return found
+        return None
+
+    nt_state = find(opt_state)
+    if nt_state is None:
+        return params
+    return jax.tree.map(np.asarray, transforms.averaged_params(nt_state, params))
 
 
 def main(argv: list[str]) -> None:

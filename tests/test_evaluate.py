@@ -8,12 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 from jaxlm import checkpoint_tools as ct
-from jaxlm import trainer
+from jaxlm import data, parallel, trainer
 from jaxlm.config import load_config
+from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.evaluate import evaluate_checkpoint
+from jaxlm.models import get_model
+from jaxlm.precision import Policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,3 +78,40 @@ def test_command_line(run):
     line = out.stdout.strip().splitlines()[-1]
     assert "test split" in line and f"loss {final['test_loss']:.4f} nats/char" in line
     assert f"perplexity {final['test_perplexity']:.2f}" in line
+
+
+def test_nt_asgd_run_is_evaluated_with_the_averaged_params(tmp_path, monkeypatch):
+    from jaxlm import transforms
+
+    config = load_config(str(ROOT / "configs/lstm.py:smoke"))
+    with config.unlocked():
+        config.train.num_steps = 6
+        config.train.checkpoint_every = 6
+        config.train.log_every = 6
+        config.train.eval_every = 1
+        config.train.eval_steps = 2
+        config.train.sample_tokens = 0
+        config.optimizer.nt_asgd_nonmono = 1
+    # Report the negated validation loss: it "rises" at every check, so averaging starts at the
+    # third check (step 3) and steps 4-6 are averaged.
+    real = transforms.report_validation_loss
+    monkeypatch.setattr(transforms, "report_validation_loss", lambda s, loss: real(s, -loss))
+    final = trainer.train_and_evaluate(config, tmp_path / "run")
+    monkeypatch.setattr(transforms, "report_validation_loss", real)
+
+    state, _ = ct.load_state(tmp_path / "run")
+    counts = [v for k, v in ct.flatten(state["opt_state"]).items() if k.endswith("num_averaged")]
+    assert [int(c) for c in counts] == [3]
+    for split in ("validation", "test"):
+        r = evaluate_checkpoint(tmp_path / "run", split=split)
+        assert r["loss"] == pytest.approx(final[f"{split}_loss"], rel=1e-6)
+    # The last iterate alone gives another loss: the average is what was evaluated.
+    mesh = parallel.make_mesh(1, 1)
+    model = get_model(config.model, 104, Policy.from_string(config.precision))
+    corpus = data.load_corpus(config.data, tokenizer_from_json(ct.read_meta(tmp_path / "run")[
+        "tokenizer"]))
+    with jax.set_mesh(mesh):
+        last = trainer.evaluate(model, state["params"], corpus.split("validation"), mesh,
+                                batch_size=config.data.eval_batch_size,
+                                seq_len=config.data.seq_len)
+    assert last["loss"] != pytest.approx(final["validation_loss"], rel=1e-4)
