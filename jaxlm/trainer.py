@@ -212,12 +212,7 @@ def evaluate(
     """
     streams = batching.make_streams(tokens, batch_size, pad_to=seq_len)
     step = _eval_step(model, mesh)
-    # Made by a jitted function, not device_put of a local array (that would be a cross-host
-    # transfer on several processes).
-    carry = jax.jit(
-        functools.partial(model.initial_carry, batch_size),
-        out_shardings=parallel.batch_sharding(mesh),
-    )()
+    carry = _initial_carry(model, batch_size, mesh)()
     sums = jax.device_put((np.float32(0), np.float32(0)), parallel.replicated(mesh))
     for i, batch in enumerate(batching.eval_batches(streams, seq_len)):
         if max_windows and i >= max_windows:
@@ -248,6 +243,16 @@ def _serialise_on_cpu_hosts(outputs):
     if jax.process_count() > 1 and jax.default_backend() == "cpu":
         jax.block_until_ready(outputs)
     return outputs
+
+
+@functools.lru_cache(maxsize=8)
+def _initial_carry(model, batch_size: int, mesh):
+    # Made by a jitted function, not device_put of a local array (that would be a cross-host
+    # transfer on several processes); cached, so each evaluation does not compile it again.
+    return jax.jit(
+        functools.partial(model.initial_carry, batch_size),
+        out_shardings=parallel.batch_sharding(mesh),
+    )
 
 
 @functools.lru_cache(maxsize=8)

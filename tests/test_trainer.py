@@ -300,6 +300,10 @@ def test_evaluating_no_tokens_is_an_error():
     assert ok["tokens"] > 0 and math.isfinite(ok["loss"])
     with pytest.raises(ValueError, match="evaluated no tokens"):
         trainer.evaluate(model, params, tokens, mesh, batch_size=2, seq_len=4, max_windows=-1)
+    # The initial carry's jitted function is built once per (model, batch size, mesh).
+    before = trainer._initial_carry.cache_info().hits
+    again = trainer.evaluate(model, params, tokens, mesh, batch_size=2, seq_len=4)
+    assert trainer._initial_carry.cache_info().hits > before and again == ok
 
 
 def test_init_from_with_feature_preset_trains_only_the_output_layer(tmp_path):
