@@ -113,8 +113,10 @@ class Monitor:
         write_json_atomic(self.workdir / "status.json", self._status)
 
     def close(self) -> None:
+        """Flushes and closes the TensorBoard writer (safe to call more than once)."""
         if self._tb is not None:
             self._tb.close()
+            self._tb = None
 
 
 def read_status(workdir: str | Path) -> dict[str, Any] | None:

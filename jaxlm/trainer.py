@@ -8,6 +8,7 @@ uninterrupted run ends.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import signal
@@ -360,14 +361,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         validate(config)
         workdir = Path(workdir)
         mgr = checkpoint.manager(workdir, config.train.keep_checkpoints)
+        # `cleanup` closes the monitor however the run ends (finished, preempted or failed), so
+        # the TensorBoard events written so far reach the disk.
         try:
-            return _run(config, workdir, mgr, sigterm)
+            with contextlib.ExitStack() as cleanup:
+                return _run(config, workdir, mgr, sigterm, cleanup)
         finally:
             mgr.wait_until_finished()
             mgr.close()
 
 
-def _run(config, workdir: Path, mgr, sigterm: _SigtermFlag) -> dict[str, Any]:
+def _run(
+    config, workdir: Path, mgr, sigterm: _SigtermFlag, cleanup: contextlib.ExitStack
+) -> dict[str, Any]:
     num_steps = config.train.num_steps
     latest = mgr.latest_step()
     tokenizer = None
@@ -453,7 +459,7 @@ def _run(config, workdir: Path, mgr, sigterm: _SigtermFlag) -> dict[str, Any]:
         out_shardings=(shardings, parallel.replicated(mesh)),
         donate_argnums=0,
     )
-    mon = monitor.Monitor(workdir, num_steps)
+    mon = cleanup.enter_context(contextlib.closing(monitor.Monitor(workdir, num_steps)))
     eval_kw = dict(batch_size=config.data.eval_batch_size, seq_len=seq_len)
     t = config.train
 
@@ -561,7 +567,6 @@ def _run(config, workdir: Path, mgr, sigterm: _SigtermFlag) -> dict[str, Any]:
         "sample": sample,
     }
     mon.status("finished", step, final=final)
-    mon.close()
     _log(
         f"Final validation loss {val['loss']:.4f} nats/{unit} ({val['bits']:.4f} bits/{unit}, "
         f"perplexity {val['perplexity']:.2f}); test loss {test['loss']:.4f} nats/{unit} "

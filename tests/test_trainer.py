@@ -365,8 +365,13 @@ def test_nan_between_log_lines_is_caught_before_a_save(tmp_path, monkeypatch):
         return train_step
 
     monkeypatch.setattr(trainer, "make_train_step", poisoned)
+    closed = []
+    real_close = trainer.monitor.Monitor.close
+    monkeypatch.setattr(trainer.monitor.Monitor, "close",
+                        lambda self: closed.append(self._tb is not None) or real_close(self))
     with pytest.raises(FloatingPointError, match="at step 22; checkpoints up to step 15 are"):
         trainer.train_and_evaluate(config, tmp_path)
+    assert closed == [True]  # a failed run closes its TensorBoard writer too
     assert checkpoint.manager(tmp_path, read_only=True).all_steps() == [15]
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["state"] == "failed" and status["step"] == 22
