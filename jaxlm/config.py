@@ -73,7 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.plateau_patience = 2  # plateau: evaluations without improvement before that
     c.optimizer.plateau_cooldown = 0  # plateau: evaluations to wait after a reduction
     c.optimizer.nt_asgd_nonmono = 0  # > 0: AWD-LSTM's NT-ASGD averaging with this interval
-    c.optimizer.centralize = False  # gradient centralization of weight matrices
+    c.optimizer.centralize = False  # gradient centralization of weight matrices (not embeddings)
     c.optimizer.accumulate_steps = 1  # > 1: one update per this many micro-batches
     c.optimizer.skip_nonfinite = False  # skip updates with NaN/inf gradients
     c.optimizer.max_nonfinite = 10  # skip_nonfinite: consecutive skips before giving up
