@@ -176,6 +176,13 @@ def test_train_batches_are_a_pure_function_of_seed_and_step():
     a, b = train_batch(streams, 17, 10, seed=3), train_batch(streams, 17, 10, seed=3)
     np.testing.assert_array_equal(a["inputs"], b["inputs"])
     np.testing.assert_array_equal(a["targets"], a["inputs"] + 1)
+    # After the first epoch the seed picks each epoch's window offset: the same (seed, step)
+    # repeats, another seed shifts the windows.
+    later = windows_per_epoch(streams, 10) + 5
+    c, d = train_batch(streams, later, 10, seed=3), train_batch(streams, later, 10, seed=3)
+    np.testing.assert_array_equal(c["inputs"], d["inputs"])
+    others = [train_batch(streams, later, 10, seed=s)["inputs"] for s in range(4, 12)]
+    assert any(not np.array_equal(c["inputs"], o) for o in others)
 
 
 def test_windows_are_contiguous_within_an_epoch_and_reset_at_its_start():
