@@ -174,3 +174,13 @@ def test_command_line(tmp_path, ids):
     assert cli.main(["gpt2", "from-jaxlm", str(tmp_path / "run"), str(tmp_path / "hf2")]) == 0
     again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf2").eval()
     np.testing.assert_allclose(_hf_logits(again, ids), _hf_logits(hf, ids), atol=TOLERANCE)
+
+
+def test_half_precision_weights_become_float32_parameters():
+    model = _hf_model(tied=True)
+    half = {k: v.detach().half().numpy() for k, v in model.state_dict().items()}
+    config = gpt2.model_config_from_hf(model.config.to_dict())
+    params = gpt2.params_from_hf(half, config)
+    leaves = jax.tree.leaves(params)
+    assert leaves and all(x.dtype == np.float32 for x in leaves)
+    np.testing.assert_array_equal(params["embed"]["embedding"], half["transformer.wte.weight"])

@@ -192,7 +192,8 @@ def params_from_hf(
       source: the file's name, for error messages.
 
     Returns:
-      The jaxlm ``params`` tree.
+      The jaxlm ``params`` tree, float32 whatever the file's dtype (a float16 or bfloat16 export
+      would otherwise give float16 parameters and optimizer state).
 
     Raises:
       ConversionError: a weight is missing, unexpected or of the wrong shape.
@@ -201,7 +202,7 @@ def params_from_hf(
     for name, value in weights.items():
         short = name.removeprefix("transformer.")
         if not _IGNORED.match(short):
-            w[short] = np.asarray(value)
+            w[short] = np.asarray(value, np.float32)  # jaxlm stores parameters in float32
     e, v = model["embed_dim"], model["vocab_size"]
     params: dict[str, Any] = {}
     expected: dict[str, tuple[int, ...]] = {}
