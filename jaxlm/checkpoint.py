@@ -170,27 +170,6 @@ def incompatible_fields(saved: dict, current: ml_collections.ConfigDict) -> list
     return diffs
 
 
-def load_tree(workdir: str | Path, step: int | None = None) -> tuple[dict[str, Any], dict]:
-    """Reads a checkpoint's state as numpy arrays, whatever devices saved it, and its meta.
-
-    Args:
-      workdir: a run folder.
-      step: which checkpoint; the latest when None.
-
-    Returns:
-      ``(state, meta)``: the state as a nested dict (``state["params"]`` etc.) and the config
-      and tokenizer JSON.
-
-    Example:
-      >>> state, meta = load_tree("runs/lstm")  # doctest: +SKIP
-      >>> meta["tokenizer"]["kind"]  # doctest: +SKIP
-      'char'
-    """
-    from jaxlm import checkpoint_tools  # it builds on this module
-
-    return checkpoint_tools.load_state(workdir, step)
-
-
 def latest_intact_step(mgr: ocp.CheckpointManager) -> int | None:
     """The newest step whose checkpoint has readable meta and array metadata.
 

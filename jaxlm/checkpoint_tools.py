@@ -360,8 +360,8 @@ def load_state(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Reads a checkpoint's state as numpy arrays on the host, whatever devices saved it.
 
-    Unlike :func:`jaxlm.checkpoint.load_tree`, this works when the checkpoint was saved on
-    another number of devices (it never rebuilds the saved shardings).
+    It works whatever number of devices saved the checkpoint (it never rebuilds the saved
+    shardings).
 
     Args:
       path: a checkpoint path (see :func:`resolve`).

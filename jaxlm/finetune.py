@@ -348,11 +348,11 @@ def load_pretrained(
     """
     import numpy as np
 
-    from jaxlm import checkpoint
+    from jaxlm import checkpoint_tools
     from jaxlm.data.tokenizers import tokenizer_from_json
 
     workdir, found_step = _resolve_checkpoint(init_from)
-    saved_state, meta = checkpoint.load_tree(workdir, found_step if step is None else step)
+    saved_state, meta = checkpoint_tools.load_state(workdir, found_step if step is None else step)
     source = str(workdir if found_step is None else Path(init_from))
     saved_tok = tokenizer_from_json(meta["tokenizer"])
     if saved_tok.kind != tokenizer.kind:

@@ -143,7 +143,7 @@ def test_average_is_the_mean_of_the_params(run, tmp_path, cli):
         np.testing.assert_array_equal(value, expected.astype(value.dtype))
     assert not np.array_equal(p2["head/kernel"], p3["head/kernel"])
     assert meta["averaged_from"] == [str(s) for s in sources]
-    # The result restores like any training checkpoint (TrainState target) and via load_tree.
+    # The result restores like any training checkpoint (TrainState target) and via load_state.
     mesh = parallel.make_mesh()
     mgr = checkpoint.manager(tmp_path / "avg", read_only=True)
     try:

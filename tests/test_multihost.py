@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlm import checkpoint, trainer
+from jaxlm import checkpoint_tools, trainer
 from jaxlm.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     np.testing.assert_allclose(float(results[0][4]), single["validation_loss"], rtol=1e-5)
     np.testing.assert_allclose(_train_losses(workdir), _train_losses(tmp_path / "single"),
                                rtol=1e-5)
-    multi_params = checkpoint.load_tree(workdir)[0]["params"]
-    single_params = checkpoint.load_tree(tmp_path / "single")[0]["params"]
+    multi_params = checkpoint_tools.load_state(workdir)[0]["params"]
+    single_params = checkpoint_tools.load_state(tmp_path / "single")[0]["params"]
     np.testing.assert_allclose(multi_params["head"]["kernel"], single_params["head"]["kernel"],
                                rtol=1e-4, atol=1e-6)

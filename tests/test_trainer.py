@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxlm import checkpoint, trainer
+from jaxlm import checkpoint, checkpoint_tools, trainer
 from jaxlm.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def train_losses(workdir):
 
 
 def final_params(workdir):
-    return checkpoint.load_tree(workdir)[0]["params"]
+    return checkpoint_tools.load_state(workdir)[0]["params"]
 
 
 def test_cli_smoke_run_trains_checkpoints_and_finishes(tmp_path):
