@@ -59,14 +59,17 @@ def _grads_of(module):
     return clone
 
 
+# Batch B x T = 21 tokens < 2V: the first layer projects each token's embedding; 8 x T = 56
+# >= 2V: it looks the projection up in the [V, 4H] table embedding @ W_ih.
+@pytest.mark.parametrize("batch", [B, 8], ids=["projected", "vocab_table"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_outputs_and_states_match_torch(cell):
+def test_outputs_and_states_match_torch(cell, batch):
     embed, rnn, head = _torch_model(cell)
     rng = np.random.default_rng(0)
-    tokens = rng.integers(0, V, (B, T))
-    h0 = rng.uniform(-1, 1, (L, B, H)).astype(np.float32)
-    c0 = rng.uniform(-1, 1, (L, B, H)).astype(np.float32)
-    weights = rng.uniform(-1, 1, (B, T, V)).astype(np.float32)
+    tokens = rng.integers(0, V, (batch, T))
+    h0 = rng.uniform(-1, 1, (L, batch, H)).astype(np.float32)
+    c0 = rng.uniform(-1, 1, (L, batch, H)).astype(np.float32)
+    weights = rng.uniform(-1, 1, (batch, T, V)).astype(np.float32)
     x = embed(torch.as_tensor(tokens))
     state = (torch.as_tensor(h0), torch.as_tensor(c0)) if cell == "lstm" else torch.as_tensor(h0)
     out, state = rnn(x, state)

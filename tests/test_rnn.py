@@ -243,3 +243,32 @@ def test_locked_dropout_shares_one_mask_over_time(locked):
     dropped = np.asarray(state["intermediates"]["Dropout_0"]["__call__"][0]) == 0  # [B, T, E]
     same_over_time = np.all(dropped == dropped[:, :1], axis=1).all()
     assert same_over_time == locked and 0.2 < dropped.mean() < 0.8
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("vocab", [5, 40], ids=["vocab_table", "lookup"])
+def test_layer_reading_an_embedding_equals_the_embedded_input(cell, vocab):
+    # 3 x 10 = 30 tokens: V = 5 takes the [V, G] table path, V = 40 looks each token up.
+    from jaxlm.models.rnn import CELLS as LAYERS
+
+    layer = LAYERS[cell](8)
+    emb = jax.random.normal(jax.random.key(2), (vocab, 6))
+    tokens = jax.random.randint(jax.random.key(3), (3, 10), 0, vocab)
+    carry = jax.tree.map(lambda z: z + 0.3, layer.initial_carry(3))
+    params = layer.init(jax.random.key(0), emb[tokens], carry)
+    r = jax.random.normal(jax.random.key(4), (3, 10, 8))
+
+    def loss(p, e, by_table):
+        if by_table:
+            h, fin = layer.apply(p, tokens, carry, embedding=e)
+        else:
+            h, fin = layer.apply(p, e[tokens], carry)
+        return jnp.sum(h * r) + sum(jnp.sum(f) for f in jax.tree.leaves(fin))
+
+    got = jax.value_and_grad(loss, argnums=(0, 1))(params, emb, True)
+    want = jax.value_and_grad(loss, argnums=(0, 1))(params, emb, False)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
+    # The table path really is the one taken for the small vocabulary: a [V, G] product.
+    g = layer.num_gates * 8
+    jaxpr = str(jax.make_jaxpr(lambda e: loss(params, e, True))(emb))
+    assert (f"f32[{vocab},{g}] = dot_general" in jaxpr) == (vocab == 5)

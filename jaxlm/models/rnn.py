@@ -3,8 +3,11 @@
 Three cells share one layer shape: ``rnn`` (Elman, tanh), ``lstm`` and ``gru``. Every layer runs
 its input-to-hidden product for the whole window as one matrix multiply outside the time loop;
 only the hidden-to-hidden product runs inside ``jax.lax.scan``, and the gates of a cell are one
-fused matrix multiply. Gate orders are PyTorch's (LSTM: input, forget, cell, output; GRU: reset,
-update, new), so weights map one to one onto ``torch.nn.LSTM``/``GRU``/``RNN``:
+fused matrix multiply. When the first layer reads an embedding of a vocabulary no larger than
+half the window's tokens (characters), its input projection is a lookup into the ``[V, G]``
+table ``embedding @ W_ih`` instead: the same products, once per vocabulary entry. Gate orders
+are PyTorch's (LSTM: input, forget, cell, output; GRU: reset, update, new), so weights map one
+to one onto ``torch.nn.LSTM``/``GRU``/``RNN``:
 
 =================  ===========================  ====================================
 ours               shape                        torch (``_l{i}`` suffix per layer)
@@ -64,6 +67,8 @@ def uniform_init(scale: float) -> nn.initializers.Initializer:
 # [B, G] x [G, H] product per step, on a transposed copy of the weights made once) and stacks
 # the gradients of the gate pre-activations; both weight gradients are then one product each over
 # the whole window. The LSTM's four gate activations are one elementwise pass (see _lstm_act).
+# `recurrence` is the time loop alone, from a given input projection (a vocabulary table lookup);
+# `recurrent_layer` adds the window's input projection and its gradients around it.
 
 
 def _mm(a: jax.Array, w: jax.Array) -> jax.Array:
@@ -93,19 +98,19 @@ def _lstm_act(z: jax.Array) -> jax.Array:
 
 def _lstm_step(w, b, hb, carry, xw, *, residuals):
     del hb
-    c, h = carry
+    c_prev, h = carry
     gates = _lstm_act(xw + b + _mm(h, w))
     i, f, g, o = jnp.split(gates, 4, axis=-1)
-    c = f * c + i * g
+    c = f * c_prev + i * g
     h = o * jnp.tanh(c)
-    if residuals:
-        return (c, h), (h, gates, c)
+    if residuals:  # c_prev, not c: the backward loop carries c itself (no shifted copy)
+        return (c, h), (h, gates, c_prev)
     return (c, h), h
 
 
 def _lstm_bwd_step(w_t, carry, xs):
-    dh_next, dc_next = carry
-    dh_out, gates, c, c_prev = xs
+    dh_next, dc_next, c = carry
+    dh_out, gates, c_prev = xs
     i, f, g, o = jnp.split(gates, 4, axis=-1)
     tc = jnp.tanh(c)
     dh = dh_out + dh_next
@@ -115,7 +120,7 @@ def _lstm_bwd_step(w_t, carry, xs):
     u = (gates - t) / s
     dgates = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tc], axis=-1)
     dz = dgates * (s * s) * (1.0 - u * u)
-    return (_mm(dz, w_t), dc * f), dz
+    return (_mm(dz, w_t), dc * f, c_prev), dz
 
 
 def _gru_step(w, b, hb, h, xw, *, residuals):
@@ -164,11 +169,106 @@ def _project(x_TxBxI: jax.Array, w_ih: jax.Array) -> jax.Array:
     return _mm(x_TxBxI.reshape(t * b, i), w_ih).reshape(t, b, -1)
 
 
+def _tn(a: jax.Array, g: jax.Array) -> jax.Array:
+    """``a.T @ g`` over rows (no transposed copy), float32 accumulation and result."""
+    return jax.lax.dot_general(a, g, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _nt(g: jax.Array, w: jax.Array) -> jax.Array:
+    """``g @ w.T`` (no transposed copy), in ``w``'s dtype with a float32 result."""
+    dims = (((1,), (1,)), ((), ()))
+    return jax.lax.dot_general(g.astype(w.dtype), w, dims, preferred_element_type=jnp.float32)
+
+
 def _layer_impl(cell: str, x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry):
     """The plain computation: ``(h_TxBxH, final carry)``; autodiff through it is the reference."""
     step = functools.partial(_STEPS[cell], w_hh, b_ih, b_hh, residuals=False)
     carry, h = jax.lax.scan(step, carry, _project(x_TxBxI, w_ih))
     return h, carry
+
+
+# The time loop alone, from a given input projection ``xw`` (with a hand-written backward pass).
+
+
+def _recurrence_fwd(cell, xw_TxBxG, b_ih, w_hh, b_hh, carry):
+    step = functools.partial(_STEPS[cell], w_hh, b_ih, b_hh, residuals=True)
+    final, res = jax.lax.scan(step, carry, xw_TxBxG)
+    h = res[0] if cell != "rnn" else res
+    return (h, final), (b_ih, w_hh, b_hh, carry, final, res)
+
+
+def _transposed(w: jax.Array) -> jax.Array:
+    """``w.T`` as its own row-major array (the loop's products run faster on it)."""
+    return jax.lax.optimization_barrier(w.T)
+
+
+def _recurrence_bwd(cell, saved, cts):
+    """Cotangents of ``(xw, b_ih, w_hh, b_hh, carry)``."""
+    b_ih, w_hh, b_hh, carry0, final, res = saved
+    dh_TxBxH, dfinal = cts
+    w_t = _transposed(w_hh)
+    if cell == "lstm":
+        h, gates, c_prev = res
+        h0 = carry0[1]
+        (dh0, dc0, _), dzh = jax.lax.scan(
+            functools.partial(_lstm_bwd_step, w_t),
+            (dfinal[1], dfinal[0], final[0]),
+            (dh_TxBxH, gates, c_prev),
+            reverse=True,
+        )
+        dcarry, dxw = (dc0, dh0), dzh
+    elif cell == "gru":
+        h, acts = res
+        h0 = carry0
+        h_prev = jnp.concatenate([h0[None], h[:-1]], 0)
+        dcarry, (dxw, dzh) = jax.lax.scan(
+            functools.partial(_gru_bwd_step, w_t), dfinal, (dh_TxBxH, acts, h_prev), reverse=True
+        )
+    else:
+        h, h0 = res, carry0
+        dcarry, dzh = jax.lax.scan(
+            functools.partial(_elman_bwd_step, w_t), dfinal, (dh_TxBxH, h), reverse=True
+        )
+        dxw = dzh
+    # dw_hh = sum_t h_{t-1}^T dz_t, one product over the window.
+    t, b, hsize = h.shape
+    h_prev = jnp.concatenate([h0[None], h[:-1]], 0).reshape(t * b, hsize)
+    dw_hh = _tn(h_prev.astype(w_hh.dtype), dzh.reshape(t * b, -1).astype(w_hh.dtype))
+    db_ih = jnp.sum(dxw, axis=(0, 1)).astype(b_ih.dtype)
+    db_hh = None if b_hh is None else jnp.sum(dzh, axis=(0, 1)).astype(b_hh.dtype)
+    return dxw, db_ih, dw_hh.astype(w_hh.dtype), db_hh, dcarry
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def recurrence(cell: str, xw_TxBxG, b_ih, w_hh, b_hh, carry):
+    """The time loop of a recurrent layer whose input projection is already computed.
+
+    ``z_t = xw_t + b_ih + h_{t-1} @ w_hh (+ b_hh)``, then the cell's gates, as in
+    :func:`recurrent_layer`. The backward pass carries only the state gradient through time and
+    computes the recurrent weight's gradient as one product over the whole window.
+
+    Args:
+      cell: "lstm", "gru" or "rnn".
+      xw_TxBxG: float32 ``[T, B, G]``, the input projection ``x_t @ w_ih`` of every step.
+      b_ih: ``[G]`` float32 bias.
+      w_hh: ``[H, G]`` recurrent weights in the compute dtype.
+      b_hh: ``[G]`` float32 recurrent bias (GRU), else None.
+      carry: the state at the start: ``(c, h)`` for an LSTM, ``h`` otherwise, float32 ``[B, H]``.
+
+    Returns:
+      ``(h_TxBxH, final carry)``, float32.
+
+    Example:
+      >>> xw, b = jnp.ones((5, 2, 12)), jnp.zeros(12)
+      >>> carry = (jnp.zeros((2, 3)), jnp.zeros((2, 3)))
+      >>> h, (c, h_last) = recurrence("lstm", xw, b, jnp.zeros((3, 12)), None, carry)
+      >>> h.shape
+      (5, 2, 3)
+    """
+    return _recurrence_fwd(cell, xw_TxBxG, b_ih, w_hh, b_hh, carry)[0]
+
+
+recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -177,8 +277,9 @@ def recurrent_layer(cell: str, x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry):
 
     ``z_t = x_t @ w_ih + b_ih + h_{t-1} @ w_hh (+ b_hh)``, then the cell's gates (GRU: the
     reset gate multiplies the recurrent part of the new-gate pre-activation, as in
-    ``torch.nn.GRU``). The backward pass computes each weight gradient as one product over the
-    whole window instead of one per step.
+    ``torch.nn.GRU``). The input projection of the whole window is one product before the loop
+    (see :func:`recurrence` for the loop); the backward pass computes each weight gradient as
+    one product over the whole window instead of one per step.
 
     Args:
       cell: "lstm", "gru" or "rnn".
@@ -199,70 +300,26 @@ def recurrent_layer(cell: str, x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry):
       >>> h.shape
       (5, 2, 3)
     """
-    return _layer_impl(cell, x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry)
+    return _layer_fwd(cell, x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry)[0]
 
 
 def _layer_fwd(cell, x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry):
-    step = functools.partial(_STEPS[cell], w_hh, b_ih, b_hh, residuals=True)
-    final, res = jax.lax.scan(step, carry, _project(x_TxBxI, w_ih))
-    h = res[0] if cell != "rnn" else res
-    return (h, final), (x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry, res)
-
-
-def _transposed(w: jax.Array) -> jax.Array:
-    """``w.T`` as its own row-major array (the loop's products run faster on it)."""
-    return jax.lax.optimization_barrier(w.T)
+    out, saved = _recurrence_fwd(cell, _project(x_TxBxI, w_ih), b_ih, w_hh, b_hh, carry)
+    return out, (x_TxBxI, w_ih, saved)
 
 
 def _layer_bwd(cell, saved, cts):
-    x, w_ih, b_ih, w_hh, b_hh, carry0, res = saved
-    dh_TxBxH, dfinal = cts
-    w_t = _transposed(w_hh)
-    if cell == "lstm":
-        h, gates, c = res
-        c0, h0 = carry0
-        c_prev = jnp.concatenate([c0[None], c[:-1]], 0)
-        (dh0, dc0), dzh = jax.lax.scan(
-            functools.partial(_lstm_bwd_step, w_t),
-            (dfinal[1], dfinal[0]),
-            (dh_TxBxH, gates, c, c_prev),
-            reverse=True,
-        )
-        dcarry, dxw = (dc0, dh0), dzh
-    elif cell == "gru":
-        h, acts = res
-        h0 = carry0
-        h_prev = jnp.concatenate([h0[None], h[:-1]], 0)
-        dcarry, (dxw, dzh) = jax.lax.scan(
-            functools.partial(_gru_bwd_step, w_t), dfinal, (dh_TxBxH, acts, h_prev), reverse=True
-        )
-    else:
-        h, h0 = res, carry0
-        dcarry, dzh = jax.lax.scan(
-            functools.partial(_elman_bwd_step, w_t), dfinal, (dh_TxBxH, h), reverse=True
-        )
-        dxw = dzh
+    x, w_ih, saved = saved
+    dxw, db_ih, dw_hh, db_hh, dcarry = _recurrence_bwd(cell, saved, cts)
     t, b, i = x.shape
-    hsize, gsize = w_hh.shape
-    h_prev = jnp.concatenate([h0[None], h[:-1]], 0).reshape(t * b, hsize).astype(w_hh.dtype)
-    x2 = x.reshape(t * b, i).astype(w_ih.dtype)
-    dxw2 = dxw.reshape(t * b, gsize).astype(w_ih.dtype)
-
-    def tn(a, g):  # a^T @ g, float32 accumulation
-        return jax.lax.dot_general(
-            a, g, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
-        )
-
-    dw_ih = tn(x2, dxw2)
-    dw_hh = tn(h_prev, dzh.reshape(t * b, gsize).astype(w_hh.dtype))
-    dx = jnp.dot(dxw2, _transposed(w_ih), preferred_element_type=jnp.float32)
-    db_ih = jnp.sum(dxw, axis=(0, 1)).astype(b_ih.dtype)
-    db_hh = None if b_hh is None else jnp.sum(dzh, axis=(0, 1)).astype(b_hh.dtype)
+    dxw2 = dxw.reshape(t * b, -1).astype(w_ih.dtype)
+    dw_ih = _tn(x.reshape(t * b, i).astype(w_ih.dtype), dxw2)
+    dx = _nt(dxw2, w_ih)
     return (
         dx.reshape(t, b, i).astype(x.dtype),
         dw_ih.astype(w_ih.dtype),
         db_ih,
-        dw_hh.astype(w_hh.dtype),
+        dw_hh,
         db_hh,
         dcarry,
     )
@@ -307,8 +364,29 @@ class _RecurrentLayer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x_BxTxI: jax.Array, carry: Carry, *, deterministic: bool = True
+        self,
+        x_BxTxI: jax.Array,
+        carry: Carry,
+        *,
+        deterministic: bool = True,
+        embedding: jax.Array | None = None,
     ) -> tuple[jax.Array, Carry]:
+        """Runs the layer over a window.
+
+        Args:
+          x_BxTxI: the input ``[B, T, I]``, or int token ids ``[B, T]`` when ``embedding`` is
+            given.
+          carry: the state at the start of the window (see ``initial_carry``).
+          deterministic: False in training (weight-drop).
+          embedding: ``[V, I]``: the input is ``embedding[x_BxTxI]``. When V is at most half
+            the window's B*T tokens, the input projection is then a lookup into the ``[V, G]``
+            table ``embedding @ ih/kernel``: the same products, computed once per vocabulary
+            entry instead of once per token, whose gradient is a scatter-add of the gate
+            gradients by token and two ``[V]``-row products instead of two window-sized ones.
+
+        Returns:
+          ``(h_BxTxH, final carry)``.
+        """
         init = uniform_init(self.init_scale)
         gh = self.num_gates * self.hidden_size
 
@@ -322,7 +400,7 @@ class _RecurrentLayer(nn.Module):
         ih = self.param(
             "ih",
             functools.partial(dense_init, bias=True),
-            (x_BxTxI.shape[-1], gh),
+            (x_BxTxI.shape[-1] if embedding is None else embedding.shape[-1], gh),
             self.param_dtype,
         )
         hh = self.param(
@@ -332,20 +410,21 @@ class _RecurrentLayer(nn.Module):
             self.param_dtype,
         )
         # DropConnect on the recurrent weights, one mask for the whole window.
-        kernel = nn.Dropout(self.weight_drop)(
-            hh["kernel"], deterministic=deterministic
-        )
+        kernel = nn.Dropout(self.weight_drop)(hh["kernel"], deterministic=deterministic)
+        w_ih, b_ih = ih["kernel"].astype(self.dtype), ih["bias"].astype(jnp.float32)
+        w_hh = kernel.astype(self.dtype)
         hb = hh["bias"].astype(jnp.float32) if self.hh_bias else None
         # Time-major inside: the scan walks the leading axis.
-        h_TxBxH, carry = recurrent_layer(
-            self.cell,
-            jnp.swapaxes(x_BxTxI, 0, 1).astype(self.dtype),
-            ih["kernel"].astype(self.dtype),
-            ih["bias"].astype(jnp.float32),
-            kernel.astype(self.dtype),
-            hb,
-            carry,
-        )
+        if embedding is None:
+            x_TxBxI = jnp.swapaxes(x_BxTxI, 0, 1).astype(self.dtype)
+            h_TxBxH, carry = recurrent_layer(self.cell, x_TxBxI, w_ih, b_ih, w_hh, hb, carry)
+        elif 2 * embedding.shape[0] <= x_BxTxI.size:
+            table = _mm(embedding.astype(self.dtype), w_ih)  # [V, G] float32
+            xw_TxBxG = jnp.take(table, x_BxTxI.T, axis=0, mode="clip")
+            h_TxBxH, carry = recurrence(self.cell, xw_TxBxG, b_ih, w_hh, hb, carry)
+        else:
+            x_TxBxI = jnp.take(embedding.astype(self.dtype), x_BxTxI.T, axis=0, mode="clip")
+            h_TxBxH, carry = recurrent_layer(self.cell, x_TxBxI, w_ih, b_ih, w_hh, hb, carry)
         return jnp.swapaxes(h_TxBxH, 0, 1), carry
 
 
@@ -516,15 +595,20 @@ class RecurrentLM(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        x = embed(tokens_BxT)
+        table = embed.embedding.astype(self.dtype)
         if self.embed_dropout and not deterministic:
-            # One keep/drop draw per vocabulary row, gathered for the tokens: a word is dropped
-            # everywhere it occurs, without a select over the whole [V, E] table each step.
+            # One keep/drop draw per vocabulary row: a word is dropped everywhere it occurs.
             row_scale = nn.Dropout(self.embed_dropout)(
                 jnp.ones((self.vocab_size,), jnp.float32), deterministic=False
             )
-            x = x * row_scale[tokens_BxT][..., None].astype(x.dtype)
-        x = self._locked_dropout(x, p_in, deterministic)
+            table = table * row_scale[:, None].astype(table.dtype)
+        if p_in and not deterministic:
+            x = self._locked_dropout(
+                jnp.take(table, tokens_BxT, axis=0, mode="clip"), p_in, deterministic
+            )
+            first = {}
+        else:  # the first layer looks its input up itself (a [V, G] table when V is small)
+            x, first = tokens_BxT, {"embedding": table}
         cls = self._cell()
         new_carry = []
         raw = x
@@ -536,7 +620,7 @@ class RecurrentLM(nn.Module):
                 self.dtype,
                 self.param_dtype,
                 name=f"layers_{i}",
-            )(x, carry[i], deterministic=deterministic)
+            )(x, carry[i], deterministic=deterministic, **(first if i == 0 else {}))
             new_carry.append(c)
             x = self._locked_dropout(raw, p_hid if i < n - 1 else self.dropout, deterministic)
         aux: dict[str, jax.Array] = {}
