@@ -190,9 +190,52 @@ def _layer_impl(cell: str, x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry):
 # The time loop alone, from a given input projection ``xw`` (with a hand-written backward pass).
 
 
+def _batch_groups(batch: int) -> int:
+    """Independent batch slices the time loop runs side by side: 2 on CPU (even batches of 8 or
+    more), else 1. XLA's CPU runtime runs independent operations concurrently, so one slice's
+    elementwise step overlaps the other's recurrent product: the char-shape LSTM loop (B 32,
+    H 512, T 100) runs 45 -> 38 ms on 2 cores. On GPUs it would only halve each kernel."""
+    return 2 if jax.default_backend() == "cpu" and batch % 2 == 0 and batch >= 8 else 1
+
+
+def _scan(step, carry, xs, *, reverse: bool = False):
+    """``jax.lax.scan(step, carry, xs, reverse=reverse)`` for time-major ``xs`` (leaves
+    ``[T, B, ...]``) and a carry of ``[B, ...]`` leaves, run as :func:`_batch_groups`
+    independent batch slices whose per-step outputs go straight into shared ``[T, B, ...]``
+    buffers (no concatenation per step)."""
+    t, batch = jax.tree.leaves(xs)[0].shape[:2]
+    k = _batch_groups(batch)
+    if k == 1:
+        return jax.lax.scan(step, carry, xs, reverse=reverse)
+    n = batch // k
+    carries = tuple(jax.tree.map(lambda a, g=g: a[g * n : (g + 1) * n], carry) for g in range(k))
+    y_shapes = jax.eval_shape(step, carries[0], jax.tree.map(lambda a: a[0, :n], xs))[1]
+    ys = jax.tree.map(lambda s: jnp.zeros((t, batch, *s.shape[1:]), s.dtype), y_shapes)
+
+    def body(j, state):
+        carries, ys = state
+        i = t - 1 - j if reverse else j
+        x_i = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), xs)
+        new = []
+        for g in range(k):
+            c, y = step(carries[g], jax.tree.map(lambda a, g=g: a[g * n : (g + 1) * n], x_i))
+            new.append(c)
+            ys = jax.tree.map(
+                lambda buf, v, g=g: jax.lax.dynamic_update_slice(
+                    buf, v[None], (i, g * n) + (0,) * (v.ndim - 1)
+                ),
+                ys,
+                y,
+            )
+        return tuple(new), ys
+
+    carries, ys = jax.lax.fori_loop(0, t, body, (carries, ys))
+    return jax.tree.map(lambda *a: jnp.concatenate(a, 0), *carries), ys
+
+
 def _recurrence_fwd(cell, xw_TxBxG, b_ih, w_hh, b_hh, carry):
     step = functools.partial(_STEPS[cell], w_hh, b_ih, b_hh, residuals=True)
-    final, res = jax.lax.scan(step, carry, xw_TxBxG)
+    final, res = _scan(step, carry, xw_TxBxG)
     h = res[0] if cell != "rnn" else res
     return (h, final), (b_ih, w_hh, b_hh, carry, final, res)
 
@@ -210,7 +253,7 @@ def _recurrence_bwd(cell, saved, cts):
     if cell == "lstm":
         h, gates, c_prev = res
         h0 = carry0[1]
-        (dh0, dc0, _), dzh = jax.lax.scan(
+        (dh0, dc0, _), dzh = _scan(
             functools.partial(_lstm_bwd_step, w_t),
             (dfinal[1], dfinal[0], final[0]),
             (dh_TxBxH, gates, c_prev),
@@ -221,12 +264,12 @@ def _recurrence_bwd(cell, saved, cts):
         h, acts = res
         h0 = carry0
         h_prev = jnp.concatenate([h0[None], h[:-1]], 0)
-        dcarry, (dxw, dzh) = jax.lax.scan(
+        dcarry, (dxw, dzh) = _scan(
             functools.partial(_gru_bwd_step, w_t), dfinal, (dh_TxBxH, acts, h_prev), reverse=True
         )
     else:
         h, h0 = res, carry0
-        dcarry, dzh = jax.lax.scan(
+        dcarry, dzh = _scan(
             functools.partial(_elman_bwd_step, w_t), dfinal, (dh_TxBxH, h), reverse=True
         )
         dxw = dzh
