@@ -199,14 +199,16 @@ def test_registry_names_and_errors():
         RecurrentLM(vocab_size=3, cell="nope").initial_carry(1)
 
 
-# Batch 8 runs the time loop as two batch slices side by side on CPU (rnn._batch_groups).
-@pytest.mark.parametrize("b", [3, 8])
+# groups=2: the time loop runs as two batch slices side by side, as on a single CPU device
+# (rnn._batch_groups; the tests run with 4 devices, where it keeps one slice).
+@pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("cell", CELLS)
-def test_hand_written_backward_equals_autodiff(cell, b):
-    from jaxlm.models.rnn import _batch_groups, _layer_impl, recurrent_layer
+def test_hand_written_backward_equals_autodiff(cell, groups, monkeypatch):
+    from jaxlm.models import rnn
+    from jaxlm.models.rnn import _layer_impl, recurrent_layer
 
-    assert _batch_groups(b) == (2 if b == 8 and jax.default_backend() == "cpu" else 1)
-    t, i, h = 6, 4, 5
+    monkeypatch.setattr(rnn, "_batch_groups", lambda batch: groups)
+    t, b, i, h = 6, 4, 4, 5
     g = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
     ks = jax.random.split(jax.random.key(0), 9)
     x = jax.random.normal(ks[0], (t, b, i))

@@ -115,11 +115,11 @@ def _lstm_bwd_step(w_t, carry, xs):
     tc = jnp.tanh(c)
     dh = dh_out + dh_next
     dc = dc_next + dh * o * (1.0 - tc * tc)
-    # d act / dz = s * s * (1 - ((a - t) / s)^2): a(1 - a) for sigmoid columns, 1 - a^2 for g.
+    # d act / dz = s^2 - (a - t)^2: a(1 - a) for sigmoid columns, 1 - a^2 for g.
     s, t = _gate_consts(dc.shape[-1])
-    u = (gates - t) / s
+    u = gates - t
     dgates = jnp.concatenate([dc * g, dc * c_prev, dc * i, dh * tc], axis=-1)
-    dz = dgates * (s * s) * (1.0 - u * u)
+    dz = dgates * (s * s - u * u)
     return (_mm(dz, w_t), dc * f, c_prev), dz
 
 
@@ -191,11 +191,13 @@ def _layer_impl(cell: str, x_TxBxI, w_ih, b_ih, w_hh, b_hh, carry):
 
 
 def _batch_groups(batch: int) -> int:
-    """Independent batch slices the time loop runs side by side: 2 on CPU (even batches of 8 or
-    more), else 1. XLA's CPU runtime runs independent operations concurrently, so one slice's
-    elementwise step overlaps the other's recurrent product: the char-shape LSTM loop (B 32,
-    H 512, T 100) runs 45 -> 38 ms on 2 cores. On GPUs it would only halve each kernel."""
-    return 2 if jax.default_backend() == "cpu" and batch % 2 == 0 and batch >= 8 else 1
+    """Independent batch slices the time loop runs side by side: 2 on a single CPU device (even
+    batches of 8 or more), else 1. XLA's CPU runtime runs independent operations concurrently,
+    so one slice's elementwise step overlaps the other's recurrent product: the char-shape LSTM
+    loop (B 32, H 512, T 100) runs 45 -> 38 ms on 2 cores. On GPUs it would only halve each
+    kernel, and a batch sharded over devices would be resliced at every step."""
+    one_cpu = jax.default_backend() == "cpu" and jax.device_count() == 1
+    return 2 if one_cpu and batch % 2 == 0 and batch >= 8 else 1
 
 
 def _scan(step, carry, xs, *, reverse: bool = False):
