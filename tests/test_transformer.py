@@ -9,7 +9,7 @@ import pytest
 
 from jaxlm.config import base_config
 from jaxlm.models import get_model
-from jaxlm.models.transformer import Transformer, rotary
+from jaxlm.models.transformer import Transformer, causal_attention, rotary
 from jaxlm.precision import Policy
 
 V, B, T = 19, 2, 9
@@ -199,3 +199,29 @@ def test_decoding_past_the_cache_gives_nan_not_wrong_numbers():
     assert np.all(np.isfinite(logits))
     logits, _, _ = model.apply({"params": params}, tokens, cache)  # 6 tokens into 4 slots
     assert np.all(np.isnan(logits))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_causal_attention_equals_jax_dot_product_attention(dtype):
+    # On CPU causal_attention writes the maths out; it must equal jax's causal attention, values
+    # and gradients, including the fully masked corner of the first query.
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 7, 3, 8)).astype(dtype) for i in range(3))
+    r = jax.random.normal(jax.random.key(3), (2, 7, 3, 8))
+
+    def loss(fn, q, k, v):
+        return jnp.sum(fn(q, k, v).astype(jnp.float32) * r)
+
+    def ref(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True)
+
+    tol = 1e-5 if dtype == jnp.float32 else 2e-2
+    got = jax.value_and_grad(functools.partial(loss, causal_attention), (0, 1, 2))(q, k, v)
+    want = jax.value_and_grad(functools.partial(loss, ref), (0, 1, 2))(q, k, v)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(
+            np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol, rtol=tol
+        ),
+        got,
+        want,
+    )
+    assert causal_attention(q, k, v).dtype == dtype

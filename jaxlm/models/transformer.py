@@ -3,7 +3,8 @@
 Pre-norm blocks (LayerNorm or RMSNorm), learned or rotary positions, a GELU MLP, tied or separate
 output embeddings, dropout on the embeddings and on each residual branch, optional
 rematerialisation of each block. Attention runs through ``jax.nn.dot_product_attention`` with a
-causal mask, so GPUs get the fused kernel where one exists.
+causal mask, so GPUs get the fused kernel where one exists; on CPU the training window's causal
+attention is the same maths written out (:func:`causal_attention`), which XLA compiles faster.
 
 Parameter layout: ``embed/embedding`` ``[V, E]``, ``pos_embed`` ``[max_len, E]`` (learned
 positions), ``blocks_<i>/{norm_attn, qkv, attn_out, norm_mlp, mlp_fc, mlp_proj}``,
@@ -51,6 +52,38 @@ def rotary(x_BxTxNxD: jax.Array, positions_T: jax.Array, base: float = 10000.0) 
     x1, x2 = x[..., :half], x[..., half:]
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x_BxTxNxD.dtype)
+
+
+def causal_attention(q_BxTxNxD: jax.Array, k_BxTxNxD: jax.Array, v_BxTxNxD: jax.Array) -> jax.Array:
+    """Causal self-attention over a window: ``jax.nn.dot_product_attention(..., is_causal=True)``.
+
+    On GPUs and TPUs that call (and its fused kernels) does the work. On CPU the same maths is
+    written out in the ``[B, N, T, S]`` layout with an additive causal bias, which XLA's CPU
+    backend compiles to a faster training step than the generic path (Transformer benchmark
+    shape: about 0.07 of the step).
+
+    Args:
+      q_BxTxNxD: queries.
+      k_BxTxNxD: keys.
+      v_BxTxNxD: values.
+
+    Returns:
+      ``[B, T, N, D]``, each query's average of the values at its own and earlier positions.
+
+    Example:
+      >>> x = jnp.ones((1, 4, 2, 8))
+      >>> causal_attention(x, x, x).shape
+      (1, 4, 2, 8)
+    """
+    if jax.default_backend() != "cpu":
+        return jax.nn.dot_product_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, is_causal=True)
+    t, d = q_BxTxNxD.shape[1], q_BxTxNxD.shape[-1]
+    q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q_BxTxNxD, k_BxTxNxD, v_BxTxNxD))  # [B, N, T, D]
+    scores = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(d))
+    bias = jnp.where(jnp.tril(jnp.ones((t, t), bool)), 0.0, -jnp.inf).astype(jnp.float32)
+    probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
+    return jnp.swapaxes(jnp.matmul(probs, v), 1, 2)
 
 
 def _norm(kind: str, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
@@ -106,7 +139,7 @@ class Block(nn.Module):
         if self.positions == "rotary":
             q, k = rotary(q, positions), rotary(k, positions)
         if cache is None:
-            att = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+            att = causal_attention(q, k, v)
         else:
             k_all = jax.lax.dynamic_update_slice(
                 cache["k"], k.astype(cache["k"].dtype), (0, pos, 0, 0)
