@@ -99,27 +99,34 @@ def main() -> None:
         ckpt = ct.write_checkpoint(folder / "run", 1000, state, meta)
         write_s = time.perf_counter() - start
         disk = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
-        print(f"wrote {ckpt}: {n_params:,} parameters ({n_params / 1e6:.1f}M), "
-              f"{len(ct.flatten(state))} arrays with the Adam moments, {disk / 2**30:.2f} GiB "
-              f"on disk, in {write_s:.1f} s")
+        print(
+            f"wrote {ckpt}: {n_params:,} parameters ({n_params / 1e6:.1f}M), "
+            f"{len(ct.flatten(state))} arrays with the Adam moments, {disk / 2**30:.2f} GiB "
+            f"on disk, in {write_s:.1f} s"
+        )
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
             report = ct.inspect(ckpt)
             times.append(time.perf_counter() - start)
         assert report["totals"]["params"]["count"] == n_params
-        print(f"inspect() in process: median {statistics.median(times):.3f} s, "
-              f"min {min(times):.3f} s over {args.repeats} runs")
+        print(
+            f"inspect() in process: median {statistics.median(times):.3f} s, "
+            f"min {min(times):.3f} s over {args.repeats} runs"
+        )
         walls = []
         for _ in range(max(1, args.repeats // 2)):
             start = time.perf_counter()
             subprocess.run(
                 [sys.executable, str(ROOT / "tools/checkpoint.py"), "inspect", str(ckpt), "--json"],
-                check=True, capture_output=True,
+                check=True,
+                capture_output=True,
             )
             walls.append(time.perf_counter() - start)
-        print(f"python tools/checkpoint.py inspect --json (whole process, imports included): "
-              f"median {statistics.median(walls):.3f} s")
+        print(
+            f"python tools/checkpoint.py inspect --json (whole process, imports included): "
+            f"median {statistics.median(walls):.3f} s"
+        )
     finally:
         if args.keep:
             print(f"kept {folder}")

@@ -69,7 +69,9 @@ def manager(
       The manager; call ``close()`` when done (it waits for async saves).
     """
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
+        max_to_keep=keep,
+        create=not read_only,
+        read_only=read_only,
         cleanup_tmp_directories=not read_only,  # left by a save that was killed midway
         # Across processes, orbax's background thread synchronises hosts with collectives
         # that could interleave with the training step's own: save in the foreground there.

@@ -215,9 +215,7 @@ def flatten(tree: Any) -> dict[str, Any]:
       >>> flatten({"params": {"head": {"bias": 0.0}}, "opt_state": [None]})
       {'params/head/bias': 0.0}
     """
-    return {
-        parallel.path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
+    return {parallel.path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _numpy_dtype(name: str) -> np.dtype:
@@ -330,8 +328,16 @@ def format_inspect(report: dict[str, Any], *, parts: Iterable[str] = ("params",)
     if "hidden_sizes" in m and m.get("name") in ("lstm", "gru", "rnn"):
         model_keys = ("name", "embed_dim", "hidden_sizes", "tie_embeddings")
     else:
-        model_keys = ("name", "embed_dim", "num_layers", "num_heads", "mlp_dim", "norm",
-                      "positions", "tie_embeddings")
+        model_keys = (
+            "name",
+            "embed_dim",
+            "num_layers",
+            "num_heads",
+            "mlp_dim",
+            "norm",
+            "positions",
+            "tie_embeddings",
+        )
     model_desc = ", ".join(f"{k}={m[k]}" for k in model_keys if k in m)
     lines = [
         f"checkpoint {report['directory']} (step {report['step']}; run steps {report['steps']})",
@@ -413,9 +419,11 @@ def _abstract_on(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec
     data = mesh.shape["data"]
     if "carry" in tree:  # as in the trainer: recurrent state split over "data" by batch row
         shardings["carry"] = jax.tree.map(
-            lambda m: NamedSharding(mesh, PartitionSpec("data"))
-            if len(m.shape) and m.shape[0] % data == 0
-            else NamedSharding(mesh, PartitionSpec()),
+            lambda m: (
+                NamedSharding(mesh, PartitionSpec("data"))
+                if len(m.shape) and m.shape[0] % data == 0
+                else NamedSharding(mesh, PartitionSpec())
+            ),
             tree["carry"],
         )
     return jax.tree.map(
@@ -575,7 +583,7 @@ def average(checkpoints: Sequence[PathLike], out_workdir: PathLike) -> Path:
             "average needs two or more distinct checkpoints, got "
             f"{[str(f) for f in folders]} (from {len(list(checkpoints))} path(s))"
         )
-    newest = max(folders, key=lambda f: (_step_of(f) or -1))
+    newest = max(folders, key=lambda f: _step_of(f) or -1)
     state, meta = load_state(newest)
     ref = flatten(state["params"])
     total = {n: np.asarray(v, np.float64) for n, v in ref.items()}
@@ -604,9 +612,7 @@ def unflatten_like(tree: Any, flat: dict[str, Any], prefix: str = "") -> Any:
     Returns:
       A tree with ``tree``'s structure and ``flat``'s values.
     """
-    return jax.tree_util.tree_map_with_path(
-        lambda p, _: flat[prefix + parallel.path_str(p)], tree
-    )
+    return jax.tree_util.tree_map_with_path(lambda p, _: flat[prefix + parallel.path_str(p)], tree)
 
 
 # --------------------------------------------------------------------------------------------

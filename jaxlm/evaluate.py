@@ -67,8 +67,11 @@ def evaluate_checkpoint(
     ckpt = checkpoint_tools.resolve(path, step)
     # The optimizer state too (when saved): NT-ASGD runs are evaluated, as the trainer does, with
     # the running average of the parameters once averaging has started.
-    parts = ("params", "opt_state") if "opt_state" in checkpoint_tools.metadata_tree(ckpt) else (
-        "params",)
+    parts = (
+        ("params", "opt_state")
+        if "opt_state" in checkpoint_tools.metadata_tree(ckpt)
+        else ("params",)
+    )
     state, meta = checkpoint_tools.load_state(ckpt, parts=parts)
     params = _averaged_params(state.get("opt_state"), state["params"])
     config = ml_collections.ConfigDict(meta["config"])
@@ -77,9 +80,7 @@ def evaluate_checkpoint(
     model = get_model(config.model, tokenizer.vocab_size, Policy.from_string(config.precision))
     batch_size = config.data.eval_batch_size
     n_model = config.parallel.get("model", 1) or 1
-    mesh = parallel.make_mesh(
-        _pick_data_size(batch_size, n_model, jax.device_count()), n_model
-    )
+    mesh = parallel.make_mesh(_pick_data_size(batch_size, n_model, jax.device_count()), n_model)
     rules = checkpoint_tools.rules_from_config(meta["config"])
     params = jax.device_put(params, parallel.rule_shardings(params, mesh, rules))
     with jax.set_mesh(mesh):
@@ -92,8 +93,11 @@ def evaluate_checkpoint(
             seq_len=config.data.seq_len,
         )
     return dict(
-        result, checkpoint=str(ckpt), step=int(ckpt.name) if ckpt.name.isdigit() else None,
-        split=split, unit=tokenizer.kind,
+        result,
+        checkpoint=str(ckpt),
+        step=int(ckpt.name) if ckpt.name.isdigit() else None,
+        split=split,
+        unit=tokenizer.kind,
     )
 
 

@@ -36,7 +36,9 @@ def make_mesh(data: int = 0, model: int = 1) -> Mesh:
             "(and use all of them on several hosts)"
         )
     return jax.make_mesh(
-        (data, model), ("data", "model"), axis_types=(AxisType.Auto,) * 2,
+        (data, model),
+        ("data", "model"),
+        axis_types=(AxisType.Auto,) * 2,
         devices=jax.devices()[: data * model],
     )
 

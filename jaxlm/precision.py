@@ -36,8 +36,7 @@ def _dtype(name: str, field: str):
         return _DTYPES[name.strip().lower()]
     except KeyError:
         raise ValueError(
-            f"precision: unknown dtype {name!r} for {field!r}; expected one of "
-            f"{sorted(_DTYPES)}"
+            f"precision: unknown dtype {name!r} for {field!r}; expected one of {sorted(_DTYPES)}"
         ) from None
 
 

@@ -78,7 +78,7 @@ def _unknown_override(e: BaseException, argv: list[str]) -> str | None:
     match = re.match(r"'([^']+)'", message)
     key = match.group(1) if match else None
     overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-    field = next((o for o in overrides if key in o[len("--config."):].split(".")), None)
+    field = next((o for o in overrides if key in o[len("--config.") :].split(".")), None)
     if field is None:
         field = overrides[0] if len(overrides) == 1 else "--config.*"
     return f"unknown config field in {field}: {message}"

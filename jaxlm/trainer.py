@@ -508,8 +508,7 @@ def _run(
         if sigterm.raised:  # before the loop: checkpoints on disk are kept as they are
             mon.status("preempted", step)
             raise Preempted(
-                f"SIGTERM before training resumed at step {step}; nothing new to save in "
-                f"{workdir}"
+                f"SIGTERM before training resumed at step {step}; nothing new to save in {workdir}"
             )
         mon.status("running", step)
         while step < num_steps:

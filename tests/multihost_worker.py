@@ -21,5 +21,8 @@ config.train.eval_every = 20
 config.train.checkpoint_every = 10
 config.model.dropout = 0.0
 result = trainer.train_and_evaluate(config, workdir)
-print(f"RESULT {jax.process_index()} {jax.process_count()} {jax.device_count()} "
-      f"{result['validation_loss']!r}", flush=True)
+print(
+    f"RESULT {jax.process_index()} {jax.process_count()} {jax.device_count()} "
+    f"{result['validation_loss']!r}",
+    flush=True,
+)

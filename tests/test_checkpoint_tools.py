@@ -159,8 +159,10 @@ def test_average_is_the_mean_of_the_params(run, tmp_path, cli):
     want = np.mean(np.stack([p1["head/bias"], p2["head/bias"], p3["head/bias"]]), axis=0)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
     # A checkpoint named twice (even by another spelling) counts once.
-    again = ct.average([sources[0], run / "checkpoints/3", sources[1], run / "checkpoints/./3"],
-                       tmp_path / "avg_dup")
+    again = ct.average(
+        [sources[0], run / "checkpoints/3", sources[1], run / "checkpoints/./3"],
+        tmp_path / "avg_dup",
+    )
     for name, value in ct.flatten(ct.load_state(again)[0]["params"]).items():
         np.testing.assert_array_equal(value, ct.flatten(avg["params"])[name])
     for same in ([sources[1], sources[1]], [sources[1]], []):
@@ -222,8 +224,12 @@ def test_npz_is_read_without_pickle(tmp_path):
     np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
     with pytest.raises(ValueError, match="allow_pickle"):
         ct.read_arrays(tmp_path / "objects.npz")
-    for path in ["jaxlm/checkpoint_tools.py", "jaxlm/evaluate.py", "tools/checkpoint.py",
-                 *map(str, (ROOT / "jaxlm/interop").glob("*.py"))]:
+    for path in [
+        "jaxlm/checkpoint_tools.py",
+        "jaxlm/evaluate.py",
+        "tools/checkpoint.py",
+        *map(str, (ROOT / "jaxlm/interop").glob("*.py")),
+    ]:
         source = (ROOT / path).read_text()
         for banned in ("import pickle", "allow_pickle=True", "torch.load(", "weights_only"):
             assert banned not in source, f"{path}: {banned}"
@@ -238,9 +244,22 @@ def test_reshard_four_devices_to_one_and_back(run, tmp_path):
     # In a process that has a single CPU device, through the command line.
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     subprocess.run(
-        [sys.executable, str(ROOT / "tools/checkpoint.py"), "reshard", str(run), "--out",
-         str(tmp_path / "one"), "--data", "1", "--devices", "1"],
-        check=True, env=env, capture_output=True, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "tools/checkpoint.py"),
+            "reshard",
+            str(run),
+            "--out",
+            str(tmp_path / "one"),
+            "--data",
+            "1",
+            "--devices",
+            "1",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=120,
     )
     for name, s in ct.saved_shardings(tmp_path / "one").items():
         assert s["mesh"] == {"data": 1, "model": 1}, name
@@ -327,7 +346,9 @@ def test_interrupted_save_leaves_the_previous_checkpoint_restorable(tmp_path):
     workdir = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-c", _SAVER, str(workdir)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
     try:

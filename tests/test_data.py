@@ -83,7 +83,7 @@ def test_builtin_corpus_is_deterministic_and_split():
     assert abs(len(corpus.validation) / total - 0.05) < 0.01
     text = builders.builtin_text().decode()
     assert len(text) == total
-    assert corpus.tokenizer.decode(corpus.test) == text[-len(corpus.test):]
+    assert corpus.tokenizer.decode(corpus.test) == text[-len(corpus.test) :]
     assert corpus.tokenizer.decode(corpus.train[:22]) == 'The "assert" statement'
 
 
@@ -196,8 +196,9 @@ def test_windows_are_contiguous_within_an_epoch_and_reset_at_its_start():
         if step % per_epoch:
             np.testing.assert_array_equal(batch["inputs"][:, 0], prev["targets"][:, -1])
         prev = batch
-    offsets = {int(train_batch(streams, e * per_epoch, 10, seed=0)["inputs"][0, 0]) for e in
-               range(8)}
+    offsets = {
+        int(train_batch(streams, e * per_epoch, 10, seed=0)["inputs"][0, 0]) for e in range(8)
+    }
     assert len(offsets) > 1  # window boundaries move between epochs
 
 

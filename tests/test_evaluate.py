@@ -70,9 +70,19 @@ def test_errors_name_the_folder(run, tmp_path):
 def test_command_line(run):
     workdir, final = run
     out = subprocess.run(
-        [sys.executable, "-m", "jaxlm.evaluate", f"--workdir={workdir}", "--checkpoint=2",
-         "--split=test"],
-        capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ),
+        [
+            sys.executable,
+            "-m",
+            "jaxlm.evaluate",
+            f"--workdir={workdir}",
+            "--checkpoint=2",
+            "--split=test",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=dict(os.environ),
     )
     assert out.returncode == 0, out.stderr
     line = out.stdout.strip().splitlines()[-1]
@@ -108,10 +118,16 @@ def test_nt_asgd_run_is_evaluated_with_the_averaged_params(tmp_path, monkeypatch
     # The last iterate alone gives another loss: the average is what was evaluated.
     mesh = parallel.make_mesh(1, 1)
     model = get_model(config.model, 104, Policy.from_string(config.precision))
-    corpus = data.load_corpus(config.data, tokenizer_from_json(ct.read_meta(tmp_path / "run")[
-        "tokenizer"]))
+    corpus = data.load_corpus(
+        config.data, tokenizer_from_json(ct.read_meta(tmp_path / "run")["tokenizer"])
+    )
     with jax.set_mesh(mesh):
-        last = trainer.evaluate(model, state["params"], corpus.split("validation"), mesh,
-                                batch_size=config.data.eval_batch_size,
-                                seq_len=config.data.seq_len)
+        last = trainer.evaluate(
+            model,
+            state["params"],
+            corpus.split("validation"),
+            mesh,
+            batch_size=config.data.eval_batch_size,
+            seq_len=config.data.seq_len,
+        )
     assert last["loss"] != pytest.approx(final["validation_loss"], rel=1e-4)

@@ -34,8 +34,14 @@ def _hf_model(tied: bool, seed: int = 0):
     """A tiny GPT-2 with every weight (biases and LayerNorms too) randomised."""
     torch.manual_seed(seed)
     config = transformers.GPT2Config(
-        vocab_size=VOCAB, n_positions=POSITIONS, n_embd=WIDTH, n_layer=LAYERS, n_head=HEADS,
-        bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1, tie_word_embeddings=tied,
+        vocab_size=VOCAB,
+        n_positions=POSITIONS,
+        n_embd=WIDTH,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        bos_token_id=VOCAB - 1,
+        eos_token_id=VOCAB - 1,
+        tie_word_embeddings=tied,
     )
     model = transformers.GPT2LMHeadModel(config)
     with torch.no_grad():
@@ -76,8 +82,11 @@ def test_hf_to_jaxlm_same_logits(tmp_path, ids, tied):
     meta = ct.read_meta(out)
     config = ml_collections.ConfigDict(meta["config"])
     init = trainer.make_init_fn(
-        gpt2.build_model(config.model, VOCAB), optim.build_optimizer(config),
-        config.data.batch_size, config.data.seq_len, config.seed,
+        gpt2.build_model(config.model, VOCAB),
+        optim.build_optimizer(config),
+        config.data.batch_size,
+        config.data.seq_len,
+        config.seed,
     )
     abstract = jax.eval_shape(init)
     mesh = parallel.make_mesh()
@@ -105,8 +114,15 @@ def _jaxlm_checkpoint(workdir: Path, tied: bool) -> Path:
     config.name = "tiny_transformer"
     config.data.tokenizer = "byte"
     for key, value in dict(
-        name="transformer", embed_dim=WIDTH, num_layers=LAYERS, num_heads=HEADS, mlp_dim=0,
-        max_len=POSITIONS, norm="layernorm", positions="learned", tie_embeddings=tied,
+        name="transformer",
+        embed_dim=WIDTH,
+        num_layers=LAYERS,
+        num_heads=HEADS,
+        mlp_dim=0,
+        max_len=POSITIONS,
+        norm="layernorm",
+        positions="learned",
+        tie_embeddings=tied,
     ).items():
         config.model[key] = value
     model = gpt2.build_model(config.model, VOCAB)
@@ -158,8 +174,14 @@ def test_unsupported_models_are_refused_with_the_reason(tmp_path):
     (tmp_path / "bin/pytorch_model.bin").write_bytes(b"not read")
     with pytest.raises(FileNotFoundError, match="never pickled"):
         gpt2.hf_to_jaxlm(tmp_path / "bin", tmp_path / "x")
-    model = dict(name="transformer", embed_dim=WIDTH, num_layers=1, num_heads=4,
-                 norm="rmsnorm", positions="rotary")
+    model = dict(
+        name="transformer",
+        embed_dim=WIDTH,
+        num_layers=1,
+        num_heads=4,
+        norm="rmsnorm",
+        positions="rotary",
+    )
     with pytest.raises(gpt2.ConversionError, match="rmsnorm.*rotary"):
         gpt2.hf_config_from_model(model, VOCAB)
 

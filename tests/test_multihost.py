@@ -42,25 +42,39 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     procs = []
     for i, log in enumerate(logs):  # files, not pipes: a full pipe would stall a collective
         with open(log, "w") as f:
-            procs.append(subprocess.Popen(
-                [sys.executable, str(ROOT / "tests/multihost_worker.py"), str(i), port,
-                 str(workdir), str(ROOT / "configs/lstm.py")],
-                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(ROOT / "tests/multihost_worker.py"),
+                        str(i),
+                        port,
+                        str(workdir),
+                        str(ROOT / "configs/lstm.py"),
+                    ],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=ROOT,
+                )
+            )
     for p in procs:
         p.wait(timeout=300)
     outputs = [log.read_text() for log in logs]
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
-    results = [line.split() for out in outputs for line in out.splitlines()
-               if line.startswith("RESULT")]
+    results = [
+        line.split() for out in outputs for line in out.splitlines() if line.startswith("RESULT")
+    ]
     assert sorted(r[1] for r in results) == ["0", "1"]
     assert all(r[2:4] == ["2", "4"] for r in results)  # 2 processes, 4 global devices
     assert "Final validation loss" in outputs[0] and "Final validation loss" not in outputs[1]
     np.testing.assert_allclose(float(results[0][4]), single["validation_loss"], rtol=1e-5)
-    np.testing.assert_allclose(_train_losses(workdir), _train_losses(tmp_path / "single"),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        _train_losses(workdir), _train_losses(tmp_path / "single"), rtol=1e-5
+    )
     multi_params = checkpoint_tools.load_state(workdir)[0]["params"]
     single_params = checkpoint_tools.load_state(tmp_path / "single")[0]["params"]
-    np.testing.assert_allclose(multi_params["head"]["kernel"], single_params["head"]["kernel"],
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        multi_params["head"]["kernel"], single_params["head"]["kernel"], rtol=1e-4, atol=1e-6
+    )

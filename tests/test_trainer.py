@@ -37,8 +37,13 @@ def final_params(workdir):
 
 def test_cli_smoke_run_trains_checkpoints_and_finishes(tmp_path):
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jaxlm.train", f"--config={ROOT}/configs/lstm.py:smoke",
-           f"--workdir={workdir}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxlm.train",
+        f"--config={ROOT}/configs/lstm.py:smoke",
+        f"--workdir={workdir}",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "tokens_per_s" in out.stdout and "ETA" in out.stdout
@@ -49,7 +54,9 @@ def test_cli_smoke_run_trains_checkpoints_and_finishes(tmp_path):
     status = json.loads((workdir / "status.json").read_text())
     assert status["state"] == "finished" and status["step"] == 60
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
-        "30", "60"]
+        "30",
+        "60",
+    ]
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((workdir / "tokenizer.json").read_text())["kind"] == "char"
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
@@ -83,11 +90,23 @@ def _status(workdir):
 
 def test_cli_sigterm_checkpoints_exits_143_and_resumes(tmp_path):
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jaxlm.train", f"--config={ROOT}/configs/lstm.py:smoke",
-           f"--workdir={workdir}", "--config.train.log_every=1",
-           "--config.train.eval_every=100000", "--config.train.checkpoint_every=100000"]
-    proc = subprocess.Popen(cmd + ["--config.train.num_steps=100000"], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxlm.train",
+        f"--config={ROOT}/configs/lstm.py:smoke",
+        f"--workdir={workdir}",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=100000",
+        "--config.train.checkpoint_every=100000",
+    ]
+    proc = subprocess.Popen(
+        cmd + ["--config.train.num_steps=100000"],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         _wait_for(lambda: _status(workdir).get("step", 0) > 0, proc)
         proc.send_signal(signal.SIGTERM)
@@ -100,8 +119,13 @@ def test_cli_sigterm_checkpoints_exits_143_and_resumes(tmp_path):
     steps = checkpoint.manager(workdir, read_only=True).all_steps()
     assert status["state"] == "preempted" and list(steps) == [status["step"]]
     saved = status["step"]
-    again = subprocess.run(cmd + [f"--config.train.num_steps={saved + 3}"], capture_output=True,
-                           text=True, cwd=ROOT, timeout=300)
+    again = subprocess.run(
+        cmd + [f"--config.train.num_steps={saved + 3}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"Resumed from {workdir / 'checkpoints'}/{saved}" in again.stdout
     assert _status(workdir)["state"] == "finished" and _status(workdir)["step"] == saved + 3
@@ -113,10 +137,16 @@ def test_cli_sigterm_during_startup_exits_143(tmp_path):
     if not Path("/proc/self/status").exists():
         pytest.skip("needs /proc")
     workdir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "jaxlm.train", f"--config={ROOT}/configs/lstm.py:smoke",
-           f"--workdir={workdir}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxlm.train",
+        f"--config={ROOT}/configs/lstm.py:smoke",
+        f"--workdir={workdir}",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         _wait_for(lambda: _sigterm_caught(proc.pid), proc)
         proc.send_signal(signal.SIGTERM)
@@ -136,9 +166,16 @@ class Killed(Exception):
 @pytest.mark.parametrize("schedule", ["cosine", "plateau"])
 def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule):
     # plateau: the optimizer state also depends on validation losses seen along the way.
-    config = smoke(**{"train.num_steps": 40, "train.checkpoint_every": 10,
-                      "train.eval_every": 10, "train.log_every": 10,
-                      "optimizer.schedule": schedule, "optimizer.plateau_patience": 0})
+    config = smoke(
+        **{
+            "train.num_steps": 40,
+            "train.checkpoint_every": 10,
+            "train.eval_every": 10,
+            "train.log_every": 10,
+            "optimizer.schedule": schedule,
+            "optimizer.plateau_patience": 0,
+        }
+    )
     straight = trainer.train_and_evaluate(config, tmp_path / "straight")
 
     real_save = checkpoint.save
@@ -165,8 +202,12 @@ def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule):
 
 
 def test_one_and_four_devices_give_the_same_losses(tmp_path):
-    overrides = {"train.num_steps": 20, "train.log_every": 5, "train.eval_every": 20,
-                 "model.dropout": 0.0}
+    overrides = {
+        "train.num_steps": 20,
+        "train.log_every": 5,
+        "train.eval_every": 20,
+        "model.dropout": 0.0,
+    }
     one = trainer.train_and_evaluate(smoke(**overrides, **{"parallel.data": 1}), tmp_path / "1")
     four = trainer.train_and_evaluate(smoke(**overrides, **{"parallel.data": 4}), tmp_path / "4")
     l1, l4 = train_losses(tmp_path / "1"), train_losses(tmp_path / "4")
@@ -181,32 +222,42 @@ def test_dropout_runs_agree_across_device_counts(tmp_path):
     trainer.train_and_evaluate(smoke(**overrides, **{"parallel.data": 2}), tmp_path / "2")
     np.testing.assert_allclose(
         [v for _, v in train_losses(tmp_path / "1")],
-        [v for _, v in train_losses(tmp_path / "2")], rtol=1e-5)
+        [v for _, v in train_losses(tmp_path / "2")],
+        rtol=1e-5,
+    )
 
 
 def test_incompatible_workdir_is_refused_and_kept(tmp_path):
-    config = smoke(**{"train.num_steps": 10, "train.checkpoint_every": 10,
-                      "train.eval_every": 10})
+    config = smoke(**{"train.num_steps": 10, "train.checkpoint_every": 10, "train.eval_every": 10})
     trainer.train_and_evaluate(config, tmp_path)
     other = smoke(**{"train.num_steps": 10, "model.hidden_sizes": (32, 32)})
-    with pytest.raises(ValueError, match=r"incompatible config:\n  model.hidden_sizes: \[64, 64\]"
-                       r" -> \[32, 32\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"incompatible config:\n  model.hidden_sizes: \[64, 64\]"
+        r" -> \[32, 32\]",
+    ):
         trainer.train_and_evaluate(other, tmp_path)
     assert checkpoint.manager(tmp_path, read_only=True).latest_step() == 10
 
 
-@pytest.mark.parametrize("field, value", [("optimizer.clip_norm", 0.0),
-                                          ("optimizer.schedule", "plateau"),
-                                          ("precision", "float16")])
+@pytest.mark.parametrize(
+    "field, value",
+    [("optimizer.clip_norm", 0.0), ("optimizer.schedule", "plateau"), ("precision", "float16")],
+)
 def test_changes_of_optimizer_state_structure_are_refused_by_name(tmp_path, field, value):
-    base = {"train.num_steps": 10, "train.checkpoint_every": 10, "train.eval_every": 10,
-            "train.sample_tokens": 0}
+    base = {
+        "train.num_steps": 10,
+        "train.checkpoint_every": 10,
+        "train.eval_every": 10,
+        "train.sample_tokens": 0,
+    }
     trainer.train_and_evaluate(smoke(**base), tmp_path)
     with pytest.raises(ValueError, match=rf"incompatible config:\n  {field}: "):
         trainer.train_and_evaluate(smoke(**base, **{field: value}), tmp_path)
     # Changes that keep the optimizer state's structure still resume.
-    same = {"optimizer.clip_norm": 0.5, "optimizer.schedule": "constant",
-            "precision": "bfloat16"}[field]
+    same = {"optimizer.clip_norm": 0.5, "optimizer.schedule": "constant", "precision": "bfloat16"}[
+        field
+    ]
     assert trainer.train_and_evaluate(smoke(**base, **{field: same}), tmp_path)["step"] == 10
 
     # A state of another structure is not "damage": named, and nothing is moved aside.
@@ -232,26 +283,41 @@ def test_missing_corpus_fails_before_training(tmp_path):
 
 
 def test_unknown_config_field_is_named(tmp_path):
-    cmd = [sys.executable, "-m", "jaxlm.train", f"--config={ROOT}/configs/lstm.py:smoke",
-           "--config.train.num_steps=3", "--config.model.hiden_size=3",
-           "--config.train.log_every=1", "--workdir=/tmp/never"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxlm.train",
+        f"--config={ROOT}/configs/lstm.py:smoke",
+        "--config.train.num_steps=3",
+        "--config.model.hiden_size=3",
+        "--config.train.log_every=1",
+        "--workdir=/tmp/never",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode != 0
     assert "hiden_size" in out.stderr
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == (
         "FATAL Flags parsing error: unknown config field in --config.model.hiden_size: "
-        "'hiden_size' Did you mean \"hidden_sizes\" instead of \"hiden_size\"?")
+        '\'hiden_size\' Did you mean "hidden_sizes" instead of "hiden_size"?'
+    )
     # An unknown section is named too.
-    out = subprocess.run(cmd[:4] + ["--config.nosuch.x=3"], capture_output=True, text=True,
-                         cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        cmd[:4] + ["--config.nosuch.x=3"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert out.stderr.strip().splitlines()[-1] == (
-        "FATAL Flags parsing error: unknown config field in --config.nosuch.x: 'nosuch'")
+        "FATAL Flags parsing error: unknown config field in --config.nosuch.x: 'nosuch'"
+    )
     # An AttributeError inside the config file is its own bug, not an unknown field.
     broken = tmp_path / "broken.py"
     broken.write_text("def get_config(arg=None):\n    return object().no_such_attribute\n")
-    out = subprocess.run(cmd[:3] + [f"--config={broken}", "--config.train.num_steps=3"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    out = subprocess.run(
+        cmd[:3] + [f"--config={broken}", "--config.train.num_steps=3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "unknown config field" not in out.stderr
     assert "no_such_attribute" in out.stderr and "broken.py" in out.stderr
@@ -272,9 +338,12 @@ def test_unknown_model_and_optimizer_names(tmp_path):
         ("optimizer.learning_rate", -1.0, "config.optimizer.learning_rate: expected a positive"),
         ("train.eval_steps", -1, r"config.train.eval_steps: expected an integer >= 0, got -1"),
         ("train.sample_tokens", -5, r"config.train.sample_tokens: expected an integer >= 0"),
-        ("optimizer.accumulate_steps", 0,
-         r"config.optimizer.accumulate_steps: expected a positive integer \(1: no accumulation"
-         r"\), got 0"),
+        (
+            "optimizer.accumulate_steps",
+            0,
+            r"config.optimizer.accumulate_steps: expected a positive integer \(1: no accumulation"
+            r"\), got 0",
+        ),
     ],
 )
 def test_bad_field_values_are_named(tmp_path, field, value, message):
@@ -309,8 +378,9 @@ def test_evaluating_no_tokens_is_an_error():
 def test_init_from_with_feature_preset_trains_only_the_output_layer(tmp_path):
     base = {"train.num_steps": 10, "train.checkpoint_every": 10, "train.eval_every": 10}
     trainer.train_and_evaluate(smoke(**base), tmp_path / "pretrained")
-    tuned = smoke(**base, **{"init_from": str(tmp_path / "pretrained"),
-                             "finetune.strategy": "feature"})
+    tuned = smoke(
+        **base, **{"init_from": str(tmp_path / "pretrained"), "finetune.strategy": "feature"}
+    )
     trainer.train_and_evaluate(tuned, tmp_path / "tuned")
     before, after = final_params(tmp_path / "pretrained"), final_params(tmp_path / "tuned")
     for name in ("embed", "layers_0", "layers_1"):
@@ -320,8 +390,14 @@ def test_init_from_with_feature_preset_trains_only_the_output_layer(tmp_path):
 
 
 def test_damaged_newest_checkpoint_falls_back_and_says_so(tmp_path, monkeypatch, capsys):
-    config = smoke(**{"train.num_steps": 30, "train.checkpoint_every": 10,
-                      "train.eval_every": 30, "train.log_every": 10})
+    config = smoke(
+        **{
+            "train.num_steps": 30,
+            "train.checkpoint_every": 10,
+            "train.eval_every": 30,
+            "train.log_every": 10,
+        }
+    )
     real_save, saves = checkpoint.save, []
 
     def save_twice_then_die(mgr, state, *args, **kwargs):
@@ -335,8 +411,10 @@ def test_damaged_newest_checkpoint_falls_back_and_says_so(tmp_path, monkeypatch,
     with pytest.raises(Killed):
         trainer.train_and_evaluate(config, tmp_path)
     monkeypatch.setattr(checkpoint, "save", real_save)
-    data_files = sorted((tmp_path / "checkpoints/20/state").glob("ocdbt.process_*/d/*"),
-                        key=lambda f: f.stat().st_size)
+    data_files = sorted(
+        (tmp_path / "checkpoints/20/state").glob("ocdbt.process_*/d/*"),
+        key=lambda f: f.stat().st_size,
+    )
     with open(data_files[-1], "r+b") as f:  # truncate the largest array file
         f.truncate(data_files[-1].stat().st_size // 3)
     final = trainer.train_and_evaluate(config, tmp_path)
@@ -348,8 +426,15 @@ def test_damaged_newest_checkpoint_falls_back_and_says_so(tmp_path, monkeypatch,
 
 def test_nan_between_log_lines_is_caught_before_a_save(tmp_path, monkeypatch):
     # Logs at 20 and 40, saves at 15 and 30; the loss (and state) go NaN from step 22 on.
-    config = smoke(**{"train.num_steps": 40, "train.log_every": 20, "train.eval_every": 100,
-                      "train.checkpoint_every": 15, "train.sample_tokens": 0})
+    config = smoke(
+        **{
+            "train.num_steps": 40,
+            "train.log_every": 20,
+            "train.eval_every": 100,
+            "train.checkpoint_every": 15,
+            "train.sample_tokens": 0,
+        }
+    )
     real_make = trainer.make_train_step
 
     def poisoned(*args, **kwargs):
@@ -360,15 +445,19 @@ def test_nan_between_log_lines_is_caught_before_a_save(tmp_path, monkeypatch):
             bad = state.step >= 22
             params = jax.tree.map(lambda p: jax.numpy.where(bad, jax.numpy.nan, p), state.params)
             return state.replace(params=params), dict(
-                metrics, loss=jax.numpy.where(bad, jax.numpy.nan, metrics["loss"]))
+                metrics, loss=jax.numpy.where(bad, jax.numpy.nan, metrics["loss"])
+            )
 
         return train_step
 
     monkeypatch.setattr(trainer, "make_train_step", poisoned)
     closed = []
     real_close = trainer.monitor.Monitor.close
-    monkeypatch.setattr(trainer.monitor.Monitor, "close",
-                        lambda self: closed.append(self._tb is not None) or real_close(self))
+    monkeypatch.setattr(
+        trainer.monitor.Monitor,
+        "close",
+        lambda self: closed.append(self._tb is not None) or real_close(self),
+    )
     with pytest.raises(FloatingPointError, match="at step 22; checkpoints up to step 15 are"):
         trainer.train_and_evaluate(config, tmp_path)
     assert closed == [True]  # a failed run closes its TensorBoard writer too

@@ -145,8 +145,9 @@ def _run(args, ct) -> int:
         )
         print(f"wrote {info['arrays']} arrays ({info['bytes']:,} bytes) to {info['file']}")
     elif args.verb == "import":
-        out = ct.import_arrays(args.file, args.out, like=args.like, step=args.step,
-                               dtype=args.dtype)
+        out = ct.import_arrays(
+            args.file, args.out, like=args.like, step=args.step, dtype=args.dtype
+        )
         print(f"wrote {out}")
     elif args.verb == "reshard":
         rules = ct.parse_rules(args.rule) if args.rule else None
@@ -156,8 +157,11 @@ def _run(args, ct) -> int:
         print(f"wrote {out}")
     elif args.verb == "diff":
         report = ct.diff(args.a, args.b, step_a=args.step_a, step_b=args.step_b)
-        print(json.dumps(report, indent=1) if args.json else ct.format_diff(report,
-                                                                            all_leaves=args.all))
+        print(
+            json.dumps(report, indent=1)
+            if args.json
+            else ct.format_diff(report, all_leaves=args.all)
+        )
         return 0 if report["identical"] else 1
     elif args.verb == "gpt2":
         from jaxlm.interop import gpt2

@@ -402,8 +402,11 @@ def hf_to_jaxlm(
         "rng": np.asarray(jax.random.split(jax.random.PRNGKey(int(config.seed)))[1]),  # as train
         "carry": None,
     }
-    meta = {"config": json.loads(config.to_json()), "tokenizer": tokenizer,
-            "converted_from": str(folder)}
+    meta = {
+        "config": json.loads(config.to_json()),
+        "tokenizer": tokenizer,
+        "converted_from": str(folder),
+    }
     return ct.write_checkpoint(out_workdir, step, state, meta)
 
 
