@@ -295,10 +295,7 @@ def recurrence(cell: str, xw_TxBxG, b_ih, w_hh, b_hh, carry):
     Args:
       cell: "lstm", "gru" or "rnn".
       xw_TxBxG: float32 ``[T, B, G]``, the input projection ``x_t @ w_ih`` of every step.
-      b_ih: ``[G]`` float32 bias.
-      w_hh: ``[H, G]`` recurrent weights in the compute dtype.
-      b_hh: ``[G]`` float32 recurrent bias (GRU), else None.
-      carry: the state at the start: ``(c, h)`` for an LSTM, ``h`` otherwise, float32 ``[B, H]``.
+      b_ih, w_hh, b_hh, carry: as in :func:`recurrent_layer`.
 
     Returns:
       ``(h_TxBxH, final carry)``, float32.
