@@ -26,6 +26,12 @@ def add_common_args(p: argparse.ArgumentParser, steps: int) -> None:
         "does), so fresh temporaries do not page-fault every step; the process setting applies "
         "to both sides",
     )
+    p.add_argument(
+        "--profile",
+        default="",
+        help="folder: afterwards, trace 3 of our steps with jax.profiler there and print the "
+        "XLA operations that took the most time",
+    )
 
 
 def setup(args: argparse.Namespace) -> None:
@@ -80,3 +86,41 @@ def compare(name: str, ours: Runner, theirs: Runner, tokens: int, args) -> str:
     if args.cpu_time:
         line += f" | CPU ms/step jaxlm {j_cpu * 1e3:.1f} torch {t_cpu * 1e3:.1f}"
     return line
+
+
+def profile(ours: Runner, folder: str, top: int = 25) -> str:
+    """Traces three of our steps with ``jax.profiler`` and tabulates the compiled operations.
+
+    Args:
+      ours: the runner to trace (already compiled).
+      folder: where the trace goes (open it in Perfetto or TensorBoard for the timeline).
+      top: how many operations to list.
+
+    Returns:
+      A table of the operations (XLA thunks: ``ynn_fusion.3``, ``copy.25``, ...) with the most
+      time per step and how often each ran per step. Operations that ran at the same time on
+      the two cores overlap, so the times need not add up to the step; the operations inside a
+      time loop appear once per iteration.
+    """
+    import collections
+    import glob
+    import gzip
+    import json
+    import re
+
+    import jax
+
+    with jax.profiler.trace(folder):
+        ours(3)
+    trace = max(glob.glob(f"{folder}/plugins/profile/*/*.trace.json.gz"), key=os.path.getmtime)
+    with gzip.open(trace) as f:
+        events = json.load(f)["traceEvents"]
+    total, calls = collections.Counter(), collections.Counter()
+    for e in events:  # HLO instruction names only (not Python, runtime or thread-pool spans)
+        if e.get("ph") == "X" and re.fullmatch(r"[\w\-]+(\.\d+)?", e["name"]):
+            total[e["name"]] += e["dur"] / 3e3  # microseconds over 3 steps -> ms per step
+            calls[e["name"]] += 1
+    lines = [f"profile ({trace}): ms/step  calls/step  operation"]
+    for name, ms in total.most_common(top):
+        lines.append(f"{ms:9.2f} {calls[name] / 3:10.0f}  {name}")
+    return "\n".join(lines)

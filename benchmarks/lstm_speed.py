@@ -16,6 +16,7 @@ Usage::
     python benchmarks/lstm_speed.py                      # ptb_small and char
     python benchmarks/lstm_speed.py --shapes=ptb_medium --repeats=5
     python benchmarks/lstm_speed.py --threads=1          # one core each (XLA and torch)
+    python benchmarks/lstm_speed.py --shapes=char --profile=/tmp/prof  # where our time goes
 
 ``--cpu_time`` also reports process CPU time per step, which moves less than wall time when
 other jobs share the cores. By default glibc keeps freed memory in the heap for both sides, as
@@ -129,6 +130,8 @@ def main() -> int:
         ours, theirs = jax_runner(**shape), torch_runner(**shape)
         tokens = shape["seq_len"] * shape["batch"]
         print(_harness.compare(name, ours, theirs, tokens, ARGS), flush=True)
+        if ARGS.profile:
+            print(_harness.profile(ours, f"{ARGS.profile}/{name}"), flush=True)
     return 0
 
 

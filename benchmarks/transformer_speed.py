@@ -14,6 +14,7 @@ Usage::
     python benchmarks/transformer_speed.py
     python benchmarks/transformer_speed.py --threads=1 --cpu_time
     python benchmarks/transformer_speed.py --no-keep_heap   # glibc's default heap policy
+    python benchmarks/transformer_speed.py --profile=/tmp/prof  # where our time goes
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ def main() -> int:
     ours, theirs = jax_runner(), torch_runner()
     line = _harness.compare("transformer", ours, theirs, a.batch * a.seq_len, a)
     print(line, flush=True)
+    if a.profile:
+        print(_harness.profile(ours, a.profile), flush=True)
     return 0
 
 
