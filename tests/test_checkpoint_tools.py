@@ -18,29 +18,29 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from _helpers import ROOT, smoke
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxlm import checkpoint, optim, parallel, trainer
 from jaxlm import checkpoint_tools as ct
-from jaxlm.config import load_config
 from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.models import get_model
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     """A 3-step smoke run on 4 fake devices with a checkpoint after every step."""
-    config = load_config(str(ROOT / "configs/lstm.py:smoke"))
-    with config.unlocked():
-        config.train.num_steps = 3
-        config.train.checkpoint_every = 1
-        config.train.keep_checkpoints = 3
-        config.train.log_every = 1
-        config.train.eval_every = 100
-        config.train.sample_tokens = 0
-        config.data.eval_batch_size = 64  # fewer windows in the final whole-split evaluation
+    config = smoke(
+        **{
+            "train.num_steps": 3,
+            "train.checkpoint_every": 1,
+            "train.keep_checkpoints": 3,
+            "train.log_every": 1,
+            "train.eval_every": 100,
+            "train.sample_tokens": 0,
+            "data.eval_batch_size": 64,  # fewer windows in the final whole-split evaluation
+        }
+    )
     workdir = tmp_path_factory.mktemp("ckpt_tools") / "run"
     trainer.train_and_evaluate(config, workdir)
     return workdir

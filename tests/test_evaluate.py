@@ -6,33 +6,32 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import pytest
+from _helpers import ROOT, smoke
 
 from jaxlm import checkpoint_tools as ct
 from jaxlm import data, parallel, trainer
-from jaxlm.config import load_config
 from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.evaluate import evaluate_checkpoint
 from jaxlm.models import get_model
 from jaxlm.precision import Policy
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 2-step smoke run with checkpoints at steps 1 and 2, and its final metrics."""
-    config = load_config(str(ROOT / "configs/lstm.py:smoke"))
-    with config.unlocked():
-        config.train.num_steps = 2
-        config.train.checkpoint_every = 1
-        config.train.log_every = 1
-        config.train.eval_every = 100
-        config.train.sample_tokens = 0
-        config.data.eval_batch_size = 64
+    config = smoke(
+        **{
+            "train.num_steps": 2,
+            "train.checkpoint_every": 1,
+            "train.log_every": 1,
+            "train.eval_every": 100,
+            "train.sample_tokens": 0,
+            "data.eval_batch_size": 64,
+        }
+    )
     workdir = tmp_path_factory.mktemp("evaluate") / "run"
     final = trainer.train_and_evaluate(config, workdir)
     return workdir, final
@@ -93,15 +92,17 @@ def test_command_line(run):
 def test_nt_asgd_run_is_evaluated_with_the_averaged_params(tmp_path, monkeypatch):
     from jaxlm import transforms
 
-    config = load_config(str(ROOT / "configs/lstm.py:smoke"))
-    with config.unlocked():
-        config.train.num_steps = 6
-        config.train.checkpoint_every = 6
-        config.train.log_every = 6
-        config.train.eval_every = 1
-        config.train.eval_steps = 2
-        config.train.sample_tokens = 0
-        config.optimizer.nt_asgd_nonmono = 1
+    config = smoke(
+        **{
+            "train.num_steps": 6,
+            "train.checkpoint_every": 6,
+            "train.log_every": 6,
+            "train.eval_every": 1,
+            "train.eval_steps": 2,
+            "train.sample_tokens": 0,
+            "optimizer.nt_asgd_nonmono": 1,
+        }
+    )
     # Report the negated validation loss: it "rises" at every check, so averaging starts at the
     # third check (step 3) and steps 4-6 are averaged.
     real = transforms.report_validation_loss

@@ -8,11 +8,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from _helpers import ROOT, smoke
 
 from jaxlm import checkpoint_tools, trainer
-from jaxlm.config import load_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -27,13 +25,16 @@ def _train_losses(workdir: Path) -> list[float]:
 
 
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
-    config = load_config(str(ROOT / "configs/lstm.py:smoke"))
-    config.train.num_steps = 20
-    config.train.log_every = 5
-    config.train.eval_every = 20
-    config.train.checkpoint_every = 10
-    config.model.dropout = 0.0
-    config.parallel.data = 4
+    config = smoke(
+        **{
+            "train.num_steps": 20,
+            "train.log_every": 5,
+            "train.eval_every": 20,
+            "train.checkpoint_every": 10,
+            "model.dropout": 0.0,
+            "parallel.data": 4,
+        }
+    )
     single = trainer.train_and_evaluate(config, tmp_path / "single")  # also prepares the corpus
 
     port, workdir = str(_free_port()), tmp_path / "multi"

@@ -52,11 +52,11 @@ def _train_with_h(model, params, key):
 
 
 @jax.jit(static_argnums=0)
-def _grad(model, params, key):
+def _grad(model, params, key, tokens=TOKENS):
     def loss(p):
         logits, _, _ = model.apply(
             {"params": p},
-            TOKENS,
+            tokens,
             model.initial_carry(3),
             deterministic=False,
             rngs={"dropout": key},
@@ -144,18 +144,7 @@ def test_embedding_dropout_drops_whole_words():
     # Five words, about six occurrences each: a per-occurrence mask would almost never zero a
     # whole row (0.5 ** 6), a per-word mask zeroes about half of them.
     repeated = jax.random.randint(jax.random.key(6), (3, 10), 0, 5)
-
-    def loss(p):
-        logits, _, _ = model.apply(
-            {"params": p},
-            repeated,
-            model.initial_carry(3),
-            deterministic=False,
-            rngs={"dropout": jax.random.key(5)},
-        )
-        return jnp.mean(logits**2)
-
-    rows = np.asarray(jax.grad(loss)(params)["embed"]["embedding"])[:5]
+    rows = np.asarray(_grad(model, params, jax.random.key(5), repeated)["embed"]["embedding"])[:5]
     zero = np.all(rows == 0, axis=1)
     assert 0 < zero.sum() < 5 and np.all(np.any(rows[~zero] != 0, axis=1))
 

@@ -4,26 +4,15 @@ import json
 import math
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from _helpers import ROOT, smoke, train_cli
 
 from jaxlm import checkpoint, checkpoint_tools, trainer
-from jaxlm.config import load_config
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def smoke(**overrides):
-    config = load_config(str(ROOT / "configs/lstm.py:smoke"))
-    for dotted, value in overrides.items():
-        section, _, field = dotted.rpartition(".")
-        setattr(config.get(section) if section else config, field, value)
-    return config
 
 
 def train_losses(workdir):
@@ -37,13 +26,7 @@ def final_params(workdir):
 
 def test_cli_smoke_run_trains_checkpoints_and_finishes(tmp_path):
     workdir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "jaxlm.train",
-        f"--config={ROOT}/configs/lstm.py:smoke",
-        f"--workdir={workdir}",
-    ]
+    cmd = train_cli(f"--workdir={workdir}")
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "tokens_per_s" in out.stdout and "ETA" in out.stdout
@@ -90,16 +73,12 @@ def _status(workdir):
 
 def test_cli_sigterm_checkpoints_exits_143_and_resumes(tmp_path):
     workdir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "jaxlm.train",
-        f"--config={ROOT}/configs/lstm.py:smoke",
+    cmd = train_cli(
         f"--workdir={workdir}",
         "--config.train.log_every=1",
         "--config.train.eval_every=100000",
         "--config.train.checkpoint_every=100000",
-    ]
+    )
     proc = subprocess.Popen(
         cmd + ["--config.train.num_steps=100000"],
         cwd=ROOT,
@@ -137,13 +116,7 @@ def test_cli_sigterm_during_startup_exits_143(tmp_path):
     if not Path("/proc/self/status").exists():
         pytest.skip("needs /proc")
     workdir = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "jaxlm.train",
-        f"--config={ROOT}/configs/lstm.py:smoke",
-        f"--workdir={workdir}",
-    ]
+    cmd = train_cli(f"--workdir={workdir}")
     proc = subprocess.Popen(
         cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -283,16 +256,12 @@ def test_missing_corpus_fails_before_training(tmp_path):
 
 
 def test_unknown_config_field_is_named(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "jaxlm.train",
-        f"--config={ROOT}/configs/lstm.py:smoke",
+    cmd = train_cli(
         "--config.train.num_steps=3",
         "--config.model.hiden_size=3",
         "--config.train.log_every=1",
         "--workdir=/tmp/never",
-    ]
+    )
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode != 0
     assert "hiden_size" in out.stderr
