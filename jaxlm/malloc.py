@@ -1,15 +1,31 @@
 """Keeps large freed buffers in the process heap, so a training step does not page-fault.
 
-XLA's CPU runtime allocates each step's temporaries (a PTB output layer's logits and their
-gradient are 16 MB each) with ``malloc``. glibc serves blocks above its mmap threshold with fresh
-``mmap`` calls and returns them to the kernel on ``free``, so every step touches new pages and
-pays a page fault (and the kernel's zeroing) for each 4 KiB of them. Raising the mmap and trim
-thresholds makes glibc reuse that memory instead. Measured on the 2-core CPU machine with
-``configs/ptb.py:small``: 6,600 -> 8,900 training tokens/s. ``python -m jaxlm.train`` calls
-:func:`keep_freed_memory` before JAX starts; library users may call it themselves.
+XLA's CPU runtime allocates each step's temporaries with ``malloc`` on its worker threads: one
+block per step that holds most of them (550 MiB for the Transformer benchmark step, 165 MiB for
+the char LSTM one) and separate smaller ones (a PTB output layer's logits and their gradient, 16 MB
+each). glibc maps such blocks afresh with ``mmap`` and unmaps them on ``free`` in three cases:
+the block is above the mmap threshold; the thread allocates from one of glibc's secondary
+arenas, whose heaps are capped at 64 MiB, so any larger block is mapped whatever the threshold;
+or the freed memory at the top of the heap exceeds the trim threshold and goes back to the
+kernel. Each step then touches new pages and pays a page fault (and the kernel's zeroing) for
+every 4 KiB of them. :func:`keep_freed_memory` closes all three: one arena for every thread, a
+high mmap threshold, no trimming. Measured on the 2-core CPU machine, training steps of the
+speed benchmarks (``benchmarks/``) and ``configs/ptb.py:small``:
 
-This is what ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment do; it
-is done with ``mallopt`` because the environment is read only when the process starts.
+===================================  ================  ================  ================
+ms per step (page faults per step)   glibc defaults    thresholds only   all three
+===================================  ================  ================  ================
+Transformer benchmark step           775 (152,000)     735 (150,000)     590 (0)
+char LSTM benchmark step             415 (42,000)      410 (42,000)      360 (0)
+PTB-small trainer, tokens/s          6,600             8,900             8,900
+===================================  ================  ================  ================
+
+("thresholds only" was this module's first version.)
+
+``python -m jaxlm.train`` calls :func:`keep_freed_memory` before JAX starts; library users may
+call it themselves. The settings are those of ``MALLOC_ARENA_MAX=1``,
+``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in the environment, made with
+``mallopt`` because the environment is read only when the process starts.
 """
 
 from __future__ import annotations
@@ -19,23 +35,24 @@ import os
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+_M_ARENA_MAX = -8
+_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
-def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
-    """Raises glibc's mmap and trim thresholds (a no-op elsewhere or when the user set them).
+def keep_freed_memory(mmap_threshold_bytes: int = 1 << 30) -> bool:
+    """Makes glibc reuse freed memory (a no-op elsewhere or when the user set its variables).
 
-    Freed memory up to ``threshold_bytes`` stays with the process rather than going back to the
-    operating system: resident memory stays near the peak of a step instead of falling between
-    steps. Call it early, before the first large allocation.
+    Every thread allocates from the main heap, blocks below ``mmap_threshold_bytes`` come from
+    it, and freed memory is never returned to the operating system: resident memory stays at
+    the peak of a step instead of falling between steps. Call it before any thread starts (a
+    thread that has already allocated keeps its arena) and before the first large allocation.
 
     Args:
-      threshold_bytes: blocks below this size come from the heap, and up to this much free
-        heap is kept.
+      mmap_threshold_bytes: blocks of this size or more are still mapped separately.
 
     Returns:
-      True if the thresholds were set; False when the C library is not glibc or the
-      ``MALLOC_*_THRESHOLD_`` environment variables already decide.
+      True if the settings were made; False when the C library is not glibc or one of the
+      ``MALLOC_ARENA_MAX`` / ``MALLOC_*_THRESHOLD_`` environment variables already decides.
 
     Example:
       >>> from jaxlm.malloc import keep_freed_memory
@@ -45,9 +62,12 @@ def keep_freed_memory(threshold_bytes: int = 1 << 30) -> bool:
     if any(name in os.environ for name in _ENV):
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    ok = mallopt(_M_MMAP_THRESHOLD, threshold_bytes) == 1
-    return ok and mallopt(_M_TRIM_THRESHOLD, threshold_bytes) == 1
+    settings = (
+        (_M_ARENA_MAX, 1),
+        (_M_MMAP_THRESHOLD, mmap_threshold_bytes),
+        (_M_TRIM_THRESHOLD, -1),
+    )
+    return all(mallopt(option, value) == 1 for option, value in settings)

@@ -1,4 +1,9 @@
-"""jaxlm.malloc: freed large buffers stay in the heap, so touching them again does not fault."""
+"""jaxlm.malloc: freed large buffers stay in the heap, so touching them again does not fault.
+
+Each probe allocates, fills and frees a 64 MiB block six times, on the main thread or on a second
+thread (XLA's worker threads allocate a step's temporaries; glibc gives such threads secondary
+arenas, which map any block above 64 MiB afresh), and counts the page faults of the last five.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import sys
 import pytest
 
 _PROBE = """
-import ctypes, resource, sys
+import ctypes, resource, sys, threading
 from jaxlm.malloc import keep_freed_memory
 result = keep_freed_memory() if sys.argv[1] == "keep" else None
 libc = ctypes.CDLL("libc.so.6")
@@ -20,25 +25,38 @@ def step():
     p = libc.malloc(size)
     libc.memset(p, 1, size)
     libc.free(p)
-step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(5):
+def probe():
     step()
-print(result, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        step()
+    print(result, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+if sys.argv[2] == "thread":
+    libc.free(libc.malloc(64))  # the main thread's arena is taken before the worker asks
+    worker = threading.Thread(target=probe)
+    worker.start()
+    worker.join()
+else:
+    probe()
 """
 
 
-def _faults(mode: str, env: dict[str, str] | None = None) -> tuple[str, int]:
+def _faults(mode: str, where: str = "main", env: dict[str, str] | None = None) -> tuple[str, int]:
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True, env=env
+        [sys.executable, "-c", _PROBE, mode, where],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout.split()
     return out[0], int(out[1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
-def test_keep_freed_memory_stops_page_faults_on_reused_buffers():
-    result, kept = _faults("keep")
-    _, default = _faults("default")
+@pytest.mark.parametrize("where", ["main", "thread"])
+def test_keep_freed_memory_stops_page_faults_on_reused_buffers(where):
+    result, kept = _faults("keep", where)
+    _, default = _faults("default", where)
     assert result == "True"
     # Default glibc maps and unmaps each 64 MiB block: 5 x 16,384 fresh 4 KiB pages.
     assert default > 5 * 8_000, default
@@ -49,6 +67,6 @@ def test_keep_freed_memory_stops_page_faults_on_reused_buffers():
 def test_environment_settings_win():
     import os
 
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
-    result, _ = _faults("keep", env)
-    assert result == "False"
+    for name, value in [("MALLOC_MMAP_THRESHOLD_", "131072"), ("MALLOC_ARENA_MAX", "4")]:
+        result, _ = _faults("keep", env=dict(os.environ, **{name: value}))
+        assert result == "False", name
