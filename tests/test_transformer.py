@@ -202,9 +202,11 @@ def test_decoding_past_the_cache_gives_nan_not_wrong_numbers():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_causal_attention_equals_jax_dot_product_attention(dtype):
-    # On CPU causal_attention writes the maths out; it must equal jax's causal attention, values
-    # and gradients, including the fully masked corner of the first query.
+@pytest.mark.parametrize("query_block", [64, 3, 1])
+def test_causal_attention_equals_jax_dot_product_attention(dtype, query_block):
+    # On CPU causal_attention writes the maths out in blocks of queries; it must equal jax's
+    # causal attention, values and gradients: one block, blocks of 3 with a shorter last one,
+    # and single queries (each block's first query sees exactly the keys up to its position).
     q, k, v = (jax.random.normal(jax.random.key(i), (2, 7, 3, 8)).astype(dtype) for i in range(3))
     r = jax.random.normal(jax.random.key(3), (2, 7, 3, 8))
 
@@ -215,7 +217,8 @@ def test_causal_attention_equals_jax_dot_product_attention(dtype):
         return jax.nn.dot_product_attention(q, k, v, is_causal=True)
 
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
-    got = jax.value_and_grad(functools.partial(loss, causal_attention), (0, 1, 2))(q, k, v)
+    ours = functools.partial(causal_attention, query_block=query_block)
+    got = jax.value_and_grad(functools.partial(loss, ours), (0, 1, 2))(q, k, v)
     want = jax.value_and_grad(functools.partial(loss, ref), (0, 1, 2))(q, k, v)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(
@@ -224,4 +227,4 @@ def test_causal_attention_equals_jax_dot_product_attention(dtype):
         got,
         want,
     )
-    assert causal_attention(q, k, v).dtype == dtype
+    assert ours(q, k, v).dtype == dtype

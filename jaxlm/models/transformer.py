@@ -4,7 +4,8 @@ Pre-norm blocks (LayerNorm or RMSNorm), learned or rotary positions, a GELU MLP,
 output embeddings, dropout on the embeddings and on each residual branch, optional
 rematerialisation of each block. Attention runs through ``jax.nn.dot_product_attention`` with a
 causal mask, so GPUs get the fused kernel where one exists; on CPU the training window's causal
-attention is the same maths written out (:func:`causal_attention`), which XLA compiles faster.
+attention is the same maths written out in causal blocks (:func:`causal_attention`), which XLA
+compiles faster.
 
 Parameter layout: ``embed/embedding`` ``[V, E]``, ``pos_embed`` ``[max_len, E]`` (learned
 positions), ``blocks_<i>/{norm_attn, qkv, attn_out, norm_mlp, mlp_fc, mlp_proj}``,
@@ -54,18 +55,25 @@ def rotary(x_BxTxNxD: jax.Array, positions_T: jax.Array, base: float = 10000.0) 
     return out.astype(x_BxTxNxD.dtype)
 
 
-def causal_attention(q_BxTxNxD: jax.Array, k_BxTxNxD: jax.Array, v_BxTxNxD: jax.Array) -> jax.Array:
+def causal_attention(
+    q_BxTxNxD: jax.Array, k_BxTxNxD: jax.Array, v_BxTxNxD: jax.Array, query_block: int = 64
+) -> jax.Array:
     """Causal self-attention over a window: ``jax.nn.dot_product_attention(..., is_causal=True)``.
 
     On GPUs and TPUs that call (and its fused kernels) does the work. On CPU the same maths is
-    written out in the ``[B, N, T, S]`` layout with an additive causal bias, which XLA's CPU
-    backend compiles to a faster training step than the generic path (Transformer benchmark
-    shape: about 0.07 of the step).
+    written out in the ``[B, N, T, S]`` layout with an additive causal bias, in blocks of
+    ``query_block`` queries, each against only the keys it may see (its own block and those
+    before it): a quarter fewer products at two blocks, over a third fewer at four. XLA's CPU
+    backend compiles this to a faster training step than the generic path. Measured on the
+    2-core CPU, one layer's forward and backward at 4 heads of 64: 23.1 -> 17.7 ms at T=128
+    (the unblocked write-out; jax's generic path was 28), 32.6 -> 22.6 ms at T=256, 64.9 ->
+    43.8 ms at T=512.
 
     Args:
       q_BxTxNxD: queries.
       k_BxTxNxD: keys.
       v_BxTxNxD: values.
+      query_block: queries per block on CPU (the last block may be shorter).
 
     Returns:
       ``[B, T, N, D]``, each query's average of the values at its own and earlier positions.
@@ -77,13 +85,30 @@ def causal_attention(q_BxTxNxD: jax.Array, k_BxTxNxD: jax.Array, v_BxTxNxD: jax.
     """
     if jax.default_backend() != "cpu":
         return jax.nn.dot_product_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, is_causal=True)
-    t, d = q_BxTxNxD.shape[1], q_BxTxNxD.shape[-1]
+    t = q_BxTxNxD.shape[1]
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q_BxTxNxD, k_BxTxNxD, v_BxTxNxD))  # [B, N, T, D]
-    scores = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / math.sqrt(d))
-    bias = jnp.where(jnp.tril(jnp.ones((t, t), bool)), 0.0, -jnp.inf).astype(jnp.float32)
-    probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
-    return jnp.swapaxes(jnp.matmul(probs, v), 1, 2)
+    blocks = [
+        _causal_block(
+            q[:, :, a : a + query_block], k[:, :, : a + query_block], v[:, :, : a + query_block], a
+        )
+        for a in range(0, t, query_block)
+    ]
+    return jnp.swapaxes(jnp.concatenate(blocks, axis=2), 1, 2)
+
+
+def _causal_block(
+    q_BxNxQxD: jax.Array, k_BxNxSxD: jax.Array, v_BxNxSxD: jax.Array, start: int
+) -> jax.Array:
+    """Queries at positions ``start, ...`` against the keys at ``0, ...``: ``[B, N, Q, D]``."""
+    n_q, n_s = q_BxNxQxD.shape[2], k_BxNxSxD.shape[2]
+    scores = jnp.matmul(
+        q_BxNxQxD, jnp.swapaxes(k_BxNxSxD, -1, -2), preferred_element_type=jnp.float32
+    )
+    scores = scores * (1.0 / math.sqrt(q_BxNxQxD.shape[-1]))
+    visible = jnp.arange(n_s)[None, :] <= start + jnp.arange(n_q)[:, None]
+    bias = jnp.where(visible, 0.0, -jnp.inf).astype(jnp.float32)
+    probs = jax.nn.softmax(scores + bias, axis=-1).astype(v_BxNxSxD.dtype)
+    return jnp.matmul(probs, v_BxNxSxD)
 
 
 def _norm(kind: str, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
