@@ -32,7 +32,6 @@ def probe():
         step()
     print(result, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 if sys.argv[2] == "thread":
-    libc.free(libc.malloc(64))  # the main thread's arena is taken before the worker asks
     worker = threading.Thread(target=probe)
     worker.start()
     worker.join()
