@@ -17,6 +17,8 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from jaxlm.config import base_config
+
 # Config fields that may change when a run resumes (they do not change shapes or meaning).
 RESUMABLE_CHANGES = (
     "train.",
@@ -153,6 +155,10 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 def incompatible_fields(saved: dict, current: ml_collections.ConfigDict) -> list[str]:
     """Config fields that differ between a saved run and this one and would break resuming.
 
+    A field the saved config lacks was added to jaxlm after the checkpoint was written; left at
+    its :func:`~jaxlm.config.base_config` default (which keeps the old behaviour) it is no
+    reason to refuse the checkpoint.
+
     Args:
       saved: the config JSON stored with the checkpoint.
       current: this run's config.
@@ -161,9 +167,12 @@ def incompatible_fields(saved: dict, current: ml_collections.ConfigDict) -> list
       ``"field: saved -> current"`` lines, empty when the checkpoint can be resumed.
     """
     old, new = _flatten(saved), _flatten(config_json(current))
+    defaults = _flatten(config_json(base_config()))
     diffs = []
     for key in sorted(set(old) | set(new)):
         if key.startswith(RESUMABLE_CHANGES) or old.get(key) == new.get(key):
+            continue
+        if key not in old and key in defaults and new[key] == defaults[key]:
             continue
         within = RESUMABLE_WITHIN_CLASS.get(key)
         if within and key in old and key in new and within(old[key]) == within(new[key]):

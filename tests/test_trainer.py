@@ -213,6 +213,22 @@ def test_incompatible_workdir_is_refused_and_kept(tmp_path):
     assert checkpoint.manager(tmp_path, read_only=True).latest_step() == 10
 
 
+def test_a_field_newer_than_the_checkpoint_blocks_resuming_only_when_changed():
+    # A checkpoint written before model.remat existed: its saved config lacks the field.
+    saved = checkpoint.config_json(smoke())
+    del saved["model"]["remat"]
+    assert checkpoint.incompatible_fields(saved, smoke()) == []
+    assert checkpoint.incompatible_fields(saved, smoke(**{"model.remat": True})) == [
+        "model.remat: '<absent>' -> True"
+    ]
+    # A field the current config lacks is still a difference.
+    saved = checkpoint.config_json(smoke())
+    saved["model"]["retired_switch"] = 1
+    assert checkpoint.incompatible_fields(saved, smoke()) == [
+        "model.retired_switch: 1 -> '<absent>'"
+    ]
+
+
 @pytest.mark.parametrize(
     "field, value",
     [("optimizer.clip_norm", 0.0), ("optimizer.schedule", "plateau"), ("precision", "float16")],
