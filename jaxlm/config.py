@@ -45,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.norm = "layernorm"  # "layernorm" or "rmsnorm" (pre-norm either way)
     c.model.positions = "learned"  # "learned" or "rotary"
     c.model.max_len = 512  # longest context (learned positions, cache size limit)
+    c.model.attention_dropout = 0.0  # dropout on attention probabilities (training)
     c.model.remat = False  # rematerialise each block in the backward pass
 
     c.optimizer = ml_collections.ConfigDict()

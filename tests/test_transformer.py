@@ -228,3 +228,56 @@ def test_causal_attention_equals_jax_dot_product_attention(dtype, query_block):
         want,
     )
     assert ours(q, k, v).dtype == dtype
+
+
+@pytest.mark.parametrize("query_block", [64, 3])
+def test_attention_dropout_drops_probabilities_and_rescales_the_rest(query_block):
+    # With one-hot values (v at key s is the unit vector e_s), the output of query t is its row
+    # of attention probabilities, so the dropped row can be read off and checked entry by entry.
+    b, t, n = 2, 8, 2
+    q, k = (jax.random.normal(jax.random.key(i), (b, t, n, t)) for i in range(2))
+    v = jnp.broadcast_to(jnp.eye(t)[None, :, None, :], (b, t, n, t))
+    attend = functools.partial(causal_attention, q, k, v, query_block)
+    probs = np.asarray(attend())
+    dropped = np.asarray(attend(dropout_rate=0.5, dropout_rng=jax.random.key(7)))
+    kept = dropped != 0
+    np.testing.assert_allclose(dropped[kept], probs[kept] / 0.5, rtol=1e-6)
+    assert np.all(probs[kept] > 0)  # nothing appears where attention is masked
+    visible = int((probs > 0).sum())  # b * n * t(t+1)/2 = 144
+    assert visible == b * n * t * (t + 1) // 2
+    assert 0.3 < 1 - kept.sum() / visible < 0.7
+    other = np.asarray(attend(dropout_rate=0.5, dropout_rng=jax.random.key(8)))
+    assert np.any((other != 0) != kept)  # the key decides the mask
+
+
+def test_attention_dropout_keeps_causality():
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 7, 2, 8)) for i in range(3))
+
+    def output_at_3(k, v):
+        out = causal_attention(q, k, v, 3, dropout_rate=0.3, dropout_rng=jax.random.key(5))
+        return out[:, 3].sum()
+
+    dk, dv = jax.grad(output_at_3, (0, 1))(k, v)
+    assert np.all(np.asarray(dk)[:, 4:] == 0.0) and np.all(np.asarray(dv)[:, 4:] == 0.0)
+    assert np.abs(np.asarray(dv)[:, :4]).sum() > 0  # (single past keys may be dropped)
+
+
+def test_attention_dropout_acts_only_in_training():
+    params = _params()  # attention dropout adds no parameters
+    plain, dropping = _model(), _model(attention_dropout=0.5)
+    np.testing.assert_array_equal(_fwd(plain, params, TOKENS)[0], _fwd(dropping, params, TOKENS)[0])
+    key = jax.random.key(3)
+    train_plain = _fwd(plain, params, TOKENS, key=key)[0]
+    train_dropping = _fwd(dropping, params, TOKENS, key=key)[0]
+    assert not np.allclose(train_plain, train_dropping)
+    with pytest.raises(ValueError, match="attention dropout rate must be in"):
+        causal_attention(*(jnp.ones((1, 4, 2, 8)),) * 3, dropout_rate=1.0)
+
+
+def test_attention_dropout_maps_to_gpt2_attn_pdrop():
+    from jaxlm.interop import gpt2
+
+    assert gpt2.model_config_from_hf({"attn_pdrop": 0.2})["attention_dropout"] == 0.2
+    model = {"name": "transformer", "embed_dim": 16, "num_layers": 1, "num_heads": 2}
+    assert gpt2.hf_config_from_model({**model, "attention_dropout": 0.3}, 10)["attn_pdrop"] == 0.3
+    assert gpt2.hf_config_from_model(model, 10)["attn_pdrop"] == 0.0

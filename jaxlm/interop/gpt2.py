@@ -87,7 +87,8 @@ def model_config_from_hf(hf: dict[str, Any], source: str = "config.json") -> dic
 
     Returns:
       ``{"name": "transformer", "embed_dim", "num_layers", "num_heads", "mlp_dim", "max_len",
-      "norm": "layernorm", "positions": "learned", "tie_embeddings", "dropout"}`` and
+      "norm": "layernorm", "positions": "learned", "tie_embeddings", "dropout",
+      "attention_dropout"}`` and
       ``vocab_size`` (the tokenizer's, kept beside the model fields).
 
     Raises:
@@ -122,6 +123,7 @@ def model_config_from_hf(hf: dict[str, Any], source: str = "config.json") -> dic
         "positions": "learned",
         "tie_embeddings": bool(hf.get("tie_word_embeddings", True)),
         "dropout": float(hf.get("resid_pdrop", 0.1)),
+        "attention_dropout": float(hf.get("attn_pdrop", 0.1)),
         "vocab_size": int(hf.get("vocab_size", 50257)),
     }
 
@@ -164,7 +166,7 @@ def hf_config_from_model(model: dict[str, Any], vocab_size: int) -> dict[str, An
         "layer_norm_epsilon": EPSILON,
         "resid_pdrop": dropout,
         "embd_pdrop": dropout,
-        "attn_pdrop": 0.0,
+        "attn_pdrop": float(model.get("attention_dropout", 0.0)),
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "scale_attn_by_inverse_layer_idx": False,

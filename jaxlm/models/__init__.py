@@ -79,6 +79,7 @@ def get_model(
             mlp_dim=m.get("mlp_dim", 0),
             max_len=m.get("max_len", 512),
             dropout=m.dropout,
+            attention_dropout=m.get("attention_dropout", 0.0),
             norm=m.get("norm", "layernorm"),
             positions=m.get("positions", "learned"),
             tie_embeddings=m.tie_embeddings,

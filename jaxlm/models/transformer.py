@@ -1,10 +1,11 @@
 """A decoder-only Transformer language model with a key/value cache for decoding.
 
 Pre-norm blocks (LayerNorm or RMSNorm), learned or rotary positions, a GELU MLP, tied or separate
-output embeddings, dropout on the embeddings and on each residual branch, optional
-rematerialisation of each block. Attention runs through ``jax.nn.dot_product_attention`` with a
-causal mask, so GPUs get the fused kernel where one exists; on CPU the training window's causal
-attention is the same maths written out in causal blocks (:func:`causal_attention`), which XLA
+output embeddings, dropout on the embeddings, on each residual branch and on the attention
+probabilities, optional rematerialisation of each block. Attention runs through
+``jax.nn.dot_product_attention`` with a causal mask, so GPUs get the fused kernel where one
+exists; on CPU (and wherever attention dropout is on) the training window's causal attention is
+the same maths written out in causal blocks (:func:`causal_attention`), which XLA's CPU backend
 compiles faster.
 
 Parameter layout: ``embed/embedding`` ``[V, E]``, ``pos_embed`` ``[max_len, E]`` (learned
@@ -56,7 +57,13 @@ def rotary(x_BxTxNxD: jax.Array, positions_T: jax.Array, base: float = 10000.0) 
 
 
 def causal_attention(
-    q_BxTxNxD: jax.Array, k_BxTxNxD: jax.Array, v_BxTxNxD: jax.Array, query_block: int = 64
+    q_BxTxNxD: jax.Array,
+    k_BxTxNxD: jax.Array,
+    v_BxTxNxD: jax.Array,
+    query_block: int = 64,
+    *,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
 ) -> jax.Array:
     """Causal self-attention over a window: ``jax.nn.dot_product_attention(..., is_causal=True)``.
 
@@ -74,6 +81,10 @@ def causal_attention(
       k_BxTxNxD: keys.
       v_BxTxNxD: values.
       query_block: queries per block on CPU (the last block may be shorter).
+      dropout_rate: drops each attention probability with this chance and scales the rest by
+        ``1 / (1 - rate)`` (training only; ``jax.nn.dot_product_attention`` has no dropout, so
+        a non-zero rate takes the written-out path on every backend).
+      dropout_rng: the key for those drops; required when ``dropout_rate > 0``.
 
     Returns:
       ``[B, T, N, D]``, each query's average of the values at its own and earlier positions.
@@ -83,23 +94,28 @@ def causal_attention(
       >>> causal_attention(x, x, x).shape
       (1, 4, 2, 8)
     """
-    if jax.default_backend() != "cpu":
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"attention dropout rate must be in [0, 1), got {dropout_rate}")
+    if dropout_rate and dropout_rng is None:
+        raise ValueError("attention dropout needs dropout_rng")
+    if jax.default_backend() != "cpu" and not dropout_rate:
         return jax.nn.dot_product_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, is_causal=True)
     t = q_BxTxNxD.shape[1]
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q_BxTxNxD, k_BxTxNxD, v_BxTxNxD))  # [B, N, T, D]
-    blocks = [
-        _causal_block(
-            q[:, :, a : a + query_block], k[:, :, : a + query_block], v[:, :, : a + query_block], a
-        )
-        for a in range(0, t, query_block)
-    ]
+    blocks = []
+    for a in range(0, t, query_block):
+        probs = _causal_probs(q[:, :, a : a + query_block], k[:, :, : a + query_block], a)
+        if dropout_rate:
+            keep = jax.random.bernoulli(
+                jax.random.fold_in(dropout_rng, a), 1.0 - dropout_rate, probs.shape
+            )
+            probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+        blocks.append(jnp.matmul(probs.astype(v.dtype), v[:, :, : a + query_block]))
     return jnp.swapaxes(jnp.concatenate(blocks, axis=2), 1, 2)
 
 
-def _causal_block(
-    q_BxNxQxD: jax.Array, k_BxNxSxD: jax.Array, v_BxNxSxD: jax.Array, start: int
-) -> jax.Array:
-    """Queries at positions ``start, ...`` against the keys at ``0, ...``: ``[B, N, Q, D]``."""
+def _causal_probs(q_BxNxQxD: jax.Array, k_BxNxSxD: jax.Array, start: int) -> jax.Array:
+    """Attention of the queries at ``start, ...`` over the keys at ``0, ...``: ``[B, N, Q, S]``."""
     n_q, n_s = q_BxNxQxD.shape[2], k_BxNxSxD.shape[2]
     scores = jnp.matmul(
         q_BxNxQxD, jnp.swapaxes(k_BxNxSxD, -1, -2), preferred_element_type=jnp.float32
@@ -107,8 +123,7 @@ def _causal_block(
     scores = scores * (1.0 / math.sqrt(q_BxNxQxD.shape[-1]))
     visible = jnp.arange(n_s)[None, :] <= start + jnp.arange(n_q)[:, None]
     bias = jnp.where(visible, 0.0, -jnp.inf).astype(jnp.float32)
-    probs = jax.nn.softmax(scores + bias, axis=-1).astype(v_BxNxSxD.dtype)
-    return jnp.matmul(probs, v_BxNxSxD)
+    return jax.nn.softmax(scores + bias, axis=-1)
 
 
 def _norm(kind: str, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
@@ -126,6 +141,7 @@ class Block(nn.Module):
       num_heads: attention heads; the width must divide by it.
       mlp_dim: hidden width of the MLP.
       dropout: dropout on each residual branch in training.
+      attention_dropout: dropout on the attention probabilities in training.
       norm: "layernorm" or "rmsnorm".
       positions: "learned" (added to the embeddings outside) or "rotary" (applied here).
       out_init_std: standard deviation of the residual output projections.
@@ -136,6 +152,7 @@ class Block(nn.Module):
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
+    attention_dropout: float = 0.0
     norm: str = "layernorm"
     positions: str = "learned"
     out_init_std: float = 0.02
@@ -164,7 +181,9 @@ class Block(nn.Module):
         if self.positions == "rotary":
             q, k = rotary(q, positions), rotary(k, positions)
         if cache is None:
-            att = causal_attention(q, k, v)
+            rate = 0.0 if deterministic else self.attention_dropout
+            rng = self.make_rng("dropout") if rate else None
+            att = causal_attention(q, k, v, dropout_rate=rate, dropout_rng=rng)
         else:
             k_all = jax.lax.dynamic_update_slice(
                 cache["k"], k.astype(cache["k"].dtype), (0, pos, 0, 0)
@@ -208,8 +227,9 @@ class Transformer(nn.Module):
       num_heads: attention heads per block.
       mlp_dim: MLP hidden width; 0 means 4E.
       max_len: the longest sequence (learned position table size; cache limit).
-      dropout: dropout on the embeddings and on each residual branch (not on attention
-        probabilities, which ``jax.nn.dot_product_attention`` does not offer).
+      dropout: dropout on the embeddings and on each residual branch.
+      attention_dropout: dropout on the attention probabilities (GPT-2's ``attn_pdrop``). While
+        it is active, attention runs written out (:func:`causal_attention`) on every backend.
       norm: "layernorm" or "rmsnorm", applied before each sub-block and at the end.
       positions: "learned" or "rotary".
       tie_embeddings: the output layer reuses the token embedding matrix.
@@ -234,6 +254,7 @@ class Transformer(nn.Module):
     mlp_dim: int = 0
     max_len: int = 512
     dropout: float = 0.0
+    attention_dropout: float = 0.0
     norm: str = "layernorm"
     positions: str = "learned"
     tie_embeddings: bool = True
@@ -313,6 +334,7 @@ class Transformer(nn.Module):
                 num_heads=self.num_heads,
                 mlp_dim=mlp_dim,
                 dropout=self.dropout,
+                attention_dropout=self.attention_dropout,
                 norm=self.norm,
                 positions=self.positions,
                 out_init_std=0.02 / math.sqrt(2 * self.num_layers),
