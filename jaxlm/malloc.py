@@ -12,13 +12,13 @@ every 4 KiB of them. :func:`keep_freed_memory` closes all three: one arena for e
 high mmap threshold, no trimming. Measured on the 2-core CPU machine, training steps of the
 speed benchmarks (``benchmarks/``) and ``configs/ptb.py:small``:
 
-===================================  ================  ================  ================
-ms per step (page faults per step)   glibc defaults    thresholds only   all three
-===================================  ================  ================  ================
-Transformer benchmark step           775 (152,000)     735 (150,000)     590 (0)
-char LSTM benchmark step             415 (42,000)      410 (42,000)      360 (0)
-PTB-small trainer, tokens/s          6,600             8,900             8,900
-===================================  ================  ================  ================
+=============================================  ==============  ===============  ============
+per step                                       glibc defaults  thresholds only  all three
+=============================================  ==============  ===============  ============
+Transformer benchmark: ms (page faults)        775 (152,000)   735 (150,000)    590 (0)
+char LSTM benchmark: ms (page faults)          415 (42,000)    410 (42,000)     360 (0)
+PTB-small trainer: tokens/s                    6,600           8,900            8,900
+=============================================  ==============  ===============  ============
 
 ("thresholds only" was this module's first version.)
 

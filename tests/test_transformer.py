@@ -270,8 +270,14 @@ def test_attention_dropout_acts_only_in_training():
     train_plain = _fwd(plain, params, TOKENS, key=key)[0]
     train_dropping = _fwd(dropping, params, TOKENS, key=key)[0]
     assert not np.allclose(train_plain, train_dropping)
+
+
+def test_attention_dropout_rate_and_key_are_checked():
+    x = jnp.ones((1, 4, 2, 8))
     with pytest.raises(ValueError, match="attention dropout rate must be in"):
-        causal_attention(*(jnp.ones((1, 4, 2, 8)),) * 3, dropout_rate=1.0)
+        causal_attention(x, x, x, dropout_rate=1.0)
+    with pytest.raises(ValueError, match="attention dropout needs dropout_rng"):
+        causal_attention(x, x, x, dropout_rate=0.1)
 
 
 def test_attention_dropout_maps_to_gpt2_attn_pdrop():

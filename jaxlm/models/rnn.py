@@ -640,6 +640,8 @@ class RecurrentLM(nn.Module):
         table = embed.embedding.astype(self.dtype)
         if self.embed_dropout and not deterministic:
             # One keep/drop draw per vocabulary row: a word is dropped everywhere it occurs.
+            # A token lookup fuses the row scaling (no scaled [V, E] copy is written); the
+            # vocabulary-table path scales the small table it multiplies anyway.
             row_scale = nn.Dropout(self.embed_dropout)(
                 jnp.ones((self.vocab_size,), jnp.float32), deterministic=False
             )
