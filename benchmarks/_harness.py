@@ -16,7 +16,12 @@ def add_common_args(p: argparse.ArgumentParser, steps: int) -> None:
     """Adds --steps, --repeats, --threads, --cpu_time and --keep_heap/--no-keep_heap."""
     p.add_argument("--steps", type=int, default=steps, help="steps per timed run")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per side, alternating")
-    p.add_argument("--threads", type=int, default=0, help="threads per side (0: defaults)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="cores for the whole process, so for each side (0: all); torch gets as many threads",
+    )
     p.add_argument("--cpu_time", action="store_true", help="also report CPU time per step")
     p.add_argument(
         "--keep_heap",
@@ -35,16 +40,22 @@ def add_common_args(p: argparse.ArgumentParser, steps: int) -> None:
 
 
 def setup(args: argparse.Namespace) -> None:
-    """Process-wide settings that must precede JAX's start: heap policy and XLA threads."""
+    """Process-wide settings that must precede JAX's start: heap policy and cores.
+
+    ``--threads=N`` pins the process to its first N cores before any thread starts, so every
+    thread XLA, oneDNN and torch create later inherits that: a flag such as
+    ``--xla_cpu_multi_thread_eigen=false`` leaves XLA's other threads and oneDNN's running on
+    every core.
+    """
     if args.keep_heap:
         from jaxlm.malloc import keep_freed_memory
 
         keep_freed_memory()
     if args.threads:
-        multi = "true" if args.threads > 1 else "false"
-        os.environ["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen={multi} " + os.environ.get(
-            "XLA_FLAGS", ""
-        )
+        cores = sorted(os.sched_getaffinity(0))
+        if args.threads > len(cores):
+            raise SystemExit(f"--threads={args.threads}: this process may use {len(cores)} cores")
+        os.sched_setaffinity(0, cores[: args.threads])
 
 
 def import_torch(args: argparse.Namespace):

@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec
 
 from jaxlm import (
     checkpoint,
+    compile_options,
     data,
     finetune,
     losses,
@@ -261,6 +262,7 @@ def _eval_step(model, mesh):
     return jax.jit(
         make_eval_step(model),
         out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)),
+        compiler_options=compile_options.for_model(model),
     )
 
 
@@ -458,6 +460,7 @@ def _run(
         in_shardings=(shardings, None),
         out_shardings=(shardings, parallel.replicated(mesh)),
         donate_argnums=0,
+        compiler_options=compile_options.for_model(model),
     )
     mon = cleanup.enter_context(contextlib.closing(monitor.Monitor(workdir, num_steps)))
     eval_kw = dict(batch_size=config.data.eval_batch_size, seq_len=seq_len)

@@ -16,7 +16,7 @@ positions), ``blocks_<i>/{norm_attn, qkv, attn_out, norm_mlp, mlp_fc, mlp_proj}`
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -246,6 +246,10 @@ class Transformer(nn.Module):
       >>> logits.shape
       (2, 16, 65)
     """
+
+    # Steps compile their matrix products with oneDNN on CPU (jaxlm.compile_options): the
+    # attention's batched products run on every thread instead of one (benchmark step -10%).
+    xla_cpu_onednn_matmuls: ClassVar[bool] = True
 
     vocab_size: int
     embed_dim: int = 256
