@@ -4,11 +4,11 @@ On CPU, XLA runs a batched matrix product (attention's ``[B*N, T, D] x [B*N, D, 
 thread: at the Transformer benchmark's shapes it reaches 65-100 GFLOP/s on one core or two
 alike, where PyTorch's ``bmm`` reaches 140-170 on two. XLA's CPU backend can hand its matrix
 products to oneDNN instead (``xla_cpu_use_onednn``), whose kernels use every thread for them:
-140-190 GFLOP/s for the same products. The option is experimental, off by default, and only
+125-190 GFLOP/s for the same products. The option is experimental, off by default, and only
 worth it where such products dominate: one whole Transformer benchmark step (forward, backward,
 AdamW) went from 551 to 494 ms, while the LSTM benchmark steps (small products inside
-``lax.scan``) got slower (PTB small 83 -> 92 ms of CPU, char 727 -> 808 ms). So a model class
-asks for it with a class attribute ``xla_cpu_onednn_matmuls = True`` (the
+``lax.scan``) got slower (CPU ms per step: PTB small 80-83 -> 92-94, char 709-727 -> 808-902).
+So a model class asks for it with a class attribute ``xla_cpu_onednn_matmuls = True`` (the
 :class:`~jaxlm.models.Transformer` does) and :func:`for_model` returns the options for it.
 
 Each product is its own oneDNN call (``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``): with
