@@ -3,8 +3,8 @@
 Both sides: 4 pre-LayerNorm blocks, 4 heads, width 256, GELU (tanh) MLP of width 1024, learned
 positions, tied embeddings, no dropout, context 128, batch 32, vocabulary 65; token
 cross-entropy, backward pass, gradient-norm clipping at 1 and AdamW. Ours is built from the
-trainer's parts without its metrics (``jaxlm.models.Transformer`` with
-``jax.nn.dot_product_attention``, ``jaxlm.losses``, optax, jitted with the state donated and
+trainer's parts without its metrics (``jaxlm.models.Transformer``, whose CPU attention is
+``causal_attention``'s causal blocks, ``jaxlm.losses``, optax, jitted with the state donated and
 the trainer's compiler options, oneDNN matrix products on CPU: ``jaxlm.compile_options``);
 torch's uses ``nn.Linear``/``nn.LayerNorm`` and ``F.scaled_dot_product_attention(is_causal=True)``
 in eager mode. Runs alternate between the two so load from other processes falls on both;
