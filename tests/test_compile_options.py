@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm import compile_options, losses
+from jaxlm import compile_options, losses, parallel, trainer
 from jaxlm.models import RecurrentLM, Transformer
 
 needs_onednn = pytest.mark.skipif(
@@ -52,6 +52,30 @@ def test_transformer_gradients_equal_xla_defaults():
     np.testing.assert_allclose(loss_b, loss_a, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_b), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * float(np.abs(a).max()))
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "model",
+    [
+        Transformer(vocab_size=65, embed_dim=64, num_heads=2),
+        RecurrentLM(vocab_size=65, cell="lstm", embed_dim=32, hidden_sizes=(32,)),
+    ],
+    ids=["transformer", "lstm"],
+)
+def test_trainer_steps_compile_with_the_models_options(model):
+    mesh = parallel.make_mesh(1, 1)
+    tokens = jax.ShapeDtypeStruct((4, 32), jnp.int32)
+    params = jax.eval_shape(
+        lambda: model.init(
+            jax.random.key(0), jnp.zeros((4, 32), jnp.int32), model.initial_carry(4)
+        )["params"]
+    )
+    carry = jax.eval_shape(lambda: model.initial_carry(4))
+    sums = (jax.ShapeDtypeStruct((), jnp.float32),) * 2
+    batch = {"inputs": tokens, "targets": tokens, "mask": jax.ShapeDtypeStruct((4, 32), bool)}
+    hlo = trainer._eval_step(model, mesh).lower(params, carry, sums, batch).compile().as_text()
+    assert ("onednn_fusion" in hlo) == (compile_options.for_model(model) is not None)
 
 
 CHAINED = """
