@@ -48,7 +48,7 @@ def setup(args: argparse.Namespace) -> None:
     every core.
     """
     if args.keep_heap:
-        from jaxlm.malloc import keep_freed_memory
+        from jaxlm.runtime import keep_freed_memory
 
         keep_freed_memory()
     if args.threads:

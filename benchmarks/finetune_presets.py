@@ -38,7 +38,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jaxlm import data, finetune, parallel, trainer
+from jaxlm import data, finetune, sharding, trainer
 from jaxlm.config import base_config
 from jaxlm.data import batching
 from jaxlm.finetune import STRATEGIES
@@ -89,7 +89,7 @@ def run(config, init_from: str | None, eval_windows: int) -> tuple[float, float]
     """Trains ``config`` (from ``init_from``'s parameters when given); returns (val loss, s)."""
     start = time.perf_counter()
     corpus = data.load_corpus(config.data)
-    mesh = parallel.make_mesh(config.parallel.data, config.parallel.model)
+    mesh = sharding.make_mesh(config.sharding.data, config.sharding.model)
     model = get_model(finetune.prepare_config(config).model, corpus.tokenizer.vocab_size)
     b, t, steps = config.data.batch_size, config.data.seq_len, config.train.num_steps
     tx = build_optimizer(config)
@@ -125,7 +125,7 @@ def zero_shot(init_from: str, steps: int, eval_windows: int) -> float:
     """The pretrained model's Tiny Shakespeare validation loss before any fine-tuning."""
     config = finetune_config("full", 0)
     corpus = data.load_corpus(config.data)
-    mesh = parallel.make_mesh(config.parallel.data, config.parallel.model)
+    mesh = sharding.make_mesh(config.sharding.data, config.sharding.model)
     model = get_model(config.model, corpus.tokenizer.vocab_size)
     state = jax.jit(
         trainer.make_init_fn(model, build_optimizer(config), 1, config.data.seq_len, 0)

@@ -5,7 +5,7 @@ positions, tied embeddings, no dropout, context 128, batch 32, vocabulary 65; to
 cross-entropy, backward pass, gradient-norm clipping at 1 and AdamW. Ours is built from the
 trainer's parts without its metrics (``jaxlm.models.Transformer``, whose CPU attention is
 ``causal_attention``'s causal blocks, ``jaxlm.losses``, optax, jitted with the state donated and
-the trainer's compiler options, oneDNN matrix products on CPU: ``jaxlm.compile_options``);
+the trainer's compiler options, oneDNN matrix products on CPU: ``jaxlm.runtime.compiler_options``);
 torch's uses ``nn.Linear``/``nn.LayerNorm`` and ``F.scaled_dot_product_attention(is_causal=True)``
 in eager mode. Runs alternate between the two so load from other processes falls on both;
 figures are medians. float32 throughout.
@@ -48,7 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from jaxlm import compile_options, losses  # noqa: E402
+from jaxlm import losses, runtime  # noqa: E402
 from jaxlm.models.transformer import Transformer  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def jax_runner():
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    step = jax.jit(step, donate_argnums=(0, 1), compiler_options=compile_options.for_model(model))
+    step = jax.jit(step, donate_argnums=(0, 1), compiler_options=runtime.compiler_options(model))
     params = model.init(jax.random.key(0), tokens[:, :-1], None)["params"]
     state = [params, tx.init(params)]
 

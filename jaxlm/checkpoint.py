@@ -289,7 +289,7 @@ def _structure_mismatch(step_dir, abstract_state) -> str | None:
     """How the saved state's leaf paths and shapes differ from ``abstract_state``'s (or None)."""
     from etils import epath
 
-    from jaxlm.parallel import path_str
+    from jaxlm.tree import path_str
 
     def leaves(tree):
         return {

@@ -33,7 +33,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxlm import checkpoint, parallel
+from jaxlm import checkpoint, sharding
+from jaxlm.tree import flatten, unflatten_like
 
 STATE_ITEM = "state"
 META_ITEM = "meta"
@@ -198,24 +199,6 @@ def metadata_tree(path: PathLike, step: int | None = None) -> Any:
         raise CheckpointError(
             f"cannot read the array metadata of {ckpt / STATE_ITEM}: {type(e).__name__}: {e}"
         ) from e
-
-
-def flatten(tree: Any) -> dict[str, Any]:
-    """Leaves of a tree by "/"-joined path (``params/embed/embedding``), in tree order.
-
-    ``None`` subtrees (empty optimizer states) have no leaves and are left out.
-
-    Args:
-      tree: nested dicts, lists, tuples or any pytree.
-
-    Returns:
-      ``{path: leaf}``.
-
-    Example:
-      >>> flatten({"params": {"head": {"bias": 0.0}}, "opt_state": [None]})
-      {'params/head/bias': 0.0}
-    """
-    return {parallel.path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _numpy_dtype(name: str) -> np.dtype:
@@ -415,7 +398,7 @@ def load_state(
 
 def _abstract_on(tree: Any, mesh: Mesh, rules: Sequence[tuple[str, PartitionSpec]]) -> Any:
     """Target leaves for orbax: shape, dtype and a sharding by the rules on ``mesh``."""
-    shardings = parallel.rule_shardings(tree, mesh, rules)
+    shardings = sharding.rule_shardings(tree, mesh, rules)
     data = mesh.shape["data"]
     if "carry" in tree:  # as in the trainer: recurrent state split over "data" by batch row
         shardings["carry"] = jax.tree.map(
@@ -464,7 +447,7 @@ def restore_sharded(
       ``(state, meta)`` with ``jax.Array`` leaves on ``mesh``.
 
     Example:
-      >>> mesh = parallel.make_mesh(1, 1)  # doctest: +SKIP
+      >>> mesh = sharding.make_mesh(1, 1)  # doctest: +SKIP
       >>> state, _ = restore_sharded("runs/four_devices", mesh)  # doctest: +SKIP
     """
     ckpt = resolve(path, step)
@@ -599,20 +582,6 @@ def average(checkpoints: Sequence[PathLike], out_workdir: PathLike) -> Path:
     state["params"] = unflatten_like(state["params"], mean)
     meta = dict(meta, averaged_from=[str(f) for f in folders])
     return write_checkpoint(out_workdir, _step_of(newest) or 0, state, meta)
-
-
-def unflatten_like(tree: Any, flat: dict[str, Any], prefix: str = "") -> Any:
-    """``tree`` with each leaf replaced by ``flat[<its "/"-joined path>]``.
-
-    Args:
-      tree: the structure to fill.
-      flat: values by path; every leaf of ``tree`` must be present.
-      prefix: a path prefix that ``flat``'s names carry (e.g. ``"params/"``).
-
-    Returns:
-      A tree with ``tree``'s structure and ``flat``'s values.
-    """
-    return jax.tree_util.tree_map_with_path(lambda p, _: flat[prefix + parallel.path_str(p)], tree)
 
 
 # --------------------------------------------------------------------------------------------
@@ -858,7 +827,7 @@ def reshard(
       >>> reshard("runs/four_devices", "runs/one_device", data=1)  # doctest: +SKIP
     """
     ckpt = resolve(path, step)
-    mesh = parallel.make_mesh(data, model)
+    mesh = sharding.make_mesh(data, model)
     state, meta = restore_sharded(ckpt, mesh, rules)
     config = json.loads(json.dumps(meta.get("config", {})))
     par = config.setdefault("parallel", {})

@@ -53,7 +53,7 @@ def evaluate_checkpoint(
     import jax
     import ml_collections
 
-    from jaxlm import checkpoint, checkpoint_tools, data, parallel, trainer
+    from jaxlm import checkpoint, checkpoint_tools, data, sharding, trainer
     from jaxlm.data.tokenizers import tokenizer_from_json
     from jaxlm.models import get_model
     from jaxlm.precision import Policy
@@ -80,9 +80,9 @@ def evaluate_checkpoint(
     model = get_model(config.model, tokenizer.vocab_size, Policy.from_string(config.precision))
     batch_size = config.data.eval_batch_size
     n_model = config.parallel.get("model", 1) or 1
-    mesh = parallel.make_mesh(_pick_data_size(batch_size, n_model, jax.device_count()), n_model)
+    mesh = sharding.make_mesh(_pick_data_size(batch_size, n_model, jax.device_count()), n_model)
     rules = checkpoint_tools.rules_from_config(meta["config"])
-    params = jax.device_put(params, parallel.rule_shardings(params, mesh, rules))
+    params = jax.device_put(params, sharding.rule_shardings(params, mesh, rules))
     with jax.set_mesh(mesh):
         result = trainer.evaluate(
             model,

@@ -14,7 +14,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxlm import malloc
+from jaxlm import runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file they touch at INFO
     if _KEEP_HEAP.value:
-        malloc.keep_freed_memory()
+        runtime.keep_freed_memory()
     from jaxlm import trainer
 
     config = _CONFIG.value

@@ -24,14 +24,14 @@ from jax.sharding import PartitionSpec
 
 from jaxlm import (
     checkpoint,
-    compile_options,
     data,
     finetune,
     losses,
     monitor,
     optim,
-    parallel,
     precision,
+    runtime,
+    sharding,
     transforms,
 )
 from jaxlm.config import validate
@@ -165,24 +165,15 @@ def state_shardings(abstract: TrainState, mesh, rules) -> TrainState:
     """Parameters and optimizer state by path rules; the carry split over "data"."""
     specs = [(pattern, PartitionSpec(*spec)) for pattern, spec in rules]
     return TrainState(
-        step=parallel.replicated(mesh),
-        params=parallel.rule_shardings(abstract.params, mesh, specs),
-        opt_state=parallel.rule_shardings(abstract.opt_state, mesh, specs),
-        rng=parallel.replicated(mesh),
-        carry=jax.tree.map(lambda _: parallel.batch_sharding(mesh), abstract.carry),
+        step=sharding.replicated(mesh),
+        params=sharding.rule_shardings(abstract.params, mesh, specs),
+        opt_state=sharding.rule_shardings(abstract.opt_state, mesh, specs),
+        rng=sharding.replicated(mesh),
+        carry=jax.tree.map(lambda _: sharding.batch_sharding(mesh), abstract.carry),
     )
 
 
-def device_batch(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
-    """This process's rows of a global numpy batch, as global arrays split over "data"."""
-    out = {}
-    for key, value in batch.items():
-        if value.ndim == 0:
-            out[key] = jax.device_put(value, parallel.replicated(mesh))
-        else:
-            rows = parallel.host_rows(value.shape[0])
-            out[key] = parallel.to_global(value[rows], parallel.batch_sharding(mesh))
-    return out
+device_batch = sharding.device_batch
 
 
 def _check_batch(name: str, size: int, mesh) -> None:
@@ -215,7 +206,7 @@ def evaluate(
     streams = batching.make_streams(tokens, batch_size, pad_to=seq_len)
     step = _eval_step(model, mesh)
     carry = _initial_carry(model, batch_size, mesh)()
-    sums = jax.device_put((np.float32(0), np.float32(0)), parallel.replicated(mesh))
+    sums = jax.device_put((np.float32(0), np.float32(0)), sharding.replicated(mesh))
     for i, batch in enumerate(batching.eval_batches(streams, seq_len)):
         if max_windows and i >= max_windows:
             break
@@ -253,7 +244,7 @@ def _initial_carry(model, batch_size: int, mesh):
     # transfer on several processes); cached, so each evaluation does not compile it again.
     return jax.jit(
         functools.partial(model.initial_carry, batch_size),
-        out_shardings=parallel.batch_sharding(mesh),
+        out_shardings=sharding.batch_sharding(mesh),
     )
 
 
@@ -261,8 +252,8 @@ def _initial_carry(model, batch_size: int, mesh):
 def _eval_step(model, mesh):
     return jax.jit(
         make_eval_step(model),
-        out_shardings=(parallel.batch_sharding(mesh), parallel.replicated(mesh)),
-        compiler_options=compile_options.for_model(model),
+        out_shardings=(sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+        compiler_options=runtime.compiler_options(model),
     )
 
 
@@ -400,7 +391,7 @@ def _run(
         (workdir / "config.json").write_text(config.to_json(indent=1))
         save_tokenizer(tokenizer, workdir / "tokenizer.json")
 
-    mesh = parallel.make_mesh(config.parallel.data, config.parallel.model)
+    mesh = sharding.make_mesh(config.parallel.data, config.parallel.model)
     batch_size, seq_len = config.data.batch_size, config.data.seq_len
     _check_batch("batch_size", batch_size, mesh)
     _check_batch("eval_batch_size", config.data.eval_batch_size, mesh)
@@ -458,9 +449,9 @@ def _run(
             loss_scaling=policy.needs_loss_scaling,
         ),
         in_shardings=(shardings, None),
-        out_shardings=(shardings, parallel.replicated(mesh)),
+        out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=0,
-        compiler_options=compile_options.for_model(model),
+        compiler_options=runtime.compiler_options(model),
     )
     mon = cleanup.enter_context(contextlib.closing(monitor.Monitor(workdir, num_steps)))
     eval_kw = dict(batch_size=config.data.eval_batch_size, seq_len=seq_len)

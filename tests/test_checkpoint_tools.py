@@ -21,7 +21,7 @@ import pytest
 from _helpers import ROOT, smoke
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxlm import checkpoint, optim, parallel, trainer
+from jaxlm import checkpoint, optim, sharding, trainer
 from jaxlm import checkpoint_tools as ct
 from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.models import get_model
@@ -144,7 +144,7 @@ def test_average_is_the_mean_of_the_params(run, tmp_path, cli):
     assert not np.array_equal(p2["head/kernel"], p3["head/kernel"])
     assert meta["averaged_from"] == [str(s) for s in sources]
     # The result restores like any training checkpoint (TrainState target) and via load_state.
-    mesh = parallel.make_mesh()
+    mesh = sharding.make_mesh()
     mgr = checkpoint.manager(tmp_path / "avg", read_only=True)
     try:
         state, _ = checkpoint.restore(mgr, _train_state_target(run, mesh))
@@ -268,7 +268,7 @@ def test_reshard_four_devices_to_one_and_back(run, tmp_path):
     assert meta["config"]["parallel"]["data"] == 1
 
     # And from the one-device checkpoint onto 4 devices, with model-parallel rules.
-    mesh = parallel.make_mesh(1, 4)
+    mesh = sharding.make_mesh(1, 4)
     rules = ct.parse_rules(["embed/embedding=None,model", "layers_0/ih/kernel=None,model"])
     state, _ = ct.restore_sharded(tmp_path / "one", mesh, rules)
     emb = state["params"]["embed"]["embedding"]
@@ -387,7 +387,7 @@ def test_damaged_checkpoint_is_named_and_skipped(run, tmp_path):
     shutil.copytree(run, workdir)
     newest = workdir / "checkpoints/3"
     _truncate_largest_data_file(newest)
-    mesh = parallel.make_mesh()
+    mesh = sharding.make_mesh()
     target = _train_state_target(run, mesh)
     mgr = checkpoint.manager(workdir, keep=3)
     try:

@@ -11,23 +11,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm import compile_options, losses, parallel, trainer
+from jaxlm import losses, runtime, sharding, trainer
 from jaxlm.models import RecurrentLM, Transformer
+from jaxlm.runtime import xla
 
 needs_onednn = pytest.mark.skipif(
-    jax.default_backend() != "cpu" or not compile_options.onednn_available(),
+    jax.default_backend() != "cpu" or not runtime.onednn_available(),
     reason="XLA here does not hand CPU matrix products to oneDNN",
 )
 
 
 def test_only_models_that_ask_get_options(monkeypatch):
-    assert compile_options.for_model(object()) is None
-    assert compile_options.for_model(RecurrentLM(vocab_size=65, cell="lstm")) is None
+    assert runtime.compiler_options(object()) is None
+    assert runtime.compiler_options(RecurrentLM(vocab_size=65, cell="lstm")) is None
     transformer = Transformer(vocab_size=65)
-    expected = compile_options.ONEDNN_MATMULS if compile_options.onednn_available() else None
-    assert compile_options.for_model(transformer) == expected
-    monkeypatch.setenv(compile_options.ENV, "0")
-    assert compile_options.for_model(transformer) is None
+    expected = xla.ONEDNN_MATMULS if runtime.onednn_available() else None
+    assert runtime.compiler_options(transformer) == expected
+    monkeypatch.setenv(xla.ENV, "0")
+    assert runtime.compiler_options(transformer) is None
 
 
 @needs_onednn
@@ -42,7 +43,7 @@ def test_transformer_gradients_equal_xla_defaults():
         return total / count
 
     grad = jax.value_and_grad(loss_fn)
-    options = compile_options.for_model(model)
+    options = runtime.compiler_options(model)
     onednn = jax.jit(grad, compiler_options=options)
     hlo = onednn.lower(params).compile().as_text()
     # The attention's batched products ([B, N, Q, S] scores) are among those oneDNN runs.
@@ -64,7 +65,7 @@ def test_transformer_gradients_equal_xla_defaults():
     ids=["transformer", "lstm"],
 )
 def test_trainer_steps_compile_with_the_models_options(model):
-    mesh = parallel.make_mesh(1, 1)
+    mesh = sharding.make_mesh(1, 1)
     tokens = jax.ShapeDtypeStruct((4, 32), jnp.int32)
     params = jax.eval_shape(
         lambda: model.init(
@@ -75,16 +76,16 @@ def test_trainer_steps_compile_with_the_models_options(model):
     sums = (jax.ShapeDtypeStruct((), jnp.float32),) * 2
     batch = {"inputs": tokens, "targets": tokens, "mask": jax.ShapeDtypeStruct((4, 32), bool)}
     hlo = trainer._eval_step(model, mesh).lower(params, carry, sums, batch).compile().as_text()
-    assert ("onednn_fusion" in hlo) == (compile_options.for_model(model) is not None)
+    assert ("onednn_fusion" in hlo) == (runtime.compiler_options(model) is not None)
 
 
 CHAINED = """
 import jax, jax.numpy as jnp, numpy as np
-from jaxlm import compile_options
+from jaxlm.runtime import xla
 x = jnp.asarray(np.random.default_rng(0).standard_normal((20, 200)), jnp.float32)
 w = jnp.asarray(np.random.default_rng(1).standard_normal((200, 800)), jnp.float32)
 f = lambda x, w: x.T @ (x @ w)
-got = jax.jit(f, compiler_options=compile_options.ONEDNN_MATMULS)(x, w)
+got = jax.jit(f, compiler_options=xla.ONEDNN_MATMULS)(x, w)
 np.testing.assert_allclose(got, jax.jit(f)(x, w), rtol=1e-4, atol=1e-2)
 print("ok")
 """

@@ -12,7 +12,7 @@ import pytest
 from _helpers import ROOT, smoke
 
 from jaxlm import checkpoint_tools as ct
-from jaxlm import data, parallel, trainer
+from jaxlm import data, sharding, trainer
 from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.evaluate import evaluate_checkpoint
 from jaxlm.models import get_model
@@ -117,7 +117,7 @@ def test_nt_asgd_run_is_evaluated_with_the_averaged_params(tmp_path, monkeypatch
         r = evaluate_checkpoint(tmp_path / "run", split=split)
         assert r["loss"] == pytest.approx(final[f"{split}_loss"], rel=1e-6)
     # The last iterate alone gives another loss: the average is what was evaluated.
-    mesh = parallel.make_mesh(1, 1)
+    mesh = sharding.make_mesh(1, 1)
     model = get_model(config.model, 104, Policy.from_string(config.precision))
     corpus = data.load_corpus(
         config.data, tokenizer_from_json(ct.read_meta(tmp_path / "run")["tokenizer"])

@@ -20,7 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 
-from jaxlm import checkpoint, optim, parallel, trainer  # noqa: E402
+from jaxlm import checkpoint, optim, sharding, trainer  # noqa: E402
 from jaxlm import checkpoint_tools as ct  # noqa: E402
 from jaxlm.config import base_config  # noqa: E402
 from jaxlm.interop import gpt2  # noqa: E402
@@ -89,7 +89,7 @@ def test_hf_to_jaxlm_same_logits(tmp_path, ids, tied):
         config.seed,
     )
     abstract = jax.eval_shape(init)
-    mesh = parallel.make_mesh()
+    mesh = sharding.make_mesh()
     shardings = trainer.state_shardings(abstract, mesh, ())
     target = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings

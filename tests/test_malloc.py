@@ -14,7 +14,7 @@ import pytest
 
 _PROBE = """
 import ctypes, resource, sys, threading
-from jaxlm.malloc import keep_freed_memory
+from jaxlm.runtime import keep_freed_memory
 result = keep_freed_memory() if sys.argv[1] == "keep" else None
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

@@ -341,14 +341,14 @@ def test_bad_field_values_are_named(tmp_path, field, value, message):
 
 
 def test_evaluating_no_tokens_is_an_error():
-    from jaxlm import parallel
+    from jaxlm import sharding
     from jaxlm.models import get_model
 
     config = smoke()
     model = get_model(config.model, 10, trainer.Policy.from_string("float32"))
     init = trainer.make_init_fn(model, trainer.optim.build_optimizer(config), 2, 4, 0)
     params = jax.jit(init)().params
-    mesh = parallel.make_mesh(1, 1)
+    mesh = sharding.make_mesh(1, 1)
     tokens = np.arange(40, dtype=np.int32) % 10
     ok = trainer.evaluate(model, params, tokens, mesh, batch_size=2, seq_len=4)
     assert ok["tokens"] > 0 and math.isfinite(ok["loss"])

@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         help="REGEX=AXES sharding rule, e.g. 'embed/embedding=None,model' (repeatable); "
-        "default: the checkpoint's config.parallel.rules",
+        "default: the checkpoint's config.sharding.rules",
     )
     p.add_argument(
         "--devices", type=int, help="use this many fake CPU devices (jax_num_cpu_devices)"

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.models.common import on_rows
+from jaxlm.runtime.backend import on_cpu
 
 Dtype = Any
 Cache = dict[str, Any]
@@ -75,8 +76,8 @@ def causal_attention(
     2-core CPU, one layer's forward and backward at 4 heads of 64: 23.1 -> 17.7 ms at T=128
     (the unblocked write-out; jax's generic path was 28), 32.6 -> 22.6 ms at T=256, 64.9 ->
     43.8 ms at T=512. With the oneDNN products the Transformer's steps compile with
-    (``jaxlm.compile_options``) the blocks still win: one whole benchmark step took 509 ms, 535
-    through jax's generic path and 512 unblocked (medians of 11 alternating runs).
+    (``jaxlm.runtime.compiler_options``) the blocks still win: one whole benchmark step took
+    509 ms, 535 through jax's generic path and 512 unblocked (medians of 11 alternating runs).
 
     Args:
       q_BxTxNxD: queries.
@@ -100,7 +101,7 @@ def causal_attention(
         raise ValueError(f"attention dropout rate must be in [0, 1), got {dropout_rate}")
     if dropout_rate and dropout_rng is None:
         raise ValueError("attention dropout needs dropout_rng")
-    if jax.default_backend() != "cpu" and not dropout_rate:
+    if not on_cpu() and not dropout_rate:
         return jax.nn.dot_product_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, is_causal=True)
     t = q_BxTxNxD.shape[1]
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q_BxTxNxD, k_BxTxNxD, v_BxTxNxD))  # [B, N, T, D]
@@ -249,7 +250,7 @@ class Transformer(nn.Module):
       (2, 16, 65)
     """
 
-    # Steps compile their matrix products with oneDNN on CPU (jaxlm.compile_options): the
+    # Steps compile their matrix products with oneDNN on CPU (jaxlm.runtime.compiler_options): the
     # attention's batched products run on every thread instead of one (benchmark step -10%).
     xla_cpu_onednn_matmuls: ClassVar[bool] = True
 

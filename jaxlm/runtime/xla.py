@@ -9,7 +9,7 @@ worth it where such products dominate: one whole Transformer benchmark step (for
 AdamW) went from 551 to 494 ms, while the LSTM benchmark steps (small products inside
 ``lax.scan``) got slower (CPU ms per step: PTB small 80-83 -> 92-94, char 709-727 -> 808-902).
 So a model class asks for it with a class attribute ``xla_cpu_onednn_matmuls = True`` (the
-:class:`~jaxlm.models.Transformer` does) and :func:`for_model` returns the options for it.
+:class:`~jaxlm.models.Transformer` does) and :func:`compiler_options` returns the options for it.
 
 Each product is its own oneDNN call (``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``): with
 ``LIBRARY_FUSION_TYPE_DOT`` XLA puts a product that feeds another into one oneDNN partition,
@@ -29,6 +29,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxlm.runtime.backend import on_cpu
+
 ONEDNN_MATMULS: dict[str, Any] = {
     "xla_cpu_use_onednn": True,
     "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
@@ -36,7 +38,7 @@ ONEDNN_MATMULS: dict[str, Any] = {
 ENV = "JAXLM_XLA_ONEDNN"
 
 
-def for_model(model: Any) -> dict[str, Any] | None:
+def compiler_options(model: Any) -> dict[str, Any] | None:
     """The ``compiler_options`` for jitting ``model``'s steps on the default backend.
 
     Args:
@@ -50,11 +52,11 @@ def for_model(model: Any) -> dict[str, Any] | None:
     Example:
       >>> from jaxlm.models import Transformer
       >>> model = Transformer(vocab_size=65)
-      >>> step = jax.jit(lambda x: x @ x, compiler_options=for_model(model))
+      >>> step = jax.jit(lambda x: x @ x, compiler_options=compiler_options(model))
     """
     if not getattr(model, "xla_cpu_onednn_matmuls", False):
         return None
-    if os.environ.get(ENV, "1").strip() == "0" or jax.default_backend() != "cpu":
+    if os.environ.get(ENV, "1").strip() == "0" or not on_cpu():
         return None
     return dict(ONEDNN_MATMULS) if onednn_available() else None
 

@@ -55,8 +55,8 @@ def keep_freed_memory(mmap_threshold_bytes: int = 1 << 30) -> bool:
       ``MALLOC_ARENA_MAX`` / ``MALLOC_*_THRESHOLD_`` environment variables already decides.
 
     Example:
-      >>> from jaxlm.malloc import keep_freed_memory
-      >>> keep_freed_memory()  # before importing jax
+      >>> from jaxlm.runtime import keep_freed_memory
+      >>> keep_freed_memory()  # before JAX starts its threads  # doctest: +SKIP
       True
     """
     if any(name in os.environ for name in _ENV):

@@ -1,0 +1,210 @@
+"""The device mesh, shardings by parameter path, and each process's share of a batch.
+
+One code path serves one CPU, fake CPU devices in tests, one GPU and many hosts: the state is
+built abstractly (``jax.eval_shape``), :func:`state_shardings` gives every leaf a
+``NamedSharding`` on a ("data", "model") mesh, and ``jax.jit(init, out_shardings=...)`` creates
+it in place. Batches are global arrays split over "data", each process feeding its rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from jaxlm.tree import compile_pattern, path_str
+
+Rules = Sequence[tuple[str, PartitionSpec]]
+
+
+def make_mesh(data: int = 0, model: int = 1) -> Mesh:
+    """A ("data", "model") mesh over all devices of all processes.
+
+    Args:
+      data: size of the data-parallel axis; 0 uses every device not taken by ``model``. A
+        smaller mesh than the device count uses the first devices (single host only).
+      model: size of the model-parallel axis.
+
+    Returns:
+      The mesh, with explicitly auto-sharded axis types.
+
+    Example:
+      >>> mesh = make_mesh()
+      >>> mesh.axis_names
+      ('data', 'model')
+    """
+    n = jax.device_count()
+    data = data or n // model
+    if data * model > n or (data * model < n and jax.process_count() > 1):
+        raise ValueError(
+            f"config.parallel: data ({data}) x model ({model}) must fit the {n} devices "
+            "(and use all of them on several hosts)"
+        )
+    return jax.make_mesh(
+        (data, model),
+        ("data", "model"),
+        axis_types=(AxisType.Auto,) * 2,
+        devices=jax.devices()[: data * model],
+    )
+
+
+def rules_from_config(rules: Any) -> list[tuple[str, PartitionSpec]]:
+    """``config.parallel.rules`` (a config's or a checkpoint's JSON) as ``(regex, spec)`` pairs.
+
+    Args:
+      rules: ``((pattern, (axis or None, ...)), ...)``, or empty.
+
+    Returns:
+      The rules.
+
+    Example:
+      >>> rules_from_config([["embed", [None, "model"]]])
+      [('embed', PartitionSpec(None, 'model'))]
+    """
+    return [(pattern, PartitionSpec(*spec)) for pattern, spec in (rules or ())]
+
+
+def rule_shardings(tree: Any, mesh: Mesh, rules: Rules = ()) -> Any:
+    """Shardings for every leaf of an (abstract) tree from ``(pattern, PartitionSpec)`` rules.
+
+    The first rule whose pattern matches the leaf's path applies (patterns match whole path
+    components, see :func:`jaxlm.tree.compile_pattern`); leaves matching no rule are
+    replicated. Optimizer state mirrors parameter paths (``.../mu/layers_0/ih/kernel``), so the
+    same rules shard it too. A spec is dropped to replication for leaves whose rank or shape
+    does not divide by the mesh.
+
+    Args:
+      tree: arrays or ``jax.ShapeDtypeStruct`` leaves.
+      mesh: the mesh.
+      rules: ``(pattern, PartitionSpec)`` pairs.
+
+    Returns:
+      A tree of ``NamedSharding`` with the structure of ``tree``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tree = {"embed": jnp.zeros((8, 4)), "head": jnp.zeros(4)}
+      >>> s = rule_shardings(tree, make_mesh(1, 1), [("embed", PartitionSpec("model"))])
+      >>> s["embed"].spec, s["head"].spec
+      (PartitionSpec('model',), PartitionSpec())
+    """
+    compiled = [(compile_pattern(pattern), spec) for pattern, spec in rules]
+
+    def pick(path, leaf):
+        name = path_str(path)
+        shape = getattr(leaf, "shape", ())
+        for pattern, spec in compiled:
+            if pattern.search(name) and _fits(spec, shape, mesh):
+                return NamedSharding(mesh, spec)
+        return replicated(mesh)
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def state_shardings(state: Any, mesh: Mesh, rules: Rules = ()) -> Any:
+    """Shardings of a whole train state: a :class:`~jaxlm.state.TrainState` or its saved form.
+
+    ``params`` and ``opt_state`` follow the rules (matched against paths inside each part),
+    the recurrent ``carry`` is split over "data" by batch row (replicated where the leading
+    dimension does not divide), ``step`` and ``rng`` are replicated.
+
+    Args:
+      state: a TrainState, or a dict with its fields (as a checkpoint's metadata tree).
+      mesh: the mesh.
+      rules: ``(pattern, PartitionSpec)`` pairs.
+
+    Returns:
+      A tree of ``NamedSharding`` shaped like ``state``.
+    """
+
+    def pick(part: str, tree: Any) -> Any:
+        if part in ("params", "opt_state"):
+            return rule_shardings(tree, mesh, rules)
+        if part == "carry":
+            data = mesh.shape["data"]
+            return jax.tree.map(
+                lambda leaf: (
+                    batch_sharding(mesh)
+                    if len(leaf.shape) and leaf.shape[0] % data == 0
+                    else replicated(mesh)
+                ),
+                tree,
+            )
+        return jax.tree.map(lambda _: replicated(mesh), tree)
+
+    if isinstance(state, dict):
+        return {part: pick(part, tree) for part, tree in state.items()}
+    return state.replace(**{f: pick(f, getattr(state, f)) for f in state.__dataclass_fields__})
+
+
+def abstract_on(tree: Any, shardings: Any) -> Any:
+    """``jax.ShapeDtypeStruct`` leaves with the shapes and dtypes of ``tree`` and its shardings.
+
+    Args:
+      tree: arrays, abstract arrays or array metadata (``shape`` and ``dtype``).
+      shardings: a tree of shardings shaped like ``tree``.
+
+    Returns:
+      The restore (or ``jit``) target.
+    """
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(tuple(a.shape), a.dtype, sharding=s), tree, shardings
+    )
+
+
+def _fits(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> bool:
+    if len(spec) > len(shape):
+        return False
+    for dim, axes in zip(shape, spec, strict=False):
+        axes = (axes,) if isinstance(axes, str) else (axes or ())
+        size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+        if dim % size:
+            return False
+    return True
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Arrays whose leading axis is the batch: split over "data"."""
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """The same value on every device."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def host_rows(global_batch: int) -> slice:
+    """The rows of a global batch that this process feeds (all of them on one host)."""
+    n, i = jax.process_count(), jax.process_index()
+    if global_batch % n:
+        raise ValueError(f"batch size {global_batch} does not divide over {n} processes")
+    per = global_batch // n
+    return slice(i * per, (i + 1) * per)
+
+
+def device_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's rows of a global numpy batch, as global arrays split over "data".
+
+    Args:
+      batch: ``[B, ...]`` arrays (the same global batch on every process) and scalars.
+      mesh: the mesh.
+
+    Returns:
+      Global ``jax.Array`` s: rows split over "data", scalars replicated.
+
+    Example:
+      >>> b = device_batch({"inputs": np.zeros((4, 3), np.int32)}, make_mesh())
+      >>> b["inputs"].shape
+      (4, 3)
+    """
+    out = {}
+    for key, value in batch.items():
+        if value.ndim == 0:
+            out[key] = jax.device_put(value, replicated(mesh))
+        else:
+            rows = host_rows(value.shape[0])
+            out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh), value[rows])
+    return out
