@@ -18,13 +18,13 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from _helpers import ROOT, smoke
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxlm import checkpoint, optim, sharding, trainer
 from jaxlm import checkpoint_tools as ct
 from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.models import get_model
+from tests.helpers import ROOT, smoke
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import sys
 
 import jax
 import pytest
-from _helpers import ROOT, smoke
 
 from jaxlm import checkpoint_tools as ct
 from jaxlm import data, sharding, trainer
@@ -17,6 +16,7 @@ from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.evaluate import evaluate_checkpoint
 from jaxlm.models import get_model
 from jaxlm.precision import Policy
+from tests.helpers import ROOT, smoke
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from _helpers import ROOT, smoke
 
 from jaxlm import checkpoint_tools, trainer
+from tests.helpers import ROOT, smoke
 
 
 def _free_port() -> int:

@@ -10,9 +10,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from _helpers import ROOT, smoke, train_cli
 
 from jaxlm import checkpoint, checkpoint_tools, trainer
+from tests.helpers import ROOT, smoke, train_cli
 
 
 def train_losses(workdir):

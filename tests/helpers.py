@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
+import jax
 import ml_collections
 
 from jaxlm.config import load_config
@@ -24,3 +26,23 @@ def smoke(**overrides) -> ml_collections.ConfigDict:
 def train_cli(*args: str) -> list[str]:
     """``python -m jaxlm.train`` on the smoke config, followed by ``args``."""
     return [sys.executable, "-m", "jaxlm.train", f"--config={ROOT}/configs/lstm.py:smoke", *args]
+
+
+@contextlib.contextmanager
+def count_compiles():
+    """Counts XLA compilations inside the block: ``with count_compiles() as n: ...; n()``.
+
+    Counted from JAX's own monitoring events (one per backend compile), so a step function that
+    is compiled once and then reused adds nothing after its first call.
+    """
+    events = []
+
+    def listener(name: str, _duration: float, **_: object) -> None:
+        if name == "/jax/core/compile/backend_compile_duration":
+            events.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield lambda: len(events)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -1,4 +1,5 @@
-"""Test set-up: 4 fake CPU devices and a private TFDS data directory, before JAX starts."""
+"""Test set-up for tests/ and the doctests of jaxlm/: 4 fake CPU devices and a private TFDS
+data directory, before JAX starts."""
 
 import os
 import tempfile
