@@ -91,10 +91,11 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     """A pattern that matches whole path components: ``layers_1`` matches ``layers_1/ih/kernel``
     but not ``layers_10/ih/kernel``.
 
-    The pattern is a regular expression searched in the path with a component boundary ("/" or
-    an end of the path) required on both sides, so ``head`` matches ``head/kernel`` and
-    ``opt_state/0/mu/head/bias``, ``^embed`` matches ``embed/embedding`` only at the start, and
-    ``kernel$`` every kernel. Write ``layers_1.*`` to match inside a component.
+    The pattern is a regular expression searched in the path; a match must begin and end at a
+    component boundary (an end of the path, or next to a "/"), so ``head`` matches
+    ``head/kernel`` and ``opt_state/0/mu/head/bias``, ``^embed`` matches ``embed/embedding``
+    only at the start, ``kernel$`` every kernel, and patterns that spell the slashes out
+    (``(^|/)layers_1(/|$)``) keep working. Write ``layers_1.*`` to match inside a component.
 
     Args:
       pattern: a regular expression.
@@ -103,7 +104,8 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
       The compiled, bounded expression (``.search`` it against a path).
 
     Raises:
-      ValueError: the pattern is not a valid regular expression, or not a string.
+      TypeError: the pattern is not a string.
+      ValueError: the pattern is not a valid regular expression on its own.
 
     Example:
       >>> [bool(compile_pattern("layers_1").search(p)) for p in ("layers_1/k", "layers_10/k")]
@@ -112,9 +114,11 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     if not isinstance(pattern, str):
         raise TypeError(f"patterns must be regular-expression strings, got {pattern!r}")
     try:
-        return re.compile(rf"(?:^|/)(?:{pattern})(?:/|$)")
+        re.compile(pattern)  # on its own: "a)|(b" must not escape the boundaries below
     except re.error as e:
         raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {e}") from None
+    # Lookarounds, so that a pattern may consume the slashes itself.
+    return re.compile(rf"(?:(?<![^/])|(?=/))(?:{pattern})(?:(?![^/])|(?<=/))")
 
 
 def find_states(tree: PyTree, kind: type[S]) -> list[S]:
