@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlm.transforms.paths import Patterns, as_patterns, path_str
+from jaxlm.transforms.paths import Patterns, as_patterns
+from jaxlm.tree import path_str
 
 centralize = optax.centralize
 

@@ -1,4 +1,10 @@
-"""Parameter paths ("decoder/layers_2/cell/hh/kernel") and regex patterns matched against them."""
+"""Selecting parameters for the transforms: pattern lists and the labels they give each leaf.
+
+Paths and pattern matching themselves live in :mod:`jaxlm.tree` (one definition for the whole
+library); ``param_paths`` and ``path_str`` are its ``tree_paths`` and ``path_str`` under the
+names this package has always exported. What is here is specific to the transforms: a pattern
+or a list of them, and labelling every leaf with the first pattern that matches it.
+"""
 
 from __future__ import annotations
 
@@ -8,57 +14,10 @@ from typing import Any
 
 import jax
 
-PyTree = Any
-Patterns = str | Sequence[str]
+from jaxlm.tree import Patterns, PyTree, path_str
+from jaxlm.tree import tree_paths as param_paths
 
-
-def _key_str(key: Any) -> str:
-    """One path component as text: a dict key, attribute name or sequence index."""
-    if isinstance(key, jax.tree_util.DictKey):
-        return str(key.key)
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name
-    if isinstance(key, jax.tree_util.SequenceKey):
-        return str(key.idx)
-    if isinstance(key, jax.tree_util.FlattenedIndexKey):
-        return str(key.key)
-    return str(key)
-
-
-def path_str(path: Sequence[Any]) -> str:
-    """Joins a ``jax.tree_util`` key path with "/".
-
-    Args:
-      path: a key path as ``jax.tree_util.tree_flatten_with_path`` gives it.
-
-    Returns:
-      The path as text, for example ``"layers_0/ih/kernel"``.
-
-    Example:
-      >>> import jax
-      >>> [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path({"a": {"b": 1}})[0]]
-      ['a/b']
-    """
-    return "/".join(_key_str(k) for k in path)
-
-
-def param_paths(tree: PyTree) -> list[str]:
-    """Lists the "/"-joined path of every leaf of a parameter tree, in flattening order.
-
-    Use it to see what a pattern given to :func:`jaxlm.transforms.freeze` and friends will match.
-
-    Args:
-      tree: any pytree (parameters, gradients, or their ``jax.eval_shape`` abstractions).
-
-    Returns:
-      One path per leaf.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> param_paths({"embed": {"embedding": jnp.zeros((3, 2))}, "head": {"bias": jnp.zeros(3)}})
-      ['embed/embedding', 'head/bias']
-    """
-    return [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+__all__ = ["Patterns", "as_patterns", "match_groups", "param_paths", "path_str"]
 
 
 def as_patterns(patterns: Patterns) -> list[str]:
