@@ -73,7 +73,7 @@ def model_layout(params: PyTree) -> Layout:
       >>> tree = {"embed": {"embedding": jnp.zeros(1)}, "layers_0": {"k": jnp.zeros(1)},
       ...         "layers_1": {"k": jnp.zeros(1)}, "head": {"kernel": jnp.zeros(1)}}
       >>> model_layout(tree).groups()
-      [['^head/kernel$'], ['(^|/)layers_1(/|$)'], ['(^|/)layers_0(/|$)'], ['^embed/embedding$']]
+      [['^head/kernel$'], ['layers_1'], ['layers_0'], ['^embed/embedding$']]
     """
     paths = transforms.param_paths(params)
     layers: dict[int, str] = {}
@@ -84,7 +84,7 @@ def model_layout(params: PyTree) -> Layout:
         found = [(i, m) for i, part in enumerate(parts) if (m := _LAYER.match(part))]
         if found:
             i, m = found[0]
-            layers[int(m.group(1))] = f"(^|/){re.escape(parts[i])}(/|$)"
+            layers[int(m.group(1))] = re.escape(parts[i])  # transforms match whole components
             continue
         exact = f"^{re.escape(path)}$"
         is_input = "embed" in parts[0] or parts[0].startswith("pos")

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxlm import checkpoint, finetune
+from jaxlm import checkpoint, finetune, transforms
 from jaxlm.config import base_config
 from jaxlm.data.tokenizers import ByteTokenizer, CharTokenizer
 from jaxlm.models import get_model
@@ -77,7 +77,7 @@ def test_layout_of_the_real_models():
             ]
         )
         layout = finetune.model_layout(params)
-        assert layout.layers == tuple(f"(^|/)layers_{i}(/|$)" for i in (2, 1, 0))
+        assert layout.layers == tuple(f"layers_{i}" for i in (2, 1, 0))
         if output:
             assert list(layout.output) == output and layout.inputs == ("^embed/embedding$",)
         else:  # tied: the embedding is the output layer
@@ -97,14 +97,30 @@ def test_layout_of_a_transformer_shaped_tree():
     }
     assert finetune.model_layout(tree).groups() == [
         ["^final_norm/scale$", "^head/kernel$"],
-        ["(^|/)blocks_1(/|$)"],
-        ["(^|/)blocks_0(/|$)"],
+        ["blocks_1"],
+        ["blocks_0"],
         ["^embed/embedding$", "^pos_embed$"],
     ]
     del tree["head"]  # tied: the embedding joins the output group, positions stay at the bottom
     groups = finetune.model_layout(tree).groups()
     assert groups[0] == ["^embed/embedding$", "^final_norm/scale$"]
     assert groups[-1] == ["^pos_embed$"]
+
+
+def test_layer_groups_select_exactly_their_layer():
+    # transforms match whole path components: layers_1's group must not take layers_10..11
+    x = jnp.zeros(2)
+    tree = {f"layers_{i}": {"ih": {"kernel": x}} for i in range(12)}
+    tree |= {"embed": {"embedding": x}, "head": {"kernel": x}}
+    groups = finetune.model_layout(tree).groups()
+    labels = transforms.match_groups(tree, [p for g in groups for p in g])
+    flat = dict(zip(transforms.param_paths(tree), jax.tree.leaves(labels), strict=True))
+    order = [p for g in groups for p in g]
+    assert {path: order[i] for path, i in flat.items()} == {
+        **{f"layers_{i}/ih/kernel": f"layers_{i}" for i in range(12)},
+        "embed/embedding": "^embed/embedding$",
+        "head/kernel": "^head/kernel$",
+    }
 
 
 def test_full_trains_everything_at_the_base_rate():

@@ -84,12 +84,44 @@ def test_param_paths_and_unmatched_pattern_error():
         T.per_group_lr(["(unclosed"], [1.0])
 
 
+def test_patterns_match_whole_path_components():
+    k = iter(jax.random.split(jax.random.PRNGKey(2), 3))
+    p = {f"layers_{i}": {"kernel": jax.random.normal(next(k), (3, 2))} for i in (1, 10, 11)}
+    g = jax.tree.map(jnp.ones_like, p)
+    assert T.match_groups(p, "layers_1") == {
+        "layers_1": {"kernel": 0},
+        "layers_10": {"kernel": -1},
+        "layers_11": {"kernel": -1},
+    }
+    assert T.match_groups(p, "layers_1.*")["layers_10"] == {"kernel": 0}
+    assert T.match_groups(p, "kernel")["layers_11"] == {"kernel": 0}
+    with pytest.raises(ValueError, match="'ayers_1' matches no parameter path"):
+        T.match_groups(p, "ayers_1")
+    for tx in [
+        T.freeze("layers_1", optax.sgd(1.0)),
+        optax.chain(optax.sgd(1.0), T.freeze("layers_1")),
+        T.gradual_unfreeze(["layers_1"], [5], optax.sgd(1.0)),
+        optax.chain(optax.sgd(1.0), T.per_group_lr(["layers_1"], [0.0])),
+    ]:
+        u, _ = tx.update(g, tx.init(p), p)
+        assert {m: bool(jnp.any(u[m]["kernel"] != 0)) for m in u} == {
+            "layers_1": False,
+            "layers_10": True,
+            "layers_11": True,
+        }
+    tx = T.centralize_matrices(exclude="layers_1")
+    u, _ = tx.update(p, tx.init(p))
+    np.testing.assert_array_equal(u["layers_1"]["kernel"], p["layers_1"]["kernel"])
+    for m in ("layers_10", "layers_11"):
+        np.testing.assert_allclose(u[m]["kernel"].mean(axis=0), 0.0, atol=1e-6)
+
+
 # freeze.
 
 
 def test_freeze_keeps_leaves_bit_identical_and_holds_no_state_for_them():
     p = tree()
-    tx = T.freeze(["^embed", "layers_0/"], optax.adamw(1e-2, weight_decay=0.1))
+    tx = T.freeze(["^embed", "layers_0"], optax.adamw(1e-2, weight_decay=0.1))
     traj, state = run(tx, p, 20)
     for q in traj:
         np.testing.assert_array_equal(q["embed"]["embedding"], p["embed"]["embedding"])
@@ -112,7 +144,7 @@ def test_freeze_without_inner_zeroes_updates():
 def test_freeze_global_norm_clip_equals_clipping_trainable_leaves_alone():
     p = tree()
     inner = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(1e-2))
-    traj, _ = run(T.freeze(["^embed", "^layers"], inner), p, 10)
+    traj, _ = run(T.freeze(["^embed", r"^layers_\d+"], inner), p, 10)
     sub = {"head": p["head"]}
     state = inner.init(sub)
     update = jax.jit(inner.update)
@@ -165,7 +197,7 @@ def test_gradual_unfreeze_compiles_once_across_boundaries():
 def test_gradual_unfreeze_clip_and_moments_ignore_frozen_leaves():
     p = tree()
     inner = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(1e-2))
-    traj, state = run(T.gradual_unfreeze(["^head", "^(embed|layers)"], [0, 100], inner), p, 10)
+    traj, state = run(T.gradual_unfreeze(["^head", r"^(embed|layers_\d+)"], [0, 100], inner), p, 10)
     sub = {"head": p["head"]}
     sub_state = inner.init(sub)
     update = jax.jit(inner.update)

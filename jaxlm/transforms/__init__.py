@@ -1,9 +1,22 @@
 """Optax transforms and schedules for language-model training and fine-tuning.
 
 Each piece stands alone: an ``optax.GradientTransformation`` (composes with ``optax.chain``, runs
-under ``jax.jit``) or an ``optax.Schedule``, working on any parameter pytree. Parameters are
-selected by regular expressions ``re.search``-ed against their "/"-joined paths (see
-:func:`param_paths`); a pattern that matches nothing is an error.
+under ``jax.jit``) or an ``optax.Schedule``, working on any parameter pytree.
+
+Parameters are selected by patterns: regular expressions matched against their "/"-joined paths
+(see :func:`param_paths`) as whole path components (:func:`jaxlm.tree.compile_pattern`). A match
+must start at the beginning of the path or just after a "/" and end at its end or just before a
+"/": ``layers_1`` selects ``layers_1/kernel`` and ``decoder/layers_1/kernel`` but not
+``layers_10/kernel``; ``^head`` only a top-level ``head``; ``kernel$`` every kernel; write
+``layers_1.*`` to match inside a component. A pattern that matches nothing is an error.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> params = {"layers_1": {"kernel": jnp.ones(2)}, "layers_10": {"kernel": jnp.ones(2)}}
+  >>> match_groups(params, "layers_1")
+  {'layers_1': {'kernel': 0}, 'layers_10': {'kernel': -1}}
+  >>> match_groups(params, "layers_1.*")
+  {'layers_1': {'kernel': 0}, 'layers_10': {'kernel': 0}}
 """
 
 from jaxlm.transforms.centralization import centralize, centralize_matrices

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlm.transforms.paths import Patterns, as_patterns
+from jaxlm.transforms.paths import Patterns, compile_patterns
 from jaxlm.tree import path_str
 
 centralize = optax.centralize
@@ -24,10 +23,12 @@ def centralize_matrices(exclude: Patterns = ()) -> optax.GradientTransformation:
     averages over all axes but the *first* (PyTorch's ``[out, in]`` layout); flax kernels are
     ``[in, out]`` (``[..., in, out]`` for convolutions), so ours averages over all but the *last*.
     Leaves whose path matches an ``exclude`` pattern (for example embedding tables) are left
-    alone.
+    alone; patterns match whole path components (:func:`jaxlm.tree.compile_pattern`), so
+    ``exclude="layers_1"`` skips ``layers_1/kernel`` but not ``layers_10/kernel``.
 
     Args:
-      exclude: regular expression(s) ``re.search``-ed against parameter paths to skip.
+      exclude: regular expression(s) matched against "/"-joined parameter paths as whole
+        components; matching leaves are skipped (an exclude that matches nothing is no error).
 
     Returns:
       A stateless ``optax.GradientTransformation``; chain it before the optimizer.
@@ -45,7 +46,7 @@ def centralize_matrices(exclude: Patterns = ()) -> optax.GradientTransformation:
       Yong et al., "Gradient Centralization: A New Optimization Technique for Deep Neural
       Networks", ECCV 2020, https://arxiv.org/abs/2004.01461.
     """
-    skip = [re.compile(p) for p in as_patterns(exclude)]
+    skip = compile_patterns(exclude)
 
     def center(path: Any, g: jax.Array) -> jax.Array:
         if g.ndim < 2 or any(rx.search(path_str(path)) for rx in skip):

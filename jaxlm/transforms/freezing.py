@@ -1,4 +1,9 @@
-"""Freezing, gradual unfreezing and per-group learning rates, selected by parameter path."""
+"""Freezing, gradual unfreezing and per-group learning rates, selected by parameter path.
+
+Patterns are regular expressions matched against "/"-joined parameter paths as whole path
+components (:func:`jaxlm.tree.compile_pattern`): ``layers_1`` selects ``layers_1/...`` but not
+``layers_10/...``; a pattern that selects nothing is an error.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,8 @@ def freeze(
     decay, global-norm clipping): ``inner`` only ever sees the trainable leaves.
 
     Args:
-      patterns: regular expression(s), ``re.search``-ed against "/"-joined parameter paths.
+      patterns: regular expression(s) matched against "/"-joined parameter paths as whole
+        components (``layers_1`` freezes ``layers_1/...``, not ``layers_10/...``).
       inner: the optimizer for the trainable leaves; when None the result only zeroes the frozen
         updates (chain it after your optimizer; that optimizer then still holds state for them).
 
@@ -103,8 +109,9 @@ def gradual_unfreeze(
     """ULMFiT gradual unfreezing: group ``i`` trains from step ``boundaries[i]`` on.
 
     ``groups`` are ordered from the top of the network (the output side) down, each a pattern or
-    a list of patterns; a leaf belongs to the first group that matches it. Parameters matching no
-    group always train.
+    a list of patterns; a leaf belongs to the first group that matches it. Patterns match whole
+    path components (``layers_1`` is not ``layers_10``; see :func:`jaxlm.tree.compile_pattern`).
+    Parameters matching no group always train.
 
     What this adds to optax: optax's freezing takes a static mask, so unfreezing means rebuilding
     the optimizer and losing its state. Here the mask is a function of the step count held in the
@@ -120,7 +127,8 @@ def gradual_unfreeze(
     ``b2``, as ULMFiT does.
 
     Args:
-      groups: per group, regular expression(s) ``re.search``-ed against parameter paths.
+      groups: per group, regular expression(s) matched against "/"-joined parameter paths as
+        whole components.
       boundaries: per group, the first step (update count) at which it trains; non-decreasing.
       inner: the optimizer to run on the trainable leaves (``optax.identity()`` when None).
 
@@ -188,12 +196,15 @@ def per_group_lr(
     """Multiplies the updates of group ``i`` by ``scales[i]``: per-group learning rates.
 
     Chain it after the optimizer (whose own rate then acts as the top rate). A leaf takes the
-    first group that matches; leaves matching no group keep scale 1. Ours adds over
+    first group that matches; leaves matching no group keep scale 1. Patterns match whole path
+    components (``layers_1`` is not ``layers_10``; see :func:`jaxlm.tree.compile_pattern`).
+    Ours adds over
     ``optax.partition`` of several optimizers: one optimizer state for the whole tree, groups by
     path regex, and an error when a group matches nothing.
 
     Args:
-      groups: per group, regular expression(s) ``re.search``-ed against parameter paths.
+      groups: per group, regular expression(s) matched against "/"-joined parameter paths as
+        whole components.
       scales: per group, the factor applied to its updates.
 
     Returns:
@@ -269,7 +280,8 @@ def discriminative_lr(
     """``per_group_lr(groups, discriminative_scales(len(groups), factor))``: ULMFiT's rates.
 
     Args:
-      groups: per group, regular expression(s), ordered from the top of the network down.
+      groups: per group, regular expression(s) matched against "/"-joined parameter paths as
+        whole components (``layers_1`` is not ``layers_10``), ordered from the top down.
       factor: each lower group's rate is the one above divided by this.
 
     Returns:

@@ -14,23 +14,27 @@ from typing import Any
 
 import jax
 
-from jaxlm.tree import Patterns, PyTree, path_str
+from jaxlm.tree import Patterns, PyTree, compile_pattern, path_str
 from jaxlm.tree import tree_paths as param_paths
 
-__all__ = ["Patterns", "as_patterns", "match_groups", "param_paths", "path_str"]
+__all__ = ["Patterns", "as_patterns", "compile_patterns", "match_groups", "param_paths", "path_str"]
 
 
 def as_patterns(patterns: Patterns) -> list[str]:
     """A single pattern or a sequence of them, as a list (validated as regular expressions)."""
     out = [patterns] if isinstance(patterns, str) else list(patterns)
     for p in out:
-        if not isinstance(p, str):
-            raise TypeError(f"patterns must be regular-expression strings, got {p!r}")
-        try:
+        compile_pattern(p)  # a str, and valid once bounded
+        try:  # and valid alone: "a)|(b" compiles once wrapped but would escape the bounds
             re.compile(p)
         except re.error as e:
             raise ValueError(f"pattern {p!r} is not a valid regular expression: {e}") from None
     return out
+
+
+def compile_patterns(patterns: Patterns) -> list[re.Pattern[str]]:
+    """Validated patterns compiled to match whole path components (``compile_pattern``)."""
+    return [compile_pattern(p) for p in as_patterns(patterns)]
 
 
 def _paths_listing(paths: list[str], limit: int = 40) -> str:
@@ -41,11 +45,18 @@ def _paths_listing(paths: list[str], limit: int = 40) -> str:
 
 
 def match_groups(tree: PyTree, patterns: Patterns, *, what: str = "pattern") -> PyTree:
-    """Labels every leaf with the index of the first pattern its path matches (``re.search``).
+    """Labels every leaf with the index of the first pattern its path matches.
+
+    Patterns match whole path components (:func:`jaxlm.tree.compile_pattern`): ``layers_1``
+    takes ``layers_1/kernel`` and ``decoder/layers_1/kernel`` but not ``layers_10/kernel``.
+    What this adds to optax: ``optax.partition`` and ``optax.masked`` take labels or masks you
+    build yourself; this builds them from the tree's own paths, and fails on a pattern that
+    selects nothing instead of silently training (or freezing) everything.
 
     Args:
       tree: a parameter (or gradient) tree.
-      patterns: regular expressions; a leaf takes the first one that matches its path.
+      patterns: regular expressions, matched against "/"-joined paths as whole components; a
+        leaf takes the first one that matches its path.
       what: how to name a pattern in the error message (for example "group").
 
     Returns:
@@ -59,9 +70,11 @@ def match_groups(tree: PyTree, patterns: Patterns, *, what: str = "pattern") -> 
       >>> import jax.numpy as jnp
       >>> match_groups({"head": {"kernel": jnp.zeros(2)}, "embed": jnp.zeros(2)}, ["head"])
       {'embed': -1, 'head': {'kernel': 0}}
+      >>> match_groups({"layers_1": jnp.zeros(2), "layers_10": jnp.zeros(2)}, "layers_1")
+      {'layers_1': 0, 'layers_10': -1}
     """
     pats = as_patterns(patterns)
-    compiled = [re.compile(p) for p in pats]
+    compiled = compile_patterns(pats)
     used = [False] * len(pats)
     paths: list[str] = []
 
@@ -80,7 +93,8 @@ def match_groups(tree: PyTree, patterns: Patterns, *, what: str = "pattern") -> 
         raise ValueError(
             f"{what} {unused[0]!r} matches no parameter path"
             + (" not already taken by an earlier one" if len(pats) > 1 else "")
-            + f" ({len(unused)} unmatched: {unused}); the paths are:\n  "
+            + f" ({len(unused)} unmatched: {unused}); patterns match whole path components"
+            + " (write 'layers_1.*' to match inside one); the paths are:\n  "
             + _paths_listing(paths)
         )
     return labels
