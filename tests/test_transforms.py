@@ -82,6 +82,10 @@ def test_param_paths_and_unmatched_pattern_error():
         T.gradual_unfreeze(["^head", "head/bias"], [0, 1]).init(p)
     with pytest.raises(ValueError, match="not a valid regular expression"):
         T.per_group_lr(["(unclosed"], [1.0])
+    with pytest.raises(TypeError, match=r"a sequence \(list, tuple\) of them, got \{'embed'"):
+        T.centralize_matrices(exclude={"embed": True})  # a dict's keys are no patterns
+    with pytest.raises(TypeError, match="got {'head'"):
+        T.per_group_lr([{"head": True}], [1.0])
 
 
 def test_patterns_match_whole_path_components():
@@ -153,6 +157,75 @@ def test_freeze_global_norm_clip_equals_clipping_trainable_leaves_alone():
         u, state = update(g, state, sub)
         sub = optax.apply_updates(sub, u)
         np.testing.assert_allclose(sub["head"]["kernel"], traj[i + 1]["head"]["kernel"], rtol=1e-6)
+
+
+def test_freeze_takes_an_optax_style_dict_mask_as_a_mask_not_as_patterns():
+    p = {k: v for k, v in tree().items() if k in ("embed", "head")}
+    for make in [
+        lambda spec: T.freeze(spec, optax.adam(1e-2)),
+        lambda spec: optax.chain(optax.adam(1e-2), T.freeze(spec)),
+    ]:
+        traj, state = run(make({"embed": True, "head": False}), p, 5)
+        assert moved(p, traj[-1]) == {"embed": False, "head": True}
+        ref, ref_state = run(make("^embed"), p, 5)  # the same as the pattern form, bit for bit
+        for a, b in zip(jax.tree.leaves(traj), jax.tree.leaves(ref), strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert jax.tree.structure(state) == jax.tree.structure(ref_state)
+    _, state = run(T.freeze({"embed": True, "head": False}, optax.adam(1e-2)), p, 1)
+    adam_state = state.inner_states["train"].inner_state[0]  # inner sees trainable leaves only
+    assert adam_state.mu["embed"]["embedding"] == optax.MaskedNode()
+    assert len(jax.tree.leaves(adam_state.mu)) == 2
+
+
+def test_freeze_takes_a_prefix_mask():
+    p = tree()
+    mask = {
+        "embed": True,
+        "layers_0": True,
+        "layers_1": False,
+        "head": {"kernel": False, "bias": True},
+    }
+    for tx in [T.freeze(mask, optax.sgd(0.1)), optax.chain(optax.sgd(0.1), T.freeze(mask))]:
+        traj, _ = run(tx, p, 3)
+        assert moved(p, traj[-1]) == {
+            "embed": False,
+            "layers_0": False,
+            "layers_1": True,
+            "head": True,
+        }
+        np.testing.assert_array_equal(traj[-1]["head"]["bias"], p["head"]["bias"])
+        assert bool(jnp.any(traj[-1]["head"]["kernel"] != p["head"]["kernel"]))
+
+
+def test_freeze_takes_a_mask_function():
+    p = tree()
+
+    def biases(params):
+        return jax.tree.map(lambda x: x.ndim == 1, params)
+
+    for tx in [T.freeze(biases, optax.adam(1e-2)), optax.chain(optax.adam(1e-2), T.freeze(biases))]:
+        traj, _ = run(tx, p, 3)
+        paths, before, after = T.param_paths(p), jax.tree.leaves(p), jax.tree.leaves(traj[-1])
+        for path, a, b in zip(paths, before, after, strict=True):
+            assert bool(jnp.any(a != b)) == (not path.endswith("bias")), path
+    _, state = run(T.freeze(biases, optax.adam(1e-2)), p, 1)
+    assert len(jax.tree.leaves(state.inner_states["train"].inner_state[0].mu)) == 4
+
+
+def test_freeze_refuses_what_is_neither_patterns_nor_a_mask():
+    accepted = "expected regular-expression pattern.*pytree of booleans.*function"
+    with pytest.raises(TypeError, match=f"leaf at 'embed' that is not a boolean.*{accepted}"):
+        T.freeze({"embed": "yes", "head": False})
+    with pytest.raises(TypeError, match=f"leaf at 'head/kernel' .*not a boolean: 0 .*{accepted}"):
+        T.freeze({"embed": True, "head": {"kernel": 0}}, optax.sgd(0.1))
+    for bad in [3, None, 0.5, jnp.ones(2), ["^embed", True]]:
+        with pytest.raises(TypeError, match=accepted):
+            T.freeze(bad)
+    p = tree()
+    with pytest.raises(ValueError, match="not shaped like the parameters or a prefix of them"):
+        T.freeze({"embed": True, "head": False}, optax.sgd(0.1)).init(p)  # layers_* missing
+    with pytest.raises(TypeError, match="the mask function's result has a leaf at 'embed'"):
+        T.freeze(lambda params: {k: 1 for k in params}).init(p)
 
 
 # gradual_unfreeze.

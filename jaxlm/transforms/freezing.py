@@ -7,14 +7,16 @@ components (:func:`jaxlm.tree.compile_pattern`): ``layers_1`` selects ``layers_1
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxlm.transforms.paths import Patterns, as_patterns, match_groups
+from jaxlm.tree import path_str
 
 PyTree = Any
 
@@ -24,52 +26,131 @@ def _is_masked(x: Any) -> bool:
     return isinstance(x, optax.MaskedNode)
 
 
-def freeze(
-    patterns: Patterns, inner: optax.GradientTransformation | None = None
-) -> optax.GradientTransformation:
-    """Freezes the parameters whose path matches any pattern: their updates are exactly zero.
+FreezeSpec = Patterns | PyTree | Callable[[PyTree], PyTree]
 
-    Built on ``optax.masked(optax.set_to_zero(), ...)`` (what ``optax.freeze`` is; no ``inner``) and
-    ``optax.partition`` (with ``inner``). Ours adds selection by path regex computed from the tree
-    itself, and an error when a pattern matches nothing. Pass the optimizer as ``inner`` so that it
-    keeps no state for frozen leaves and frozen leaves take no part in it at all (moments, weight
-    decay, global-norm clipping): ``inner`` only ever sees the trainable leaves.
+_ACCEPTED = (
+    "expected regular-expression pattern(s) (a str or a sequence of str), an optax-style mask "
+    "(a pytree of booleans shaped like the parameters or a prefix of them, True = frozen), or a "
+    "function from the parameters to such a mask"
+)
+
+
+def _is_patterns(spec: Any) -> bool:
+    """A str, or a list or tuple of nothing but str (an empty one included)."""
+    return isinstance(spec, str) or (
+        isinstance(spec, list | tuple) and all(isinstance(p, str) for p in spec)
+    )
+
+
+def _is_bool(x: Any) -> bool:
+    """A Python or NumPy boolean, or a 0-d boolean array (as ``optax.freeze`` takes)."""
+    if isinstance(x, bool | np.bool_):
+        return True
+    return isinstance(x, np.ndarray | jax.Array) and x.shape == () and x.dtype == np.bool_
+
+
+def _checked_mask(mask: PyTree, tree: PyTree | None, source: str) -> PyTree:
+    """A checked boolean (prefix) mask, broadcast to one Python bool per leaf of ``tree``."""
+    # broadcast, not passed on as a prefix: the state is then the pattern form's, leaf for leaf
+    if isinstance(mask, str) or callable(mask):
+        raise TypeError(f"freeze: {source} is {mask!r}; {_ACCEPTED}")
+    leaves = jax.tree_util.tree_leaves_with_path(mask)
+    bad = [(path_str(p), x) for p, x in leaves if not _is_bool(x)]
+    if bad:
+        where, x = bad[0]
+        at = f" at {where!r}" if where else ""
+        raise TypeError(
+            f"freeze: {source} has a leaf{at} that is not a boolean: {x!r:.80} "
+            f"({type(x).__name__}); {_ACCEPTED}"
+        )
+    mask = jax.tree.map(bool, mask)
+    if tree is None:
+        return mask
+    try:
+        return jax.tree.map(lambda m, sub: jax.tree.map(lambda _: m, sub), mask, tree)
+    except ValueError as e:
+        raise ValueError(
+            f"freeze: {source} is not shaped like the parameters or a prefix of them: {e}"
+        ) from None
+
+
+def _frozen_mask(spec: FreezeSpec) -> Callable[[PyTree], PyTree]:
+    """From :func:`freeze`'s first argument to a function from a tree to its frozen mask."""
+    if _is_patterns(spec):
+        pats = as_patterns(spec)
+        return lambda tree: jax.tree.map(lambda label: label >= 0, match_groups(tree, pats))
+    if callable(spec):
+        return lambda tree: _checked_mask(spec(tree), tree, "the mask function's result")
+    if spec is None or (jax.tree_util.all_leaves([spec]) and not _is_bool(spec)):
+        raise TypeError(f"freeze: got {spec!r:.80} ({type(spec).__name__}); {_ACCEPTED}")
+    _checked_mask(spec, None, "the mask")  # fail now, not at init
+    return lambda tree: _checked_mask(spec, tree, "the mask")
+
+
+def freeze(
+    frozen: FreezeSpec, inner: optax.GradientTransformation | None = None
+) -> optax.GradientTransformation:
+    """Freezes the selected parameters: their updates are exactly zero.
+
+    ``frozen`` selects them in one of three ways: regular-expression pattern(s), a leaf being
+    frozen when its "/"-joined path matches any of them as whole path components
+    (:func:`jaxlm.tree.compile_pattern`: ``layers_1`` freezes ``layers_1/...``, not
+    ``layers_10/...``); an optax-style mask, a pytree of booleans with the parameters' structure
+    or a prefix of it (``{"embed": True, "head": False}``; True = frozen, as in
+    ``optax.freeze``); or a function from the parameters to such a mask. A ``str`` or a list or
+    tuple of ``str`` is read as patterns, never as a mask.
+
+    Built on ``optax.masked(optax.set_to_zero(), ...)`` (what ``optax.freeze`` is; no ``inner``)
+    and ``optax.partition`` (with ``inner``). How it differs from ``optax.freeze``: parameters
+    can be selected by path patterns computed from the tree itself; a pattern that matches
+    nothing is an error (so is a mask not shaped like the parameters), where a mask selecting
+    nothing silently trains everything; mask functions are accepted as well as static masks;
+    and with ``inner`` the optimizer keeps no state for frozen leaves and they take no part in
+    it at all (moments, weight decay, global-norm clipping): ``inner`` only ever sees the
+    trainable leaves, whichever way they were selected. ``optax.freeze`` chained after an
+    optimizer only zeroes the updates that optimizer already computed.
 
     Args:
-      patterns: regular expression(s) matched against "/"-joined parameter paths as whole
-        components (``layers_1`` freezes ``layers_1/...``, not ``layers_10/...``).
+      frozen: what to freeze: pattern(s) matched against "/"-joined parameter paths as whole
+        components; a pytree of booleans shaped like the parameters or a prefix of them (True
+        = frozen); or a function from the parameters to such a pytree. The mask must be static
+        (Python or NumPy booleans, not values computed under ``jit``).
       inner: the optimizer for the trainable leaves; when None the result only zeroes the frozen
         updates (chain it after your optimizer; that optimizer then still holds state for them).
 
     Returns:
       An ``optax.GradientTransformation``. Its ``init`` raises ``ValueError`` if a pattern matches
-      no parameter.
+      no parameter or a mask is not shaped like the parameters.
+
+    Raises:
+      TypeError: ``frozen`` is none of the three forms (a mapping with a leaf that is not a
+        boolean, say); the message says what is accepted.
 
     Example:
       >>> import jax.numpy as jnp, optax
       >>> params = {"embed": jnp.ones(3), "head": jnp.ones(2)}
+      >>> grads = {"embed": jnp.ones(3), "head": jnp.ones(2)}
       >>> tx = freeze("^embed", optax.adam(1e-2))
-      >>> state = tx.init(params)
-      >>> updates, state = tx.update({"embed": jnp.ones(3), "head": jnp.ones(2)}, state, params)
+      >>> updates, state = tx.update(grads, tx.init(params), params)
       >>> updates["embed"]
       Array([0., 0., 0.], dtype=float32)
+      >>> tx = freeze({"embed": True, "head": False}, optax.sgd(0.1))  # an optax-style mask
+      >>> updates, state = tx.update(grads, tx.init(params), params)
+      >>> updates["embed"], updates["head"]
+      (Array([0., 0., 0.], dtype=float32), Array([-0.1, -0.1], dtype=float32))
 
     References:
       Howard and Ruder, "Universal Language Model Fine-tuning for Text Classification", ACL 2018,
       https://arxiv.org/abs/1801.06146 (freezing all but the top layers).
     """
-    pats = as_patterns(patterns)
-
-    def frozen(tree: PyTree) -> PyTree:
-        return jax.tree.map(lambda label: label >= 0, match_groups(tree, pats))
-
+    mask = _frozen_mask(frozen)
     if inner is None:
         # optax.freeze(mask) is exactly this, but documents only static masks; optax.masked
         # documents a mask function of the tree
-        return optax.masked(optax.set_to_zero(), frozen)
+        return optax.masked(optax.set_to_zero(), mask)
     return optax.partition(
         {"train": inner, "frozen": optax.set_to_zero()},
-        lambda tree: jax.tree.map(lambda f: "frozen" if f else "train", frozen(tree)),
+        lambda tree: jax.tree.map(lambda f: "frozen" if f else "train", mask(tree)),
     )
 
 

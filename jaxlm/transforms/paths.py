@@ -22,6 +22,11 @@ __all__ = ["Patterns", "as_patterns", "compile_patterns", "match_groups", "param
 
 def as_patterns(patterns: Patterns) -> list[str]:
     """A single pattern or a sequence of them, as a list (validated as regular expressions)."""
+    if not isinstance(patterns, str | Sequence):  # a dict would give its keys, a set no order
+        raise TypeError(
+            "patterns must be a regular-expression str or a sequence (list, tuple) of them, got "
+            f"{patterns!r:.80} ({type(patterns).__name__})"
+        )
     out = [patterns] if isinstance(patterns, str) else list(patterns)
     for p in out:
         compile_pattern(p)  # a str, and valid once bounded
