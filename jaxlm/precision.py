@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlm.tree import find_states
+
 _DTYPES = {
     "float32": jnp.float32,
     "f32": jnp.float32,
@@ -200,16 +202,6 @@ def dynamic_loss_scale(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _find_scale_state(opt_state) -> DynamicLossScaleState | None:
-    """The first :class:`DynamicLossScaleState` inside an optimizer state, if any."""
-    found = [
-        s
-        for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, DynamicLossScaleState))
-        if isinstance(s, DynamicLossScaleState)
-    ]
-    return found[0] if found else None
-
-
 def loss_scale(opt_state) -> jax.Array:
     """The factor to multiply the loss by before differentiating: 1 without loss scaling.
 
@@ -225,8 +217,8 @@ def loss_scale(opt_state) -> jax.Array:
       >>> float(loss_scale(state)), float(loss_scale(optax.sgd(0.1).init({"w": jnp.ones(2)})))
       (8.0, 1.0)
     """
-    found = _find_scale_state(opt_state)
-    return jnp.ones((), jnp.float32) if found is None else found.scale
+    found = find_states(opt_state, DynamicLossScaleState)
+    return found[0].scale if found else jnp.ones((), jnp.float32)
 
 
 def loss_scale_metrics(opt_state) -> dict[str, jax.Array]:
@@ -242,13 +234,14 @@ def loss_scale_metrics(opt_state) -> dict[str, jax.Array]:
       >>> loss_scale_metrics(optax.sgd(0.1).init({"w": jnp.ones(2)}))
       {}
     """
-    found = _find_scale_state(opt_state)
-    if found is None:
+    found = find_states(opt_state, DynamicLossScaleState)
+    if not found:
         return {}
+    s = found[0]
     return {
-        "loss_scale": found.scale,
-        "skipped_steps": found.skipped.astype(jnp.float32),
-        "step_applied": found.last_finite.astype(jnp.float32),
+        "loss_scale": s.scale,
+        "skipped_steps": s.skipped.astype(jnp.float32),
+        "step_applied": s.last_finite.astype(jnp.float32),
     }
 
 

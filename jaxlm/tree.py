@@ -8,7 +8,8 @@ tools, exports) uses these functions, so a path reads the same everywhere:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import UnionType
 from typing import Any, TypeVar
 
 import jax
@@ -121,6 +122,28 @@ def compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(rf"(?:(?<![^/])|(?=/))(?:{pattern})(?:(?![^/])|(?<=/))")
 
 
+def is_node(kind: type | UnionType | tuple[type, ...]) -> Callable[[Any], bool]:
+    """The ``is_leaf`` predicate that stops a tree map or flatten at nodes of type ``kind``.
+
+    :func:`find_states` searches with it; use it to *replace* such nodes with ``jax.tree.map``
+    (the function then sees each whole node, and every other leaf as usual).
+
+    Args:
+      kind: a node type, a union of them (``A | B``) or a tuple, as ``isinstance`` takes.
+
+    Returns:
+      ``lambda x: isinstance(x, kind)``.
+
+    Example:
+      >>> import jax.numpy as jnp, optax
+      >>> state = optax.adam(1e-3).init({"w": jnp.ones(2)})
+      >>> is_adam = is_node(optax.ScaleByAdamState)
+      >>> jax.tree.map(lambda x: type(x).__name__, state, is_leaf=is_adam)
+      ('ScaleByAdamState', EmptyState())
+    """
+    return lambda x: isinstance(x, kind)
+
+
 def find_states(tree: PyTree, kind: type[S]) -> list[S]:
     """Every node of type ``kind`` in a tree, in flattening order (e.g. an optimizer state inside
     chains, masks and wrappers).
@@ -138,5 +161,5 @@ def find_states(tree: PyTree, kind: type[S]) -> list[S]:
       >>> [type(s).__name__ for s in find_states(state, optax.ScaleByAdamState)]
       ['ScaleByAdamState']
     """
-    nodes = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, kind))
+    nodes = jax.tree.leaves(tree, is_leaf=is_node(kind))
     return [x for x in nodes if isinstance(x, kind)]

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxlm.tree import find_states, is_node
+
 PyTree = Any
 
 
@@ -219,11 +221,6 @@ def _nt_asgd_observe(s: NTASGDState, loss: jax.Array) -> NTASGDState:
     return s._replace(triggered=s.triggered | trigger, min_older=min_older, recent=recent)
 
 
-def _is_ours(x: Any) -> bool:
-    """True for the states that :func:`report_validation_loss` acts on."""
-    return isinstance(x, PlateauState | NTASGDState)
-
-
 def report_validation_loss(opt_state: PyTree, loss: jax.Array | float) -> PyTree:
     """Hands a validation loss to every :func:`reduce_on_plateau` and :func:`nt_asgd` state.
 
@@ -253,7 +250,7 @@ def report_validation_loss(opt_state: PyTree, loss: jax.Array | float) -> PyTree
             return _nt_asgd_observe(x, loss)
         return x
 
-    return jax.tree.map(observe, opt_state, is_leaf=_is_ours)
+    return jax.tree.map(observe, opt_state, is_leaf=is_node(PlateauState | NTASGDState))
 
 
 def averaged_params(opt_state: PyTree, params: PyTree) -> PyTree:
@@ -275,7 +272,7 @@ def averaged_params(opt_state: PyTree, params: PyTree) -> PyTree:
     References:
       Merity et al., 2018, https://arxiv.org/abs/1708.02182.
     """
-    found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_ours) if isinstance(x, NTASGDState)]
+    found = find_states(opt_state, NTASGDState)
     if not found:
         return params
     s = found[0]
