@@ -1,4 +1,5 @@
-"""What several test files share: the smoke config with overrides and the CLI command line."""
+"""What several test files share: the smoke config with overrides, the CLI command line, a
+compile counter, and small parameter trees with an update loop for the optax transforms."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import optax
 
 from jaxlm.config import load_config
 
@@ -46,3 +49,59 @@ def count_compiles():
         yield lambda: len(events)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def toy_params():
+    """A tiny model-shaped tree: embedding, two layers, head."""
+    k = iter(jax.random.split(jax.random.PRNGKey(0), 8))
+    return {
+        "embed": {"embedding": jax.random.normal(next(k), (5, 3))},
+        "layers_0": {"kernel": jax.random.normal(next(k), (3, 4)), "bias": jnp.zeros(4)},
+        "layers_1": {"kernel": jax.random.normal(next(k), (4, 4)), "bias": jnp.zeros(4)},
+        "head": {"kernel": jax.random.normal(next(k), (4, 5)), "bias": jnp.zeros(5)},
+    }
+
+
+def numbered_layers():
+    """``layers_1``, ``layers_10`` and ``layers_11``, one [3, 2] kernel each: a pattern for
+    layers_1 must take the first alone."""
+    k = iter(jax.random.split(jax.random.PRNGKey(2), 3))
+    return {f"layers_{i}": {"kernel": jax.random.normal(next(k), (3, 2))} for i in (1, 10, 11)}
+
+
+@jax.jit
+def grads_at(step, params):
+    """Deterministic, step-dependent gradients shaped like ``params``."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(1), step), len(leaves))
+    return jax.tree.unflatten(
+        treedef, [3.0 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    )
+
+
+def run_steps(tx, params, steps: int, jit: bool = True):
+    """Applies ``steps`` updates of ``tx`` with :func:`grads_at`; returns the parameter
+    trajectory and the final state."""
+    state = tx.init(params)
+
+    def step(params, state, g):
+        updates, state = tx.update(g, state, params)
+        return optax.apply_updates(params, updates), state
+
+    step = jax.jit(step) if jit else step
+    traj = [params]
+    for i in range(steps):
+        params, state = step(params, state, grads_at(i, params))
+        traj.append(params)
+    return traj, state
+
+
+def moved(a, b) -> dict[str, bool]:
+    """Per top-level module: did any leaf change between two parameter trees?"""
+    return {
+        k: any(
+            bool(jnp.any(x != y))
+            for x, y in zip(jax.tree.leaves(a[k]), jax.tree.leaves(b[k]), strict=True)
+        )
+        for k in a
+    }
