@@ -102,12 +102,12 @@ def freeze(
 
     Built on ``optax.masked(optax.set_to_zero(), ...)`` (what ``optax.freeze`` is; no ``inner``)
     and ``optax.partition`` (with ``inner``). How it differs from ``optax.freeze``: parameters
-    can be selected by path patterns computed from the tree itself; a pattern that matches
-    nothing is an error (so is a mask not shaped like the parameters), where a mask selecting
-    nothing silently trains everything; mask functions are accepted as well as static masks;
-    and with ``inner`` the optimizer keeps no state for frozen leaves and they take no part in
-    it at all (moments, weight decay, global-norm clipping): ``inner`` only ever sees the
-    trainable leaves, whichever way they were selected. ``optax.freeze`` chained after an
+    can be selected by path patterns computed from the tree itself, and a pattern that matches
+    nothing is an error (a mask, as in optax, must be shaped like the parameters or a prefix of
+    them, and an all-False one freezes nothing); mask functions are accepted as well as static
+    masks; and with ``inner`` the optimizer keeps no state for frozen leaves and they take no
+    part in it at all (moments, weight decay, global-norm clipping): ``inner`` only ever sees
+    the trainable leaves, whichever way they were selected. ``optax.freeze`` chained after an
     optimizer only zeroes the updates that optimizer already computed.
 
     Args:

@@ -38,7 +38,22 @@ def as_patterns(patterns: Patterns) -> list[str]:
 
 
 def compile_patterns(patterns: Patterns) -> list[re.Pattern[str]]:
-    """Validated patterns compiled to match whole path components (``compile_pattern``)."""
+    """Validated patterns, compiled to match whole path components.
+
+    Args:
+      patterns: a regular expression or a sequence of them.
+
+    Returns:
+      One :func:`jaxlm.tree.compile_pattern` per pattern, in order (``.search`` them).
+
+    Raises:
+      TypeError: not a str or a sequence of str (a dict, say).
+      ValueError: a pattern is not a valid regular expression.
+
+    Example:
+      >>> [bool(rx.search("layers_10/kernel")) for rx in compile_patterns(["layers_1", "kernel"])]
+      [False, True]
+    """
     return [compile_pattern(p) for p in as_patterns(patterns)]
 
 
