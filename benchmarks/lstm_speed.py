@@ -56,7 +56,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from jaxlm import losses  # noqa: E402
-from jaxlm.models.rnn import RecurrentLM  # noqa: E402
+from jaxlm.models.recurrent import RecurrentLM  # noqa: E402
 
 
 def jax_runner(vocab: int, hidden: int, seq_len: int, batch: int):

@@ -86,7 +86,7 @@ def generate(
       ``[B, num_tokens]`` int32 sampled ids (the prompt not included).
 
     Example:
-      >>> from jaxlm.models.rnn import RecurrentLM
+      >>> from jaxlm.models.recurrent import RecurrentLM
       >>> model = RecurrentLM(vocab_size=10, embed_dim=8, hidden_sizes=(8,))
       >>> prompt = jnp.zeros((1, 3), jnp.int32)
       >>> params = model.init(jax.random.key(0), prompt, model.initial_carry(1))["params"]

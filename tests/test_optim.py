@@ -164,7 +164,7 @@ def test_nt_asgd_and_centralize_from_the_config():
 
 @pytest.mark.parametrize("name", ["lstm", "transformer"])
 def test_centralize_leaves_embedding_tables_alone(name):
-    from jaxlm.models.rnn import RecurrentLM
+    from jaxlm.models.recurrent import RecurrentLM
     from jaxlm.models.transformer import Transformer
 
     if name == "lstm":

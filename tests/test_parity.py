@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.models.rnn import RecurrentLM
+from jaxlm.models.recurrent import RecurrentLM
 
 torch = pytest.importorskip("torch")
 

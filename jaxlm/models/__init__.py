@@ -10,7 +10,7 @@ from __future__ import annotations
 import flax.linen as nn
 import ml_collections
 
-from jaxlm.models.rnn import CELLS, ElmanLayer, GRULayer, LSTMLayer, RecurrentLM
+from jaxlm.models.recurrent import CELLS, ElmanLayer, GRULayer, LSTMLayer, RecurrentLM
 from jaxlm.models.transformer import Transformer
 from jaxlm.precision import Policy
 

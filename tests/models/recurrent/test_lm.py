@@ -1,4 +1,4 @@
-"""Recurrent models: shapes, carried state, weight-drop, AR/TAR, tying, dtypes, the registry."""
+"""RecurrentLM: shapes, carried state, weight-drop, AR/TAR, dropouts, tying, dtypes."""
 
 import functools
 
@@ -9,7 +9,7 @@ import pytest
 
 from jaxlm.config import base_config
 from jaxlm.models import get_model
-from jaxlm.models.rnn import RecurrentLM
+from jaxlm.models.recurrent import RecurrentLM
 from jaxlm.precision import Policy
 
 CELLS = ["rnn", "lstm", "gru"]
@@ -173,53 +173,6 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     assert logits.dtype == jnp.float32 and carry[0].dtype == jnp.float32
 
 
-def test_registry_names_and_errors():
-    cfg = base_config().model
-    cfg.update(weight_drop=0.25, ar=2.0, tar=1.0, input_dropout=0.4, hidden_dropout=0.3)
-    for name in CELLS:
-        cfg.name = name
-        model = get_model(cfg, 11)
-        assert (model.cell, model.weight_drop, model.ar, model.tar) == (name, 0.25, 2.0, 1.0)
-        assert (model.input_dropout, model.hidden_dropout) == (0.4, 0.3)
-    cfg.name = "nope"
-    with pytest.raises(ValueError, match="config.model.name"):
-        get_model(cfg, 11)
-    with pytest.raises(ValueError, match="cell"):
-        RecurrentLM(vocab_size=3, cell="nope").initial_carry(1)
-
-
-# groups=2: the time loop runs as two batch slices side by side, as on a single CPU device
-# (rnn._batch_groups; the tests run with 4 devices, where it keeps one slice).
-@pytest.mark.parametrize("groups", [1, 2])
-@pytest.mark.parametrize("cell", CELLS)
-def test_hand_written_backward_equals_autodiff(cell, groups, monkeypatch):
-    from jaxlm.models import rnn
-    from jaxlm.models.rnn import _layer_impl, recurrent_layer
-
-    monkeypatch.setattr(rnn, "_batch_groups", lambda batch: groups)
-    t, b, i, h = 6, 4, 4, 5
-    g = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
-    ks = jax.random.split(jax.random.key(0), 9)
-    x = jax.random.normal(ks[0], (t, b, i))
-    w_ih = 0.5 * jax.random.normal(ks[1], (i, g * h))
-    b_ih = jax.random.normal(ks[2], (g * h,))
-    w_hh = 0.5 * jax.random.normal(ks[3], (h, g * h))
-    b_hh = jax.random.normal(ks[4], (g * h,)) if cell == "gru" else None
-    h0 = jax.random.normal(ks[5], (b, h))
-    carry = (jax.random.normal(ks[6], (b, h)), h0) if cell == "lstm" else h0
-    r_out, r_fin = jax.random.normal(ks[7], (t, b, h)), jax.random.normal(ks[8], (b, h))
-
-    def loss(fn, *args):
-        out, fin = fn(cell, *args)
-        return jnp.sum(out * r_out) + sum(jnp.sum(f * r_fin) for f in jax.tree.leaves(fin))
-
-    args = (x, w_ih, b_ih, w_hh, b_hh, carry)
-    argnums = (0, 1, 2, 3, 4, 5)
-    ours = jax.jit(jax.grad(functools.partial(loss, recurrent_layer), argnums=argnums))(*args)
-    ref = jax.jit(jax.grad(functools.partial(loss, _layer_impl), argnums=argnums))(*args)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), ours, ref)
-
-
 @pytest.mark.parametrize("locked", [True, False])
 def test_locked_dropout_shares_one_mask_over_time(locked):
     model = _model(dropout=0.5, locked_dropout=locked)
@@ -237,32 +190,3 @@ def test_locked_dropout_shares_one_mask_over_time(locked):
     dropped = np.asarray(state["intermediates"]["Dropout_0"]["__call__"][0]) == 0  # [B, T, E]
     same_over_time = np.all(dropped == dropped[:, :1], axis=1).all()
     assert same_over_time == locked and 0.2 < dropped.mean() < 0.8
-
-
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("vocab", [5, 40], ids=["vocab_table", "lookup"])
-def test_layer_reading_an_embedding_equals_the_embedded_input(cell, vocab):
-    # 3 x 10 = 30 tokens: V = 5 takes the [V, G] table path, V = 40 looks each token up.
-    from jaxlm.models.rnn import CELLS as LAYERS
-
-    layer = LAYERS[cell](8)
-    emb = jax.random.normal(jax.random.key(2), (vocab, 6))
-    tokens = jax.random.randint(jax.random.key(3), (3, 10), 0, vocab)
-    carry = jax.tree.map(lambda z: z + 0.3, layer.initial_carry(3))
-    params = layer.init(jax.random.key(0), emb[tokens], carry)
-    r = jax.random.normal(jax.random.key(4), (3, 10, 8))
-
-    def loss(p, e, by_table):
-        if by_table:
-            h, fin = layer.apply(p, tokens, carry, embedding=e)
-        else:
-            h, fin = layer.apply(p, e[tokens], carry)
-        return jnp.sum(h * r) + sum(jnp.sum(f) for f in jax.tree.leaves(fin))
-
-    got = jax.value_and_grad(loss, argnums=(0, 1))(params, emb, True)
-    want = jax.value_and_grad(loss, argnums=(0, 1))(params, emb, False)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5), got, want)
-    # The table path really is the one taken for the small vocabulary: a [V, G] product.
-    g = layer.num_gates * 8
-    jaxpr = str(jax.make_jaxpr(lambda e: loss(params, e, True))(emb))
-    assert (f"f32[{vocab},{g}] = dot_general" in jaxpr) == (vocab == 5)
