@@ -342,12 +342,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       >>> train_and_evaluate(cfg.get_config("smoke"), "/tmp/smoke")  # doctest: +SKIP
     """
     if config.model.name == "ngram":
-        from jaxlm.models import ngram
+        from jaxlm.models.ngram import run as ngram_run
 
         with _SigtermFlag(default=True) as sigterm:  # no checkpoints: SIGTERM ends it at once
             if sigterm.raised:
                 raise Preempted(f"SIGTERM before the n-gram run in {workdir} started")
-            return ngram.train_and_evaluate(config, workdir)
+            return ngram_run.train_and_evaluate(config, workdir)
     # From the start: a SIGTERM during data preparation, model init or restore is noticed
     # before the loop, and one during the final evaluation after it (not swallowed).
     with _SigtermFlag() as sigterm:

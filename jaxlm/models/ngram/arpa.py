@@ -22,7 +22,8 @@ to the same float64, so a model read back scores like the one that wrote it (to 
 two of the nats/log10 conversion).
 
 Example:
-  >>> from jaxlm.models import ngram, arpa
+  >>> from jaxlm.models import ngram
+  >>> from jaxlm.models.ngram import arpa
   >>> model = ngram.build(train_ids, 10000, 5, eos_id=0, vocab=words)  # doctest: +SKIP
   >>> arpa.write_arpa(model, "ptb.arpa")  # doctest: +SKIP
   >>> again = arpa.read_arpa("ptb.arpa", vocab=words, eos_id=0)  # doctest: +SKIP
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxlm.models.ngram import NGramModel
+from jaxlm.models.ngram.model import NGramModel
 
 LN10 = math.log(10.0)
 BOS, EOS = "<s>", "</s>"

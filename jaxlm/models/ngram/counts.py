@@ -1,0 +1,193 @@
+"""Counting n-grams: sentence segmentation, the ``<s>`` symbols and the count tables.
+
+An n-gram of order ``n`` is the integer key ``id(context) * (V + 1) + word``, where
+``id(context)`` is the row of its ``(n-1)``-gram prefix in the order ``n-1`` table (a trie
+flattened into sorted arrays). Counting is one sort per order; there is no Python loop over
+tokens. Sentences start after each ``eos_id`` (and, for a ``[B, T]`` batch, at each row); with
+``add_bos`` each starts from the context ``<s>``, the extra id ``V``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+
+def _segments(tokens: np.ndarray, eos_id: int | None, row_len: int | None) -> np.ndarray:
+    """Indices in ``tokens`` where a sentence (or stream, or row) starts, ascending, with 0."""
+    n = len(tokens)
+    starts = [np.zeros(1, np.int64)]
+    if eos_id is not None and n:
+        after = np.flatnonzero(tokens[:-1] == eos_id) + 1
+        starts.append(after.astype(np.int64))
+    if row_len:
+        starts.append(np.arange(row_len, n, row_len, dtype=np.int64))
+    return np.unique(np.concatenate(starts)) if n else np.zeros(0, np.int64)
+
+
+def pad(
+    tokens: np.ndarray, bos_id: int, eos_id: int | None, add_bos: bool, row_len: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inserts ``<s>`` before each sentence: the sequence that counting and scoring walk.
+
+    Args:
+      tokens: 1-D token ids.
+      bos_id: the id of ``<s>`` (``V``).
+      eos_id: sentence-end id; a sentence starts after each one. None: one stream.
+      add_bos: insert ``<s>``; False leaves the tokens as they are.
+      row_len: also start a sentence every ``row_len`` tokens (the rows of a ``[B, T]`` batch).
+
+    Returns:
+      ``(seq, hist, token_pos)``: the int64 sequence with the ``<s>`` symbols; for each position
+      of ``seq``, how many symbols of its sentence come before it (its usable history, ``<s>``
+      included); and the position in ``seq`` of each of the original tokens.
+
+    Example:
+      >>> seq, hist, pos = pad(np.array([1, 2, 0, 3]), bos_id=4, eos_id=0, add_bos=True)
+      >>> seq.tolist(), hist.tolist(), pos.tolist()
+      ([4, 1, 2, 0, 4, 3], [0, 1, 2, 3, 0, 1], [1, 2, 3, 5])
+    """
+    starts = _segments(tokens, eos_id, row_len)
+    if add_bos and len(starts):
+        seq = np.insert(tokens.astype(np.int64), starts, bos_id)
+        seg_pos = starts + np.arange(len(starts))
+        index = np.arange(len(tokens))
+        token_pos = index + np.searchsorted(starts, index, "right")
+    else:
+        seq = tokens.astype(np.int64)
+        seg_pos = starts
+        token_pos = np.arange(len(tokens))
+    mark = np.zeros(len(seq), np.int64)
+    mark[seg_pos] = seg_pos
+    hist = np.arange(len(seq)) - np.maximum.accumulate(mark) if len(seq) else mark
+    return seq, hist, token_pos
+
+
+def check_tokens(tokens: Any, vocab_size: int, what: str) -> np.ndarray:
+    """Validates a token array: integers in ``[0, vocab_size)``.
+
+    Args:
+      tokens: token ids, any shape.
+      vocab_size: ``V``.
+      what: names the array in the error messages.
+
+    Returns:
+      ``tokens`` as a numpy array (the same array when it already is one).
+
+    Raises:
+      TypeError: the ids are not integers.
+      ValueError: an id is outside ``[0, vocab_size)``.
+
+    Example:
+      >>> check_tokens([1, 2], vocab_size=3, what="tokens").tolist()
+      [1, 2]
+    """
+    arr = np.asarray(tokens)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{what}: expected integer token ids, got dtype {arr.dtype}")
+    if arr.size and (arr.min() < 0 or arr.max() >= vocab_size):
+        raise ValueError(
+            f"{what}: token ids must be in [0, {vocab_size}), found {int(arr.min())}.."
+            f"{int(arr.max())}"
+        )
+    return arr
+
+
+@dataclasses.dataclass
+class NGramCounts:
+    """Raw n-gram counts of one corpus, as sorted trie tables (one per order).
+
+    Attributes:
+      order: the highest order ``N``.
+      vocab_size: ``V``; ``<s>`` is id ``V``.
+      eos_id: the sentence-end id, or None for one stream.
+      add_bos: whether ``<s>`` was put before each sentence.
+      keys: per order ``n`` (index ``n-1``), sorted int64 keys ``prefix_id * (V+1) + word``; for
+        unigrams simply ``arange(V + 1)``.
+      counts: per order, raw occurrence counts (int64), aligned with ``keys``.
+      suffix: per order ``n >= 2``, the row in order ``n-1`` of the n-gram without its first word
+        (index 0 holds an empty array).
+      bos_first: per order, whether the n-gram starts with ``<s>``.
+    """
+
+    order: int
+    vocab_size: int
+    eos_id: int | None
+    add_bos: bool
+    keys: list[np.ndarray]
+    counts: list[np.ndarray]
+    suffix: list[np.ndarray]
+    bos_first: list[np.ndarray]
+
+    @property
+    def bos_id(self) -> int:
+        """The id of ``<s>``: one past the vocabulary."""
+        return self.vocab_size
+
+
+def count_ngrams(
+    tokens: Any,
+    vocab_size: int,
+    order: int,
+    *,
+    eos_id: int | None = None,
+    add_bos: bool = True,
+) -> NGramCounts:
+    """Counts every n-gram of orders 1..``order`` in a token array, without crossing sentences.
+
+    Args:
+      tokens: 1-D integer token ids in ``[0, vocab_size)``.
+      vocab_size: ``V``, the tokenizer's vocabulary size.
+      order: the highest order ``N >= 1``.
+      eos_id: sentence-end id; contexts restart (at ``<s>``) after each one. None: one stream.
+      add_bos: put ``<s>`` (id ``V``) before each sentence.
+
+    Returns:
+      :class:`NGramCounts`.
+
+    Example:
+      >>> c = count_ngrams(np.array([1, 2, 0, 1, 0]), vocab_size=3, order=2, eos_id=0)
+      >>> c.counts[0].tolist()  # <eos>, 1, 2, <s>
+      [2, 2, 1, 2]
+    """
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}")
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    if eos_id is not None and not 0 <= eos_id < vocab_size:
+        raise ValueError(f"eos_id {eos_id} is outside the vocabulary [0, {vocab_size})")
+    tokens = check_tokens(tokens, vocab_size, "count_ngrams tokens").reshape(-1)
+    if tokens.size == 0:
+        raise ValueError("count_ngrams: the training token array is empty")
+    m = vocab_size + 1
+    if (2 * len(tokens) + 2) * m >= 2**63:  # keys are row * m + word, rows < len(seq)
+        raise ValueError(f"vocab_size {vocab_size} and {len(tokens)} tokens overflow int64 keys")
+    seq, hist, _ = pad(tokens, vocab_size, eos_id, add_bos)
+    keys = [np.arange(m, dtype=np.int64)]
+    counts = [np.bincount(seq, minlength=m).astype(np.int64)]
+    suffix = [np.zeros(0, np.int64)]
+    bos_first = [keys[0] == vocab_size]
+    ids_prev = seq
+    for n in range(2, order + 1):
+        pos = np.flatnonzero(hist >= n - 1)
+        if len(pos) == 0:
+            raise ValueError(
+                f"count_ngrams: no {n}-grams in the data (sentences too short for order {order})"
+            )
+        # first: index of each n-gram's first occurrence (numpy sorts stably for return_index)
+        uniq, first, inverse, cnt = np.unique(
+            ids_prev[pos - 1] * m + seq[pos],
+            return_index=True,
+            return_inverse=True,
+            return_counts=True,
+        )
+        keys.append(uniq)
+        counts.append(cnt.astype(np.int64))
+        suffix.append(ids_prev[pos[first]])
+        bos_first.append(bos_first[-1][uniq // m])
+        ids = np.full(len(seq), -1, np.int64)
+        ids[pos] = inverse
+        ids_prev = ids
+    return NGramCounts(order, vocab_size, eos_id, add_bos, keys, counts, suffix, bos_first)

@@ -1,0 +1,271 @@
+"""The estimated n-gram model: scoring, next-token distributions, saving and loading.
+
+The model is held in back-off form (the ARPA form): for each stored n-gram ``h w`` its
+interpolated ``log p(w|h)``, and for each stored context ``h`` its back-off weight
+``log gamma(h)``; ``p(w|h) = gamma(h) p(w|h')`` for ``h w`` not stored. Scoring is one
+``searchsorted`` per order, with no Python loop over tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxlm.models.ngram.counts import check_tokens, pad
+
+
+@dataclasses.dataclass
+class NGramModel:
+    """An n-gram model in back-off form: stored n-grams' log-probs and contexts' back-offs.
+
+    Attributes:
+      order: the highest order ``N``.
+      vocab_size: ``V``; ``<s>`` is id ``V``.
+      eos_id: sentence-end id (contexts restart after it), or None for one stream.
+      add_bos: whether sentences start from the ``<s>`` context.
+      keys: per order ``n`` (index ``n-1``), sorted int64 keys ``prefix_row * (V+1) + word``.
+      log_probs: per order, ``log p(w|h)`` in nats of each stored n-gram (``<s>``: ``-inf``).
+      log_backoffs: per order ``1..N-1``, ``log gamma(h)`` of each stored n-gram as a context
+        (0 where it is not one).
+      vocab: token strings (for ARPA files), or None.
+      info: how it was made (method, discounts, counts per order...).
+    """
+
+    order: int
+    vocab_size: int
+    eos_id: int | None
+    add_bos: bool
+    keys: list[np.ndarray]
+    log_probs: list[np.ndarray]
+    log_backoffs: list[np.ndarray]
+    vocab: tuple[str, ...] | None = None
+    info: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def bos_id(self) -> int:
+        """The id of ``<s>``: one past the vocabulary."""
+        return self.vocab_size
+
+    @property
+    def num_ngrams(self) -> list[int]:
+        """How many n-grams each order stores (unigrams include ``<s>``)."""
+        return [len(k) for k in self.keys]
+
+    def ngram_words(self, n: int) -> np.ndarray:
+        """The word ids of every stored n-gram of order ``n``.
+
+        Args:
+          n: the order, ``1..N``.
+
+        Returns:
+          ``[num_ngrams[n-1], n]`` int64 array, rows aligned with ``keys[n-1]``.
+
+        Example:
+          >>> model.ngram_words(2)[:3]  # doctest: +SKIP
+        """
+        m = self.vocab_size + 1
+        words = self.keys[0][:, None]
+        for j in range(2, n + 1):
+            k = self.keys[j - 1]
+            words = np.concatenate([words[k // m], (k % m)[:, None]], axis=1)
+        return words
+
+    # -- scoring ----------------------------------------------------------------------------------
+
+    def _lookup(self, seq: np.ndarray, hist: np.ndarray) -> list[np.ndarray]:
+        """Row of the n-gram ending at each position, per order (-1: not stored)."""
+        m = self.vocab_size + 1
+        lids = [seq.copy()]
+        for n in range(2, self.order + 1):
+            prev = lids[-1]
+            lid = np.full(len(seq), -1, np.int64)
+            pos = np.flatnonzero(hist >= n - 1)
+            pos = pos[prev[pos - 1] >= 0]
+            key = prev[pos - 1] * m + seq[pos]
+            table = self.keys[n - 1]
+            j = np.searchsorted(table, key)
+            found = j < len(table)
+            found[found] = table[j[found]] == key[found]
+            lid[pos[found]] = j[found]
+            lids.append(lid)
+        return lids
+
+    def score(self, tokens: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Per-token log-probabilities (nats) and the order that supplied each.
+
+        Each token is predicted from the up to ``N - 1`` tokens before it in its sentence (after
+        ``<s>`` when ``add_bos``). A 2-D ``[B, T]`` array scores each row as its own text
+        (each row starts a sentence).
+
+        Args:
+          tokens: ``[T]`` or ``[B, T]`` integer ids in ``[0, V)``.
+
+        Returns:
+          ``(log_probs, orders)`` shaped like ``tokens``: float64 ``log p(token | context)``, and
+          int32 length of the longest stored n-gram that ends at the token (1 = unigram, the
+          rest from back-off).
+
+        Example:
+          >>> log_probs, orders = model.score(np.array([2, 4, 0]))  # doctest: +SKIP
+          >>> perplexity = np.exp(-log_probs.mean())  # doctest: +SKIP
+        """
+        arr = check_tokens(tokens, self.vocab_size, "score tokens")
+        shape = arr.shape
+        if arr.ndim not in (1, 2):
+            raise ValueError(f"score: expected [T] or [B, T] tokens, got shape {shape}")
+        row_len = shape[1] if arr.ndim == 2 else None
+        flat = arr.reshape(-1)
+        seq, hist, t = pad(flat, self.bos_id, self.eos_id, self.add_bos, row_len)
+        lids = self._lookup(seq, hist)
+        longest = np.minimum(hist[t], self.order - 1)  # usable context length
+        orders = np.ones(len(t), np.int32)
+        log_probs = self.log_probs[0][seq[t]].astype(np.float64)
+        for n in range(2, self.order + 1):
+            row = lids[n - 1][t]
+            f = row >= 0
+            orders[f] = n
+            log_probs[f] = self.log_probs[n - 1][row[f]]
+        tm1 = np.maximum(t - 1, 0)
+        for ctx in range(1, self.order):
+            row = lids[ctx - 1][tm1]
+            use = (ctx >= orders) & (ctx <= longest) & (row >= 0)
+            log_probs[use] += self.log_backoffs[ctx - 1][row[use]]
+        return log_probs.reshape(shape), orders.reshape(shape)
+
+    def nll(self, tokens: Any) -> tuple[float, int]:
+        """Summed negative log-likelihood (nats) of a token array and how many tokens it covers.
+
+        Args:
+          tokens: ``[T]`` or ``[B, T]`` integer ids.
+
+        Returns:
+          ``(nll_sum, count)``; perplexity is ``exp(nll_sum / count)``.
+
+        Example:
+          >>> total, count = model.nll(test_tokens)  # doctest: +SKIP
+        """
+        log_probs, _ = self.score(tokens)
+        return float(-log_probs.sum()), int(log_probs.size)
+
+    def perplexity(self, tokens: Any) -> float:
+        """``exp`` of the mean negative log-likelihood per token.
+
+        Args:
+          tokens: ``[T]`` or ``[B, T]`` integer ids.
+
+        Returns:
+          The perplexity.
+
+        Example:
+          >>> model.perplexity(test_tokens)  # doctest: +SKIP
+        """
+        total, count = self.nll(tokens)
+        if count == 0:
+            raise ValueError("perplexity: no tokens to score")
+        return math.exp(total / count)
+
+    def _row(self, words: Sequence[int]) -> int:
+        """Row of an n-gram (given as word ids) in its order's table, or -1 if not stored."""
+        m = self.vocab_size + 1
+        row = int(words[0])
+        for j, w in enumerate(words[1:], 2):
+            key = row * m + int(w)
+            table = self.keys[j - 1]
+            i = int(np.searchsorted(table, key))
+            if i >= len(table) or table[i] != key:
+                return -1
+            row = i
+        return row
+
+    def next_log_probs(self, context: Sequence[int]) -> np.ndarray:
+        """``log p(w | context)`` for every token ``w`` of the vocabulary.
+
+        Args:
+          context: preceding ids, oldest first; begin it with :attr:`bos_id` to condition on a
+            sentence start. Only the last ``N - 1`` are used.
+
+        Returns:
+          float64 ``[V]`` log-probabilities (nats); they sum to 1 in probability.
+
+        Example:
+          >>> p = np.exp(model.next_log_probs([model.bos_id]))  # doctest: +SKIP
+        """
+        m = self.vocab_size + 1
+        ctx = [int(c) for c in context][-(self.order - 1) :] if self.order > 1 else []
+        out = self.log_probs[0][: self.vocab_size].astype(np.float64)
+        # rows of the context's suffixes of length 1..len(ctx), longest last
+        for length in range(1, len(ctx) + 1):
+            row = self._row(ctx[len(ctx) - length :])
+            if row < 0:
+                continue  # context not stored: back-off weight 1, no n-grams of its own
+            table = self.keys[length]
+            lo, hi = np.searchsorted(table, [row * m, (row + 1) * m])
+            out = out + self.log_backoffs[length - 1][row]
+            out[table[lo:hi] % m] = self.log_probs[length][lo:hi]
+        return out
+
+    # -- persistence ------------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Writes the model to one ``.npz`` file (exact; for ARPA files see :mod:`.arpa`).
+
+        Args:
+          path: destination file.
+
+        Example:
+          >>> model.save("/tmp/model.npz"); NGramModel.load("/tmp/model.npz")  # doctest: +SKIP
+        """
+        meta = {
+            "order": self.order,
+            "vocab_size": self.vocab_size,
+            "eos_id": self.eos_id,
+            "add_bos": self.add_bos,
+            "vocab": list(self.vocab) if self.vocab is not None else None,
+            "info": self.info,
+        }
+        arrays = {"meta": np.array(json.dumps(meta))}
+        for n in range(1, self.order + 1):
+            arrays[f"keys_{n}"] = self.keys[n - 1]
+            arrays[f"log_probs_{n}"] = self.log_probs[n - 1]
+            if n < self.order:
+                arrays[f"log_backoffs_{n}"] = self.log_backoffs[n - 1]
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> NGramModel:
+        """Reads a model that :meth:`save` wrote.
+
+        Args:
+          path: the ``.npz`` file.
+
+        Returns:
+          The model.
+
+        Example:
+          >>> model = NGramModel.load("/tmp/model.npz")  # doctest: +SKIP
+        """
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            n_max = meta["order"]
+            keys = [z[f"keys_{n}"] for n in range(1, n_max + 1)]
+            log_probs = [z[f"log_probs_{n}"] for n in range(1, n_max + 1)]
+            log_backoffs = [z[f"log_backoffs_{n}"] for n in range(1, n_max)]
+        vocab = tuple(meta["vocab"]) if meta["vocab"] is not None else None
+        return cls(
+            n_max,
+            meta["vocab_size"],
+            meta["eos_id"],
+            meta["add_bos"],
+            keys,
+            log_probs,
+            log_backoffs,
+            vocab,
+            meta["info"],
+        )

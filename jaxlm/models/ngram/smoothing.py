@@ -1,0 +1,355 @@
+"""Smoothing: discounts, cut-offs and the estimate that turns counts into a model.
+
+Methods (Chen and Goodman 1998, all interpolated; each order mixes with the next lower one and
+the unigrams with the uniform distribution over the ``V`` tokens, as KenLM's ``lmplz`` does):
+
+- ``"modified_kneser_ney"``: three discounts per order ``D1, D2, D3+`` from the counts of counts.
+- ``"kneser_ney"``: one discount per order, ``D = n1 / (n1 + 2 n2)`` unless given.
+- ``"absolute"``: absolute discounting on raw counts at every order (no continuation counts).
+- ``"add_k"``: additive smoothing, ``p(w|h) = (c(h w) + k V p_lower(w|h')) / (c(h) + k V)``; for
+  unigrams this is textbook add-k, ``(c(w) + k) / (N + k V)``; higher orders add their ``k V``
+  pseudo-counts in proportion to the next lower order instead of uniformly, which keeps the model
+  a back-off model that ARPA files can hold exactly.
+
+Kneser-Ney methods use raw counts at the highest order and for n-grams that start with ``<s>``
+(they have no left extension), and continuation counts ``N1+(. w)`` elsewhere, as KenLM and SRILM
+do. Count cut-offs drop n-grams whose raw count is ``<=`` the order's threshold; their mass goes to
+the back-off weight of their context, so every distribution still sums to 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxlm.models.ngram.counts import NGramCounts, count_ngrams
+from jaxlm.models.ngram.model import NGramModel
+
+METHODS = ("modified_kneser_ney", "kneser_ney", "absolute", "add_k")
+_KN_METHODS = ("modified_kneser_ney", "kneser_ney")
+
+
+def count_of_counts(adjusted: np.ndarray, max_count: int = 4) -> np.ndarray:
+    """``n_1 .. n_max``: how many n-grams have (adjusted) count exactly 1, 2, ...
+
+    Args:
+      adjusted: counts of one order.
+      max_count: the largest count to tally.
+
+    Returns:
+      int64 array of length ``max_count + 1`` (index 0 unused, 0).
+
+    Example:
+      >>> count_of_counts(np.array([1, 1, 2, 5])).tolist()
+      [0, 2, 1, 0, 0]
+    """
+    a = adjusted[(adjusted >= 1) & (adjusted <= max_count)]
+    out = np.bincount(a, minlength=max_count + 1).astype(np.int64)
+    out[0] = 0
+    return out
+
+
+def modified_kn_discounts(n: Sequence[int]) -> tuple[float, float, float]:
+    """Chen and Goodman's (1998, eq. 26) discounts ``D1, D2, D3+`` from counts of counts.
+
+    ``Y = n1 / (n1 + 2 n2)``, ``D1 = 1 - 2 Y n2 / n1``, ``D2 = 2 - 3 Y n3 / n2``,
+    ``D3+ = 3 - 4 Y n4 / n3``.
+
+    Args:
+      n: ``[_, n1, n2, n3, n4]`` as :func:`count_of_counts` returns.
+
+    Returns:
+      ``(D1, D2, D3)``.
+
+    Raises:
+      ValueError: some ``n_j`` is 0 or a discount leaves ``[0, j]`` (small or artificial data;
+        pass explicit discounts instead).
+
+    Example:
+      >>> [round(d, 4) for d in modified_kn_discounts([0, 10, 4, 2, 1])]
+      [0.5556, 1.1667, 1.8889]
+    """
+    n1, n2, n3, n4 = (int(x) for x in n[1:5])
+    if min(n1, n2, n3) == 0:
+        raise ValueError(
+            f"cannot estimate modified Kneser-Ney discounts: counts of counts n1..n4 = "
+            f"{[n1, n2, n3, n4]} have a zero (small or artificial data); pass discount=..."
+        )
+    y = n1 / (n1 + 2 * n2)
+    d = (1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3)
+    for j, dj in enumerate(d, 1):
+        if not 0.0 <= dj <= j:
+            raise ValueError(f"modified Kneser-Ney discount D{j} = {dj:.4f} is outside [0, {j}]")
+    return d
+
+
+def kn_discount(n: Sequence[int]) -> float:
+    """The single Kneser-Ney / absolute discount ``D = n1 / (n1 + 2 n2)`` (Ney et al. 1994).
+
+    Args:
+      n: ``[_, n1, n2, ...]`` as :func:`count_of_counts` returns.
+
+    Returns:
+      ``D`` in ``[0, 1]``.
+
+    Example:
+      >>> kn_discount([0, 10, 5])
+      0.5
+    """
+    n1, n2 = int(n[1]), int(n[2])
+    if n1 + n2 == 0:
+        raise ValueError("cannot estimate a discount: no n-grams seen once or twice")
+    return n1 / (n1 + 2 * n2)
+
+
+def _discount_tables(
+    method: str,
+    adjusted: list[np.ndarray],
+    discount: Any,
+    order: int,
+    fallback: Sequence[float] | None,
+) -> tuple[list[np.ndarray], list[int]]:
+    """Per order, the discount for adjusted counts 0, 1, 2, 3+; and the orders that fell back."""
+    if method == "add_k":
+        if discount is not None:
+            raise ValueError("add_k takes k, not discount")
+        return [np.zeros(4) for _ in range(order)], []
+    tables, fell_back = [], []
+    for n in range(1, order + 1):
+        if discount is None:
+            coc = count_of_counts(adjusted[n - 1])
+            try:
+                if method == "modified_kneser_ney":
+                    d = modified_kn_discounts(coc)
+                else:
+                    d = (kn_discount(coc),) * 3
+            except ValueError as e:
+                if fallback is None:
+                    raise ValueError(f"order {n}: {e}") from None
+                fb = _given_discount("modified_kneser_ney", fallback, n, order)
+                d = fb if method == "modified_kneser_ney" else (fb[0],) * 3
+                fell_back.append(n)
+        else:
+            d = _given_discount(method, discount, n, order)
+        tables.append(np.array([0.0, *d]))
+    return tables, fell_back
+
+
+def _given_discount(method: str, discount: Any, n: int, order: int) -> tuple[float, ...]:
+    """The user's discount for order ``n`` as ``(D1, D2, D3)``, validated."""
+    if method == "modified_kneser_ney":
+        arr = np.asarray(discount, np.float64)
+        if arr.shape == (3,):
+            d = tuple(arr)
+        elif arr.shape == (order, 3):
+            d = tuple(arr[n - 1])
+        else:
+            raise ValueError(
+                f"modified_kneser_ney discount: expected (D1, D2, D3) or {order} such triples, "
+                f"got shape {arr.shape}"
+            )
+        limits = (1.0, 2.0, 3.0)
+    else:
+        arr = np.asarray(discount, np.float64)
+        if arr.ndim == 0:
+            d = (float(arr),) * 3
+        elif arr.shape == (order,):
+            d = (float(arr[n - 1]),) * 3
+        else:
+            raise ValueError(
+                f"{method} discount: expected one number or {order} (one per order), got "
+                f"shape {arr.shape}"
+            )
+        limits = (1.0, 1.0, 1.0)
+    for j, (dj, lim) in enumerate(zip(d, limits, strict=True), 1):
+        if not 0.0 <= dj <= lim:
+            raise ValueError(f"order {n}: discount D{j} = {dj} is outside [0, {lim}]")
+    return tuple(float(x) for x in d)
+
+
+def _cutoff_list(cutoffs: Sequence[int] | None, order: int) -> list[int]:
+    """Per-order cut-offs; missing higher orders repeat the last value; validated."""
+    if cutoffs is None or len(cutoffs) == 0:
+        return [0] * order
+    cut = [int(c) for c in cutoffs][:order]
+    cut += [cut[-1]] * (order - len(cut))
+    if cut[0] != 0:
+        raise ValueError(f"cutoffs: unigrams cannot be cut off (cutoffs[0] = {cut[0]}, need 0)")
+    if any(c < 0 for c in cut) or any(b < a for a, b in zip(cut, cut[1:], strict=False)):
+        raise ValueError(f"cutoffs must be >= 0 and non-decreasing with the order, got {cut}")
+    return cut
+
+
+def estimate(
+    counts: NGramCounts,
+    *,
+    method: str = "modified_kneser_ney",
+    discount: Any = None,
+    k: float = 1.0,
+    cutoffs: Sequence[int] | None = None,
+    discount_fallback: Sequence[float] | None = (0.5, 1.0, 1.5),
+    vocab: Sequence[str] | None = None,
+) -> NGramModel:
+    """Turns counts into an interpolated, normalised n-gram model in back-off form.
+
+    For each order ``n`` with adjusted counts ``a`` (see the module docstring) and discounts
+    ``D(a)``: ``p(w|h) = (a(h w) - D(a(h w))) / sum_v a(h v) + gamma(h) p(w|h')`` with
+    ``gamma(h) = (sum_w D(a(h w)) + pruned mass) / sum_v a(h v)``; unigrams interpolate with
+    ``1 / V``.
+
+    Args:
+      counts: from :func:`count_ngrams`.
+      method: one of ``METHODS``.
+      discount: None to estimate from counts of counts (Chen and Goodman); for
+        ``"modified_kneser_ney"`` a triple ``(D1, D2, D3)`` for every order or one triple per
+        order; for ``"kneser_ney"`` / ``"absolute"`` one number or one per order.
+      k: the pseudo-count of ``"add_k"``.
+      cutoffs: per-order thresholds; n-grams with raw count ``<=`` the threshold are dropped (and
+        their mass moved to back-off). Missing higher orders repeat the last value; the unigram
+        threshold must be 0; thresholds must not decrease with the order. None: keep all.
+      discount_fallback: ``(D1, D2, D3)`` used for an order whose discounts cannot be estimated
+        (a count of counts is 0 or a discount leaves its range, as on small or character-level
+        data; KenLM's ``--discount_fallback`` with its defaults); ``kneser_ney`` and ``absolute``
+        take ``D1``. The orders that fell back are listed in ``info["discount_fallback_orders"]``.
+        None raises instead.
+      vocab: token strings to keep with the model (for ARPA files).
+
+    Returns:
+      :class:`NGramModel`.
+
+    Example:
+      >>> counts = count_ngrams(tokens, vocab_size=5, order=3, eos_id=0)  # doctest: +SKIP
+      >>> model = estimate(counts, method="kneser_ney", discount=0.75)  # doctest: +SKIP
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown n-gram method {method!r}; expected one of {METHODS}")
+    if method == "add_k" and not k > 0:
+        raise ValueError(f"add_k needs k > 0, got {k}")
+    order, v, m = counts.order, counts.vocab_size, counts.vocab_size + 1
+    if vocab is not None and len(vocab) != v:
+        raise ValueError(f"vocab has {len(vocab)} entries, the counts' vocab_size is {v}")
+    cut = _cutoff_list(cutoffs, order)
+
+    # Adjusted counts: continuation counts for lower Kneser-Ney orders, except after <s>.
+    adjusted = []
+    for n in range(1, order + 1):
+        raw = counts.counts[n - 1]
+        if method in _KN_METHODS and n < order:
+            cont = np.bincount(counts.suffix[n], minlength=len(raw)).astype(np.int64)
+            a = np.where(counts.bos_first[n - 1], raw, cont)
+        else:
+            a = raw.copy()
+        if n == 1:
+            a[v] = 0  # <s> is never predicted
+        adjusted.append(a)
+    dtabs, fell_back = _discount_tables(method, adjusted, discount, order, discount_fallback)
+    extra = k * v if method == "add_k" else 0.0
+
+    keep = [counts.counts[n - 1] > cut[n - 1] for n in range(1, order + 1)]
+    keep[0][:] = True
+
+    # Unigrams, mixed with the uniform distribution over the V tokens.
+    a = adjusted[0]
+    disc = dtabs[0][np.minimum(a, 3)]
+    total = float(a.sum()) + extra
+    if total <= 0:
+        raise ValueError("estimate: no unigram counts (empty training data)")
+    probs = (a - disc) / total + (float(disc.sum()) + extra) / total / v
+    probs[v] = 0.0
+    all_probs = [probs]
+    gammas = []
+    for n in range(2, order + 1):
+        a = adjusted[n - 1]
+        key = counts.keys[n - 1]
+        prefix = key // m
+        kept = keep[n - 1]
+        disc = np.where(kept, dtabs[n - 1][np.minimum(a, 3)], 0.0)
+        moved = np.where(kept, 0.0, a.astype(np.float64))
+        n_ctx = len(counts.keys[n - 2])
+        denom = np.bincount(prefix, weights=a, minlength=n_ctx) + extra
+        num = np.bincount(prefix, weights=disc + moved, minlength=n_ctx) + extra
+        has = denom > 0
+        gamma = np.ones(n_ctx)
+        gamma[has] = num[has] / denom[has]
+        d = denom[prefix]
+        alpha = np.where(kept & (d > 0), (a - disc) / np.where(d > 0, d, 1.0), 0.0)
+        all_probs.append(alpha + gamma[prefix] * all_probs[-1][counts.suffix[n - 1]])
+        gammas.append(gamma)
+
+    # Drop cut-off n-grams and renumber the rows their successors point to.
+    keys, log_probs, log_backoffs = [], [], []
+    new_row = None
+    with np.errstate(divide="ignore"):
+        for n in range(1, order + 1):
+            kept = keep[n - 1]
+            key = counts.keys[n - 1]
+            if n > 1:
+                key = new_row[key // m] * m + key % m
+            keys.append(key[kept])
+            log_probs.append(np.log(all_probs[n - 1][kept]))
+            if n < order:
+                log_backoffs.append(np.log(gammas[n - 1][kept]))
+            new_row = np.cumsum(kept) - 1
+    info = {
+        "method": method,
+        "discounts": [t[1:].tolist() for t in dtabs] if method != "add_k" else None,
+        "discount_fallback_orders": fell_back,
+        "k": k if method == "add_k" else None,
+        "cutoffs": cut,
+        "num_ngrams": [len(x) for x in keys],
+        "num_train_tokens": int(counts.counts[0][:v].sum()),
+    }
+    vocab_t = tuple(vocab) if vocab is not None else None
+    return NGramModel(
+        order, v, counts.eos_id, counts.add_bos, keys, log_probs, log_backoffs, vocab_t, info
+    )
+
+
+def build(
+    tokens: Any,
+    vocab_size: int,
+    order: int = 5,
+    *,
+    method: str = "modified_kneser_ney",
+    discount: Any = None,
+    k: float = 1.0,
+    cutoffs: Sequence[int] | None = None,
+    discount_fallback: Sequence[float] | None = (0.5, 1.0, 1.5),
+    eos_id: int | None = None,
+    add_bos: bool = True,
+    vocab: Sequence[str] | None = None,
+) -> NGramModel:
+    """Counts and estimates an n-gram model in one call (:func:`count_ngrams` + :func:`estimate`).
+
+    Args:
+      tokens: 1-D training ids in ``[0, vocab_size)``.
+      vocab_size: ``V``.
+      order: highest order ``N``.
+      method: ``"modified_kneser_ney"`` (default), ``"kneser_ney"``, ``"absolute"``, ``"add_k"``.
+      discount: explicit discount(s), see :func:`estimate`; None estimates them.
+      k: pseudo-count for ``"add_k"``.
+      cutoffs: per-order count cut-offs, see :func:`estimate`.
+      discount_fallback: discounts for orders where estimation fails, see :func:`estimate`.
+      eos_id: sentence-end id (``<eos>``), or None for one stream.
+      add_bos: start each sentence from the ``<s>`` context.
+      vocab: token strings (kept for ARPA export).
+
+    Returns:
+      :class:`NGramModel`.
+
+    Example:
+      >>> model = build(train_ids, vocab_size=10000, order=5, eos_id=0)  # doctest: +SKIP
+      >>> model.perplexity(test_ids)  # doctest: +SKIP
+    """
+    counts = count_ngrams(tokens, vocab_size, order, eos_id=eos_id, add_bos=add_bos)
+    return estimate(
+        counts,
+        method=method,
+        discount=discount,
+        k=k,
+        cutoffs=cutoffs,
+        discount_fallback=discount_fallback,
+        vocab=vocab,
+    )
