@@ -1,21 +1,40 @@
 """Language models behind one registry: ``get_model(config.model, vocab_size, policy)``.
 
-Every model keeps one interface: ``model.apply({"params": p}, tokens_BxT, carry,
+Every neural model keeps one interface: ``model.apply({"params": p}, tokens_BxT, carry,
 deterministic=bool, rngs={"dropout": key})`` returns ``(logits_BxTxV float32, new_carry, aux)``,
-and ``model.initial_carry(batch_size, max_length=None)`` gives the starting carry.
+and ``model.initial_carry(batch_size, max_length=None)`` gives the starting carry. The n-gram
+model is count-based: its entry, :class:`NGramLM`, holds the config and ``fit`` builds it.
+
+Each model owns its defaults: they are the fields of its class (a dataclass, as flax modules
+are), which :func:`model_defaults` reads, so a config only names what it changes.
 """
 
 from __future__ import annotations
 
-import flax.linen as nn
-import ml_collections
+import dataclasses
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+import flax.linen as nn
+
+from jaxlm.models.ngram import NGramLM
 from jaxlm.models.recurrent import CELLS, ElmanLayer, GRULayer, LSTMLayer, RecurrentLM
 from jaxlm.models.transformer import Transformer
 from jaxlm.precision import Policy
 
+if TYPE_CHECKING:
+    import ml_collections
+
 RECURRENT = tuple(sorted(CELLS))
-MODELS = (*RECURRENT, "transformer")
+_CLASSES: dict[str, type] = {
+    **dict.fromkeys(RECURRENT, RecurrentLM),
+    "ngram": NGramLM,
+    "transformer": Transformer,
+}
+MODELS = tuple(sorted(_CLASSES))
+# Constructor arguments that are not config fields: the vocabulary comes from the tokenizer, the
+# dtypes from the precision policy, a recurrent model's cell from its name; flax sets the rest.
+_NOT_CONFIG = frozenset({"vocab_size", "dtype", "param_dtype", "output_dtype", "parent", "name"})
 
 __all__ = [
     "MODELS",
@@ -23,71 +42,123 @@ __all__ = [
     "ElmanLayer",
     "GRULayer",
     "LSTMLayer",
+    "NGramLM",
     "RecurrentLM",
     "Transformer",
     "get_model",
+    "model_defaults",
 ]
 
 
-def get_model(
-    model_config: ml_collections.ConfigDict, vocab_size: int, policy: Policy | None = None
-) -> nn.Module:
-    """Builds the flax module that ``model_config.name`` names.
+def _model_class(name: str) -> type:
+    """The class that builds model ``name``, or the registry's error."""
+    try:
+        return _CLASSES[name]
+    except KeyError:
+        raise ValueError(
+            f"config.model.name: unknown model {name!r}; expected one of {sorted(MODELS)}"
+        ) from None
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The config fields of model ``name`` and their defaults, read from the model's class.
 
     Args:
-      model_config: the ``model`` section of a run config; ``name`` is one of :data:`MODELS`.
+      name: one of :data:`MODELS`.
+
+    Returns:
+      ``{field: default}`` for every field of the class that a config may set: all but
+      ``vocab_size`` (the tokenizer's), the dtypes (the precision policy's), a recurrent
+      model's ``cell`` (its name) and flax's ``parent`` and ``name``.
+
+    Raises:
+      ValueError: ``name`` is not a registered model.
+
+    Example:
+      >>> model_defaults("lstm")["hidden_sizes"]
+      (512, 512)
+      >>> model_defaults("ngram")["method"]
+      'modified_kneser_ney'
+    """
+    cls = _model_class(name)
+    skip = _NOT_CONFIG | ({"cell"} if cls is RecurrentLM else set())
+    return {
+        f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(cls)
+        if f.init and f.name not in skip
+    }
+
+
+def _frozen(value: Any) -> Any:
+    """Lists (from JSON) and tuples as tuples, all the way down; other values as they are."""
+    if isinstance(value, list | tuple):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _fields(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments of model ``name`` that ``given`` sets, checked by name.
+
+    A field of another registered model is skipped: the shared ``model`` section of
+    ``jaxlm.config.base_config`` carries every model's fields.
+    """
+    own = model_defaults(name)
+    known = set().union(*(model_defaults(n) for n in MODELS))
+    out = {}
+    for key, value in given.items():
+        if key in own:
+            out[key] = _frozen(value)
+        elif key != "name" and key not in known:
+            raise ValueError(
+                f"config.model.{key}: {name} has no such field; its fields are {sorted(own)}"
+            )
+    return out
+
+
+def get_model(
+    model_config: ml_collections.ConfigDict | Mapping[str, Any],
+    vocab_size: int,
+    policy: Policy | None = None,
+) -> nn.Module | NGramLM:
+    """Builds the model that ``model_config.name`` names.
+
+    Only ``name`` is required: every field the config leaves out takes the model's default
+    (:func:`model_defaults`). Lists (configs read back from JSON) become tuples.
+
+    Args:
+      model_config: the ``model`` section of a run config, a ConfigDict or a plain mapping;
+        ``name`` is one of :data:`MODELS`.
       vocab_size: the tokenizer's vocabulary size.
-      policy: dtype policy; float32 throughout when None.
+      policy: dtype policy of the neural models; float32 throughout when None.
 
     Returns:
       A ``flax.linen.Module`` with jaxlm's model interface (see :class:`RecurrentLM` and
-      :class:`Transformer`).
+      :class:`Transformer`), or for ``"ngram"`` an :class:`NGramLM` (its ``fit`` builds the
+      model).
+
+    Raises:
+      ValueError: the name is missing or unknown, or a field belongs to no registered model;
+        the message names the ``config.model`` field.
 
     Example:
-      >>> from jaxlm.config import base_config
-      >>> model = get_model(base_config().model, vocab_size=65)
+      >>> model = get_model({"name": "gru", "hidden_sizes": [64]}, vocab_size=65)
+      >>> model.cell, model.hidden_sizes, model.embed_dim
+      ('gru', (64,), 256)
     """
+    name = model_config.get("name")
+    if name is None:
+        raise ValueError(f"config.model.name: missing; expected one of {sorted(MODELS)}")
+    cls = _model_class(name)
+    fields = _fields(name, dict(model_config.items()))
+    if cls is NGramLM:
+        return NGramLM(vocab_size=vocab_size, **fields)
+    if cls is RecurrentLM:
+        fields["cell"] = name
     policy = policy or Policy()
-    m = model_config
-    if m.name in RECURRENT:
-        weight_drop = m.get("weight_drop", 0.0)
-        return RecurrentLM(
-            vocab_size=vocab_size,
-            cell=m.name,
-            embed_dim=m.embed_dim,
-            hidden_sizes=tuple(m.hidden_sizes),
-            dropout=m.dropout,
-            input_dropout=m.get("input_dropout", -1.0),
-            hidden_dropout=m.get("hidden_dropout", -1.0),
-            locked_dropout=m.get("locked_dropout", True),
-            embed_dropout=m.get("embed_dropout", 0.0),
-            weight_drop=weight_drop if isinstance(weight_drop, int | float) else tuple(weight_drop),
-            ar=m.get("ar", 0.0),
-            tar=m.get("tar", 0.0),
-            tie_embeddings=m.tie_embeddings,
-            init_scale=m.init_scale,
-            dtype=policy.compute_dtype,
-            param_dtype=policy.param_dtype,
-            output_dtype=policy.output_dtype,
-        )
-    if m.name == "transformer":
-        return Transformer(
-            vocab_size=vocab_size,
-            embed_dim=m.embed_dim,
-            num_layers=m.get("num_layers", 4),
-            num_heads=m.get("num_heads", 4),
-            mlp_dim=m.get("mlp_dim", 0),
-            max_len=m.get("max_len", 512),
-            dropout=m.dropout,
-            attention_dropout=m.get("attention_dropout", 0.0),
-            norm=m.get("norm", "layernorm"),
-            positions=m.get("positions", "learned"),
-            tie_embeddings=m.tie_embeddings,
-            remat=m.get("remat", False),
-            dtype=policy.compute_dtype,
-            param_dtype=policy.param_dtype,
-            output_dtype=policy.output_dtype,
-        )
-    raise ValueError(
-        f"config.model.name: unknown model {m.name!r}; expected one of {sorted(MODELS)}"
+    return cls(
+        vocab_size=vocab_size,
+        **fields,
+        dtype=policy.compute_dtype,
+        param_dtype=policy.param_dtype,
+        output_dtype=policy.output_dtype,
     )

@@ -8,6 +8,8 @@ Everything is vectorised numpy: counting is one sort per order and scoring one
   and :func:`build`, counting and estimating in one call.
 - :mod:`.model`: :class:`NGramModel`, the model in back-off form: scoring, saving, loading.
 - :mod:`.arpa`: ARPA files, which SRILM and KenLM read and write.
+- :mod:`.spec`: :class:`NGramLM`, the model's ``config.model`` fields, which the model registry
+  builds, and its ``fit``.
 
 Conventions (shared with the neural models):
 
@@ -41,10 +43,12 @@ from jaxlm.models.ngram.smoothing import (
     kn_discount,
     modified_kn_discounts,
 )
+from jaxlm.models.ngram.spec import NGramLM
 
 __all__ = [
     "METHODS",
     "NGramCounts",
+    "NGramLM",
     "NGramModel",
     "arpa",
     "build",

@@ -6,41 +6,16 @@ Nothing in :mod:`jaxlm.models` imports this module.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from jaxlm.models import get_model
 from jaxlm.models.ngram import arpa
 from jaxlm.models.ngram.model import NGramModel
-from jaxlm.models.ngram.smoothing import METHODS, build
-
-
-def _config_discount(method: str, discount: Sequence[float], order: int) -> Any:
-    """``config.model.discount`` (a flat tuple) as :func:`estimate` takes it; () estimates."""
-    d = tuple(float(x) for x in discount)
-    if not d:
-        return None
-    if method == "modified_kneser_ney":
-        if len(d) == 3:
-            return d
-        if len(d) == 3 * order:
-            return np.array(d).reshape(order, 3)
-        raise ValueError(
-            f"config.model.discount: modified_kneser_ney takes 3 values (D1, D2, D3+) or "
-            f"3 x order = {3 * order}, got {len(d)}"
-        )
-    if method == "add_k":
-        raise ValueError("config.model.discount: add_k takes config.model.k, not a discount")
-    if len(d) == 1:
-        return d[0]
-    if len(d) == order:
-        return d
-    raise ValueError(f"config.model.discount: {method} takes 1 value or {order}, got {len(d)}")
 
 
 def split_metrics(model: NGramModel, tokens: Any) -> dict[str, float]:
@@ -70,8 +45,8 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     """Builds the n-gram model a config describes, evaluates it and saves it to ``workdir``.
 
     Reads the corpus through ``jaxlm.data.load_corpus(config.data)`` (so tokens, ``<eos>`` and
-    ``<unk>`` are those of the neural models), builds the model from ``config.model`` (``order``,
-    ``method``, ``discount``, ``discount_fallback``, ``k``, ``cutoffs``, ``add_bos``), and writes
+    ``<unk>`` are those of the neural models), builds the model that ``config.model`` describes
+    (:class:`~jaxlm.models.ngram.NGramLM`, through :func:`jaxlm.models.get_model`), and writes
     ``model.npz`` (exact), ``model.arpa`` (if ``config.model.write_arpa``), ``config.json``,
     ``tokenizer.json``, ``metrics.jsonl`` and ``status.json``. Re-running a finished run with the
     same config returns its results at once.
@@ -94,7 +69,6 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     from jaxlm.data.tokenizers import save_tokenizer
 
     workdir = Path(workdir)
-    m = config.model
     config_data = json.loads(config.to_json())
     status = monitor.read_status(workdir) or {}
     saved_config = workdir / "config.json"
@@ -110,34 +84,20 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
             print(f"  {key}: {value}", flush=True)
         return final
 
-    if m.method not in METHODS:
-        raise ValueError(f"config.model.method: unknown {m.method!r}; expected one of {METHODS}")
-    if not 1 <= m.order:
-        raise ValueError(f"config.model.order: must be >= 1, got {m.order}")
-    discount = _config_discount(m.method, m.discount, m.order)
+    # The model section is checked before the corpus is prepared (which gives the vocabulary).
+    spec = get_model(config.model, vocab_size=1)
     corpus = data.load_corpus(config.data)
     tok = corpus.tokenizer
+    spec = dataclasses.replace(spec, vocab_size=tok.vocab_size)
     eos_id = getattr(tok, "eos_id", None)
     workdir.mkdir(parents=True, exist_ok=True)
     mon = monitor.Monitor(workdir, total_steps=0, tensorboard=False)
     mon.status("building", 0)
     t0 = time.perf_counter()
-    model = build(
-        corpus.train,
-        tok.vocab_size,
-        m.order,
-        method=m.method,
-        discount=discount,
-        k=m.k,
-        cutoffs=tuple(m.cutoffs) or None,
-        discount_fallback=tuple(m.discount_fallback) or None,
-        eos_id=eos_id,
-        add_bos=m.add_bos,
-        vocab=list(tok.vocab),
-    )
+    model = spec.fit(corpus.train, eos_id=eos_id, vocab=list(tok.vocab))
     build_seconds = time.perf_counter() - t0
     print(
-        f"Built a {m.order}-gram {m.method} model on {corpus.name} ({len(corpus.train):,} "
+        f"Built a {spec.order}-gram {spec.method} model on {corpus.name} ({len(corpus.train):,} "
         f"{tok.kind} tokens, vocabulary {tok.vocab_size:,}) in {build_seconds:.2f} s; "
         f"n-grams per order {model.num_ngrams}; discounts {model.info['discounts']}"
         + (
@@ -153,7 +113,7 @@ def train_and_evaluate(config: Any, workdir: str | Path) -> dict[str, Any]:
     mon.write(0, test, split="test", echo=False)
 
     model.save(workdir / "model.npz")
-    if m.write_arpa:
+    if spec.write_arpa:
         arpa.write_arpa(model, workdir / "model.arpa")
     saved_config.write_text(config.to_json(indent=1))
     save_tokenizer(tok, workdir / "tokenizer.json")
