@@ -67,7 +67,11 @@ class NGramModel:
           ``[num_ngrams[n-1], n]`` int64 array, rows aligned with ``keys[n-1]``.
 
         Example:
-          >>> model.ngram_words(2)[:3]  # doctest: +SKIP
+          >>> from jaxlm.models.ngram import build
+          >>> tokens = np.array([2, 3, 0, 2, 4, 0, 3, 2, 4, 0])  # 0 is <eos>
+          >>> model = build(tokens, vocab_size=5, order=3, eos_id=0, method="kneser_ney")
+          >>> model.ngram_words(2)[:3].tolist()
+          [[2, 3], [2, 4], [3, 0]]
         """
         m = self.vocab_size + 1
         words = self.keys[0][:, None]
@@ -112,8 +116,12 @@ class NGramModel:
           rest from back-off).
 
         Example:
-          >>> log_probs, orders = model.score(np.array([2, 4, 0]))  # doctest: +SKIP
-          >>> perplexity = np.exp(-log_probs.mean())  # doctest: +SKIP
+          >>> from jaxlm.models.ngram import build
+          >>> tokens = np.array([2, 3, 0, 2, 4, 0, 3, 2, 4, 0])  # 0 is <eos>
+          >>> model = build(tokens, vocab_size=5, order=3, eos_id=0, method="kneser_ney")
+          >>> log_probs, orders = model.score(np.array([2, 4, 0]))
+          >>> orders.tolist(), round(float(np.exp(-log_probs.mean())), 3)
+          ([2, 3, 3], 1.561)
         """
         arr = check_tokens(tokens, self.vocab_size, "score tokens")
         shape = arr.shape
@@ -148,7 +156,12 @@ class NGramModel:
           ``(nll_sum, count)``; perplexity is ``exp(nll_sum / count)``.
 
         Example:
-          >>> total, count = model.nll(test_tokens)  # doctest: +SKIP
+          >>> from jaxlm.models.ngram import build
+          >>> tokens = np.array([2, 3, 0, 2, 4, 0, 3, 2, 4, 0])  # 0 is <eos>
+          >>> model = build(tokens, vocab_size=5, order=3, eos_id=0, method="kneser_ney")
+          >>> total, count = model.nll(np.array([2, 4, 0]))
+          >>> round(total, 4), count
+          (1.3358, 3)
         """
         log_probs, _ = self.score(tokens)
         return float(-log_probs.sum()), int(log_probs.size)
@@ -163,7 +176,11 @@ class NGramModel:
           The perplexity.
 
         Example:
-          >>> model.perplexity(test_tokens)  # doctest: +SKIP
+          >>> from jaxlm.models.ngram import build
+          >>> tokens = np.array([2, 3, 0, 2, 4, 0, 3, 2, 4, 0])  # 0 is <eos>
+          >>> model = build(tokens, vocab_size=5, order=3, eos_id=0, method="kneser_ney")
+          >>> round(model.perplexity(np.array([2, 4, 0])), 3)
+          1.561
         """
         total, count = self.nll(tokens)
         if count == 0:
@@ -194,7 +211,12 @@ class NGramModel:
           float64 ``[V]`` log-probabilities (nats); they sum to 1 in probability.
 
         Example:
-          >>> p = np.exp(model.next_log_probs([model.bos_id]))  # doctest: +SKIP
+          >>> from jaxlm.models.ngram import build
+          >>> tokens = np.array([2, 3, 0, 2, 4, 0, 3, 2, 4, 0])  # 0 is <eos>
+          >>> model = build(tokens, vocab_size=5, order=3, eos_id=0, method="kneser_ney")
+          >>> p = np.exp(model.next_log_probs([model.bos_id]))
+          >>> p.round(3).tolist(), round(float(p.sum()), 12)
+          ([0.104, 0.006, 0.586, 0.252, 0.051], 1.0)
         """
         m = self.vocab_size + 1
         ctx = [int(c) for c in context][-(self.order - 1) :] if self.order > 1 else []

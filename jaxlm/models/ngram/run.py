@@ -29,7 +29,12 @@ def split_metrics(model: NGramModel, tokens: Any) -> dict[str, float]:
       ``{"loss", "bits", "perplexity", "tokens"}``, reduced as ``(sum, count)``.
 
     Example:
-      >>> split_metrics(model, corpus.test)["perplexity"]  # doctest: +SKIP
+      >>> import numpy as np
+      >>> from jaxlm.models.ngram import build
+      >>> tokens = np.array([2, 3, 0, 2, 4, 0, 3, 2, 4, 0])  # 0 is <eos>
+      >>> model = build(tokens, vocab_size=5, order=3, eos_id=0, method="kneser_ney")
+      >>> round(split_metrics(model, np.array([2, 4, 0]))["perplexity"], 3)
+      1.561
     """
     total, count = model.nll(tokens)
     loss = total / max(count, 1)

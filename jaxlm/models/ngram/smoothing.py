@@ -220,8 +220,11 @@ def estimate(
       :class:`NGramModel`.
 
     Example:
-      >>> counts = count_ngrams(tokens, vocab_size=5, order=3, eos_id=0)  # doctest: +SKIP
-      >>> model = estimate(counts, method="kneser_ney", discount=0.75)  # doctest: +SKIP
+      >>> tokens = np.array([2, 3, 0, 2, 4, 0, 3, 2, 4, 0])  # 0 is <eos>
+      >>> counts = count_ngrams(tokens, vocab_size=5, order=3, eos_id=0)
+      >>> model = estimate(counts, method="kneser_ney", discount=0.75)
+      >>> model.num_ngrams, model.info["discounts"][2]
+      ([6, 7, 6], [0.75, 0.75, 0.75])
     """
     if method not in METHODS:
         raise ValueError(f"unknown n-gram method {method!r}; expected one of {METHODS}")
@@ -340,8 +343,12 @@ def build(
       :class:`NGramModel`.
 
     Example:
-      >>> model = build(train_ids, vocab_size=10000, order=5, eos_id=0)  # doctest: +SKIP
-      >>> model.perplexity(test_ids)  # doctest: +SKIP
+      >>> tokens = np.array([2, 3, 0, 2, 4, 0, 3, 2, 4, 0])  # 0 is <eos>
+      >>> model = build(tokens, vocab_size=5, order=3, eos_id=0)
+      >>> model.info["discount_fallback_orders"]  # too little data to estimate discounts
+      [1, 2, 3]
+      >>> round(model.perplexity(np.array([2, 4, 0])), 3)
+      1.807
     """
     counts = count_ngrams(tokens, vocab_size, order, eos_id=eos_id, add_bos=add_bos)
     return estimate(
