@@ -27,7 +27,7 @@ def add_common_args(p: argparse.ArgumentParser, steps: int) -> None:
         "--keep_heap",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="glibc keeps freed memory in the heap (jaxlm.malloc, as python -m jaxlm.train "
+        help="glibc keeps freed memory in the heap (jaxlm.runtime.heap, as python -m jaxlm.train "
         "does), so fresh temporaries do not page-fault every step; the process setting applies "
         "to both sides",
     )

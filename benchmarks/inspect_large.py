@@ -1,7 +1,7 @@
 """Times ``inspect`` on a checkpoint of a GPT-2-small-sized model (about 124M parameters).
 
 Writes a random-init checkpoint with orbax (parameters plus Adam moments, as training saves
-them) into a temporary folder, then times (a) ``jaxlm.checkpoint_tools.inspect`` in this
+them) into a temporary folder, then times (a) ``jaxlm.checkpoints.tools.inspect`` in this
 process and (b) the whole ``python tools/checkpoint.py inspect DIR --json`` command, and
 deletes the folder unless ``--keep``.
 
@@ -69,11 +69,13 @@ def main() -> None:
     from absl import logging
 
     logging.set_verbosity(logging.ERROR)
-    from jaxlm import checkpoint_tools as ct
+    from jaxlm import checkpoints
+    from jaxlm.checkpoints import tools as ct
     from jaxlm.config import base_config
+    from jaxlm.tree import flatten
 
     params = gpt2_like_params(args.layers, args.width, args.vocab, args.positions)
-    n_params = sum(a.size for a in ct.flatten(params).values())
+    n_params = sum(a.size for a in flatten(params).values())
 
     def zeros(tree: dict) -> dict:
         return {k: zeros(v) if isinstance(v, dict) else np.zeros_like(v) for k, v in tree.items()}
@@ -84,24 +86,23 @@ def main() -> None:
         "opt_state": [None, [{"count": np.int32(1000), "mu": zeros(params), "nu": zeros(params)}]],
         "rng": np.zeros(2, np.uint32),
     }
-    config = base_config()
-    config.model.name = "transformer"
+    config = base_config("transformer")
     config.model.embed_dim = args.width
     config.model.num_layers = args.layers
     config.model.num_heads = args.width // 64
     meta = {
-        "config": ct.json.loads(config.to_json()),
+        "config": checkpoints.config_json(config),
         "tokenizer": {"kind": "byte"},
     }
     folder = Path(tempfile.mkdtemp(prefix="jaxlm-inspect-large-"))
     try:
         start = time.perf_counter()
-        ckpt = ct.write_checkpoint(folder / "run", 1000, state, meta)
+        ckpt = checkpoints.write_checkpoint(folder / "run", 1000, state, meta)
         write_s = time.perf_counter() - start
         disk = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
         print(
             f"wrote {ckpt}: {n_params:,} parameters ({n_params / 1e6:.1f}M), "
-            f"{len(ct.flatten(state))} arrays with the Adam moments, {disk / 2**30:.2f} GiB "
+            f"{len(flatten(state))} arrays with the Adam moments, {disk / 2**30:.2f} GiB "
             f"on disk, in {write_s:.1f} s"
         )
         times = []

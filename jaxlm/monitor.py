@@ -42,8 +42,10 @@ class Monitor:
       tensorboard: also write TensorBoard event files under ``workdir/tensorboard``.
 
     Example:
-      >>> mon = Monitor("/tmp/run", total_steps=100)  # doctest: +SKIP
-      >>> mon.write(10, {"loss": 2.3}, split="train")  # doctest: +SKIP
+      >>> import tempfile
+      >>> mon = Monitor(tempfile.mkdtemp(), total_steps=100, tensorboard=False)
+      >>> mon.write(10, {"loss": 2.3}, split="train", eta=65.0)
+      [train] step 10/100 | loss 2.3 | ETA 1:05
     """
 
     def __init__(self, workdir: str | Path, total_steps: int, *, tensorboard: bool = True):
@@ -51,30 +53,37 @@ class Monitor:
         self.total_steps = total_steps
         self.enabled = _is_writer()
         self._tb = None
-        self._status: dict[str, Any] = {"state": "starting", "step": 0, "total_steps": total_steps}
+        self._status: dict[str, Any] = {
+            "state": "starting",
+            "step": 0,
+            "total_steps": total_steps,
+            "eta_seconds": None,
+        }
         if self.enabled:
             self.workdir.mkdir(parents=True, exist_ok=True)
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
-        self._rate_start: tuple[float, int] | None = None
 
-    def start_timing(self, step: int) -> None:
-        """Marks where speed and ETA are measured from (after the first compiled step)."""
-        self._rate_start = (time.perf_counter(), step)
+    def write(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        split: str,
+        *,
+        echo: bool = True,
+        eta: float | None = None,
+    ) -> None:
+        """Records metrics of one split at a step everywhere, and prints a line.
 
-    def steps_per_second(self, step: int) -> float:
-        if self._rate_start is None or step <= self._rate_start[1]:
-            return float("nan")
-        t0, s0 = self._rate_start
-        return (step - s0) / max(time.perf_counter() - t0, 1e-9)
-
-    def eta_seconds(self, step: int) -> float:
-        return (self.total_steps - step) / self.steps_per_second(step)
-
-    def write(self, step: int, metrics: dict[str, float], split: str, echo: bool = True) -> None:
-        """Records metrics of one split at a step everywhere, and prints a line."""
+        Args:
+          step: the training step they belong to.
+          metrics: name to value.
+          split: ``train``, ``eval`` (evaluations during training), ``validation``, ``test``.
+          echo: also print the line.
+          eta: seconds of training left, shown on train lines and in ``status.json``.
+        """
         if not self.enabled:
             return
         metrics = {k: float(v) for k, v in metrics.items()}
@@ -85,28 +94,31 @@ class Monitor:
             for key, value in metrics.items():
                 self._tb.add_scalar(f"{split}/{key}", value, step)
         if echo:
-            print(self.format_line(step, metrics, split), flush=True)
-        self.status("running", step, **{f"{split}_{k}": v for k, v in metrics.items()})
+            print(self.format_line(step, metrics, split, eta), flush=True)
+        self.status("running", step, eta=eta, **{f"{split}_{k}": v for k, v in metrics.items()})
 
-    def format_line(self, step: int, metrics: dict[str, float], split: str) -> str:
+    def format_line(
+        self, step: int, metrics: dict[str, float], split: str, eta: float | None = None
+    ) -> str:
+        """``[train] step 20/60 | loss 3.21 | ... | ETA 0:42``."""
         parts = [f"[{split}] step {step}/{self.total_steps}"]
         for key, value in metrics.items():
             parts.append(f"{key} {value:.4g}" if abs(value) < 1e4 else f"{key} {value:.0f}")
         if split == "train":
-            parts.append(f"ETA {format_duration(self.eta_seconds(step))}")
+            parts.append(f"ETA {format_duration(eta if eta is not None else math.nan)}")
         return " | ".join(parts)
 
-    def status(self, state: str, step: int, **fields: Any) -> None:
+    def status(self, state: str, step: int, *, eta: float | None = None, **fields: Any) -> None:
         """Updates ``status.json``: state, step, total steps, ETA and the latest metrics."""
         if not self.enabled:
             return
         self._status.update(fields)
-        eta = self.eta_seconds(step)
+        if eta is not None:  # else the last one stands
+            self._status["eta_seconds"] = eta
         self._status.update(
             state=state,
             step=step,
             total_steps=self.total_steps,
-            eta_seconds=eta if math.isfinite(eta) else None,
             updated=time.time(),
             pid=os.getpid(),
         )

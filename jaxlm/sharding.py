@@ -62,7 +62,7 @@ def rules_from_config(rules: Any) -> list[tuple[str, PartitionSpec]]:
 
     Example:
       >>> rules_from_config([["embed", [None, "model"]]])
-      [('embed', PartitionSpec(None, 'model'))]
+      [('embed', P(None, 'model'))]
     """
     return [(pattern, PartitionSpec(*spec)) for pattern, spec in (rules or ())]
 
@@ -89,7 +89,7 @@ def rule_shardings(tree: Any, mesh: Mesh, rules: Rules = ()) -> Any:
       >>> tree = {"embed": jnp.zeros((8, 4)), "head": jnp.zeros(4)}
       >>> s = rule_shardings(tree, make_mesh(1, 1), [("embed", PartitionSpec("model"))])
       >>> s["embed"].spec, s["head"].spec
-      (PartitionSpec('model',), PartitionSpec())
+      (P('model',), P())
     """
     compiled = [(compile_pattern(pattern), spec) for pattern, spec in rules]
 

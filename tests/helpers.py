@@ -1,5 +1,6 @@
 """What several test files share: the smoke config with overrides, the CLI command line, a
-compile counter, and small parameter trees with an update loop for the optax transforms."""
+compile counter, tree comparisons, the abstract state of a saved run, and small parameter trees
+with an update loop for the optax transforms."""
 
 from __future__ import annotations
 
@@ -49,6 +50,31 @@ def count_compiles():
         yield lambda: len(events)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def assert_trees_equal(a, b) -> None:
+    """Same leaf paths, dtypes, shapes and bits."""
+    import numpy as np
+
+    from jaxlm.tree import flatten
+
+    fa, fb = flatten(a), flatten(b)
+    assert list(fa) == list(fb)
+    for name in fa:
+        x, y = np.asarray(fa[name]), np.asarray(fb[name])
+        assert x.dtype == y.dtype and x.shape == y.shape, name
+        assert x.tobytes() == y.tobytes(), name
+
+
+def train_state_target(workdir, mesh):
+    """The trainer's abstract TrainState (with shardings) for the run saved in ``workdir``."""
+    from jaxlm import checkpoints, sharding, state
+
+    meta = checkpoints.read_meta(workdir)
+    config = checkpoints.run_config(meta["config"])
+    vocab = checkpoints.metadata_tree(workdir)["params"]["embed"]["embedding"].shape[0]
+    setup = state.build(config, vocab)
+    return sharding.abstract_on(setup.abstract, sharding.state_shardings(setup.abstract, mesh))
 
 
 def toy_params():

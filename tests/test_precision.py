@@ -177,8 +177,7 @@ def test_output_dtype_sets_the_logits_dtype(name):
     from jaxlm.config import base_config
     from jaxlm.models import get_model
 
-    config = base_config().model
-    config.name = name
+    config = base_config(name).model
     tokens = jnp.zeros((2, 5), jnp.int32)
     for policy, want in [
         (Policy(), jnp.float32),

@@ -13,8 +13,8 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from jaxlm.data.errors import CorpusError
 from jaxlm.data.tokenizers import decode_utf8, train_tokenizer
+from jaxlm.errors import CorpusError
 
 __all__ = ["Corpus", "CorpusError", "load_corpus", "corpus_splits"]
 
@@ -81,9 +81,15 @@ def load_corpus(data: ml_collections.ConfigDict, tokenizer=None) -> Corpus:
       A :class:`Corpus`.
 
     Example:
+      >>> import tempfile
       >>> from jaxlm.config import base_config
-      >>> corpus = load_corpus(base_config().data)
-      >>> corpus.tokenizer.decode(corpus.train[:12])
+      >>> data = base_config().data
+      >>> data.data_dir = tempfile.mkdtemp()  # prepared once per data_dir
+      >>> corpus = load_corpus(data)  # doctest: +ELLIPSIS
+      Preparing corpus builtin_... (466,195 bytes) in ...
+      Prepared corpus builtin_...; later runs read it from there.
+      >>> corpus.tokenizer.decode(corpus.train[:22])
+      'The "assert" statement'
     """
     from jaxlm.data import builders
 

@@ -13,6 +13,8 @@ import dataclasses
 
 import numpy as np
 
+from jaxlm.errors import CorpusError
+
 
 @dataclasses.dataclass(frozen=True)
 class Streams:
@@ -65,7 +67,7 @@ def check_trainable(streams: Streams, seq_len: int, source: str) -> None:
     """Raises a clear error when a split is too short for one training window."""
     if windows_per_epoch(streams, seq_len) < 1:
         b, n = streams.inputs_BxN.shape
-        raise ValueError(
+        raise CorpusError(
             f"{source}: too little training text for batch_size={b} and seq_len={seq_len} "
             f"({n} tokens per stream; need at least {2 * seq_len}); lower them or add text"
         )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from jaxlm.data.errors import CorpusError
+from jaxlm.errors import CorpusError
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_PATTERNS = {"train": "train", "validation": "valid", "test": "test"}
@@ -145,6 +145,16 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, data: bytes) -> Iterator[tuple[int, dict[str, bytes]]]:
         for i, record in enumerate(_records(data)):
             yield i, {"text": record}
+
+    # TFDS announces "Downloading and preparing dataset ..." for every builder; nothing is
+    # downloaded here, so a first-time user is told what does happen instead.
+    def _log_download_bytes(self) -> None:
+        size = sum(len(part) for part in self._split_data.values())
+        name = self.builder_config.name
+        print(f"Preparing corpus {name} ({size:,} bytes) in {self.data_dir} ...")
+
+    def _log_download_done(self) -> None:
+        print(f"Prepared corpus {self.builder_config.name}; later runs read it from there.")
 
 
 def _digest(parts: dict[str, bytes], label: str) -> str:

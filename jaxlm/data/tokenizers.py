@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxlm.errors import ConfigError, CorpusError
+
 EOS = "<eos>"
 UNK = "<unk>"
 PAD = "<pad>"
@@ -27,7 +29,7 @@ def decode_utf8(data: bytes, source: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(
+        raise CorpusError(
             f"{source}: bytes at offset {e.start} are not valid UTF-8 ({e.reason}: "
             f"{data[e.start : e.start + 4]!r}); the character and word tokenizers need UTF-8 text "
             "(use config.data.tokenizer='byte' for raw bytes)"
@@ -193,7 +195,7 @@ def train_tokenizer(kind: str, text: str | bytes, **options: Any):
       A tokenizer with ``encode``, ``decode``, ``vocab_size``, ``to_json``.
     """
     if kind not in TOKENIZERS:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.tokenizer: unknown tokenizer {kind!r}; expected one of "
             f"{sorted(TOKENIZERS)}"
         )

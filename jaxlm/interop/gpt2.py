@@ -42,7 +42,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxlm import checkpoint_tools as ct
+from jaxlm.checkpoints.tools.arrays import read_arrays, write_arrays
 
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
@@ -310,7 +310,7 @@ def read_hf_folder(folder: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
         )
     weights: dict[str, np.ndarray] = {}
     for name in files:
-        arrays, _ = ct.read_arrays(folder / name)
+        arrays, _ = read_arrays(folder / name)
         weights.update(arrays)
     return weights, hf
 
@@ -331,7 +331,7 @@ def write_hf_folder(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
-    ct.write_arrays(folder / HF_WEIGHTS, weights, {"format": "pt"})
+    write_arrays(folder / HF_WEIGHTS, weights, {"format": "pt"})
     return folder
 
 
@@ -374,7 +374,7 @@ def hf_to_jaxlm(
     Returns:
       The checkpoint's folder.
     """
-    from jaxlm import optim
+    from jaxlm import checkpoints, state
     from jaxlm.config import base_config
 
     folder = Path(folder)
@@ -384,9 +384,11 @@ def hf_to_jaxlm(
     params = params_from_hf(weights, dict(model, vocab_size=vocab_size), str(folder))
     saved_config = folder / JAXLM_CONFIG
     if saved_config.is_file():
-        config = ml_collections.ConfigDict(json.loads(saved_config.read_text()))
+        saved = json.loads(saved_config.read_text())
+        config = checkpoints.run_config(checkpoints.meta.upgrade({"config": saved})["config"])
+        config.unlock()
     else:
-        config = base_config()
+        config = base_config("transformer")
         config.name = "gpt2"
         config.data.tokenizer = "gpt2_bpe"
         config.data.seq_len = min(config.data.seq_len, model["max_len"])
@@ -396,20 +398,13 @@ def hf_to_jaxlm(
         tokenizer = json.loads((folder / JAXLM_TOKENIZER).read_text())
     if tokenizer is None:
         tokenizer = {"kind": "gpt2_bpe", "vocab_size": vocab_size, "source": str(folder)}
-    tx = optim.build_optimizer(config)
-    state = {
-        "step": np.int32(step),
-        "params": params,
-        "opt_state": jax.device_get(jax.jit(tx.init)(params)),  # one compile, not one per op
-        "rng": np.asarray(jax.random.split(jax.random.PRNGKey(int(config.seed)))[1]),  # as train
-        "carry": None,
-    }
-    meta = {
-        "config": json.loads(config.to_json()),
-        "tokenizer": tokenizer,
-        "converted_from": str(folder),
-    }
-    return ct.write_checkpoint(out_workdir, step, state, meta)
+    config.lock()
+    # The trainer's own state builder: the optimizer state and RNG are those a run of this
+    # config starts from, so the checkpoint resumes and fine-tunes like any other.
+    fresh = jax.jit(state.build(config, vocab_size).init)(params)
+    train_state = jax.device_get(fresh.replace(step=np.int32(step)))
+    meta = checkpoints.make_meta(config, tokenizer, converted_from=str(folder))
+    return checkpoints.write_checkpoint(out_workdir, step, train_state, meta)
 
 
 def jaxlm_to_hf(path: str | Path, out_folder: str | Path, *, step: int | None = None) -> Path:
@@ -420,15 +415,17 @@ def jaxlm_to_hf(path: str | Path, out_folder: str | Path, *, step: int | None = 
     ``jaxlm_tokenizer.json`` so :func:`hf_to_jaxlm` restores the run's config and tokenizer.
 
     Args:
-      path: a checkpoint path (see :func:`jaxlm.checkpoint_tools.resolve`).
+      path: a checkpoint path (see :func:`jaxlm.checkpoints.resolve`).
       out_folder: the output folder.
       step: which checkpoint of a run folder.
 
     Returns:
       The output folder.
     """
-    ckpt = ct.resolve(path, step)
-    state, meta = ct.load_state(ckpt, parts=("params",))
+    from jaxlm import checkpoints
+
+    ckpt = checkpoints.resolve(path, step)
+    state, meta = checkpoints.load_state(ckpt, parts=("params",))
     params = state["params"]
     model = meta["config"]["model"]
     vocab_size = int(np.shape(params["embed"]["embedding"])[0])

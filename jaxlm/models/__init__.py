@@ -97,18 +97,13 @@ def _frozen(value: Any) -> Any:
 
 
 def _fields(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
-    """The constructor arguments of model ``name`` that ``given`` sets, checked by name.
-
-    A field of another registered model is skipped: the shared ``model`` section of
-    ``jaxlm.config.base_config`` carries every model's fields.
-    """
+    """The constructor arguments of model ``name`` that ``given`` sets, checked by name."""
     own = model_defaults(name)
-    known = set().union(*(model_defaults(n) for n in MODELS))
     out = {}
     for key, value in given.items():
         if key in own:
             out[key] = _frozen(value)
-        elif key != "name" and key not in known:
+        elif key != "name":
             raise ValueError(
                 f"config.model.{key}: {name} has no such field; its fields are {sorted(own)}"
             )
@@ -137,8 +132,8 @@ def get_model(
       model).
 
     Raises:
-      ValueError: the name is missing or unknown, or a field belongs to no registered model;
-        the message names the ``config.model`` field.
+      ValueError: the name is missing or unknown, or a field is not one of the model's; the
+        message names the ``config.model`` field.
 
     Example:
       >>> model = get_model({"name": "gru", "hidden_sizes": [64]}, vocab_size=65)

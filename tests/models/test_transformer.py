@@ -171,7 +171,7 @@ def test_rotary_is_a_rotation_that_depends_on_relative_position():
 
 
 def test_registry_and_bfloat16():
-    cfg = base_config().model
+    cfg = base_config("transformer").model
     cfg.update(
         name="transformer",
         embed_dim=16,

@@ -1,0 +1,86 @@
+"""The one place that knows the on-disk format of runs and checkpoints.
+
+- :mod:`~jaxlm.checkpoints.layout`: where things are (``checkpoints/<step>/{state,meta}``,
+  ``model.npz``), resolving a checkpoint path, listing steps.
+- :mod:`~jaxlm.checkpoints.meta`: the config and tokenizer JSON stored with each checkpoint,
+  upgrading older formats, and what may change when a run resumes.
+- :mod:`~jaxlm.checkpoints.store`: orbax save and restore (onto shardings, or to the host),
+  falling back past damaged checkpoints.
+- :mod:`~jaxlm.checkpoints.run`: :func:`load_run` (model, parameters, tokenizer, config) and
+  :func:`load_pretrained` (parameters mapped onto a new vocabulary).
+- :mod:`~jaxlm.checkpoints.tools`: inspect, average, export/import, reshard, diff;
+  ``python -m jaxlm.checkpoints`` is their command line.
+
+Example:
+  >>> from jaxlm import checkpoints
+  >>> checkpoints.list_steps("runs/never_made")
+  []
+"""
+
+from jaxlm.checkpoints.layout import (
+    FORMAT_VERSION,
+    absolute,
+    checkpoint_dir,
+    is_ngram_run,
+    last_checkpoints,
+    list_steps,
+    resolve,
+    step_of,
+)
+from jaxlm.checkpoints.meta import (
+    config_json,
+    incompatible_fields,
+    make_meta,
+    read_meta,
+    resume_config,
+    run_config,
+)
+from jaxlm.checkpoints.run import Run, VocabMapping, load_pretrained, load_run
+from jaxlm.checkpoints.store import (
+    StructureMismatch,
+    latest_intact_step,
+    load_state,
+    manager,
+    metadata_tree,
+    newest_readable_meta,
+    restore,
+    restore_latest_intact,
+    restore_sharded,
+    save,
+    write_checkpoint,
+)
+from jaxlm.errors import CheckpointError, IncompatibleCheckpoint
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "IncompatibleCheckpoint",
+    "Run",
+    "StructureMismatch",
+    "VocabMapping",
+    "absolute",
+    "checkpoint_dir",
+    "config_json",
+    "incompatible_fields",
+    "is_ngram_run",
+    "last_checkpoints",
+    "latest_intact_step",
+    "list_steps",
+    "load_pretrained",
+    "load_run",
+    "load_state",
+    "make_meta",
+    "manager",
+    "metadata_tree",
+    "newest_readable_meta",
+    "read_meta",
+    "restore",
+    "restore_latest_intact",
+    "restore_sharded",
+    "resolve",
+    "resume_config",
+    "run_config",
+    "save",
+    "step_of",
+    "write_checkpoint",
+]

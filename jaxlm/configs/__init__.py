@@ -1,0 +1,7 @@
+"""The recipes shipped with jaxlm: ``load_config("lstm:smoke")`` from any folder, or
+``--config=configs/lstm.py:smoke`` from the repository (``configs/`` links here).
+
+Each file has ``get_config(arg=None)``, whose ``arg`` selects a named variant (every file has
+``smoke``): ``lstm`` (the default run), ``gru``, ``rnn``, ``transformer``, ``ngram`` and ``ptb``
+(word-level Penn Treebank recipes).
+"""

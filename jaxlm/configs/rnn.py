@@ -1,0 +1,31 @@
+"""Character-level Elman (tanh) RNN on the built-in corpus.
+
+Variants: ``configs/rnn.py`` (default, about the lstm recipe's size and time), ``:smoke``
+(seconds, for tests).
+"""
+
+import ml_collections
+
+from jaxlm.config import base_config, shrink_to_smoke
+from jaxlm.errors import ConfigError
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Returns the recipe; ``arg`` selects a variant: None or "smoke"."""
+    c = base_config("rnn")
+    c.name = "rnn"
+    c.model.dropout = 0.1
+    if arg in (None, ""):
+        c.data.batch_size = 64
+        c.data.seq_len = 64
+        c.model.embed_dim = 128
+        c.model.hidden_sizes = (384, 384)  # an LSTM's 4 gates cost 4x: wider for the same time
+        c.optimizer.learning_rate = 2e-3
+        c.optimizer.clip_norm = 0.5  # tanh RNNs' gradients spike more than an LSTM's
+        c.train.num_steps = 1500
+    elif arg == "smoke":
+        shrink_to_smoke(c)
+    else:
+        raise ConfigError(f"configs/rnn.py: unknown variant {arg!r}; expected smoke")
+    c.lock()
+    return c

@@ -1,0 +1,143 @@
+"""Command line: ``python -m jaxlm.train --config=configs/lstm.py[:variant] [--workdir=DIR]``.
+
+Also installed as ``jaxlm-train``. ``--config`` takes a recipe file or a recipe's name
+(``--config=lstm:smoke`` works from any folder). Every config field can be overridden, e.g.
+``--config.model.hidden_sizes=(256,256)``. An expected error (a bad config, a missing corpus, an
+incompatible workdir) is one line on stderr and exit status 2; ``--verbose`` shows the
+traceback. A SIGTERM checkpoints the run and exits with 143.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+class _EarlySigterm:
+    """Records a SIGTERM that lands before the run installs its own handler (during the imports,
+    flag parsing and config loading); the run reads ``raised`` when it takes over and stops
+    before the loop, so the process exits with 143 instead of dying silently."""
+
+    raised = False
+
+    def __call__(self, signum, frame):
+        del signum, frame
+        self.raised = True
+
+
+def _define_flags() -> None:
+    """The flags of this command line; defined here, when it runs, never by an import."""
+    from ml_collections import config_flags
+
+    if "config" in FLAGS:
+        return
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Recipe file or name, optionally with a variant: configs/lstm.py:smoke or lstm:smoke",
+        lock_config=True,
+    )
+    flags.DEFINE_string(
+        "workdir",
+        None,
+        "Run folder; default runs/<config.name> (fine-tuning: runs/<name>_ft_<strategy>).",
+    )
+    flags.DEFINE_bool(
+        "keep_heap",
+        True,
+        "Keep freed memory in the heap so each step's large temporaries do not page-fault "
+        "(glibc only; see jaxlm.runtime.heap). --nokeep_heap returns freed memory to the system.",
+    )
+    flags.DEFINE_bool("verbose", False, "Show the traceback of an expected error too.")
+    flags.mark_flag_as_required("config")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every file they touch at INFO
+    if FLAGS.keep_heap:
+        from jaxlm.runtime import keep_freed_memory
+
+        keep_freed_memory()
+    from jaxlm.errors import JaxlmError
+    from jaxlm.train import loop, workdir
+
+    config = FLAGS.config
+    try:
+        loop.train_and_evaluate(config, FLAGS.workdir or workdir.default_workdir(config))
+    except loop.Preempted as e:
+        print(e, file=sys.stderr)
+        sys.exit(143)
+    except JaxlmError as e:
+        if FLAGS.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+def _unknown_override(e: BaseException, argv: list[str]) -> str | None:
+    """The one-line report of an unknown field in a ``--config.*`` override, else None.
+
+    ml_collections raises KeyError (or AttributeError wrapping one) whose message starts with
+    the missing key, e.g. ``'hiden_size'`` and a "Did you mean" hint. Only errors raised while
+    applying an override (in ``config_flags/config_path.py``) count: an AttributeError or
+    KeyError inside a config file's ``get_config`` is that file's bug, not an unknown field.
+    """
+    frames = traceback.extract_tb(e.__traceback__)
+    if not any(Path(f.filename).parts[-2:] == ("config_flags", "config_path.py") for f in frames):
+        return None
+    inner: object = e
+    while isinstance(inner, BaseException) and inner.args:
+        inner = inner.args[0]
+    message = " ".join(str(inner).split())
+    match = re.match(r"'([^']+)'", message)
+    key = match.group(1) if match else None
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    field = next((o for o in overrides if key in o[len("--config.") :].split(".")), None)
+    if field is None:
+        field = overrides[0] if len(overrides) == 1 else "--config.*"
+    return f"unknown config field in {field}: {message}"
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a recipe name resolved to its file and expected errors (an
+    unknown override, an unknown variant, a missing file) reported in one line."""
+    from jaxlm.config import resolve_config_arg
+    from jaxlm.errors import JaxlmError
+
+    argv = [resolve_config_arg(a) for a in argv]
+    try:
+        return FLAGS(argv)
+    except (AttributeError, KeyError) as e:  # ml_collections' error for an unknown field
+        report = _unknown_override(e, argv)
+        if report is None:  # raised by the config file itself: show its traceback
+            raise
+        _fatal(report)
+    except JaxlmError as e:  # raised by a recipe's get_config: an unknown variant, say
+        _fatal(str(e))
+    except flags.Error as e:
+        _fatal(str(e).splitlines()[0] if "--verbose" not in argv else str(e))
+
+
+def _fatal(report: str) -> None:
+    print(f"FATAL Flags parsing error: {report}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run() -> None:
+    """The console script ``jaxlm-train``."""
+    signal.signal(signal.SIGTERM, _EarlySigterm())
+    _define_flags()
+    app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,210 @@
+"""Evaluation as sums and counts: the loss over a whole split, added up before dividing.
+
+:class:`Evaluator` compiles one evaluation window for a model on a mesh and walks a split's
+streams, carrying a recurrent model's state from window to window; :func:`summarize` turns a
+``(loss_sum, count)`` into nats, bits and perplexity for every model kind (n-grams too);
+:func:`evaluate_run` evaluates a saved run, what ``python -m jaxlm.evaluate`` prints.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxlm import runtime, sharding
+from jaxlm.data import batching
+from jaxlm.errors import ConfigError
+from jaxlm.train.steps import make_eval_step
+
+LN2 = math.log(2.0)
+SPLITS = ("validation", "test")
+
+
+def summarize(total: float, count: float) -> dict[str, float]:
+    """Loss (nats per token), bits per token, perplexity and token count from sums.
+
+    Args:
+      total: the summed negative log-likelihood in nats.
+      count: how many tokens it covers.
+
+    Returns:
+      ``{"loss", "bits", "perplexity", "tokens"}``.
+
+    Raises:
+      ValueError: ``count`` is 0 (a loss of 0 over nothing would look like a perfect model).
+
+    Example:
+      >>> summarize(2 * math.log(4.0), 2)["perplexity"]
+      4.0
+    """
+    if count <= 0:
+        raise ValueError(f"evaluated no tokens (loss sum {total}, count {count})")
+    loss = float(total) / float(count)
+    return {
+        "loss": loss,
+        "bits": loss / LN2,
+        "perplexity": math.exp(min(loss, 700.0)),
+        "tokens": float(count),
+    }
+
+
+class Evaluator:
+    """The loss of a model over token streams, window by window, summed before dividing.
+
+    The window step is compiled once (with the model's compiler options) and reused for every
+    split and every evaluation of a run.
+
+    Attributes:
+      step: the jitted window, ``step(params, carry, sums, batch) -> (carry, sums)``.
+
+    Args:
+      model: a jaxlm model.
+      mesh: the device mesh; the batch is split over "data".
+      batch_size: parallel streams (a multiple of the data axis).
+      seq_len: window length.
+
+    Example:
+      >>> from jaxlm.models import RecurrentLM
+      >>> model = RecurrentLM(vocab_size=10, embed_dim=4, hidden_sizes=(8,))
+      >>> params = model.init(jax.random.key(0), np.zeros((2, 4), np.int32),
+      ...                     model.initial_carry(2))["params"]
+      >>> evaluator = Evaluator(model, sharding.make_mesh(1, 1), batch_size=2, seq_len=4)
+      >>> evaluator(params, np.arange(40) % 10)["tokens"]
+      39.0
+    """
+
+    def __init__(self, model: Any, mesh: Any, *, batch_size: int, seq_len: int):
+        self.model, self.mesh = model, mesh
+        self.batch_size, self.seq_len = batch_size, seq_len
+        batch = sharding.batch_sharding(mesh)
+        # Made by a jitted function, not device_put of a local array (that would be a
+        # cross-host transfer on several processes).
+        self._initial_carry = jax.jit(
+            functools.partial(model.initial_carry, batch_size), out_shardings=batch
+        )
+        self.step = jax.jit(
+            make_eval_step(model),
+            out_shardings=(batch, sharding.replicated(mesh)),
+            compiler_options=runtime.compiler_options(model),
+        )
+
+    def sums(self, params: Any, tokens: np.ndarray, max_windows: int = 0) -> tuple[float, float]:
+        """``(loss_sum, count)`` over a split (or its first ``max_windows`` windows)."""
+        streams = batching.make_streams(tokens, self.batch_size, pad_to=self.seq_len)
+        carry = self._initial_carry()
+        sums = jax.device_put((np.float32(0), np.float32(0)), sharding.replicated(self.mesh))
+        for i, batch in enumerate(batching.eval_batches(streams, self.seq_len)):
+            if max_windows and i >= max_windows:
+                break
+            batch.pop("reset")
+            carry, sums = self.step(params, carry, sums, sharding.device_batch(batch, self.mesh))
+            if runtime.serialise_steps():
+                jax.block_until_ready(sums)
+        return float(sums[0]), float(sums[1])
+
+    def __call__(self, params: Any, tokens: np.ndarray, max_windows: int = 0) -> dict[str, float]:
+        """Loss, bits, perplexity and token count over a split (see :func:`summarize`)."""
+        total, count = self.sums(params, tokens, max_windows)
+        if count <= 0:
+            raise ValueError(
+                f"evaluated no tokens ({len(tokens)} tokens in the split, max_windows="
+                f"{max_windows}, batch_size={self.batch_size}, seq_len={self.seq_len})"
+            )
+        return summarize(total, count)
+
+
+@functools.lru_cache(maxsize=8)
+def _evaluator(model: Any, mesh: Any, batch_size: int, seq_len: int) -> Evaluator:
+    return Evaluator(model, mesh, batch_size=batch_size, seq_len=seq_len)
+
+
+def evaluate(
+    model: Any,
+    params: Any,
+    tokens: np.ndarray,
+    mesh: Any,
+    *,
+    batch_size: int,
+    seq_len: int,
+    max_windows: int = 0,
+) -> dict[str, float]:
+    """Loss over a whole split (or its first ``max_windows`` windows), summed before dividing.
+
+    Repeated calls with the same model, mesh and shapes reuse one compiled :class:`Evaluator`.
+
+    Args:
+      model: a jaxlm model.
+      params: its parameters.
+      tokens: the split's token ids.
+      mesh: the device mesh.
+      batch_size: number of parallel streams.
+      seq_len: window length.
+      max_windows: stop after this many windows (0: the whole split).
+
+    Returns:
+      ``loss`` (nats per token), ``bits`` (bits per token), ``perplexity`` and ``tokens``.
+    """
+    return _evaluator(model, mesh, batch_size, seq_len)(params, tokens, max_windows)
+
+
+def _data_parallel_size(batch_size: int, model: int, devices: int) -> int:
+    """The largest data-parallel size that fits the devices and divides the batch."""
+    return max(d for d in range(1, devices // model + 1) if batch_size % d == 0)
+
+
+def evaluate_run(
+    path: str | Path, *, step: int | None = None, split: str = "validation"
+) -> dict[str, Any]:
+    """Loss, bits and perplexity of a saved run over a whole split of its corpus.
+
+    Works for every model of the registry: a neural run's checkpoint (NT-ASGD runs with their
+    averaged parameters, as the trainer evaluates them) or an n-gram run's ``model.npz``.
+
+    Args:
+      path: a run folder (its latest checkpoint, or ``step``), its ``checkpoints/`` folder, one
+        ``<workdir>/checkpoints/<step>`` folder, or an n-gram run's folder.
+      step: which checkpoint of a run folder.
+      split: ``"validation"`` or ``"test"``.
+
+    Returns:
+      ``loss`` (nats per token), ``bits``, ``perplexity``, ``tokens``, plus ``checkpoint``
+      (what was read), ``step``, ``split`` and ``unit`` (the tokenizer kind).
+
+    Example:
+      >>> evaluate_run("runs/lstm_smoke", split="test")["perplexity"]  # doctest: +SKIP
+      32.26
+    """
+    from jaxlm import checkpoints, data
+
+    if split not in SPLITS:
+        raise ConfigError(f"split: {split!r}; expected one of {SPLITS}")
+    if checkpoints.is_ngram_run(path):
+        read, step = checkpoints.absolute(path) / checkpoints.layout.NGRAM_MODEL, None
+        run = checkpoints.load_run(path)
+    else:
+        read = checkpoints.resolve(path, step)
+        step = checkpoints.layout.step_of(read)
+        run = checkpoints.load_run(read)
+    corpus = data.load_corpus(run.config.data, run.tokenizer)
+    tokens = corpus.split(split)
+    if run.params is None:  # an n-gram model scores on the host
+        result = summarize(*run.model.nll(tokens))
+    else:
+        batch_size = run.config.data.eval_batch_size
+        n_model = run.config.parallel.model or 1
+        mesh = sharding.make_mesh(
+            _data_parallel_size(batch_size, n_model, jax.device_count()), n_model
+        )
+        rules = sharding.rules_from_config(run.config.parallel.rules)
+        params = jax.device_put(run.params, sharding.rule_shardings(run.params, mesh, rules))
+        with jax.set_mesh(mesh):
+            evaluator = Evaluator(
+                run.model, mesh, batch_size=batch_size, seq_len=run.config.data.seq_len
+            )
+            result = evaluator(params, tokens)
+    return dict(result, checkpoint=str(read), step=step, split=split, unit=run.tokenizer.kind)

@@ -1,0 +1,388 @@
+"""Hooks: what the training loop does besides stepping, as small objects with one job each.
+
+After every step the loop calls each hook's :meth:`Hook.after_step` with the run's
+:class:`Progress`: the step, the state, the train metrics once they are fetched, the evaluation
+results when there are any. A hook may act on the state (evaluation hands its loss to the
+optimizer), ask for a checkpoint (:meth:`Progress.request_save`) or end the run
+(:meth:`Progress.request_stop`: early stopping, pruning). The loop's own hooks, in order:
+
+- :class:`Chrono`: training time only, paused during evaluation and saving (tokens/s, ETA);
+- :class:`Preemption`: SIGTERM checkpoints the step reached and stops (exit 143);
+- :class:`MetricsBuffer`: fetches a log step's metrics one step late, checks for NaN, writes;
+- :class:`Evaluation`: the validation loss every ``train.eval_every`` steps;
+- the user's hooks (``train_and_evaluate(config, workdir, hooks=[...])``);
+- :class:`Checkpointer`: saves every ``train.checkpoint_every`` steps, at the end, on request.
+
+A hook that stops a run when the validation loss is low enough::
+
+    class StopBelow(Hook):
+        def __init__(self, target: float):
+            self.target = target
+
+        def after_step(self, progress: Progress) -> None:
+            loss = (progress.evaluation or {}).get("loss")
+            if loss is not None and loss < self.target:
+                progress.request_stop(f"validation loss {loss:.3f} < {self.target}")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from jaxlm import transforms
+from jaxlm.errors import NonFiniteLoss
+
+
+def every(step: int, n: int) -> bool:
+    """Whether an action that runs every ``n`` steps is due at ``step`` (never when n <= 0).
+
+    Args:
+      step: steps done so far.
+      n: the interval.
+
+    Returns:
+      True at ``n, 2n, ...``.
+
+    Example:
+      >>> [s for s in range(1, 10) if every(s, 4)]
+      [4, 8]
+    """
+    return n > 0 and step > 0 and step % n == 0
+
+
+class Stop(NamedTuple):
+    """Why and how a run ends before its last step.
+
+    Attributes:
+      reason: one line for the log and ``status.json``.
+      evaluate: run the final evaluation and sample (early stopping) or not (pruning).
+      preempted: a signal asked the process to leave; it exits with status 143 and the same
+        command resumes the run.
+    """
+
+    reason: str
+    evaluate: bool = True
+    preempted: bool = False
+
+
+@dataclasses.dataclass
+class Progress:
+    """What hooks see after each step, and how they steer the run.
+
+    Attributes:
+      step: steps done (the state's step).
+      num_steps: the run's last step.
+      state: the :class:`~jaxlm.state.TrainState`; a hook may replace it.
+      device_metrics: the last step's metrics as device arrays (fetching them stalls the
+        device; :class:`MetricsBuffer` fetches them one step late).
+      metrics: train metrics fetched during this call, as floats (a log step's, one step
+        late), else None.
+      metrics_step: the step ``metrics`` belong to.
+      evaluation: validation results computed during this call (``loss``, ``bits``,
+        ``perplexity``, ``tokens``), else None.
+      stop: set by :meth:`request_stop`: the loop ends after this step.
+      save_requested: set by :meth:`request_save`: checkpoint this step.
+    """
+
+    step: int
+    num_steps: int
+    state: Any = None
+    device_metrics: dict[str, Any] | None = None
+    metrics: dict[str, float] | None = None
+    metrics_step: int | None = None
+    evaluation: dict[str, float] | None = None
+    stop: Stop | None = None
+    save_requested: bool = False
+
+    def request_stop(self, reason: str, *, evaluate: bool = True) -> None:
+        """Ends the run after this step: it is checkpointed, then evaluated unless told not.
+
+        Args:
+          reason: one line for the log and ``status.json`` (state ``"stopped"``).
+          evaluate: run the final evaluation and sample (False: a pruned trial, say).
+        """
+        if self.stop is None:
+            self.stop = Stop(reason, evaluate=evaluate)
+
+    def request_save(self) -> None:
+        """Checkpoints this step (in addition to the periodic checkpoints)."""
+        self.save_requested = True
+
+
+class Hook:
+    """A periodic action of the training loop; override the methods you need.
+
+    Every method receives the run's :class:`Progress`; the defaults do nothing.
+    """
+
+    def on_start(self, progress: Progress) -> None:
+        """Before the first step (of this process: after a resume, at the restored step)."""
+
+    def after_step(self, progress: Progress) -> None:
+        """After each training step has been dispatched."""
+
+    def on_end(self, progress: Progress) -> None:
+        """After the last step, or the one a stop was requested at; not after an error."""
+
+
+class Chrono(Hook):
+    """Measures training time alone: from the end of the first step (compilation excluded),
+    paused while evaluating and saving, so tokens/s and the ETA describe training.
+
+    Args:
+      clock: seconds as a float (``time.perf_counter``; tests pass a fake).
+
+    Example:
+      >>> t = iter([0.0, 10.0, 12.0, 20.0, 30.0])
+      >>> chrono = Chrono(clock=lambda: next(t))
+      >>> chrono.after_step(Progress(step=1, num_steps=100))  # starts at t=0
+      >>> with chrono.paused():  # 10 .. 12 is not training time
+      ...     pass
+      >>> chrono.steps_per_second(11)  # 10 steps in 20 - 2 seconds
+      0.5555555555555556
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter):
+        self._clock = clock
+        self._start: tuple[float, int] | None = None
+        self._paused = 0.0
+
+    def after_step(self, progress: Progress) -> None:
+        if self._start is None:
+            jax.block_until_ready(progress.device_metrics)  # the first step, compiled and run
+            self._start = (self._clock(), progress.step)
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside the block does not count as training time."""
+        t0 = self._clock()
+        try:
+            yield
+        finally:
+            self._paused += self._clock() - t0
+
+    def steps_per_second(self, step: int) -> float | None:
+        """Training steps per second from the first timed step to ``step`` (None before)."""
+        if self._start is None or step <= self._start[1]:
+            return None
+        t0, s0 = self._start
+        return (step - s0) / max(self._clock() - t0 - self._paused, 1e-9)
+
+    def eta_seconds(self, step: int, num_steps: int) -> float | None:
+        """Training seconds left to ``num_steps`` at the current rate (None before a rate)."""
+        rate = self.steps_per_second(step)
+        return None if rate is None else (num_steps - step) / rate
+
+
+class MetricsBuffer(Hook):
+    """Writes the train metrics of every ``log_every``-th step, fetched one step late.
+
+    A log step's metrics are fetched after the next step has been dispatched, so the device
+    never waits for the host. The loss written is the mean over every step since the last log,
+    each checked: a NaN or infinite loss raises :class:`~jaxlm.errors.NonFiniteLoss` unless
+    non-finite updates are skipped. :meth:`sync` fetches everything at once, before an
+    evaluation or a save, so no NaN state is ever saved.
+
+    Args:
+      write: ``write(step, metrics, eta)`` records a log line (``Monitor.write``).
+      chrono: gives tokens/s and the ETA.
+      log_every: the logging interval (and the last step is logged).
+      tokens_per_step: tokens in one training batch.
+      skip_nonfinite: non-finite losses are expected (the optimizer skips those updates).
+    """
+
+    def __init__(
+        self,
+        write: Callable[[int, dict[str, float], float | None], None],
+        chrono: Chrono,
+        *,
+        log_every: int,
+        tokens_per_step: int,
+        skip_nonfinite: bool = False,
+    ):
+        self._write, self._chrono = write, chrono
+        self.log_every, self.tokens_per_step = log_every, tokens_per_step
+        self.skip_nonfinite = skip_nonfinite
+        self._losses: list[Any] = []  # since the last log step, as device scalars
+        self._pending: tuple[int, dict[str, Any], list[Any]] | None = None
+
+    def after_step(self, progress: Progress) -> None:
+        self._losses.append(progress.device_metrics["loss"])
+        if self._pending is not None:  # the step after a log step has been dispatched
+            self._flush(progress)
+        if every(progress.step, self.log_every) or progress.step == progress.num_steps:
+            self._pending = (progress.step, progress.device_metrics, self._losses)
+            self._losses = []
+
+    def sync(self, progress: Progress) -> None:
+        """Writes the pending log step now and checks every loss since (before eval or save)."""
+        if self._pending is not None:
+            self._flush(progress)
+        if self._losses:
+            self._finite(progress.step, self._losses)
+
+    def _flush(self, progress: Progress) -> None:
+        step, metrics, losses = self._pending
+        self._pending = None
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        values["loss"] = float(np.mean(self._finite(step, losses)))
+        rate = self._chrono.steps_per_second(step)
+        if rate is not None:
+            values["tokens_per_s"] = rate * self.tokens_per_step
+        self._write(step, values, self._chrono.eta_seconds(step, progress.num_steps))
+        progress.metrics, progress.metrics_step = values, step
+
+    def _finite(self, last_step: int, losses: list[Any]) -> np.ndarray:
+        """The losses of the steps up to ``last_step`` as numpy (one fetch); raises on NaN."""
+        values = np.asarray(jax.device_get(losses), np.float64).reshape(-1)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if bad.size and not self.skip_nonfinite:
+            step = last_step - len(values) + 1 + int(bad[0])
+            raise NonFiniteLoss(f"training loss is {values[bad[0]]} at step {step}", step=step)
+        return values
+
+
+class Evaluation(Hook):
+    """The validation loss every ``every_steps`` steps (not at the last: the final evaluation
+    covers the whole split), handed to the optimizer for reduce-on-plateau and NT-ASGD.
+
+    Args:
+      evaluate: ``evaluate(params, max_windows) -> results`` over the validation split.
+      every_steps: the interval (``train.eval_every``).
+      max_windows: windows per evaluation (``train.eval_steps``; 0: the whole split).
+      feedback: ``feedback(opt_state, loss) -> opt_state``
+        (:func:`jaxlm.transforms.report_validation_loss`, jitted).
+      write: ``write(step, results)`` records them (split ``eval``).
+      chrono: paused while evaluating.
+      buffer: synced first, so the train line of the step comes before.
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[Any, int], dict[str, float]],
+        *,
+        every_steps: int,
+        max_windows: int,
+        feedback: Callable[[Any, Any], Any],
+        write: Callable[[int, dict[str, float]], None],
+        chrono: Chrono,
+        buffer: MetricsBuffer,
+    ):
+        self._evaluate, self._feedback, self._write = evaluate, feedback, write
+        self.every_steps, self.max_windows = every_steps, max_windows
+        self._chrono, self._buffer = chrono, buffer
+
+    def after_step(self, progress: Progress) -> None:
+        if not every(progress.step, self.every_steps) or progress.step >= progress.num_steps:
+            return
+        self._buffer.sync(progress)
+        state = progress.state
+        with self._chrono.paused():
+            params = transforms.averaged_params(state.opt_state, state.params)
+            results = self._evaluate(params, self.max_windows)
+        progress.state = state.replace(opt_state=self._feedback(state.opt_state, results["loss"]))
+        self._write(progress.step, results)
+        progress.evaluation = results
+
+
+class Checkpointer(Hook):
+    """Saves the state every ``every_steps`` steps, at the last step, when asked, and when the
+    run stops early; waits for the last save at the end.
+
+    Args:
+      save: ``save(step, state)`` starts a save (``jaxlm.checkpoints.save`` with the meta).
+      wait: waits for background saves to finish.
+      every_steps: the interval (``train.checkpoint_every``).
+      chrono: paused while saving.
+      buffer: synced first, so no state with a NaN loss is saved.
+    """
+
+    def __init__(
+        self,
+        save: Callable[[int, Any], None],
+        wait: Callable[[], None],
+        *,
+        every_steps: int,
+        chrono: Chrono,
+        buffer: MetricsBuffer,
+    ):
+        self._save, self._wait = save, wait
+        self.every_steps = every_steps
+        self._chrono, self._buffer = chrono, buffer
+
+    def after_step(self, progress: Progress) -> None:
+        due = every(progress.step, self.every_steps) or progress.step == progress.num_steps
+        if not (due or progress.save_requested or progress.stop is not None):
+            return
+        self._buffer.sync(progress)
+        with self._chrono.paused():
+            self._save(progress.step, progress.state)
+            if progress.stop is not None:
+                self._wait()
+        progress.save_requested = False
+
+    def on_end(self, progress: Progress) -> None:
+        with self._chrono.paused():
+            self._wait()
+
+
+class Preemption(Hook):
+    """Turns SIGTERM into a stop: the step reached is checkpointed and the run exits with status
+    143 (``status.json``: "preempted"); the same command resumes it.
+
+    Use it as a context manager around the whole run, so that a SIGTERM during data
+    preparation, restore or the final evaluation is noticed too. A handler installed before it
+    that has a true ``raised`` attribute (the command line's, set before the slow imports)
+    hands on a SIGTERM it already received.
+
+    Args:
+      immediate: install the default action instead (a run with nothing to checkpoint).
+
+    Example:
+      >>> with Preemption() as preemption:
+      ...     preemption.requested
+      False
+    """
+
+    def __init__(self, *, immediate: bool = False):
+        self.requested = False
+        self._immediate = immediate
+        self._old: Any = None
+
+    def __enter__(self) -> Preemption:
+        handler = signal.SIG_DFL if self._immediate else self._handle
+        try:
+            self._old = signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not the main thread: signals stay as they are
+            self._old = None
+        if getattr(self._old, "raised", False):
+            self.requested = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del signum, frame
+        self.requested = True
+
+    def on_start(self, progress: Progress) -> None:
+        if self.requested:  # before the loop: the checkpoints on disk are kept as they are
+            progress.stop = Stop(
+                f"SIGTERM before training resumed at step {progress.step}; nothing new to save",
+                evaluate=False,
+                preempted=True,
+            )
+
+    def after_step(self, progress: Progress) -> None:
+        if self.requested and progress.stop is None:  # read once per step
+            progress.stop = Stop(f"SIGTERM at step {progress.step}", evaluate=False, preempted=True)

@@ -1,0 +1,93 @@
+"""The run of a count-based model: ``python -m jaxlm.train --config=configs/ngram.py``.
+
+The same run folder, data and final report as the neural runs
+(:mod:`jaxlm.train.workdir`): the corpus through :func:`jaxlm.data.load_corpus` (so tokens,
+``<eos>`` and ``<unk>`` are the neural models'), the model from the registry
+(:class:`~jaxlm.models.ngram.NGramLM`), scored with sums and counts
+(:func:`jaxlm.train.evaluate.summarize`), saved as ``model.npz`` (exact) and ``model.arpa``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from jaxlm import data, monitor
+from jaxlm.checkpoints.layout import CONFIG_FILE, NGRAM_ARPA, NGRAM_MODEL
+from jaxlm.models import get_model
+from jaxlm.train import workdir as run_folder
+from jaxlm.train.evaluate import summarize
+
+
+def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
+    """Builds the n-gram model a config describes, evaluates it and saves it to ``workdir``.
+
+    Re-running a finished run with the same config returns its results at once.
+
+    Args:
+      config: a run config with ``config.model.name == "ngram"``.
+      workdir: the run folder (absolute).
+
+    Returns:
+      ``validation_loss``/``_bits``/``_perplexity`` and ``test_...`` (nats and bits per token),
+      ``build_seconds``, ``num_ngrams`` and the discounts used.
+    """
+    final = run_folder.finished(workdir)
+    saved = workdir / CONFIG_FILE
+    if (
+        final is not None
+        and (workdir / NGRAM_MODEL).exists()
+        and saved.exists()
+        and json.loads(saved.read_text()) == json.loads(config.to_json())
+    ):
+        return run_folder.print_finished(workdir, final)
+    corpus = data.load_corpus(config.data)
+    tok = corpus.tokenizer
+    spec = get_model(config.model, tok.vocab_size)
+    run_folder.prepare(workdir, config, tok)
+    mon = monitor.Monitor(workdir, total_steps=0, tensorboard=False)
+    try:
+        mon.status("building", 0)
+        t0 = time.perf_counter()
+        model = spec.fit(corpus.train, eos_id=getattr(tok, "eos_id", None), vocab=list(tok.vocab))
+        build_seconds = time.perf_counter() - t0
+        _log_built(model, spec, corpus, build_seconds)
+        val, test = summarize(*model.nll(corpus.validation)), summarize(*model.nll(corpus.test))
+        mon.write(0, val, "validation", echo=False)
+        mon.write(0, test, "test", echo=False)
+        model.save(workdir / NGRAM_MODEL)
+        if spec.write_arpa:
+            from jaxlm.models.ngram import arpa
+
+            arpa.write_arpa(model, workdir / NGRAM_ARPA)
+        final = run_folder.final_report(
+            0,
+            val,
+            test,
+            build_seconds=build_seconds,
+            num_ngrams=model.num_ngrams,
+            discounts=model.info["discounts"],
+        )
+        mon.status("finished", 0, final=final)
+    except Exception as e:
+        mon.status("failed", 0, error=f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        mon.close()
+    run_folder.print_final(final, tok.kind)
+    return final
+
+
+def _log_built(model: Any, spec: Any, corpus: data.Corpus, seconds: float) -> None:
+    tok = corpus.tokenizer
+    fell_back = model.info["discount_fallback_orders"]
+    run_folder.log(
+        f"Built a {spec.order}-gram {spec.method} model on {corpus.name} ({len(corpus.train):,} "
+        f"{tok.kind} tokens, vocabulary {tok.vocab_size:,}) in {seconds:.2f} s; "
+        f"n-grams per order {model.num_ngrams}; discounts {model.info['discounts']}"
+        + (f" (orders {fell_back} use the fallback)" if fell_back else "")
+    )

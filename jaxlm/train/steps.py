@@ -1,0 +1,162 @@
+"""The pure steps of training and evaluation, and their compilation over a mesh.
+
+``train_step(state, batch) -> (state, metrics)`` is one pure function: dropout keys are
+``fold_in(state.rng, state.step)``, the recurrent carry lives in the state, and the batch is a
+pure function of (seed, step) (:mod:`jaxlm.data.batching`). :func:`jit_train_step` compiles it
+once with explicit shardings and the state donated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlm import losses, precision, runtime, sharding
+from jaxlm.state import Setup, TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def make_train_step(
+    model: Any,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    *,
+    carry_state: bool = True,
+    label_smoothing: float = 0.0,
+    loss_scaling: bool = False,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """``train_step(state, batch) -> (state, metrics)``, pure, for ``jax.jit``.
+
+    Args:
+      model: a jaxlm model.
+      tx: the optimizer.
+      schedule: the learning rate at a training step (reported in the metrics).
+      carry_state: carry the recurrent state from window to window (else start each at zero).
+      label_smoothing: see :func:`jaxlm.losses.cross_entropy`.
+      loss_scaling: float16: differentiate the loss times the optimizer state's dynamic loss
+        scale (``tx`` must be wrapped by :func:`jaxlm.precision.wrap_optimizer`).
+
+    Returns:
+      The step function. ``batch`` holds ``inputs``/``targets`` ``[B, T]`` and ``reset``;
+      ``metrics`` holds ``loss`` (the plain log-likelihood per token), ``grad_norm``, ``lr``,
+      the model's aux terms and, for float16, the loss-scale state.
+
+    Example:
+      >>> from jaxlm.models import RecurrentLM
+      >>> from jaxlm.state import make_init_fn
+      >>> model = RecurrentLM(vocab_size=10, embed_dim=4, hidden_sizes=(8,))
+      >>> tx = optax.sgd(0.1)
+      >>> state = make_init_fn(model, tx, batch_size=2, seq_len=3, seed=0)()
+      >>> batch = {"inputs": jnp.zeros((2, 3), jnp.int32), "targets": jnp.ones((2, 3), jnp.int32),
+      ...          "reset": jnp.asarray(True)}
+      >>> state, metrics = jax.jit(make_train_step(model, tx, lambda s: 0.1))(state, batch)
+      >>> int(state.step), sorted(metrics)
+      (1, ['grad_norm', 'loss', 'lr'])
+    """
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+        reset = jnp.logical_or(batch["reset"], not carry_state)
+        carry = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), state.carry)
+        dropout_key = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            logits, new_carry, aux = model.apply(
+                {"params": params},
+                batch["inputs"],
+                carry,
+                deterministic=False,
+                rngs={"dropout": dropout_key},
+            )
+            total, count = losses.cross_entropy(
+                logits, batch["targets"], label_smoothing=label_smoothing
+            )
+            loss = total / count + aux.get("reg_loss", 0.0)
+            if loss_scaling:
+                loss = loss * precision.loss_scale(state.opt_state)
+            if label_smoothing:  # report the plain log-likelihood, not the smoothed loss
+                total, count = losses.cross_entropy(logits, batch["targets"])
+            return loss, (new_carry, total / count, aux)
+
+        (_, (new_carry, nll, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=params,
+            opt_state=opt_state,
+            carry=jax.lax.stop_gradient(new_carry),
+        )
+        grad_norm = optax.tree.norm(grads)
+        if loss_scaling:
+            grad_norm = grad_norm / precision.loss_scale(state.opt_state)
+        metrics = {
+            "loss": nll,
+            "grad_norm": grad_norm,
+            "lr": jnp.asarray(schedule(state.step), jnp.float32),
+            **aux,  # e.g. reg_loss (AR/TAR) of recurrent models
+            **precision.loss_scale_metrics(opt_state),  # float16: scale and skipped steps
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(model: Any) -> Callable:
+    """``eval_step(params, carry, sums, batch) -> (carry, sums)`` for ``jax.jit``.
+
+    ``sums`` is ``(loss_sum, count)`` over the windows so far: the running sums stay inside the
+    compiled step, so no eager arithmetic mixes arrays of different processes.
+
+    Args:
+      model: a jaxlm model.
+
+    Returns:
+      The step function; ``batch`` holds ``inputs``, ``targets`` and ``mask`` ``[B, T]``.
+    """
+
+    def eval_step(params, carry, sums, batch):
+        logits, carry, _ = model.apply({"params": params}, batch["inputs"], carry)
+        total, count = losses.cross_entropy(logits, batch["targets"], mask=batch["mask"])
+        return carry, (sums[0] + total, sums[1] + count)
+
+    return eval_step
+
+
+def jit_train_step(
+    setup: Setup, schedule: optax.Schedule, shardings: TrainState, mesh: Any, train: Any
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The run's train step, compiled once with explicit shardings and the state donated.
+
+    Args:
+      setup: from :func:`jaxlm.state.build`.
+      schedule: the learning rate at a training step (:func:`jaxlm.optim.learning_rate`).
+      shardings: the state's shardings (:func:`jaxlm.sharding.state_shardings`).
+      mesh: the device mesh.
+      train: the config's ``train`` section (``carry_state``, ``label_smoothing``).
+
+    Returns:
+      ``step(state, batch) -> (state, metrics)``; several CPU processes wait for each step
+      (:func:`jaxlm.runtime.serialise_steps`).
+    """
+    step = jax.jit(
+        make_train_step(
+            setup.model,
+            setup.tx,
+            schedule,
+            carry_state=train.carry_state,
+            label_smoothing=train.label_smoothing,
+            loss_scaling=setup.policy.needs_loss_scaling,
+        ),
+        in_shardings=(shardings, None),
+        out_shardings=(shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+        compiler_options=runtime.compiler_options(setup.model),
+    )
+    if not runtime.serialise_steps():
+        return step
+    return lambda state, batch: jax.block_until_ready(step(state, batch))

@@ -1,0 +1,88 @@
+"""The run-folder protocol every run follows, neural or n-gram: the files written at the start,
+the final report, and what a second run of a finished one prints.
+
+Files (see :mod:`jaxlm.checkpoints.layout`): ``config.json`` and ``tokenizer.json`` at the start,
+``metrics.jsonl``, ``tensorboard/`` and ``status.json`` as the run goes (:mod:`jaxlm.monitor`),
+and the model: ``checkpoints/`` or ``model.npz``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from jaxlm import monitor
+from jaxlm.checkpoints.layout import CONFIG_FILE, TOKENIZER_FILE
+from jaxlm.data.tokenizers import save_tokenizer
+
+
+def log(*args: Any) -> None:
+    """Prints on process 0 only (every process runs the loop)."""
+    if jax.process_index() == 0:
+        print(*args, flush=True)
+
+
+def default_workdir(config: ml_collections.ConfigDict) -> str:
+    """``runs/<config.name>``; a fine-tuning run (``init_from`` set) gets its own
+    ``runs/<config.name>_ft_<strategy>``, so it never lands in the run it starts from.
+
+    Example:
+      >>> from jaxlm.config import load_config
+      >>> c = load_config("lstm"); default_workdir(c)
+      'runs/lstm'
+      >>> c.init_from = "runs/lstm"; default_workdir(c)
+      'runs/lstm_ft_full'
+    """
+    if config.get("init_from"):
+        return f"runs/{config.name}_ft_{config.finetune.strategy}"
+    return f"runs/{config.name}"
+
+
+def prepare(workdir: Path, config: ml_collections.ConfigDict, tokenizer: Any) -> None:
+    """Creates the run folder and writes ``config.json`` and ``tokenizer.json`` (process 0)."""
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / CONFIG_FILE).write_text(config.to_json(indent=1))
+        save_tokenizer(tokenizer, workdir / TOKENIZER_FILE)
+
+
+def final_report(
+    step: int, validation: dict[str, float], test: dict[str, float], **extra: Any
+) -> dict[str, Any]:
+    """The final metrics of a run, as ``status.json`` keeps them and ``train_and_evaluate``
+    returns them: validation and test loss, bits and perplexity per token, and ``extra``."""
+    final: dict[str, Any] = {"step": step}
+    for split, result in (("validation", validation), ("test", test)):
+        for key in ("loss", "bits", "perplexity"):
+            final[f"{split}_{key}"] = result[key]
+    final.update(extra)
+    return final
+
+
+def print_final(final: dict[str, Any], unit: str) -> None:
+    """One line with the final validation and test figures (process 0)."""
+    v = {k: final[f"validation_{k}"] for k in ("loss", "bits", "perplexity")}
+    t = {k: final[f"test_{k}"] for k in ("loss", "bits", "perplexity")}
+    log(
+        f"Final validation loss {v['loss']:.4f} nats/{unit} ({v['bits']:.4f} bits/{unit}, "
+        f"perplexity {v['perplexity']:.2f}); test loss {t['loss']:.4f} nats/{unit} "
+        f"({t['bits']:.4f} bits/{unit}, perplexity {t['perplexity']:.2f})"
+    )
+
+
+def finished(workdir: Path) -> dict[str, Any] | None:
+    """The final metrics of a finished run in ``workdir``, or None when it has not finished."""
+    status = monitor.read_status(workdir) or {}
+    return status.get("final", {}) if status.get("state") == "finished" else None
+
+
+def print_finished(workdir: Path, final: dict[str, Any]) -> dict[str, Any]:
+    """Says the run in ``workdir`` already finished, with its final metrics; returns them."""
+    step = f" at step {final['step']}" if "step" in final else ""
+    log(f"Run in {workdir} already finished{step}; nothing to do.")
+    for key, value in final.items():
+        log(f"  {key}: {value}")
+    return final

@@ -1,0 +1,78 @@
+"""jaxlm.checkpoints.tools.arrays: export to and import from .npz and .safetensors."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlm import checkpoints as ck
+from jaxlm.checkpoints import tools as ct
+from jaxlm.tree import flatten
+from tests.helpers import ROOT, assert_trees_equal
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_export_import_round_trip_is_bit_identical(run, tmp_path, suffix):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors")
+    file = tmp_path / f"state{suffix}"
+    info = ct.export(run, file)
+    original, _ = ck.load_state(run)
+    arrays, meta = ct.read_arrays(file)
+    assert info["arrays"] == len(arrays) == len(flatten(original))
+    assert "params/embed/embedding" in arrays and "opt_state/1/0/mu/head/kernel" in arrays
+    assert meta["step"] == "3"
+    # Import into the shape of another checkpoint (step 1): every array comes from the file.
+    out = ct.import_arrays(file, tmp_path / "imported", like=run / "checkpoints/1")
+    assert out == tmp_path / "imported/checkpoints/3"
+    restored, _ = ck.load_state(out)
+    assert_trees_equal(restored, original)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_export_params_only_with_cast(run, tmp_path, suffix):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors")
+    file = tmp_path / f"params{suffix}"
+    ct.export(run, file, dtype="bfloat16", opt_state=False)
+    arrays, _ = ct.read_arrays(file)
+    original, _ = ck.load_state(run)
+    params = flatten(original["params"])
+    assert sorted(arrays) == sorted("params/" + n for n in params)
+    for name, value in params.items():
+        assert arrays["params/" + name].dtype == jax.numpy.bfloat16
+        assert arrays["params/" + name].tobytes() == value.astype(jax.numpy.bfloat16).tobytes()
+    template = run / "checkpoints/1"
+    out = ct.import_arrays(file, tmp_path / "back", like=template, dtype="float32")
+    back, _ = ck.load_state(out)
+    for name, value in flatten(back["params"]).items():
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, params[name].astype(jax.numpy.bfloat16))
+    assert_trees_equal(back["opt_state"], ck.load_state(template)[0]["opt_state"])
+
+
+def test_import_rejects_wrong_names_and_shapes(run, tmp_path):
+    np.savez(tmp_path / "bad.npz", **{"params/head/kernel": np.zeros((3, 3), np.float32)})
+    with pytest.raises(ck.CheckpointError, match=r"params/head/kernel has shape \(3, 3\)"):
+        ct.import_arrays(tmp_path / "bad.npz", tmp_path / "x", like=run)
+    np.savez(tmp_path / "odd.npz", **{"params/nope": np.zeros(3, np.float32)})
+    with pytest.raises(ck.CheckpointError, match="params/nope"):
+        ct.import_arrays(tmp_path / "odd.npz", tmp_path / "x", like=run)
+
+
+def test_npz_is_read_without_pickle(tmp_path):
+    np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        ct.read_arrays(tmp_path / "objects.npz")
+    readers = [*(ROOT / "jaxlm/checkpoints").rglob("*.py"), *(ROOT / "jaxlm/interop").glob("*.py")]
+    readers += [
+        ROOT / "jaxlm/evaluate.py",
+        ROOT / "jaxlm/train/evaluate.py",
+        ROOT / "tools/checkpoint.py",
+    ]
+    assert len(readers) > 10
+    for path in readers:
+        source = path.read_text()
+        for banned in ("import pickle", "allow_pickle=True", "torch.load(", "weights_only"):
+            assert banned not in source, f"{path}: {banned}"

@@ -1,0 +1,23 @@
+"""jaxlm.data.builders: corpora as TFDS array_record datasets, read back without TensorFlow."""
+
+import subprocess
+import sys
+
+from jaxlm.config import base_config
+from jaxlm.data import builders, load_corpus
+
+
+def test_tfds_roundtrip_keeps_exact_bytes(tmp_path):
+    parts = {"train": b"line one\nline two\n\n", "validation": "é\n".encode(), "test": b"no nl"}
+    builder = builders.prepare(parts, "roundtrip", str(tmp_path))
+    for split, data in parts.items():
+        assert builders.read_split(builder, split) == data
+    files = {p.name.split("-")[1] for p in tmp_path.rglob("*.array_record-*")}
+    assert files == {"train.array_record", "validation.array_record", "test.array_record"}
+
+
+def test_tensorflow_is_neither_imported_nor_installed():
+    load_corpus(base_config().data)
+    assert "tensorflow" not in sys.modules
+    result = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True)
+    assert result.returncode != 0

@@ -1,0 +1,93 @@
+"""jaxlm.data.load_corpus: the corpora a config names, split, tokenized, with clear errors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxlm.config import base_config
+from jaxlm.data import CorpusError, builders, load_corpus
+
+PTB = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "ptb"
+
+
+def data_config(**fields):
+    c = base_config().data
+    for key, value in fields.items():
+        setattr(c, key, value)
+    return c
+
+
+def test_builtin_corpus_is_deterministic_and_split():
+    corpus = load_corpus(data_config())
+    again = load_corpus(data_config())
+    np.testing.assert_array_equal(corpus.validation, again.validation)
+    total = len(corpus.train) + len(corpus.validation) + len(corpus.test)
+    assert abs(len(corpus.train) / total - 0.9) < 0.01
+    assert abs(len(corpus.validation) / total - 0.05) < 0.01
+    text = builders.builtin_text().decode()
+    assert len(text) == total
+    assert corpus.tokenizer.decode(corpus.test) == text[-len(corpus.test) :]
+    assert corpus.tokenizer.decode(corpus.train[:22]) == 'The "assert" statement'
+
+
+def test_one_file_split_by_fractions(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("abcdefghij" * 100)
+    c = load_corpus(data_config(corpus="text_files", path=str(path), split=(0.8, 0.1, 0.1)))
+    assert (len(c.train), len(c.validation), len(c.test)) == (800, 100, 100)
+
+
+def test_ptb_layout_folder(tmp_path):
+    for split, text in [("train", "a b c\nb c\n"), ("valid", "a b\n"), ("test", "c d\n")]:
+        (tmp_path / f"ptb.{split}.txt").write_text(text)
+    c = load_corpus(data_config(corpus="text_files", path=str(tmp_path), tokenizer="word"))
+    assert c.tokenizer.vocab_size == 5  # <eos> <unk> b c a
+    assert c.test.tolist() == [3, 1, 0]  # "d" is unseen in training
+
+
+@pytest.mark.skipif(not PTB.is_dir(), reason="../shared/data/ptb not present")
+def test_ptb_word_level_counts():
+    c = load_corpus(data_config(corpus="text_files", path=str(PTB), tokenizer="word"))
+    assert c.tokenizer.vocab_size == 10_000
+    assert (len(c.train), len(c.validation), len(c.test)) == (929_589, 73_760, 82_430)
+
+
+def test_missing_file_is_named(tmp_path):
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(CorpusError, match=f"corpus file not found: {missing}"):
+        load_corpus(data_config(corpus="text_files", path=str(missing)))
+
+
+def test_empty_file_is_named(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(CorpusError, match=f"corpus file is empty: {empty}"):
+        load_corpus(data_config(corpus="text_files", path=str(empty)))
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "word"])
+def test_non_utf8_is_named_with_offset(tmp_path, tokenizer):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(("hello world\n" * 50).encode() + "café\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"{bad}: bytes at offset 603 are not valid UTF-8"):
+        load_corpus(data_config(corpus="text_files", path=str(bad), tokenizer=tokenizer))
+
+
+def test_byte_tokenizer_accepts_any_bytes(tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(("hello world\n" * 50).encode() + "café\n".encode("latin-1"))
+    c = load_corpus(data_config(corpus="text_files", path=str(bad), tokenizer="byte"))
+    assert 0xE9 in c.test.tolist()
+
+
+def test_folder_without_a_split_is_named(tmp_path):
+    (tmp_path / "ptb.train.txt").write_text("a\n")
+    (tmp_path / "ptb.test.txt").write_text("a\n")
+    with pytest.raises(CorpusError, match="expected exactly one file with 'valid'"):
+        load_corpus(data_config(corpus="text_files", path=str(tmp_path)))
+
+
+def test_bad_split_fractions():
+    with pytest.raises(CorpusError, match="config.data.split"):
+        load_corpus(data_config(split=(0.9, 0.2, 0.1)))

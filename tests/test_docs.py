@@ -1,0 +1,38 @@
+"""The Python snippets of the README and docs/finetuning.md run as written, from a fresh folder."""
+
+from __future__ import annotations
+
+import re
+
+from tests.helpers import ROOT
+
+
+def python_blocks(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / page).read_text(), re.S)
+
+
+def test_the_readme_snippet_trains_and_loads_a_run(tmp_path, monkeypatch):
+    (snippet,) = python_blocks("README.md")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(snippet, namespace)
+    assert namespace["final"]["step"] == 60 and (tmp_path / "runs/smoke/status.json").is_file()
+    assert namespace["config"].name == "lstm_smoke" and namespace["tokenizer"].kind == "char"
+    assert set(namespace["params"]) == {"embed", "head", "layers_0", "layers_1"}
+
+
+def test_the_fine_tuning_snippets_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    blocks = python_blocks("docs/finetuning.md")
+    assert len(blocks) == 2
+    for block in blocks:
+        exec(block, namespace)
+    groups = namespace["groups"]
+    assert groups[1:3] == [["blocks_1"], ["blocks_0"]]  # the groups match the Transformer's tree
+    assert "^embed/embedding$" in groups[0] and groups[-1] == ["^pos_embed$"]
+    assert len(namespace["opt_state"].inner_state[0]) == 2  # clip and adamw, initialised
+    import jax
+
+    same = jax.tree.map(lambda a, b: (a == b).all(), namespace["by_mask"], namespace["by_patterns"])
+    assert all(jax.tree.leaves(same))

@@ -1,0 +1,241 @@
+"""The training loop: a run end to end, exact resume, 1 vs 4 devices, fine-tuning, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlm import checkpoints as ck
+from jaxlm import monitor, state
+from jaxlm.train import steps
+from jaxlm.train.loop import train_and_evaluate
+from tests.helpers import smoke
+
+
+def train_losses(workdir):
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["split"] == "train"]
+
+
+def final_params(workdir):
+    return ck.load_state(workdir)[0]["params"]
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule):
+    # plateau: the optimizer state also depends on validation losses seen along the way.
+    config = smoke(
+        **{
+            "train.num_steps": 40,
+            "train.checkpoint_every": 10,
+            "train.eval_every": 10,
+            "train.log_every": 10,
+            "optimizer.schedule": schedule,
+            "optimizer.plateau_patience": 0,
+        }
+    )
+    straight = train_and_evaluate(config, tmp_path / "straight")
+
+    real_save = ck.save
+
+    def save_then_die(mgr, step, state, meta):
+        real_save(mgr, step, state, meta)
+        mgr.wait_until_finished()
+        raise Killed  # the process dies right after its first checkpoint
+
+    monkeypatch.setattr(ck, "save", save_then_die)
+    with pytest.raises(Killed):
+        train_and_evaluate(config, tmp_path / "resumed")
+    monkeypatch.setattr(ck, "save", real_save)
+    assert ck.manager(tmp_path / "resumed", read_only=True).latest_step() == 10
+    resumed = train_and_evaluate(config, tmp_path / "resumed")
+
+    assert resumed["validation_loss"] == straight["validation_loss"]
+    assert resumed["test_loss"] == straight["test_loss"]
+    a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+    tail = [loss for step, loss in train_losses(tmp_path / "straight") if step > 10]
+    assert tail == [loss for step, loss in train_losses(tmp_path / "resumed") if step > 10]
+
+
+def test_one_and_four_devices_give_the_same_losses(tmp_path):
+    overrides = {
+        "train.num_steps": 20,
+        "train.log_every": 5,
+        "train.eval_every": 20,
+        "model.dropout": 0.0,
+    }
+    one = train_and_evaluate(smoke(**overrides, **{"parallel.data": 1}), tmp_path / "1")
+    four = train_and_evaluate(smoke(**overrides, **{"parallel.data": 4}), tmp_path / "4")
+    l1, l4 = train_losses(tmp_path / "1"), train_losses(tmp_path / "4")
+    assert [s for s, _ in l1] == [5, 10, 15, 20]
+    np.testing.assert_allclose([v for _, v in l1], [v for _, v in l4], rtol=1e-5)
+    np.testing.assert_allclose(one["validation_loss"], four["validation_loss"], rtol=1e-5)
+
+
+def test_dropout_runs_agree_across_device_counts(tmp_path):
+    overrides = {"train.num_steps": 10, "train.log_every": 5, "train.eval_every": 10}
+    train_and_evaluate(smoke(**overrides, **{"parallel.data": 1}), tmp_path / "1")
+    train_and_evaluate(smoke(**overrides, **{"parallel.data": 2}), tmp_path / "2")
+    np.testing.assert_allclose(
+        [v for _, v in train_losses(tmp_path / "1")],
+        [v for _, v in train_losses(tmp_path / "2")],
+        rtol=1e-5,
+    )
+
+
+def test_incompatible_workdir_is_refused_and_kept(tmp_path):
+    config = smoke(**{"train.num_steps": 10, "train.checkpoint_every": 10, "train.eval_every": 10})
+    train_and_evaluate(config, tmp_path)
+    other = smoke(**{"train.num_steps": 10, "model.hidden_sizes": (32, 32)})
+    with pytest.raises(
+        ValueError,
+        match=r"incompatible config:\n  model.hidden_sizes: \[64, 64\]"
+        r" -> \[32, 32\]",
+    ):
+        train_and_evaluate(other, tmp_path)
+    assert ck.manager(tmp_path, read_only=True).latest_step() == 10
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("optimizer.clip_norm", 0.0), ("optimizer.schedule", "plateau"), ("precision", "float16")],
+)
+def test_changes_of_optimizer_state_structure_are_refused_by_name(tmp_path, field, value):
+    base = {
+        "train.num_steps": 10,
+        "train.checkpoint_every": 10,
+        "train.eval_every": 10,
+        "train.sample_tokens": 0,
+    }
+    train_and_evaluate(smoke(**base), tmp_path)
+    with pytest.raises(ValueError, match=rf"incompatible config:\n  {field}: "):
+        train_and_evaluate(smoke(**base, **{field: value}), tmp_path)
+    # Changes that keep the optimizer state's structure still resume.
+    same = {"optimizer.clip_norm": 0.5, "optimizer.schedule": "constant", "precision": "bfloat16"}[
+        field
+    ]
+    assert train_and_evaluate(smoke(**base, **{field: same}), tmp_path)["step"] == 10
+
+    # A state of another structure is not "damage": named, and nothing is moved aside.
+    target = state.build(smoke(**base, **{field: value}), 104).abstract
+    mgr = ck.manager(tmp_path)
+    with pytest.raises(ck.StructureMismatch, match="only in this run: opt_state/"):
+        ck.restore_latest_intact(mgr, target, quarantine=True, log=pytest.fail)
+    mgr.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["10"]
+
+
+def test_missing_corpus_fails_before_training(tmp_path):
+    config = smoke(**{"data.corpus": "text_files", "data.path": str(tmp_path / "none.txt")})
+    with pytest.raises(ValueError, match="config.data.path: .*none.txt does not exist"):
+        train_and_evaluate(config, tmp_path / "run")
+
+
+def test_init_from_with_feature_preset_trains_only_the_output_layer(tmp_path):
+    base = {"train.num_steps": 10, "train.checkpoint_every": 10, "train.eval_every": 10}
+    train_and_evaluate(smoke(**base), tmp_path / "pretrained")
+    tuned = smoke(
+        **base, **{"init_from": str(tmp_path / "pretrained"), "finetune.strategy": "feature"}
+    )
+    train_and_evaluate(tuned, tmp_path / "tuned")
+    before, after = final_params(tmp_path / "pretrained"), final_params(tmp_path / "tuned")
+    for name in ("embed", "layers_0", "layers_1"):
+        for x, y in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name]), strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert np.abs(before["head"]["kernel"] - after["head"]["kernel"]).max() > 0
+
+
+def test_damaged_newest_checkpoint_falls_back_and_says_so(tmp_path, monkeypatch, capsys):
+    config = smoke(
+        **{
+            "train.num_steps": 30,
+            "train.checkpoint_every": 10,
+            "train.eval_every": 30,
+            "train.log_every": 10,
+        }
+    )
+    real_save, saves = ck.save, []
+
+    def save_twice_then_die(mgr, step, state, meta):
+        real_save(mgr, step, state, meta)
+        mgr.wait_until_finished()
+        saves.append(1)
+        if len(saves) == 2:
+            raise Killed
+
+    monkeypatch.setattr(ck, "save", save_twice_then_die)
+    with pytest.raises(Killed):
+        train_and_evaluate(config, tmp_path)
+    monkeypatch.setattr(ck, "save", real_save)
+    data_files = sorted(
+        (tmp_path / "checkpoints/20/state").glob("ocdbt.process_*/d/*"),
+        key=lambda f: f.stat().st_size,
+    )
+    with open(data_files[-1], "r+b") as f:  # truncate the largest array file
+        f.truncate(data_files[-1].stat().st_size // 3)
+    final = train_and_evaluate(config, tmp_path)
+    out = capsys.readouterr().out
+    assert f"Skipping damaged checkpoint {tmp_path / 'checkpoints' / '20'}" in out
+    assert f"Resumed from {tmp_path / 'checkpoints'}/10" in out
+    assert final["step"] == 30 and math.isfinite(final["validation_loss"])
+
+
+def test_nan_between_log_lines_is_caught_before_a_save(tmp_path, monkeypatch):
+    # Logs at 20 and 40, saves at 15 and 30; the loss (and state) go NaN from step 22 on.
+    config = smoke(
+        **{
+            "train.num_steps": 40,
+            "train.log_every": 20,
+            "train.eval_every": 100,
+            "train.checkpoint_every": 15,
+            "train.sample_tokens": 0,
+        }
+    )
+    real_make = steps.make_train_step
+
+    def poisoned(*args, **kwargs):
+        step_fn = real_make(*args, **kwargs)
+
+        def train_step(state, batch):
+            state, metrics = step_fn(state, batch)
+            bad = state.step >= 22
+            params = jax.tree.map(lambda p: jax.numpy.where(bad, jax.numpy.nan, p), state.params)
+            return state.replace(params=params), dict(
+                metrics, loss=jax.numpy.where(bad, jax.numpy.nan, metrics["loss"])
+            )
+
+        return train_step
+
+    monkeypatch.setattr(steps, "make_train_step", poisoned)
+    closed = []
+    real_close = monitor.Monitor.close
+    monkeypatch.setattr(
+        monitor.Monitor, "close", lambda self: closed.append(True) or real_close(self)
+    )
+    with pytest.raises(FloatingPointError, match="at step 22; checkpoints up to step 15 are"):
+        train_and_evaluate(config, tmp_path)
+    assert closed == [True]  # a failed run closes its TensorBoard writer too
+    assert ck.manager(tmp_path, read_only=True).all_steps() == [15]
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "failed" and status["step"] == 22
+
+
+def test_float16_run_uses_dynamic_loss_scaling(tmp_path):
+    overrides = {"train.num_steps": 20, "train.log_every": 10, "train.eval_every": 20}
+    f32 = train_and_evaluate(smoke(**overrides), tmp_path / "f32")
+    f16 = train_and_evaluate(smoke(**overrides, precision="float16"), tmp_path / "f16")
+    rows = [json.loads(line) for line in (tmp_path / "f16/metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert all("loss_scale" in r and r["loss_scale"] >= 1 for r in train_rows)
+    assert abs(f16["validation_loss"] - f32["validation_loss"]) < 0.05

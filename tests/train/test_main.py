@@ -1,0 +1,168 @@
+"""python -m jaxlm.train: a smoke run, SIGTERM at any moment, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from jaxlm import checkpoints as ck
+from tests.helpers import ROOT, train_cli
+
+
+def train_losses(workdir):
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["split"] == "train"]
+
+
+def final_params(workdir):
+    return ck.load_state(workdir)[0]["params"]
+
+
+def test_cli_smoke_run_trains_checkpoints_and_finishes(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = train_cli(f"--workdir={workdir}")
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "tokens_per_s" in out.stdout and "ETA" in out.stdout
+    assert "Final validation loss" in out.stdout and "bits/char" in out.stdout
+    assert "Sample:\nThe " in out.stdout
+    losses = train_losses(workdir)
+    assert losses[-1][1] < losses[0][1] - 0.5  # from ~4.5 (uniform over 104) downwards
+    status = json.loads((workdir / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 60
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "30",
+        "60",
+    ]
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((workdir / "tokenizer.json").read_text())["kind"] == "char"
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0 and "already finished at step 60" in again.stdout
+
+
+def _sigterm_caught(pid):
+    """Whether the process has a SIGTERM handler installed (Linux: SigCgt in /proc)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+def _wait_for(predicate, proc, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _status(workdir):
+    try:
+        return json.loads((workdir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def test_cli_sigterm_checkpoints_exits_143_and_resumes(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = train_cli(
+        f"--workdir={workdir}",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=100000",
+        "--config.train.checkpoint_every=100000",
+    )
+    proc = subprocess.Popen(
+        cmd + ["--config.train.num_steps=100000"],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(lambda: _status(workdir).get("step", 0) > 0, proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "SIGTERM at step" in err
+    status = _status(workdir)
+    steps = ck.manager(workdir, read_only=True).all_steps()
+    assert status["state"] == "preempted" and list(steps) == [status["step"]]
+    saved = status["step"]
+    again = subprocess.run(
+        cmd + [f"--config.train.num_steps={saved + 3}"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Resumed from {workdir / 'checkpoints'}/{saved}" in again.stdout
+    assert _status(workdir)["state"] == "finished" and _status(workdir)["step"] == saved + 3
+
+
+def test_cli_sigterm_during_startup_exits_143(tmp_path):
+    # Sent as soon as the command line's handler is in place: during the imports, before the
+    # trainer's own handler, the data, the model or the loop exist.
+    if not Path("/proc/self/status").exists():
+        pytest.skip("needs /proc")
+    workdir = tmp_path / "run"
+    cmd = train_cli(f"--workdir={workdir}")
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        _wait_for(lambda: _sigterm_caught(proc.pid), proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "SIGTERM before training" in err
+    assert _status(workdir)["state"] == "preempted"
+    assert ck.manager(workdir, read_only=True).all_steps() == []
+
+
+def test_unknown_config_field_is_named(tmp_path):
+    cmd = train_cli(
+        "--config.train.num_steps=3",
+        "--config.model.hiden_size=3",
+        "--config.train.log_every=1",
+        "--workdir=/tmp/never",
+    )
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode != 0
+    assert "hiden_size" in out.stderr
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1] == (
+        "FATAL Flags parsing error: unknown config field in --config.model.hiden_size: "
+        '\'hiden_size\' Did you mean "hidden_sizes" instead of "hiden_size"?'
+    )
+    # An unknown section is named too.
+    out = subprocess.run(
+        cmd[:4] + ["--config.nosuch.x=3"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert out.stderr.strip().splitlines()[-1] == (
+        "FATAL Flags parsing error: unknown config field in --config.nosuch.x: 'nosuch'"
+    )
+    # An AttributeError inside the config file is its own bug, not an unknown field.
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(arg=None):\n    return object().no_such_attribute\n")
+    out = subprocess.run(
+        cmd[:3] + [f"--config={broken}", "--config.train.num_steps=3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "unknown config field" not in out.stderr
+    assert "no_such_attribute" in out.stderr and "broken.py" in out.stderr
