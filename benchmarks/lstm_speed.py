@@ -20,8 +20,8 @@ Usage::
 
 ``--cpu_time`` also reports process CPU time per step, which moves less than wall time when
 other jobs share the cores. By default glibc keeps freed memory in the heap for both sides, as
-``python -m jaxlm.train`` does (``jaxlm.runtime.heap``); ``--no-keep_heap`` measures glibc's defaults,
-under which every step page-faults on its fresh large temporaries.
+``python -m jaxlm.train`` does (``jaxlm.runtime.heap``); ``--no-keep_heap`` measures glibc's
+defaults, under which every step page-faults on its fresh large temporaries.
 """
 
 from __future__ import annotations
