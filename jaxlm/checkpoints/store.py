@@ -8,7 +8,9 @@ is used. Nothing is unpickled: arrays are tensorstore files, the meta item is JS
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,37 @@ from jaxlm.checkpoints.layout import (
 from jaxlm.checkpoints.meta import read_meta, upgrade
 from jaxlm.errors import CheckpointError
 from jaxlm.tree import path_str
+
+
+class _DrainingLoop(asyncio.SelectorEventLoop):
+    """An event loop that, asked to close, first lets the tasks it still runs finish."""
+
+    def close(self) -> None:
+        if not self.is_running() and not self.is_closed():
+            pending = [t for t in asyncio.all_tasks(self) if not t.done()]
+            if pending:
+                self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        super().close()
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self) -> asyncio.AbstractEventLoop:
+        return _DrainingLoop()
+
+
+@contextlib.contextmanager
+def _finished_reads() -> Iterator[None]:
+    """Orbax reads in an event loop of its own and closes it as soon as the restore returns or
+    raises. A read that fails (a truncated or missing file) raises while its sibling reads are
+    still in flight; their completions then reach a closed loop ("Event loop is closed", and
+    coroutines closed mid-read). Inside this block the loops orbax makes finish those reads
+    before they close."""
+    old = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_DrainingPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(old)
 
 
 class StructureMismatch(CheckpointError, ValueError):
@@ -169,12 +202,13 @@ def load_state(
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
     handler = ocp.PyTreeCheckpointHandler()
     try:
-        state = handler.restore(
-            epath.Path(ckpt / STATE_ITEM),
-            args=ocp.args.PyTreeRestore(
-                item=tree, restore_args=restore_args, partial_restore=parts is not None
-            ),
-        )
+        with _finished_reads():
+            state = handler.restore(
+                epath.Path(ckpt / STATE_ITEM),
+                args=ocp.args.PyTreeRestore(
+                    item=tree, restore_args=restore_args, partial_restore=parts is not None
+                ),
+            )
     except Exception as e:
         raise CheckpointError(
             f"cannot read checkpoint {ckpt} (truncated or corrupted?): {type(e).__name__}: {e}"
@@ -213,9 +247,10 @@ def restore_sharded(
     target = sharding.abstract_on(tree, sharding.state_shardings(tree, mesh, rules))
     handler = ocp.StandardCheckpointHandler()
     try:
-        state = handler.restore(
-            epath.Path(ckpt / STATE_ITEM), args=ocp.args.StandardRestore(target)
-        )
+        with _finished_reads():
+            state = handler.restore(
+                epath.Path(ckpt / STATE_ITEM), args=ocp.args.StandardRestore(target)
+            )
     except Exception as e:
         raise CheckpointError(
             f"cannot restore checkpoint {ckpt} onto mesh {dict(mesh.shape)}: "
@@ -241,16 +276,12 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None) ->
       CheckpointError: the checkpoint cannot be restored (the message names it and why).
     """
     step = mgr.latest_step() if step is None else step
+    args = ocp.args.Composite(
+        **{STATE_ITEM: ocp.args.StandardRestore(target), META_ITEM: ocp.args.JsonRestore()}
+    )
     try:
-        restored = mgr.restore(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    STATE_ITEM: ocp.args.StandardRestore(target),
-                    META_ITEM: ocp.args.JsonRestore(),
-                }
-            ),
-        )
+        with _finished_reads():
+            restored = mgr.restore(step, args=args)
     except Exception as e:  # orbax raises many types; name the directory and the cause.
         raise CheckpointError(
             f"cannot restore checkpoint {mgr.directory / str(step)}: {type(e).__name__}: {e}"
