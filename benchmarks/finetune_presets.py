@@ -1,10 +1,10 @@
 """Fine-tuning presets side by side: validation loss on Tiny Shakespeare after the same steps.
 
 Pretrains a small byte-level LSTM on the built-in corpus with the trainer
-(``jaxlm.trainer.train_and_evaluate``), then fine-tunes it on Tiny Shakespeare with every
+(``jaxlm.train_and_evaluate``), then fine-tunes it on Tiny Shakespeare with every
 ``config.finetune.strategy`` for the same number of steps, and trains the same model from
 scratch for comparison. Each fine-tuning run loads the checkpoint with
-``jaxlm.finetune.load_pretrained`` and trains with the trainer's own step function.
+``jaxlm.checkpoints.load_pretrained`` and trains with the trainer's own step function.
 
 Usage::
 
@@ -38,12 +38,13 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from jaxlm import data, finetune, sharding, trainer
+from jaxlm import checkpoints, data, optim, sharding, state
 from jaxlm.config import base_config
 from jaxlm.data import batching
-from jaxlm.finetune import STRATEGIES
-from jaxlm.models import get_model
-from jaxlm.optim import build_optimizer, build_schedule
+from jaxlm.optim import STRATEGIES
+from jaxlm.train import evaluate as evaluation
+from jaxlm.train import steps
+from jaxlm.train.loop import train_and_evaluate
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared/data/tinyshakespeare/input.txt"
 
@@ -69,14 +70,14 @@ def common(c, steps: int):
 
 
 def pretrain_config(steps: int):
-    c = common(base_config(), steps)
+    c = common(base_config("lstm"), steps)
     c.name = "finetune_presets_pretrain"
     c.data.corpus = "builtin"
     return c
 
 
 def finetune_config(strategy: str, steps: int):
-    c = common(base_config(), steps)
+    c = common(base_config("lstm"), steps)
     c.name = f"finetune_presets_{strategy}"
     c.data.corpus = "text_files"
     c.data.path = str(SHAKESPEARE)
@@ -89,29 +90,28 @@ def run(config, init_from: str | None, eval_windows: int) -> tuple[float, float]
     """Trains ``config`` (from ``init_from``'s parameters when given); returns (val loss, s)."""
     start = time.perf_counter()
     corpus = data.load_corpus(config.data)
-    mesh = sharding.make_mesh(config.sharding.data, config.sharding.model)
-    model = get_model(finetune.prepare_config(config).model, corpus.tokenizer.vocab_size)
-    b, t, steps = config.data.batch_size, config.data.seq_len, config.train.num_steps
-    tx = build_optimizer(config)
-    state = jax.jit(trainer.make_init_fn(model, tx, b, t, config.seed))()
+    mesh = sharding.make_mesh(config.parallel.data, config.parallel.model)
+    setup = state.build(config, corpus.tokenizer.vocab_size)
+    b, t, num = config.data.batch_size, config.data.seq_len, config.train.num_steps
+    init = jax.jit(setup.init)
+    train_state = init()
     if init_from:
-        params, _ = finetune.load_pretrained(
-            init_from, state.params, corpus.tokenizer, model_config=config.model
+        params, _ = checkpoints.load_pretrained(
+            init_from, train_state.params, corpus.tokenizer, model_config=config.model
         )
-        params = jax.tree.map(jnp.asarray, params)
-        state = state.replace(params=params, opt_state=tx.init(params))
+        train_state = init(jax.tree.map(jnp.asarray, params))
     step_fn = jax.jit(
-        trainer.make_train_step(model, tx, build_schedule(config.optimizer, steps)),
+        steps.make_train_step(setup.model, setup.tx, optim.learning_rate(config)),
         donate_argnums=0,
     )
     streams = batching.make_streams(corpus.train, b)
     with jax.set_mesh(mesh):
-        for step in range(steps):
+        for step in range(num):
             batch = batching.train_batch(streams, step, t, config.seed)
-            state, _ = step_fn(state, trainer.device_batch(batch, mesh))
-        val = trainer.evaluate(
-            model,
-            state.params,
+            train_state, _ = step_fn(train_state, sharding.device_batch(batch, mesh))
+        val = evaluation.evaluate(
+            setup.model,
+            train_state.params,
             corpus.validation,
             mesh,
             batch_size=b,
@@ -121,19 +121,18 @@ def run(config, init_from: str | None, eval_windows: int) -> tuple[float, float]
     return val["loss"], time.perf_counter() - start
 
 
-def zero_shot(init_from: str, steps: int, eval_windows: int) -> float:
+def zero_shot(init_from: str, steps_: int, eval_windows: int) -> float:
     """The pretrained model's Tiny Shakespeare validation loss before any fine-tuning."""
     config = finetune_config("full", 0)
     corpus = data.load_corpus(config.data)
-    mesh = sharding.make_mesh(config.sharding.data, config.sharding.model)
-    model = get_model(config.model, corpus.tokenizer.vocab_size)
-    state = jax.jit(
-        trainer.make_init_fn(model, build_optimizer(config), 1, config.data.seq_len, 0)
-    )()
-    params, _ = finetune.load_pretrained(init_from, state.params, corpus.tokenizer)
+    mesh = sharding.make_mesh(config.parallel.data, config.parallel.model)
+    setup = state.build(config, corpus.tokenizer.vocab_size)
+    params, _ = checkpoints.load_pretrained(
+        init_from, jax.jit(setup.init)().params, corpus.tokenizer
+    )
     with jax.set_mesh(mesh):
-        val = trainer.evaluate(
-            model,
+        val = evaluation.evaluate(
+            setup.model,
             jax.tree.map(jnp.asarray, params),
             corpus.validation,
             mesh,
@@ -154,7 +153,7 @@ def main() -> None:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="finetune_presets_"))
     pre = root / "pretrain"
     t0 = time.perf_counter()
-    trainer.train_and_evaluate(pretrain_config(args.pretrain_steps), pre)
+    train_and_evaluate(pretrain_config(args.pretrain_steps), pre)
     pre_s = time.perf_counter() - t0
     rows = [("pretrained, not fine-tuned", zero_shot(str(pre), 0, args.eval_windows), 0.0)]
     rows.append(

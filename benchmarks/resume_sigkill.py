@@ -99,10 +99,10 @@ def main() -> None:
         resumed = run(tmp / "killed", args)
         print(f"uninterrupted:    {straight}\nkilled + resumed: {resumed}")
         sys.path.insert(0, str(ROOT))
-        from jaxlm import checkpoint_tools
+        from jaxlm import checkpoints
 
-        pa = checkpoint_tools.load_state(tmp / "straight")[0]["params"]
-        pb = checkpoint_tools.load_state(tmp / "killed")[0]["params"]
+        pa = checkpoints.load_state(tmp / "straight")[0]["params"]
+        pb = checkpoints.load_state(tmp / "killed")[0]["params"]
         diff = max(
             float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
             for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True)

@@ -5,7 +5,8 @@ positions, tied embeddings, no dropout, context 128, batch 32, vocabulary 65; to
 cross-entropy, backward pass, gradient-norm clipping at 1 and AdamW. Ours is built from the
 trainer's parts without its metrics (``jaxlm.models.Transformer``, whose CPU attention is
 ``causal_attention``'s causal blocks, ``jaxlm.losses``, optax, jitted with the state donated and
-the trainer's compiler options, oneDNN matrix products on CPU: ``jaxlm.runtime.compiler_options``);
+the trainer's compiler options, oneDNN matrix products on CPU:
+``jaxlm.runtime.compiler_options``);
 torch's uses ``nn.Linear``/``nn.LayerNorm`` and ``F.scaled_dot_product_attention(is_causal=True)``
 in eager mode. Runs alternate between the two so load from other processes falls on both;
 figures are medians. float32 throughout.

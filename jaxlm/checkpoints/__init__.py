@@ -4,8 +4,10 @@
   ``model.npz``), resolving a checkpoint path, listing steps.
 - :mod:`~jaxlm.checkpoints.meta`: the config and tokenizer JSON stored with each checkpoint,
   upgrading older formats, and what may change when a run resumes.
-- :mod:`~jaxlm.checkpoints.store`: orbax save and restore (onto shardings, or to the host),
-  falling back past damaged checkpoints.
+- :mod:`~jaxlm.checkpoints.store`: orbax's manager: save, restore onto shardings, falling back
+  past damaged checkpoints.
+- :mod:`~jaxlm.checkpoints.read`: reading one checkpoint directly: array metadata, the state as
+  numpy on the host, or onto a mesh.
 - :mod:`~jaxlm.checkpoints.run`: :func:`load_run` (model, parameters, tokenizer, config) and
   :func:`load_pretrained` (parameters mapped onto a new vocabulary).
 - :mod:`~jaxlm.checkpoints.tools`: inspect, average, export/import, reshard, diff;
@@ -35,17 +37,15 @@ from jaxlm.checkpoints.meta import (
     resume_config,
     run_config,
 )
+from jaxlm.checkpoints.read import load_state, metadata_tree, restore_sharded
 from jaxlm.checkpoints.run import Run, VocabMapping, load_pretrained, load_run
 from jaxlm.checkpoints.store import (
     StructureMismatch,
     latest_intact_step,
-    load_state,
     manager,
-    metadata_tree,
     newest_readable_meta,
     restore,
     restore_latest_intact,
-    restore_sharded,
     save,
     write_checkpoint,
 )

@@ -28,7 +28,7 @@ from jaxlm.checkpoints.layout import (
     run_folder,
 )
 from jaxlm.checkpoints.meta import run_config, upgrade
-from jaxlm.checkpoints.store import load_state, metadata_tree
+from jaxlm.checkpoints.read import load_state, metadata_tree
 from jaxlm.data.tokenizers import load_tokenizer, tokenizer_from_json
 from jaxlm.errors import CheckpointError, IncompatibleCheckpoint
 from jaxlm.tree import flatten, path_str, unflatten_like

@@ -1,4 +1,4 @@
-"""Checkpoints through orbax: save, restore onto shardings, fall back past damage, read to host.
+"""Checkpoints through orbax's manager: save, restore onto shardings, fall back past damage.
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so a save
 interrupted at any moment leaves the previous checkpoints intact. A checkpoint whose files are
@@ -8,61 +8,25 @@ is used. Nothing is unpickled: arrays are tensorstore files, the meta item is JS
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
-from jax.sharding import Mesh, PartitionSpec
 
-from jaxlm import runtime, sharding
+from jaxlm import runtime
 from jaxlm.checkpoints.layout import (
     META_ITEM,
     STATE_ITEM,
     PathLike,
     checkpoint_dir,
     list_steps,
-    resolve,
 )
 from jaxlm.checkpoints.meta import read_meta, upgrade
+from jaxlm.checkpoints.read import finished_reads, metadata_tree
 from jaxlm.errors import CheckpointError
 from jaxlm.tree import path_str
-
-
-class _DrainingLoop(asyncio.SelectorEventLoop):
-    """An event loop that, asked to close, first lets the tasks it still runs finish."""
-
-    def close(self) -> None:
-        if not self.is_running() and not self.is_closed():
-            pending = [t for t in asyncio.all_tasks(self) if not t.done()]
-            if pending:
-                self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        super().close()
-
-
-class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
-    def new_event_loop(self) -> asyncio.AbstractEventLoop:
-        return _DrainingLoop()
-
-
-@contextlib.contextmanager
-def _finished_reads() -> Iterator[None]:
-    """Orbax reads in an event loop of its own and closes it as soon as the restore returns or
-    raises. A read that fails (a truncated or missing file) raises while its sibling reads are
-    still in flight; their completions then reach a closed loop ("Event loop is closed", and
-    coroutines closed mid-read). Inside this block the loops orbax makes finish those reads
-    before they close."""
-    old = asyncio.get_event_loop_policy()
-    asyncio.set_event_loop_policy(_DrainingPolicy())
-    try:
-        yield
-    finally:
-        asyncio.set_event_loop_policy(old)
 
 
 class StructureMismatch(CheckpointError, ValueError):
@@ -142,125 +106,6 @@ def write_checkpoint(workdir: PathLike, step: int, state: Any, meta: dict[str, A
     return checkpoint_dir(workdir) / str(step)
 
 
-def metadata_tree(path: PathLike, step: int | None = None) -> Any:
-    """The state's tree of orbax ``ArrayMetadata`` (shape, dtype, saved sharding), no array data.
-
-    Args:
-      path: a checkpoint path (see :func:`jaxlm.checkpoints.resolve`).
-      step: which checkpoint of a run folder.
-
-    Returns:
-      A nested dict/list tree with the structure of the saved state.
-
-    Example:
-      >>> metadata_tree("runs/lstm_smoke")["params"]["head"]["kernel"].shape  # doctest: +SKIP
-      (64, 104)
-    """
-    item = resolve(path, step) / STATE_ITEM
-    handler = ocp.StandardCheckpointHandler()
-    try:
-        return handler.metadata(epath.Path(item)).tree
-    except Exception as e:
-        raise CheckpointError(
-            f"cannot read the array metadata of {item}: {type(e).__name__}: {e}"
-        ) from e
-    finally:
-        handler.close()
-
-
-def load_state(
-    path: PathLike, step: int | None = None, *, parts: Sequence[str] | None = None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Reads a checkpoint's state as numpy arrays on the host, whatever devices saved it.
-
-    Args:
-      path: a checkpoint path (see :func:`jaxlm.checkpoints.resolve`).
-      step: which checkpoint of a run folder.
-      parts: read only these top-level parts (e.g. ``("params",)``); all when None.
-
-    Returns:
-      ``(state, meta)``: the state as nested dicts/lists of numpy arrays (NamedTuple states
-      come back as dicts of their fields), and the upgraded meta JSON.
-
-    Raises:
-      CheckpointError: the checkpoint is unreadable, truncated or corrupted (the message
-        names its directory and the cause).
-
-    Example:
-      >>> state, meta = load_state("runs/lstm_smoke", parts=("params",))  # doctest: +SKIP
-      >>> sorted(state)  # doctest: +SKIP
-      ['params']
-    """
-    ckpt = resolve(path, step)
-    meta = read_meta(ckpt)
-    tree = metadata_tree(ckpt)
-    if parts is not None:
-        missing = [p for p in parts if p not in tree]
-        if missing:
-            raise CheckpointError(f"{ckpt / STATE_ITEM} has no {missing}; it holds {sorted(tree)}")
-        tree = {p: tree[p] for p in parts}
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    handler = ocp.PyTreeCheckpointHandler()
-    try:
-        with _finished_reads():
-            state = handler.restore(
-                epath.Path(ckpt / STATE_ITEM),
-                args=ocp.args.PyTreeRestore(
-                    item=tree, restore_args=restore_args, partial_restore=parts is not None
-                ),
-            )
-    except Exception as e:
-        raise CheckpointError(
-            f"cannot read checkpoint {ckpt} (truncated or corrupted?): {type(e).__name__}: {e}"
-        ) from e
-    finally:
-        handler.close()
-    return dict(jax.tree.map(np.asarray, state)), meta
-
-
-def restore_sharded(
-    path: PathLike,
-    mesh: Mesh,
-    rules: Sequence[tuple[str, PartitionSpec]] | None = None,
-    step: int | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restores a checkpoint onto ``mesh`` with target shardings, whatever mesh saved it.
-
-    Args:
-      path: a checkpoint path (see :func:`jaxlm.checkpoints.resolve`).
-      mesh: the ("data", "model") mesh to place the arrays on.
-      rules: ``(regex, PartitionSpec)`` sharding rules (see :func:`jaxlm.sharding.state_shardings`);
-        the checkpoint's own ``config.parallel.rules`` when None.
-      step: which checkpoint of a run folder.
-
-    Returns:
-      ``(state, meta)`` with ``jax.Array`` leaves on ``mesh``.
-
-    Example:
-      >>> state, _ = restore_sharded("runs/four_devices", make_mesh(1, 1))  # doctest: +SKIP
-    """
-    ckpt = resolve(path, step)
-    meta = read_meta(ckpt)
-    tree = metadata_tree(ckpt)
-    if rules is None:
-        rules = sharding.rules_from_config(meta["config"].get("parallel", {}).get("rules"))
-    target = sharding.abstract_on(tree, sharding.state_shardings(tree, mesh, rules))
-    handler = ocp.StandardCheckpointHandler()
-    try:
-        with _finished_reads():
-            state = handler.restore(
-                epath.Path(ckpt / STATE_ITEM), args=ocp.args.StandardRestore(target)
-            )
-    except Exception as e:
-        raise CheckpointError(
-            f"cannot restore checkpoint {ckpt} onto mesh {dict(mesh.shape)}: "
-            f"{type(e).__name__}: {e}"
-        ) from e
-    finally:
-        handler.close()
-    return dict(state), meta
-
-
 def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None) -> tuple[Any, dict]:
     """Restores a checkpoint onto the shardings of ``target``.
 
@@ -280,7 +125,7 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None) ->
         **{STATE_ITEM: ocp.args.StandardRestore(target), META_ITEM: ocp.args.JsonRestore()}
     )
     try:
-        with _finished_reads():
+        with finished_reads():
             restored = mgr.restore(step, args=args)
     except Exception as e:  # orbax raises many types; name the directory and the cause.
         raise CheckpointError(

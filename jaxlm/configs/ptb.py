@@ -61,6 +61,51 @@ def _zaremba(c, *, hidden, init, bptt, decay_after, factor, epochs, clip, dropou
     c.train.log_every = 500
 
 
+def _awd(c):
+    """AWD-LSTM (see the module notes)."""
+    per_epoch = steps_per_epoch(70)
+    c.data.seq_len = 70
+    c.model.embed_dim = 400
+    c.model.hidden_sizes = (1150, 1150, 400)
+    c.model.tie_embeddings = True
+    c.model.init_scale = 0.1
+    c.model.dropout = 0.4  # output of the last layer
+    c.model.input_dropout = 0.4  # dropouti
+    c.model.hidden_dropout = 0.25  # dropouth
+    c.model.embed_dropout = 0.1  # dropoute
+    c.model.weight_drop = 0.5  # wdrop
+    c.model.ar = 2.0  # alpha
+    c.model.tar = 1.0  # beta
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 30.0
+    c.optimizer.schedule = "constant"
+    c.optimizer.clip_norm = 0.25
+    c.optimizer.weight_decay = 1.2e-6
+    c.optimizer.decay_mask = "all"  # as PyTorch's weight_decay in AWD-LSTM: every parameter
+    c.optimizer.nt_asgd_nonmono = 5
+    c.train.num_steps = 500 * per_epoch
+    c.train.eval_every = per_epoch
+    c.train.checkpoint_every = per_epoch
+    c.train.log_every = 200
+
+
+def _smoke(c):
+    """A tiny LSTM on PTB for a few hundred steps."""
+    c.data.seq_len = 20
+    c.model.embed_dim = 32
+    c.model.hidden_sizes = (32, 32)
+    c.model.dropout = 0.0
+    c.optimizer.name = "sgd"
+    c.optimizer.learning_rate = 1.0
+    c.optimizer.schedule = "constant"
+    c.optimizer.clip_norm = 5.0
+    c.train.num_steps = 200
+    c.train.log_every = 50
+    c.train.eval_every = 100
+    c.train.eval_steps = 20
+    c.train.checkpoint_every = 100
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the recipe; ``arg`` selects a variant: "small" (default), "medium", "large",
     "awd" or "smoke"."""
@@ -116,44 +161,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             dropout=0.65,
         )
     elif arg == "awd":
-        per_epoch = steps_per_epoch(70)
-        c.data.seq_len = 70
-        c.model.embed_dim = 400
-        c.model.hidden_sizes = (1150, 1150, 400)
-        c.model.tie_embeddings = True
-        c.model.init_scale = 0.1
-        c.model.dropout = 0.4  # output of the last layer
-        c.model.input_dropout = 0.4  # dropouti
-        c.model.hidden_dropout = 0.25  # dropouth
-        c.model.embed_dropout = 0.1  # dropoute
-        c.model.weight_drop = 0.5  # wdrop
-        c.model.ar = 2.0  # alpha
-        c.model.tar = 1.0  # beta
-        c.optimizer.name = "sgd"
-        c.optimizer.learning_rate = 30.0
-        c.optimizer.schedule = "constant"
-        c.optimizer.clip_norm = 0.25
-        c.optimizer.weight_decay = 1.2e-6
-        c.optimizer.decay_mask = "all"  # as PyTorch's weight_decay in AWD-LSTM: every parameter
-        c.optimizer.nt_asgd_nonmono = 5
-        c.train.num_steps = 500 * per_epoch
-        c.train.eval_every = per_epoch
-        c.train.checkpoint_every = per_epoch
-        c.train.log_every = 200
+        _awd(c)
     elif arg == "smoke":
-        c.data.seq_len = 20
-        c.model.embed_dim = 32
-        c.model.hidden_sizes = (32, 32)
-        c.model.dropout = 0.0
-        c.optimizer.name = "sgd"
-        c.optimizer.learning_rate = 1.0
-        c.optimizer.schedule = "constant"
-        c.optimizer.clip_norm = 5.0
-        c.train.num_steps = 200
-        c.train.log_every = 50
-        c.train.eval_every = 100
-        c.train.eval_steps = 20
-        c.train.checkpoint_every = 100
+        _smoke(c)
     else:
         raise ConfigError(
             f"configs/ptb.py: unknown variant {arg!r}; expected small, medium, large, awd or smoke"

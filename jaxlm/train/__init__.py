@@ -4,7 +4,8 @@
 - :mod:`~jaxlm.train.steps`: the pure train and eval steps and their compilation;
 - :mod:`~jaxlm.train.hooks`: what the loop does besides stepping (metrics, evaluation,
   checkpoints, preemption), and the place for your own actions;
-- :mod:`~jaxlm.train.evaluate`: evaluation as sums and counts, of a model or a saved run;
+- :mod:`~jaxlm.train.evaluate`: evaluation as sums and counts, of a model or a saved run
+  (``jaxlm.train.evaluate.evaluate``);
 - :mod:`~jaxlm.train.workdir` and :mod:`~jaxlm.train.ngram`: the run folder and the n-gram run.
 
 ``python -m jaxlm.train --config=configs/lstm.py`` is the command line
@@ -27,7 +28,6 @@ __all__ = [
     "Progress",
     "Stop",
     "default_workdir",
-    "evaluate",
     "evaluate_run",
     "every",
     "jit_train_step",
@@ -37,7 +37,7 @@ __all__ = [
     "train_and_evaluate",
 ]
 _HOME = {
-    **dict.fromkeys(["Evaluator", "evaluate", "evaluate_run", "summarize"], "jaxlm.train.evaluate"),
+    **dict.fromkeys(["Evaluator", "evaluate_run", "summarize"], "jaxlm.train.evaluate"),
     **dict.fromkeys(
         [
             "Checkpointer",
@@ -61,7 +61,7 @@ __getattr__, __dir__ = attach(
 )
 
 if TYPE_CHECKING:
-    from jaxlm.train.evaluate import Evaluator, evaluate, evaluate_run, summarize
+    from jaxlm.train.evaluate import Evaluator, evaluate_run, summarize
     from jaxlm.train.hooks import (
         Checkpointer,
         Chrono,

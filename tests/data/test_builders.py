@@ -21,3 +21,13 @@ def test_tensorflow_is_neither_imported_nor_installed():
     assert "tensorflow" not in sys.modules
     result = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True)
     assert result.returncode != 0
+
+
+def test_preparing_says_what_happens_and_not_downloading(tmp_path, capfd):
+    parts = {"train": b"some text\n", "validation": b"more\n", "test": b"and more\n"}
+    builders.prepare(parts, "fresh", str(tmp_path))
+    out = capfd.readouterr().out
+    assert "Preparing corpus fresh_" in out and "(24 bytes)" in out
+    assert "Download" not in out and "download" not in out
+    builders.prepare(parts, "fresh", str(tmp_path))  # prepared once: silent after that
+    assert capfd.readouterr().out == ""

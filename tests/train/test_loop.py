@@ -142,13 +142,12 @@ def test_missing_corpus_fails_before_training(tmp_path):
         train_and_evaluate(config, tmp_path / "run")
 
 
-def test_init_from_with_feature_preset_trains_only_the_output_layer(tmp_path):
+def test_init_from_with_feature_preset_trains_only_the_output_layer(tmp_path, monkeypatch):
     base = {"train.num_steps": 10, "train.checkpoint_every": 10, "train.eval_every": 10}
-    train_and_evaluate(smoke(**base), tmp_path / "pretrained")
-    tuned = smoke(
-        **base, **{"init_from": str(tmp_path / "pretrained"), "finetune.strategy": "feature"}
-    )
-    train_and_evaluate(tuned, tmp_path / "tuned")
+    monkeypatch.chdir(tmp_path)  # the paths below are relative, as users write them
+    train_and_evaluate(smoke(**base), "pretrained")
+    tuned = smoke(**base, **{"init_from": "pretrained", "finetune.strategy": "feature"})
+    train_and_evaluate(tuned, "tuned")
     before, after = final_params(tmp_path / "pretrained"), final_params(tmp_path / "tuned")
     for name in ("embed", "layers_0", "layers_1"):
         for x, y in zip(jax.tree.leaves(before[name]), jax.tree.leaves(after[name]), strict=True):

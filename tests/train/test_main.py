@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +42,12 @@ def test_cli_smoke_run_trains_checkpoints_and_finishes(tmp_path):
     ]
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
     assert json.loads((workdir / "tokenizer.json").read_text())["kind"] == "char"
+    # Evaluations during training (eval_steps windows) and the final whole-split ones are
+    # written apart, so the curve does not seem to jump at the end.
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    splits = [(r["split"], r["step"]) for r in rows if r["split"] != "train"]
+    assert splits == [("eval", 30), ("validation", 60), ("test", 60)]
+    assert "Downloading" not in out.stdout  # TFDS's word: nothing is downloaded
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "already finished at step 60" in again.stdout
 
@@ -166,3 +173,26 @@ def test_unknown_config_field_is_named(tmp_path):
     assert out.returncode != 0
     assert "unknown config field" not in out.stderr
     assert "no_such_attribute" in out.stderr and "broken.py" in out.stderr
+
+
+def test_expected_errors_are_one_line_and_the_traceback_is_for_verbose(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "jaxlm.train", *args, f"--workdir={tmp_path / 'never'}"]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+    out = run("--config=lstm:nope")  # an unknown variant, from a folder without configs/
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "FATAL Flags parsing error: configs/lstm.py: unknown variant 'nope'; expected smoke or ptb"
+    ]
+    out = run("--config=configs/nope.py")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "config file not found: configs/nope.py" in out.stderr
+    # The PTB recipe without its corpus: refused before anything is prepared, in one line.
+    out = run("--config=ptb:smoke", "--config.data.path=/no/such/ptb")
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: config.data.path: /no/such/ptb does not exist (relative paths are taken from "
+        f"{tmp_path}); give the corpus file or its folder"
+    ]
+    out = run("--config=ptb:smoke", "--config.data.path=/no/such/ptb", "--verbose")
+    assert out.returncode == 1 and "Traceback" in out.stderr and "ConfigError" in out.stderr
+    assert not (tmp_path / "never").exists()

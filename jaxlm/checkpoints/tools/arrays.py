@@ -15,7 +15,8 @@ import jax
 import numpy as np
 
 from jaxlm.checkpoints.layout import PathLike, resolve, run_folder, step_of
-from jaxlm.checkpoints.store import load_state, write_checkpoint
+from jaxlm.checkpoints.read import load_state
+from jaxlm.checkpoints.store import write_checkpoint
 from jaxlm.errors import CheckpointError
 from jaxlm.tree import flatten, unflatten_like
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from jaxlm.checkpoints.layout import PathLike, resolve
-from jaxlm.checkpoints.store import load_state
+from jaxlm.checkpoints.read import load_state
 from jaxlm.tree import flatten
 
 

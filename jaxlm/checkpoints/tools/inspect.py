@@ -14,7 +14,7 @@ import numpy as np
 
 from jaxlm.checkpoints.layout import PathLike, list_steps, resolve, step_of
 from jaxlm.checkpoints.meta import read_meta
-from jaxlm.checkpoints.store import metadata_tree
+from jaxlm.checkpoints.read import metadata_tree
 from jaxlm.tree import flatten
 
 

@@ -12,7 +12,8 @@ from jax.sharding import PartitionSpec
 
 from jaxlm import sharding
 from jaxlm.checkpoints.layout import PathLike, resolve, step_of
-from jaxlm.checkpoints.store import metadata_tree, restore_sharded, write_checkpoint
+from jaxlm.checkpoints.read import metadata_tree, restore_sharded
+from jaxlm.checkpoints.store import write_checkpoint
 from jaxlm.tree import flatten
 
 

@@ -182,6 +182,84 @@ def _cutoff_list(cutoffs: Sequence[int] | None, order: int) -> list[int]:
     return cut
 
 
+def _adjusted_counts(counts: NGramCounts, method: str) -> list[np.ndarray]:
+    """Per order, the counts the estimate uses: continuation counts ``N1+(. w)`` for the lower
+    Kneser-Ney orders (raw counts after ``<s>``, which has no left extension), raw elsewhere."""
+    adjusted = []
+    for n in range(1, counts.order + 1):
+        raw = counts.counts[n - 1]
+        if method in _KN_METHODS and n < counts.order:
+            cont = np.bincount(counts.suffix[n], minlength=len(raw)).astype(np.int64)
+            a = np.where(counts.bos_first[n - 1], raw, cont)
+        else:
+            a = raw.copy()
+        if n == 1:
+            a[counts.vocab_size] = 0  # <s> is never predicted
+        adjusted.append(a)
+    return adjusted
+
+
+def _interpolate(
+    counts: NGramCounts,
+    adjusted: list[np.ndarray],
+    dtabs: list[np.ndarray],
+    keep: list[np.ndarray],
+    extra: float,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per order, the interpolated probability of every stored n-gram; per context order, the
+    back-off weights. Unigrams mix with the uniform distribution over the V tokens."""
+    v, m = counts.vocab_size, counts.vocab_size + 1
+    a = adjusted[0]
+    disc = dtabs[0][np.minimum(a, 3)]
+    total = float(a.sum()) + extra
+    if total <= 0:
+        raise ValueError("estimate: no unigram counts (empty training data)")
+    probs = (a - disc) / total + (float(disc.sum()) + extra) / total / v
+    probs[v] = 0.0
+    all_probs, gammas = [probs], []
+    for n in range(2, counts.order + 1):
+        a = adjusted[n - 1]
+        prefix = counts.keys[n - 1] // m
+        kept = keep[n - 1]
+        disc = np.where(kept, dtabs[n - 1][np.minimum(a, 3)], 0.0)
+        moved = np.where(kept, 0.0, a.astype(np.float64))  # cut-off mass goes to back-off
+        n_ctx = len(counts.keys[n - 2])
+        denom = np.bincount(prefix, weights=a, minlength=n_ctx) + extra
+        num = np.bincount(prefix, weights=disc + moved, minlength=n_ctx) + extra
+        has = denom > 0
+        gamma = np.ones(n_ctx)
+        gamma[has] = num[has] / denom[has]
+        d = denom[prefix]
+        alpha = np.where(kept & (d > 0), (a - disc) / np.where(d > 0, d, 1.0), 0.0)
+        all_probs.append(alpha + gamma[prefix] * all_probs[-1][counts.suffix[n - 1]])
+        gammas.append(gamma)
+    return all_probs, gammas
+
+
+def _prune(
+    counts: NGramCounts,
+    keep: list[np.ndarray],
+    all_probs: list[np.ndarray],
+    gammas: list[np.ndarray],
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Drops cut-off n-grams and renumbers the rows their successors point to; natural logs."""
+    m = counts.vocab_size + 1
+    keys, log_probs, log_backoffs = [], [], []
+    new_row = None
+    with np.errstate(divide="ignore"):
+        for n in range(1, counts.order + 1):
+            kept = keep[n - 1]
+            key = counts.keys[n - 1]
+            if n > 1:
+                key = new_row[key // m] * m + key % m
+            keys.append(key[kept])
+            log_probs.append(np.log(all_probs[n - 1][kept]))
+            if n < counts.order:
+                log_backoffs.append(np.log(gammas[n - 1][kept]))
+            new_row = np.cumsum(kept) - 1
+    return keys, log_probs, log_backoffs
+
+
 def estimate(
     counts: NGramCounts,
     *,
@@ -230,71 +308,18 @@ def estimate(
         raise ValueError(f"unknown n-gram method {method!r}; expected one of {METHODS}")
     if method == "add_k" and not k > 0:
         raise ValueError(f"add_k needs k > 0, got {k}")
-    order, v, m = counts.order, counts.vocab_size, counts.vocab_size + 1
+    order, v = counts.order, counts.vocab_size
     if vocab is not None and len(vocab) != v:
         raise ValueError(f"vocab has {len(vocab)} entries, the counts' vocab_size is {v}")
     cut = _cutoff_list(cutoffs, order)
 
-    # Adjusted counts: continuation counts for lower Kneser-Ney orders, except after <s>.
-    adjusted = []
-    for n in range(1, order + 1):
-        raw = counts.counts[n - 1]
-        if method in _KN_METHODS and n < order:
-            cont = np.bincount(counts.suffix[n], minlength=len(raw)).astype(np.int64)
-            a = np.where(counts.bos_first[n - 1], raw, cont)
-        else:
-            a = raw.copy()
-        if n == 1:
-            a[v] = 0  # <s> is never predicted
-        adjusted.append(a)
+    adjusted = _adjusted_counts(counts, method)
     dtabs, fell_back = _discount_tables(method, adjusted, discount, order, discount_fallback)
     extra = k * v if method == "add_k" else 0.0
-
     keep = [counts.counts[n - 1] > cut[n - 1] for n in range(1, order + 1)]
     keep[0][:] = True
-
-    # Unigrams, mixed with the uniform distribution over the V tokens.
-    a = adjusted[0]
-    disc = dtabs[0][np.minimum(a, 3)]
-    total = float(a.sum()) + extra
-    if total <= 0:
-        raise ValueError("estimate: no unigram counts (empty training data)")
-    probs = (a - disc) / total + (float(disc.sum()) + extra) / total / v
-    probs[v] = 0.0
-    all_probs = [probs]
-    gammas = []
-    for n in range(2, order + 1):
-        a = adjusted[n - 1]
-        key = counts.keys[n - 1]
-        prefix = key // m
-        kept = keep[n - 1]
-        disc = np.where(kept, dtabs[n - 1][np.minimum(a, 3)], 0.0)
-        moved = np.where(kept, 0.0, a.astype(np.float64))
-        n_ctx = len(counts.keys[n - 2])
-        denom = np.bincount(prefix, weights=a, minlength=n_ctx) + extra
-        num = np.bincount(prefix, weights=disc + moved, minlength=n_ctx) + extra
-        has = denom > 0
-        gamma = np.ones(n_ctx)
-        gamma[has] = num[has] / denom[has]
-        d = denom[prefix]
-        alpha = np.where(kept & (d > 0), (a - disc) / np.where(d > 0, d, 1.0), 0.0)
-        all_probs.append(alpha + gamma[prefix] * all_probs[-1][counts.suffix[n - 1]])
-        gammas.append(gamma)
-
-    # Drop cut-off n-grams and renumber the rows their successors point to.
-    keys, log_probs, log_backoffs = [], [], []
-    new_row = None
-    with np.errstate(divide="ignore"):
-        for n in range(1, order + 1):
-            kept = keep[n - 1]
-            key = counts.keys[n - 1]
-            if n > 1:
-                key = new_row[key // m] * m + key % m
-            keys.append(key[kept])
-            log_probs.append(np.log(all_probs[n - 1][kept]))
-            if n < order:
-                log_backoffs.append(np.log(gammas[n - 1][kept]))
-            new_row = np.cumsum(kept) - 1
+    all_probs, gammas = _interpolate(counts, adjusted, dtabs, keep, extra)
+    keys, log_probs, log_backoffs = _prune(counts, keep, all_probs, gammas)
     info = {
         "method": method,
         "discounts": [t[1:].tolist() for t in dtabs] if method != "add_k" else None,

@@ -23,6 +23,8 @@ def test_export_import_round_trip_is_bit_identical(run, tmp_path, suffix):
     assert info["arrays"] == len(arrays) == len(flatten(original))
     assert "params/embed/embedding" in arrays and "opt_state/1/0/mu/head/kernel" in arrays
     assert meta["step"] == "3"
+    # The source is named by the run folder's name, not by a path of this machine.
+    assert meta["source"] == f"{run.name}/checkpoints/3" and str(run.parent) not in meta["source"]
     # Import into the shape of another checkpoint (step 1): every array comes from the file.
     out = ct.import_arrays(file, tmp_path / "imported", like=run / "checkpoints/1")
     assert out == tmp_path / "imported/checkpoints/3"
