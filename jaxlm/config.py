@@ -261,7 +261,8 @@ def _is_int(value: Any) -> bool:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the whole config before any work, naming the first bad field and what was
     expected: names (model, optimizer, schedule, tokenizer, corpus, strategy, precision), the
-    model's fields, ranges, and that the corpus and ``init_from`` exist.
+    model's fields, ranges, and that the corpus exists. (That ``init_from`` holds a checkpoint
+    is checked by the run, next: reading checkpoints sits above configs.)
 
     Args:
       config: a run config.
@@ -283,13 +284,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         return
     _check_optimizer(config)
     _check_data(config.data)
-    if config.get("init_from"):
-        from jaxlm.checkpoints import CheckpointError, resolve
-
-        try:
-            resolve(config.init_from)
-        except CheckpointError as e:
-            raise ConfigError(f"config.init_from: {e}") from None
 
 
 def _check_ranges(config: ml_collections.ConfigDict) -> None:

@@ -131,3 +131,18 @@ def moved(a, b) -> dict[str, bool]:
         )
         for k in a
     }
+
+
+def train_losses(workdir) -> list[tuple[int, float]]:
+    """``(step, loss)`` of every train line a run wrote to metrics.jsonl."""
+    import json
+
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["split"] == "train"]
+
+
+def final_params(workdir):
+    """The parameters of a run's latest checkpoint, as numpy."""
+    from jaxlm import checkpoints
+
+    return checkpoints.load_state(workdir)[0]["params"]

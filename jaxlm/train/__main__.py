@@ -110,21 +110,24 @@ def _unknown_override(e: BaseException, argv: list[str]) -> str | None:
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a recipe name resolved to its file and expected errors (an
     unknown override, an unknown variant, a missing file) reported in one line."""
-    from jaxlm.config import resolve_config_arg
+    from jaxlm.config import load_config, resolve_config_arg
     from jaxlm.errors import JaxlmError
 
-    argv = [resolve_config_arg(a) for a in argv]
     try:
+        argv = [resolve_config_arg(a) for a in argv]
+        for arg in argv:  # ml_collections would bury a recipe's own error in a traceback text
+            if arg.startswith("--config="):
+                load_config(arg[len("--config=") :])
         return FLAGS(argv)
+    except JaxlmError as e:  # a missing recipe, an unknown variant
+        _fatal(str(e))
     except (AttributeError, KeyError) as e:  # ml_collections' error for an unknown field
         report = _unknown_override(e, argv)
         if report is None:  # raised by the config file itself: show its traceback
             raise
         _fatal(report)
-    except JaxlmError as e:  # raised by a recipe's get_config: an unknown variant, say
-        _fatal(str(e))
     except flags.Error as e:
-        _fatal(str(e).splitlines()[0] if "--verbose" not in argv else str(e))
+        _fatal(str(e))
 
 
 def _fatal(report: str) -> None:

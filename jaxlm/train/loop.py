@@ -75,6 +75,11 @@ def train_and_evaluate(
       >>> train_and_evaluate(load_config("lstm:smoke"), "runs/smoke")  # doctest: +SKIP
     """
     validate(config)
+    if config.get("init_from"):  # before any work too
+        try:
+            checkpoints.resolve(config.init_from)
+        except checkpoints.CheckpointError as e:
+            raise ConfigError(f"config.init_from: {e}") from None
     workdir = checkpoints.absolute(workdir)
     if config.model.name == "ngram":
         from jaxlm.train.ngram import train_ngram

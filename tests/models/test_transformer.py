@@ -218,8 +218,8 @@ def test_causal_attention_equals_jax_dot_product_attention(dtype, query_block):
 
     tol = 1e-5 if dtype == jnp.float32 else 2e-2
     ours = functools.partial(causal_attention, query_block=query_block)
-    got = jax.value_and_grad(functools.partial(loss, ours), (0, 1, 2))(q, k, v)
-    want = jax.value_and_grad(functools.partial(loss, ref), (0, 1, 2))(q, k, v)
+    got = jax.jit(jax.value_and_grad(functools.partial(loss, ours), (0, 1, 2)))(q, k, v)
+    want = jax.jit(jax.value_and_grad(functools.partial(loss, ref), (0, 1, 2)))(q, k, v)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(
             np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol, rtol=tol
@@ -227,7 +227,7 @@ def test_causal_attention_equals_jax_dot_product_attention(dtype, query_block):
         got,
         want,
     )
-    assert ours(q, k, v).dtype == dtype
+    assert jax.eval_shape(ours, q, k, v).dtype == dtype
 
 
 @pytest.mark.parametrize("query_block", [64, 3])
@@ -237,16 +237,18 @@ def test_attention_dropout_drops_probabilities_and_rescales_the_rest(query_block
     b, t, n = 2, 8, 2
     q, k = (jax.random.normal(jax.random.key(i), (b, t, n, t)) for i in range(2))
     v = jnp.broadcast_to(jnp.eye(t)[None, :, None, :], (b, t, n, t))
-    attend = functools.partial(causal_attention, q, k, v, query_block)
-    probs = np.asarray(attend())
-    dropped = np.asarray(attend(dropout_rate=0.5, dropout_rng=jax.random.key(7)))
+    probs = np.asarray(jax.jit(lambda: causal_attention(q, k, v, query_block))())
+    dropping = jax.jit(
+        lambda key: causal_attention(q, k, v, query_block, dropout_rate=0.5, dropout_rng=key)
+    )
+    dropped = np.asarray(dropping(jax.random.key(7)))
     kept = dropped != 0
     np.testing.assert_allclose(dropped[kept], probs[kept] / 0.5, rtol=1e-6)
     assert np.all(probs[kept] > 0)  # nothing appears where attention is masked
     visible = int((probs > 0).sum())  # b * n * t(t+1)/2 = 144
     assert visible == b * n * t * (t + 1) // 2
     assert 0.3 < 1 - kept.sum() / visible < 0.7
-    other = np.asarray(attend(dropout_rate=0.5, dropout_rng=jax.random.key(8)))
+    other = np.asarray(dropping(jax.random.key(8)))
     assert np.any((other != 0) != kept)  # the key decides the mask
 
 
@@ -257,7 +259,7 @@ def test_attention_dropout_keeps_causality():
         out = causal_attention(q, k, v, 3, dropout_rate=0.3, dropout_rng=jax.random.key(5))
         return out[:, 3].sum()
 
-    dk, dv = jax.grad(output_at_3, (0, 1))(k, v)
+    dk, dv = jax.jit(jax.grad(output_at_3, (0, 1)))(k, v)
     assert np.all(np.asarray(dk)[:, 4:] == 0.0) and np.all(np.asarray(dv)[:, 4:] == 0.0)
     assert np.abs(np.asarray(dv)[:, :4]).sum() > 0  # (single past keys may be dropped)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -14,16 +13,7 @@ from jaxlm import checkpoints as ck
 from jaxlm import monitor, state
 from jaxlm.train import steps
 from jaxlm.train.loop import train_and_evaluate
-from tests.helpers import smoke
-
-
-def train_losses(workdir):
-    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["split"] == "train"]
-
-
-def final_params(workdir):
-    return ck.load_state(workdir)[0]["params"]
+from tests.helpers import final_params, smoke, train_losses
 
 
 class Killed(Exception):

@@ -12,16 +12,7 @@ from pathlib import Path
 import pytest
 
 from jaxlm import checkpoints as ck
-from tests.helpers import ROOT, train_cli
-
-
-def train_losses(workdir):
-    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [(r["step"], r["loss"]) for r in map(json.loads, lines) if r["split"] == "train"]
-
-
-def final_params(workdir):
-    return ck.load_state(workdir)[0]["params"]
+from tests.helpers import ROOT, train_cli, train_losses
 
 
 def test_cli_smoke_run_trains_checkpoints_and_finishes(tmp_path):

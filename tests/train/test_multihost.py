@@ -1,28 +1,21 @@
 """Two processes with two CPU devices each, joined by jax.distributed, train like one with four."""
 
-import json
 import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
 from jaxlm import checkpoints
 from jaxlm.train.loop import train_and_evaluate
-from tests.helpers import ROOT, smoke
+from tests.helpers import ROOT, smoke, train_losses
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _train_losses(workdir: Path) -> list[float]:
-    rows = map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
-    return [r["loss"] for r in rows if r["split"] == "train"]
 
 
 def test_two_processes_match_one_process_with_four_devices(tmp_path):
@@ -73,7 +66,9 @@ def test_two_processes_match_one_process_with_four_devices(tmp_path):
     assert "Final validation loss" in outputs[0] and "Final validation loss" not in outputs[1]
     np.testing.assert_allclose(float(results[0][4]), single["validation_loss"], rtol=1e-5)
     np.testing.assert_allclose(
-        _train_losses(workdir), _train_losses(tmp_path / "single"), rtol=1e-5
+        [v for _, v in train_losses(workdir)],
+        [v for _, v in train_losses(tmp_path / "single")],
+        rtol=1e-5,
     )
     multi_params = checkpoints.load_state(workdir)[0]["params"]
     single_params = checkpoints.load_state(tmp_path / "single")[0]["params"]
