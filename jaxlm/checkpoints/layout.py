@@ -13,6 +13,7 @@ here, where they enter, because orbax accepts nothing else.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from jaxlm.errors import CheckpointError
@@ -32,8 +33,9 @@ PathLike = str | Path
 
 
 def absolute(path: PathLike) -> Path:
-    """``path`` with ``~`` expanded, made absolute against the working directory."""
-    return Path(path).expanduser().absolute()
+    """``path`` with ``~`` expanded, made absolute against the working directory and normalised
+    (``a/../b`` is ``b``; symbolic links are kept)."""
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 def checkpoint_dir(workdir: PathLike) -> Path:
