@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from jaxlm import checkpoints as ck
     from jaxlm.checkpoints import tools as ct
+    from jaxlm.state import FIELDS
 
     if args.verb == "inspect":
         start = time.perf_counter()
@@ -135,7 +136,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(report, indent=1))
         else:
-            parts = ("step", "params", "opt_state", "rng", "carry") if args.all else ("params",)
+            parts = FIELDS if args.all else ("params",)  # the TrainState's parts
             print(ct.format_inspect(report, parts=parts))
             print(f"read from metadata in {report['seconds']:.3f} s")
     elif args.verb == "average":

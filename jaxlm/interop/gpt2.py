@@ -391,7 +391,7 @@ def hf_to_jaxlm(
         config = base_config("transformer")
         config.name = "gpt2"
         config.data.tokenizer = "gpt2_bpe"
-        config.data.seq_len = min(config.data.seq_len, model["max_len"])
+    config.data.seq_len = min(config.data.seq_len, model["max_len"])  # a window the model takes
     for key, value in model.items():
         config.model[key] = value
     if tokenizer is None and (folder / JAXLM_TOKENIZER).is_file():

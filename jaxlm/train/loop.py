@@ -94,7 +94,7 @@ def train_and_evaluate(
         mgr = checkpoints.manager(workdir, config.train.keep_checkpoints)
         cleanup.callback(mgr.close)
         cleanup.callback(mgr.wait_until_finished)
-        return _run(config, workdir, mgr, [preemption, *hooks], cleanup)
+        return _run(config, workdir, mgr, preemption, list(hooks), cleanup)
 
 
 class _Start(NamedTuple):
@@ -163,6 +163,7 @@ def _run(
     config: ml_collections.ConfigDict,
     workdir: Path,
     mgr: Any,
+    preemption: Preemption,
     hooks: list[Hook],
     cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
@@ -198,7 +199,7 @@ def _run(
     with jax.set_mesh(mesh):
         mon.status("running", progress.step)
         try:
-            _loop(progress, train_step, batch_at, _hooks(run, hooks))
+            _loop(progress, train_step, batch_at, _hooks(run, preemption, hooks))
         except NonFiniteLoss as e:
             mon.status("failed", e.step or progress.step, error="non-finite loss")
             raise NonFiniteLoss(
@@ -207,7 +208,7 @@ def _run(
                 "(config.optimizer.clip_norm).",
                 step=e.step,
             ) from None
-        return _finish(run, progress, setup.model, hooks[0])
+        return _finish(run, progress, setup.model, preemption)
 
 
 def _mesh(config: ml_collections.ConfigDict) -> Any:
@@ -234,7 +235,7 @@ class _Run(NamedTuple):
     shardings: Any
 
 
-def _hooks(run: _Run, hooks: list[Hook]) -> list[Hook]:
+def _hooks(run: _Run, preemption: Preemption, user: list[Hook]) -> list[Hook]:
     """The loop's hooks in order: chrono, preemption, metrics, evaluation, the user's, saving."""
     config, mon, mgr = run.config, run.mon, run.mgr
     t = config.train
@@ -269,7 +270,6 @@ def _hooks(run: _Run, hooks: list[Hook]) -> list[Hook]:
         chrono=chrono,
         buffer=buffer,
     )
-    preemption, user = hooks[0], hooks[1:]
     return [chrono, preemption, buffer, evaluation, *user, saver]
 
 

@@ -18,14 +18,13 @@ pytest.importorskip("safetensors")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 
-from jaxlm import checkpoint, optim, sharding, trainer  # noqa: E402
-from jaxlm import checkpoint_tools as ct  # noqa: E402
+from jaxlm import checkpoints, sharding  # noqa: E402
 from jaxlm.config import base_config  # noqa: E402
 from jaxlm.interop import gpt2  # noqa: E402
+from jaxlm.tree import flatten  # noqa: E402
+from tests.helpers import ROOT, train_state_target  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 VOCAB, POSITIONS, WIDTH, LAYERS, HEADS = 50, 64, 32, 2, 4
 TOLERANCE = 1e-4
 
@@ -56,7 +55,7 @@ def _hf_logits(model, ids: np.ndarray) -> np.ndarray:
 
 
 def _our_logits(checkpoint: Path, ids: np.ndarray) -> np.ndarray:
-    state, meta = ct.load_state(checkpoint, parts=("params",))
+    state, meta = checkpoints.load_state(checkpoint, parts=("params",))
     vocab = state["params"]["embed"]["embedding"].shape[0]
     model = gpt2.build_model(meta["config"]["model"], vocab)
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x, None)[0])
@@ -79,30 +78,16 @@ def test_hf_to_jaxlm_same_logits(tmp_path, ids, tied):
     print(f"\nGPT-2 (tied={tied}) HF -> jaxlm: largest logit difference {diff:.3g}")
     assert diff < TOLERANCE
     # The checkpoint restores as the trainer would resume it (TrainState target, shardings).
-    meta = ct.read_meta(out)
-    config = ml_collections.ConfigDict(meta["config"])
-    init = trainer.make_init_fn(
-        gpt2.build_model(config.model, VOCAB),
-        optim.build_optimizer(config),
-        config.data.batch_size,
-        config.data.seq_len,
-        config.seed,
-    )
-    abstract = jax.eval_shape(init)
-    mesh = sharding.make_mesh()
-    shardings = trainer.state_shardings(abstract, mesh, ())
-    target = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
-    )
-    mgr = checkpoint.manager(tmp_path / "run", read_only=True)
+    target = train_state_target(tmp_path / "run", sharding.make_mesh())
+    mgr = checkpoints.manager(tmp_path / "run", read_only=True)
     try:
-        state, _ = checkpoint.restore(mgr, target)
+        state, _ = checkpoints.restore(mgr, target)
     finally:
         mgr.close()
     np.testing.assert_array_equal(
         state.params["embed"]["embedding"], hf.transformer.wte.weight.detach().numpy()
     )
-    report = ct.inspect(out)
+    report = checkpoints.tools.inspect(out)
     hf_count = sum(p.numel() for p in hf.parameters())
     assert report["totals"]["params"]["count"] == hf_count
     assert report["config"]["model"]["tie_embeddings"] is tied
@@ -110,7 +95,7 @@ def test_hf_to_jaxlm_same_logits(tmp_path, ids, tied):
 
 def _jaxlm_checkpoint(workdir: Path, tied: bool) -> Path:
     """A jaxlm Transformer checkpoint with every parameter randomised."""
-    config = base_config()
+    config = base_config("transformer")
     config.name = "tiny_transformer"
     config.data.tokenizer = "byte"
     for key, value in dict(
@@ -133,11 +118,8 @@ def _jaxlm_checkpoint(workdir: Path, tied: bool) -> Path:
         jax.device_get(init(jax.random.PRNGKey(1))),
     )
     state = {"step": np.int32(7), "params": params, "rng": np.zeros(2, np.uint32)}
-    meta = {
-        "config": json.loads(config.to_json()),
-        "tokenizer": {"kind": "byte", "note": "kept through the round trip"},
-    }
-    return ct.write_checkpoint(workdir, 7, state, meta)
+    meta = checkpoints.make_meta(config, {"kind": "byte", "note": "kept through the round trip"})
+    return checkpoints.write_checkpoint(workdir, 7, state, meta)
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -154,11 +136,11 @@ def test_jaxlm_to_hf_same_logits_and_round_trip(tmp_path, ids, tied):
 
     # And back: the same parameters bit for bit, with the run's config and tokenizer.
     back = gpt2.hf_to_jaxlm(folder, tmp_path / "back", step=7)
-    original, meta = ct.load_state(ckpt, parts=("params",))
-    again, meta_again = ct.load_state(back, parts=("params",))
-    assert ct.flatten(again).keys() == ct.flatten(original).keys()
-    for name, value in ct.flatten(original).items():
-        assert ct.flatten(again)[name].tobytes() == value.tobytes(), name
+    original, meta = checkpoints.load_state(ckpt, parts=("params",))
+    again, meta_again = checkpoints.load_state(back, parts=("params",))
+    assert flatten(again).keys() == flatten(original).keys()
+    for name, value in flatten(original).items():
+        assert flatten(again)[name].tobytes() == value.tobytes(), name
     assert meta_again["tokenizer"] == meta["tokenizer"]
     assert meta_again["config"]["name"] == "tiny_transformer"
 

@@ -1,4 +1,4 @@
-"""jaxlm.malloc: freed large buffers stay in the heap, so touching them again does not fault.
+"""jaxlm.runtime.heap: freed large buffers stay in the heap, so touching them again does not fault.
 
 Each probe allocates, fills and frees a 64 MiB block six times, on the main thread or on a second
 thread (XLA's worker threads allocate a step's temporaries; glibc gives such threads secondary
