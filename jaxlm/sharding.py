@@ -118,6 +118,14 @@ def state_shardings(state: Any, mesh: Mesh, rules: Rules = ()) -> Any:
 
     Returns:
       A tree of ``NamedSharding`` shaped like ``state``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> saved = {"step": jnp.zeros(()), "params": {"w": jnp.zeros((4, 8))},
+      ...          "carry": [jnp.zeros((8, 2))]}
+      >>> s = state_shardings(saved, make_mesh(), [("w", PartitionSpec(None, "model"))])
+      >>> s["params"]["w"].spec, s["carry"][0].spec, s["step"].spec
+      (P(None, 'model'), P('data',), P())
     """
 
     def pick(part: str, tree: Any) -> Any:

@@ -154,7 +154,12 @@ def last_checkpoints(path: PathLike, k: int) -> list[Path]:
 
 
 def step_of(checkpoint: Path) -> int | None:
-    """The step of a checkpoint folder (its name), or None for another folder."""
+    """The step of a checkpoint folder (its name), or None for another folder.
+
+    Example:
+      >>> step_of(Path("runs/x/checkpoints/60")), step_of(Path("runs/x"))
+      (60, None)
+    """
     return int(checkpoint.name) if checkpoint.name.isdigit() else None
 
 

@@ -75,6 +75,12 @@ def make_meta(config: ml_collections.ConfigDict, tokenizer: Any, **extra: Any) -
 
     Returns:
       JSON data.
+
+    Example:
+      >>> from jaxlm.config import load_config
+      >>> meta = make_meta(load_config("lstm:smoke"), {"kind": "byte"})
+      >>> meta["format"], meta["config"]["model"]["hidden_sizes"]
+      (2, [64, 64])
     """
     tok = tokenizer if isinstance(tokenizer, dict) else tokenizer.to_json()
     return {"format": FORMAT_VERSION, "config": config_json(config), "tokenizer": tok, **extra}
@@ -88,6 +94,11 @@ def upgrade(meta: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
       The same data in format :data:`~jaxlm.checkpoints.layout.FORMAT_VERSION`.
+
+    Example:
+      >>> old = {"config": {"model": {"name": "lstm", "hidden_sizes": [8], "num_heads": 4}}}
+      >>> upgrade(old)["config"]["model"]  # an LSTM has no heads
+      {'name': 'lstm', 'hidden_sizes': [8]}
     """
     meta = json.loads(json.dumps(meta))
     config = meta.get("config")
@@ -149,6 +160,11 @@ def run_config(saved: dict[str, Any]) -> ml_collections.ConfigDict:
 
     Returns:
       A locked ConfigDict. Saved fields this version no longer has are left out.
+
+    Example:
+      >>> config = run_config({"model": {"name": "gru", "hidden_sizes": [32]}, "seed": 3})
+      >>> config.model.hidden_sizes, config.seed, config.optimizer.decay_mask
+      ((32,), 3, 'all')
     """
     from jaxlm.config import base_config
 
@@ -249,6 +265,19 @@ def resume_config(
 
     Raises:
       IncompatibleCheckpoint: fields differ that resuming cannot change; the message lists them.
+
+    Example:
+      >>> from jaxlm.config import load_config
+      >>> saved = config_json(load_config("lstm:smoke"))
+      >>> resume_config(saved, load_config("lstm:smoke")).model.hidden_sizes  # the same model
+      (64, 64)
+      >>> wider = load_config("lstm:smoke"); wider.model.hidden_sizes = (128, 128)
+      >>> resume_config(saved, wider, where="runs/x")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      jaxlm.errors.IncompatibleCheckpoint: runs/x holds a checkpoint from an incompatible config:
+        model.hidden_sizes: [64, 64] -> [128, 128]
+      ...
     """
     diffs, adopted = _differences(saved, current)
     if diffs:

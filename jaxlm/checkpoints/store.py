@@ -92,6 +92,18 @@ def write_checkpoint(workdir: PathLike, step: int, state: Any, meta: dict[str, A
 
     Raises:
       CheckpointError: ``workdir`` already holds a checkpoint of ``step``.
+
+    Example:
+      >>> import tempfile
+      >>> import numpy as np
+      >>> from jaxlm.checkpoints import load_state, make_meta
+      >>> from jaxlm.config import load_config
+      >>> run = tempfile.mkdtemp()
+      >>> meta = make_meta(load_config("lstm:smoke"), {"kind": "byte"})
+      >>> state = {"step": np.int32(5), "params": {"w": np.ones(3)}}
+      >>> folder = write_checkpoint(run, 5, state, meta)
+      >>> folder.name, load_state(run)[0]["params"]["w"].tolist()
+      ('5', [1.0, 1.0, 1.0])
     """
     if step in list_steps(workdir):
         raise CheckpointError(

@@ -148,6 +148,16 @@ def evaluate(
 
     Returns:
       ``loss`` (nats per token), ``bits`` (bits per token), ``perplexity`` and ``tokens``.
+
+    Example:
+      >>> from jaxlm.models import RecurrentLM
+      >>> model = RecurrentLM(vocab_size=10, embed_dim=4, hidden_sizes=(8,))
+      >>> params = model.init(jax.random.key(0), np.zeros((4, 4), np.int32),
+      ...                     model.initial_carry(4))["params"]
+      >>> r = evaluate(model, params, np.arange(99) % 10, sharding.make_mesh(), batch_size=4,
+      ...              seq_len=8)
+      >>> r["tokens"], round(r["perplexity"])  # an untrained model: about the vocabulary size
+      (98.0, 10)
     """
     return _evaluator(model, mesh, batch_size, seq_len)(params, tokens, max_windows)
 

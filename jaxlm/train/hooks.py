@@ -90,6 +90,13 @@ class Progress:
         ``perplexity``, ``tokens``), else None.
       stop: set by :meth:`request_stop`: the loop ends after this step.
       save_requested: set by :meth:`request_save`: checkpoint this step.
+
+    Example:
+      >>> progress = Progress(step=30, num_steps=100, evaluation={"loss": 1.2})
+      >>> if progress.evaluation["loss"] < 1.5:
+      ...     progress.request_stop("good enough")
+      >>> progress.stop
+      Stop(reason='good enough', evaluate=True, preempted=False)
     """
 
     step: int

@@ -53,7 +53,13 @@ def final_report(
     step: int, validation: dict[str, float], test: dict[str, float], **extra: Any
 ) -> dict[str, Any]:
     """The final metrics of a run, as ``status.json`` keeps them and ``train_and_evaluate``
-    returns them: validation and test loss, bits and perplexity per token, and ``extra``."""
+    returns them: validation and test loss, bits and perplexity per token, and ``extra``.
+
+    Example:
+      >>> r = {"loss": 1.0, "bits": 1.44, "perplexity": 2.72, "tokens": 99.0}
+      >>> sorted(final_report(10, r, r, sample="The"))[:4]
+      ['sample', 'step', 'test_bits', 'test_loss']
+    """
     final: dict[str, Any] = {"step": step}
     for split, result in (("validation", validation), ("test", test)):
         for key in ("loss", "bits", "perplexity"):
