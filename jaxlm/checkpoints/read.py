@@ -19,6 +19,7 @@ from etils import epath
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxlm import sharding
+from jaxlm.checkpoints.checksums import verify
 from jaxlm.checkpoints.layout import STATE_ITEM, PathLike, resolve
 from jaxlm.checkpoints.meta import read_meta
 from jaxlm.errors import CheckpointError
@@ -96,8 +97,8 @@ def load_state(
       come back as dicts of their fields), and the upgraded meta JSON.
 
     Raises:
-      CheckpointError: the checkpoint is unreadable, truncated or corrupted (the message
-        names its directory and the cause).
+      CheckpointError: the checkpoint is unreadable, truncated or corrupted, or its arrays are
+        not the bytes that were saved (checksums); the message names its directory and why.
 
     Example:
       >>> state, meta = load_state("runs/lstm_smoke", parts=("params",))  # doctest: +SKIP
@@ -128,7 +129,9 @@ def load_state(
         ) from e
     finally:
         handler.close()
-    return dict(jax.tree.map(np.asarray, state)), meta
+    state = dict(jax.tree.map(np.asarray, state))
+    verify(state, meta.get("checksums"), ckpt)
+    return state, meta
 
 
 def restore_sharded(
@@ -171,4 +174,5 @@ def restore_sharded(
         ) from e
     finally:
         handler.close()
+    verify(state, meta.get("checksums"), ckpt)
     return dict(state), meta

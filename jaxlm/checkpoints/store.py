@@ -16,6 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxlm import runtime
+from jaxlm.checkpoints.checksums import tree_checksums, verify
 from jaxlm.checkpoints.layout import (
     META_ITEM,
     STATE_ITEM,
@@ -60,12 +61,16 @@ def save(mgr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]
     """Starts saving ``state`` and ``meta`` as checkpoint ``step`` (in the background on one
     process; :meth:`~orbax.checkpoint.CheckpointManager.wait_until_finished` waits).
 
+    The meta gets the checksum of every array (:mod:`jaxlm.checkpoints.checksums`), computed
+    where the arrays are, so that a restore can tell damaged bytes from saved ones.
+
     Args:
       mgr: from :func:`manager`.
       step: the checkpoint's step.
       state: the TrainState, or a tree with its fields (numpy or jax arrays).
       meta: from :func:`jaxlm.checkpoints.make_meta`.
     """
+    meta = {**meta, "checksums": tree_checksums(state)}
     mgr.save(
         step,
         args=ocp.args.Composite(
@@ -130,7 +135,8 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None) ->
       ``(state, meta)``, the meta upgraded.
 
     Raises:
-      CheckpointError: the checkpoint cannot be restored (the message names it and why).
+      CheckpointError: the checkpoint cannot be restored, or its arrays are not the bytes that
+        were saved (checksums); the message names it and why.
     """
     step = mgr.latest_step() if step is None else step
     args = ocp.args.Composite(
@@ -143,7 +149,9 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None) ->
         raise CheckpointError(
             f"cannot restore checkpoint {mgr.directory / str(step)}: {type(e).__name__}: {e}"
         ) from e
-    return restored[STATE_ITEM], upgrade(restored[META_ITEM])
+    meta = upgrade(restored[META_ITEM])
+    verify(restored[STATE_ITEM], meta.get("checksums"), Path(mgr.directory) / str(step))
+    return restored[STATE_ITEM], meta
 
 
 def _metadata_problem(step_dir: Path) -> str | None:

@@ -1,0 +1,97 @@
+"""jaxlm.checkpoints.checksums: damaged bytes are caught at restore, named and set aside."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlm import checkpoints as ck
+from jaxlm import sharding
+from jaxlm.checkpoints.checksums import ChecksumMismatch, tree_checksums, verify
+from tests.helpers import train_state_target
+
+
+def _largest_data_file(step_dir: Path) -> Path:
+    files = (step_dir / "state").glob("ocdbt.process_*/d/*")
+    return max(files, key=lambda f: f.stat().st_size)
+
+
+def _flip_bits(path: Path, offsets: list[int]) -> None:
+    data = bytearray(path.read_bytes())
+    for offset in offsets:
+        data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_host_and_device_checksums_agree_for_every_dtype():
+    rng = np.random.default_rng(0)
+    tree = {
+        "f32": rng.standard_normal((3, 5)).astype(np.float32),
+        "bf16": jnp.asarray(rng.standard_normal(7), jnp.bfloat16),
+        "i8": rng.integers(-100, 100, 9).astype(np.int8),
+        "bool": np.array([True, False, True]),
+        "scalar": np.int32(7),
+    }
+    on_host = {k: np.asarray(v) for k, v in tree.items()}
+    on_device = {k: jnp.asarray(v) for k, v in tree.items()}
+    assert tree_checksums(on_host) == tree_checksums(on_device)
+    # A sharded array sums to the same numbers without being gathered.
+    mesh = sharding.make_mesh(4, 1)
+    spread = jax.device_put(on_host["f32"][:, :4], jax.NamedSharding(mesh, jax.P(None, "data")))
+    assert tree_checksums({"x": spread}) == tree_checksums({"x": on_host["f32"][:, :4]})
+
+
+def test_checksums_see_moved_and_changed_bits():
+    x = np.arange(8, dtype=np.float32)
+    base = tree_checksums({"x": x})["x"]
+    assert tree_checksums({"x": x[::-1].copy()})["x"] != base  # same words, other order
+    y = x.copy()
+    y.view(np.uint32)[3] ^= 1 << 31
+    y.view(np.uint32)[5] ^= 1 << 31  # two flips that leave a plain sum unchanged
+    assert tree_checksums({"x": y})["x"] != base
+    verify({"x": x}, {"x": base}, "here")
+    verify({"x": y}, None, "here")  # a checkpoint saved before checksums: nothing to check
+    with pytest.raises(ChecksumMismatch, match="here: the bytes of x are not"):
+        verify({"x": y}, {"x": base}, "here")
+
+
+def test_flipped_bits_are_caught_and_the_previous_checkpoint_used(run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(run, workdir)
+    newest = workdir / "checkpoints/3"
+    damaged = _largest_data_file(newest)
+    size = damaged.stat().st_size
+    _flip_bits(damaged, [size // 2, size // 2 + 37])
+    with pytest.raises(ck.CheckpointError, match=str(newest)):
+        ck.load_state(workdir, 3)
+    target = train_state_target(run, sharding.make_mesh())
+    mgr = ck.manager(workdir, keep=3)
+    try:
+        lines = []
+        state, _, step = ck.restore_latest_intact(mgr, target, log=lines.append, quarantine=True)
+        assert step == 2 and int(state.step) == 2
+        assert str(newest) in lines[0]
+        assert (workdir / "checkpoints/3.damaged").is_dir()
+    finally:
+        mgr.close()
+
+
+def test_overwritten_bytes_are_caught(run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(run, workdir)
+    damaged = _largest_data_file(workdir / "checkpoints/3")
+    data = bytearray(damaged.read_bytes())
+    start = len(data) // 3
+    data[start : start + 2000] = np.random.default_rng(1).integers(0, 256, 2000, np.uint8).tobytes()
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ck.CheckpointError, match=str(workdir / "checkpoints/3")):
+        ck.load_state(workdir, 3)
+    np.testing.assert_array_equal(  # the checkpoint before is untouched
+        ck.load_state(workdir, 2)[0]["params"]["head"]["kernel"],
+        ck.load_state(run, 2)[0]["params"]["head"]["kernel"],
+    )
