@@ -43,3 +43,77 @@ class NonFiniteLoss(JaxlmError, FloatingPointError):
     def __init__(self, message: str, *, step: int | None = None):
         super().__init__(message)
         self.step = step
+
+
+class WorkdirBusy(JaxlmError):
+    """Another live process is writing to the run folder (the message names it)."""
+
+
+class WriteError(JaxlmError, OSError):
+    """A file of the run folder that cannot be written: a full disk, a lost mount, no permission.
+
+    Build one with :meth:`of`, which names the file, the cause and the space left on its disk.
+    """
+
+    @classmethod
+    def of(cls, path: object, error: BaseException, *, needed: int | None = None) -> WriteError:
+        """The error for writing ``path`` having failed with ``error``.
+
+        Args:
+          path: the file or folder being written.
+          error: what the write raised.
+          needed: about how many bytes the write needs, when known.
+
+        Returns:
+          The error, its message one line.
+
+        Example:
+          >>> e = OSError(28, "No space left on device")
+          >>> str(WriteError.of("/nonexistent/run/x", e, needed=2048))  # doctest: +ELLIPSIS
+          'cannot write /nonexistent/run/x: no space left on device (... free on /, ... 2.0 KiB)'
+        """
+        return cls(f"cannot write {path}: {describe_os_error(error, path, needed=needed)}")
+
+
+def describe_os_error(error: BaseException, path: object, *, needed: int | None = None) -> str:
+    """A short account of a failed write: the cause, and for a full disk the space on it.
+
+    Args:
+      error: the exception (an OSError, or a tensorstore error carrying ``os_error_code``).
+      path: a path on the disk written to.
+      needed: about how many bytes the write needs, when known.
+
+    Returns:
+      For example ``no space left on device (120.0 KiB free on /mnt, it needs about 2.0 MiB)``.
+    """
+    import errno
+    import os
+    import shutil
+    from pathlib import Path
+
+    text = str(error)
+    full = getattr(error, "errno", None) == errno.ENOSPC or any(
+        s in text for s in ("No space left on device", "os_error_code='28'")
+    )
+    if not full:
+        cause = getattr(error, "strerror", None) or (text.splitlines()[0] if text else "")
+        return (cause or type(error).__name__)[:300]
+    where = Path(os.fspath(path))
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    usage = shutil.disk_usage(where)
+    mount = where
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    need = f", it needs about {_size(needed)}" if needed else ""
+    return f"no space left on device ({_size(usage.free)} free on {mount}{need})"
+
+
+def _size(n: int) -> str:
+    """``2048`` -> ``2.0 KiB``."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")

@@ -5,7 +5,10 @@
 - :mod:`~jaxlm.checkpoints.meta`: the config and tokenizer JSON stored with each checkpoint,
   upgrading older formats, and what may change when a run resumes.
 - :mod:`~jaxlm.checkpoints.store`: orbax's manager: save, restore onto shardings, falling back
-  past damaged checkpoints.
+  past damaged checkpoints; a failed save as one line.
+- :mod:`~jaxlm.checkpoints.checksums`: a checksum of every array, saved in the meta and
+  checked at every restore.
+- :mod:`~jaxlm.checkpoints.lock`: one writer per run folder (an OS file lock).
 - :mod:`~jaxlm.checkpoints.read`: reading one checkpoint directly: array metadata, the state as
   numpy on the host, or onto a mesh.
 - :mod:`~jaxlm.checkpoints.run`: :func:`load_run` (model, parameters, tokenizer, config) and
@@ -19,6 +22,7 @@ Example:
   []
 """
 
+from jaxlm.checkpoints.checksums import ChecksumMismatch, tree_checksums, verify
 from jaxlm.checkpoints.layout import (
     FORMAT_VERSION,
     absolute,
@@ -29,6 +33,7 @@ from jaxlm.checkpoints.layout import (
     resolve,
     step_of,
 )
+from jaxlm.checkpoints.lock import exclusive, holder
 from jaxlm.checkpoints.meta import (
     config_json,
     incompatible_fields,
@@ -40,6 +45,7 @@ from jaxlm.checkpoints.meta import (
 from jaxlm.checkpoints.read import load_state, metadata_tree, restore_sharded
 from jaxlm.checkpoints.run import Run, VocabMapping, load_pretrained, load_run
 from jaxlm.checkpoints.store import (
+    SaveFailed,
     StructureMismatch,
     latest_intact_step,
     manager,
@@ -47,20 +53,26 @@ from jaxlm.checkpoints.store import (
     restore,
     restore_latest_intact,
     save,
+    save_failed,
     write_checkpoint,
 )
-from jaxlm.errors import CheckpointError, IncompatibleCheckpoint
+from jaxlm.errors import CheckpointError, IncompatibleCheckpoint, WorkdirBusy
 
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
+    "ChecksumMismatch",
     "IncompatibleCheckpoint",
     "Run",
+    "SaveFailed",
     "StructureMismatch",
     "VocabMapping",
+    "WorkdirBusy",
     "absolute",
     "checkpoint_dir",
     "config_json",
+    "exclusive",
+    "holder",
     "incompatible_fields",
     "is_ngram_run",
     "last_checkpoints",
@@ -81,6 +93,9 @@ __all__ = [
     "resume_config",
     "run_config",
     "save",
+    "save_failed",
     "step_of",
+    "tree_checksums",
+    "verify",
     "write_checkpoint",
 ]

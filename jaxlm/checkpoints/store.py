@@ -8,6 +8,7 @@ is used. Nothing is unpickled: arrays are tensorstore files, the meta item is JS
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from jaxlm.checkpoints.layout import (
 )
 from jaxlm.checkpoints.meta import read_meta, upgrade
 from jaxlm.checkpoints.read import finished_reads, metadata_tree
-from jaxlm.errors import CheckpointError
+from jaxlm.errors import CheckpointError, describe_os_error
 from jaxlm.tree import path_str
 
 
@@ -78,6 +79,39 @@ def save(mgr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]
         ),
         force=True,
     )
+
+
+class SaveFailed(CheckpointError):
+    """A checkpoint could not be written (a full disk, a lost mount); the ones before are kept."""
+
+
+def save_failed(mgr: ocp.CheckpointManager, step: int, error: BaseException) -> SaveFailed:
+    """The one-line error for the save of ``step`` having failed with ``error``: the cause
+    (for a full disk, the space left and about how much a checkpoint needs) and the newest
+    checkpoint that is intact.
+
+    Args:
+      mgr: the manager the save went through.
+      step: the step being saved.
+      error: what orbax raised (at the save, or later from its background thread).
+
+    Returns:
+      The error to stop the run with. The half-written folder of ``step`` is removed (call it
+      once the save has ended: its error was raised).
+    """
+    folder = Path(mgr.directory)
+    if jax.process_index() == 0:  # the half-written folder: its space lets status.json be written
+        for partial in folder.glob(f"{step}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(partial, ignore_errors=True)
+    done = [s for s in list_steps(folder) if s != step]
+    needed = _folder_bytes(folder / str(done[-1])) if done else None
+    cause = describe_os_error(error, folder, needed=needed)
+    kept = f"checkpoint {done[-1]} is intact" if done else "no checkpoint was saved before it"
+    return SaveFailed(f"saving checkpoint {step} to {folder} failed: {cause}; {kept}")
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def write_checkpoint(workdir: PathLike, step: int, state: Any, meta: dict[str, Any]) -> Path:
