@@ -1,15 +1,33 @@
-"""Metric writers (console, JSONL, TensorBoard), run status and progress; process 0 writes."""
+"""Metric writers (console, JSONL, TensorBoard), run status and progress; process 0 writes.
+
+``status.json`` says what a run is doing: ``starting``, ``running``, ``evaluating``, then
+``finished``, ``stopped``, ``preempted`` (SIGTERM), ``interrupted`` (Ctrl-C) or ``failed`` (with
+the error). While a run is alive a heartbeat thread rewrites it every few seconds (time, pid,
+host), so a run killed without a word (SIGKILL, power loss) is told from a live one by
+:func:`run_state`: its state says "running" but its heartbeat stopped.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import socket
+import threading
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+
+from jaxlm.errors import WriteError
+
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.jsonl"
+HEARTBEAT_SECONDS = 10.0
+ACTIVE_STATES = ("starting", "running", "evaluating", "building")
 
 
 def _is_writer() -> bool:
@@ -28,9 +46,12 @@ def format_duration(seconds: float) -> str:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Writes JSON through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=float))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class Monitor:
@@ -40,6 +61,8 @@ class Monitor:
       workdir: the run folder.
       total_steps: the run's last step, for progress and ETA.
       tensorboard: also write TensorBoard event files under ``workdir/tensorboard``.
+      heartbeat: rewrite ``status.json`` every this many seconds while open (None: only when
+        something changes).
 
     Example:
       >>> import tempfile
@@ -48,7 +71,14 @@ class Monitor:
       [train] step 10/100 | loss 2.3 | ETA 1:05
     """
 
-    def __init__(self, workdir: str | Path, total_steps: int, *, tensorboard: bool = True):
+    def __init__(
+        self,
+        workdir: str | Path,
+        total_steps: int,
+        *,
+        tensorboard: bool = True,
+        heartbeat: float | None = None,
+    ):
         self.workdir = Path(workdir)
         self.total_steps = total_steps
         self.enabled = _is_writer()
@@ -59,12 +89,37 @@ class Monitor:
             "total_steps": total_steps,
             "eta_seconds": None,
         }
-        if self.enabled:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            if tensorboard:
-                from tensorboardX import SummaryWriter
+        self._lock = threading.Lock()  # the heartbeat thread writes status.json too
+        self._written = False  # until then status.json is the previous run's
+        self._stop_beating = threading.Event()
+        self._beat: threading.Thread | None = None
+        if not self.enabled:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+        if heartbeat:
+            self._beat = threading.Thread(
+                target=self._heartbeat, args=(heartbeat,), name="jaxlm-heartbeat", daemon=True
+            )
+            self._beat.start()
+
+    @property
+    def state(self) -> str:
+        """The state last written (``starting`` before any)."""
+        return self._status["state"]
+
+    @property
+    def step(self) -> int:
+        """The step last written."""
+        return self._status["step"]
+
+    @property
+    def written(self) -> bool:
+        """Whether this monitor has written ``status.json`` (before, it is the last run's)."""
+        return self._written
 
     def write(
         self,
@@ -87,15 +142,19 @@ class Monitor:
         if not self.enabled:
             return
         metrics = {k: float(v) for k, v in metrics.items()}
-        with open(self.workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "split": split, **metrics, "time": time.time()}))
-            f.write("\n")
+        row = json.dumps({"step": step, "split": split, **metrics, "time": time.time()})
+        try:
+            with open(self.workdir / METRICS_FILE, "a") as f:
+                f.write(row + "\n")
+        except OSError as e:
+            raise WriteError.of(self.workdir / METRICS_FILE, e) from e
         if self._tb is not None:
             for key, value in metrics.items():
                 self._tb.add_scalar(f"{split}/{key}", value, step)
         if echo:
             print(self.format_line(step, metrics, split, eta), flush=True)
-        self.status("running", step, eta=eta, **{f"{split}_{k}": v for k, v in metrics.items()})
+        state = "running" if split in ("train", "eval") else self.state
+        self.status(state, step, eta=eta, **{f"{split}_{k}": v for k, v in metrics.items()})
 
     def format_line(
         self, step: int, metrics: dict[str, float], split: str, eta: float | None = None
@@ -109,29 +168,191 @@ class Monitor:
         return " | ".join(parts)
 
     def status(self, state: str, step: int, *, eta: float | None = None, **fields: Any) -> None:
-        """Updates ``status.json``: state, step, total steps, ETA and the latest metrics."""
+        """Updates ``status.json``: state, step, total steps, ETA, the latest metrics, and who
+        writes it (pid, host, time)."""
         if not self.enabled:
             return
-        self._status.update(fields)
-        if eta is not None:  # else the last one stands
-            self._status["eta_seconds"] = eta
-        self._status.update(
-            state=state,
-            step=step,
-            total_steps=self.total_steps,
-            updated=time.time(),
-            pid=os.getpid(),
-        )
-        write_json_atomic(self.workdir / "status.json", self._status)
+        with self._lock:
+            self._status.update(fields)
+            if eta is not None:  # else the last one stands
+                self._status["eta_seconds"] = eta
+            self._status.update(state=state, step=step, total_steps=self.total_steps)
+            self._write_status()
+            self._written = True
+
+    def _write_status(self) -> None:
+        now = time.time()
+        self._status.update(updated=now, heartbeat=now, pid=os.getpid(), host=_HOST)
+        try:
+            write_json_atomic(self.workdir / STATUS_FILE, self._status)
+        except OSError as e:
+            raise WriteError.of(self.workdir / STATUS_FILE, e) from e
+
+    def _heartbeat(self, every: float) -> None:
+        while not self._stop_beating.wait(every):
+            if not self._written:
+                continue
+            with self._lock:
+                try:
+                    self._status["heartbeat"] = time.time()
+                    write_json_atomic(self.workdir / STATUS_FILE, self._status)
+                except OSError:  # a full disk: the run itself reports it
+                    pass
+
+    def keep_metrics_until(self, step: int, log: Callable[[str], None] | None = None) -> int:
+        """Drops the rows of ``metrics.jsonl`` written after checkpoint ``step`` (by a run that
+        went on past it before it died), so a resumed run writes each step once.
+
+        Kept: every row before ``step`` and the train and eval rows of ``step`` itself (written
+        before its checkpoint); a half-written last line is dropped too.
+
+        Args:
+          step: the step the run resumes from.
+          log: told how many rows were dropped, if any.
+
+        Returns:
+          The number of rows dropped.
+        """
+        path = self.workdir / METRICS_FILE
+        if not self.enabled or not path.exists():
+            return 0
+        kept, dropped = [], 0
+        for line in path.read_text().splitlines(keepends=True):
+            row = _row(line)
+            if row is not None and (
+                row["step"] < step or (row["step"] == step and row["split"] in ("train", "eval"))
+            ):
+                kept.append(line)
+            else:
+                dropped += 1
+        if dropped:
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, path)
+            if log is not None:
+                log(f"Dropped {dropped} rows of {path} written after step {step}")
+        return dropped
 
     def close(self) -> None:
-        """Flushes and closes the TensorBoard writer (safe to call more than once)."""
+        """Stops the heartbeat; flushes and closes the TensorBoard writer (safe to call more
+        than once)."""
+        self._stop_beating.set()
+        if self._beat is not None:
+            self._beat.join()
+            self._beat = None
         if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+            tb, self._tb = self._tb, None
+            try:
+                tb.close()
+            except OSError as e:  # a full disk: the run's own error says so
+                print(f"TensorBoard events in {self.workdir} not flushed: {e}", flush=True)
 
 
-def read_status(workdir: str | Path) -> dict[str, Any] | None:
-    """The ``status.json`` of a run, or None when it has none."""
-    path = Path(workdir) / "status.json"
-    return json.loads(path.read_text()) if path.exists() else None
+_HOST = socket.gethostname()
+
+
+def _row(line: str) -> dict[str, Any] | None:
+    """A metrics.jsonl row, or None for a damaged or half-written line."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    ok = isinstance(row, dict) and isinstance(row.get("step"), int) and "split" in row
+    return row if ok else None
+
+
+def read_status(workdir: str | Path, log: Callable[[str], None] | None = None) -> dict | None:
+    """The ``status.json`` of a run, or None when it has none or it cannot be read.
+
+    An unreadable one (half-written by a dying disk, edited by hand) is reported and treated
+    as unknown: the run's checkpoints say where it is.
+
+    Args:
+      workdir: the run folder.
+      log: told why the file is unreadable (default: a warning).
+
+    Returns:
+      The status, a dict with at least a ``state``; None when there is none or it is unreadable.
+
+    Example:
+      >>> import tempfile
+      >>> run = Path(tempfile.mkdtemp()); _ = (run / STATUS_FILE).write_text("[1, 2]")
+      >>> read_status(run, log=print)  # doctest: +ELLIPSIS
+      Ignoring .../status.json: expected a JSON object with a "state", found [1, 2]...
+    """
+    path = Path(workdir) / STATUS_FILE
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return _unreadable(path, f"cannot read it ({e})", log)
+    try:
+        status = json.loads(text)
+    except ValueError as e:
+        return _unreadable(path, f"not JSON ({e})", log)
+    if not isinstance(status, dict) or not isinstance(status.get("state"), str):
+        found = text.strip()[:60]
+        return _unreadable(path, f'expected a JSON object with a "state", found {found}', log)
+    if status["state"] == "finished" and not isinstance(status.get("final"), dict):
+        found = json.dumps(status.get("final"))[:60]
+        return _unreadable(
+            path, f"a finished run's final metrics must be an object, not {found}", log
+        )
+    return status
+
+
+def _unreadable(path: Path, why: str, log: Callable[[str], None] | None) -> None:
+    message = f"Ignoring {path}: {why}; the run's state is unknown, its checkpoints decide"
+    if log is None:
+        warnings.warn(message, stacklevel=3)
+    else:
+        log(message)
+    return None
+
+
+def run_state(status: dict[str, Any] | None, *, now: float | None = None) -> str:
+    """What a status says, with a run that died without a word told from a live one.
+
+    A status in an active state (``running``, ``evaluating``...) whose writer is gone (its
+    pid no longer exists on this host, or no heartbeat for three intervals) is ``"dead"``; a
+    missing or unreadable status is ``"unknown"``.
+
+    Args:
+      status: from :func:`read_status`.
+      now: the time to judge heartbeats by (default: now).
+
+    Returns:
+      The state.
+
+    Example:
+      >>> run_state({"state": "running", "pid": 2**22 + 1, "host": _HOST, "heartbeat": 0.0})
+      'dead'
+      >>> run_state({"state": "finished"}), run_state(None)
+      ('finished', 'unknown')
+    """
+    if status is None:
+        return "unknown"
+    state = status["state"]
+    if state not in ACTIVE_STATES:
+        return state
+    if status.get("host") == _HOST and isinstance(status.get("pid"), int):
+        if not _alive(status["pid"]):
+            return "dead"
+    beat = status.get("heartbeat", status.get("updated"))
+    now = time.time() if now is None else now
+    if not isinstance(beat, int | float) or now - beat > 3 * HEARTBEAT_SECONDS + 5:
+        return "dead"
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -3,12 +3,15 @@
 Also installed as ``jaxlm-train``. ``--config`` takes a recipe file or a recipe's name
 (``--config=lstm:smoke`` works from any folder). Every config field can be overridden, e.g.
 ``--config.model.hidden_sizes=(256,256)``. An expected error (a bad config, a missing corpus, an
-incompatible workdir) is one line on stderr and exit status 2; ``--verbose`` shows the
-traceback. A SIGTERM checkpoints the run and exits with 143.
+incompatible workdir, another run writing to the workdir, a full disk) is one line on stderr
+and exit status 2; ``--verbose`` shows the traceback. A SIGTERM checkpoints the run and exits
+with 143; a Ctrl-C does the same and exits with 130, a second Ctrl-C exits at once.
 """
 
 from __future__ import annotations
 
+import logging as logging_lib
+import os
 import re
 import signal
 import sys
@@ -70,17 +73,43 @@ def main(argv: list[str]) -> None:
     from jaxlm.errors import JaxlmError
     from jaxlm.train import loop, workdir
 
+    if not FLAGS.verbose:
+        _quiet_orbax_errors()
     config = FLAGS.config
     try:
         loop.train_and_evaluate(config, FLAGS.workdir or workdir.default_workdir(config))
     except loop.Preempted as e:
         print(e, file=sys.stderr)
-        sys.exit(143)
+        sys.exit(128 + e.signum)
     except JaxlmError as e:
         if FLAGS.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
+
+
+class _OrbaxErrors(logging_lib.Filter):
+    """Drops the error records of orbax's background saves (its own, and asyncio's "Task
+    exception was never retrieved" for the writes it abandoned): a failed save is reported by
+    the run in one line. ``--verbose`` keeps them."""
+
+    def filter(self, record: logging_lib.LogRecord) -> bool:
+        background = "/orbax/" in record.pathname or record.name == "asyncio"
+        return not (record.levelno >= logging_lib.ERROR and background)
+
+
+def _quiet_orbax_errors() -> None:
+    for handler in logging_lib.getLogger().handlers + logging_lib.getLogger("absl").handlers:
+        handler.addFilter(_OrbaxErrors())
+    hook = sys.unraisablehook
+
+    def unraisablehook(unraisable):
+        # tensorstore's callbacks into the event loop orbax closed after a failed save
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            hook(unraisable)
+
+    sys.unraisablehook = unraisablehook
 
 
 def _unknown_override(e: BaseException, argv: list[str]) -> str | None:
@@ -138,8 +167,15 @@ def _fatal(report: str) -> None:
 def run() -> None:
     """The console script ``jaxlm-train``."""
     signal.signal(signal.SIGTERM, _EarlySigterm())
-    _define_flags()
-    app.run(main, flags_parser=parse_flags)
+    try:
+        _define_flags()
+        app.run(main, flags_parser=parse_flags)
+    except KeyboardInterrupt:
+        # A second Ctrl-C (or one before the run started): leave at once, without waiting
+        # for background threads (a save in flight is left unfinished, and ignored later).
+        print("Interrupted; the last finished checkpoint is kept", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":

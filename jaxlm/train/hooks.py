@@ -7,7 +7,7 @@ optimizer), ask for a checkpoint (:meth:`Progress.request_save`) or end the run
 (:meth:`Progress.request_stop`: early stopping, pruning). The loop's own hooks, in order:
 
 - :class:`Chrono`: training time only, paused during evaluation and saving (tokens/s, ETA);
-- :class:`Preemption`: SIGTERM checkpoints the step reached and stops (exit 143);
+- :class:`Preemption`: SIGTERM or Ctrl-C checkpoints the step reached and stops;
 - :class:`MetricsBuffer`: fetches a log step's metrics one step late, checks for NaN, writes;
 - :class:`Evaluation`: the validation loss every ``train.eval_every`` steps;
 - the user's hooks (``train_and_evaluate(config, workdir, hooks=[...])``);
@@ -38,7 +38,7 @@ import jax
 import numpy as np
 
 from jaxlm import transforms
-from jaxlm.errors import NonFiniteLoss
+from jaxlm.errors import JaxlmError, NonFiniteLoss
 
 
 def every(step: int, n: int) -> bool:
@@ -304,12 +304,18 @@ class Checkpointer(Hook):
     """Saves the state every ``every_steps`` steps, at the last step, when asked, and when the
     run stops early; waits for the last save at the end.
 
+    Saves run in the background; a failed one (a full disk) is noticed at the next step, not
+    at the next save: ``check`` raises the save's error, ``failed`` turns it into the one-line
+    error the run stops with. The checkpoints saved before stay as they are.
+
     Args:
       save: ``save(step, state)`` starts a save (``jaxlm.checkpoints.save`` with the meta).
-      wait: waits for background saves to finish.
+      wait: waits for background saves to finish (raises a failed one's error).
       every_steps: the interval (``train.checkpoint_every``).
       chrono: paused while saving.
       buffer: synced first, so no state with a NaN loss is saved.
+      check: raises the error of a background save that failed (cheap: no waiting).
+      failed: ``failed(step, error) -> exception`` to raise for the save of ``step``.
     """
 
     def __init__(
@@ -320,38 +326,62 @@ class Checkpointer(Hook):
         every_steps: int,
         chrono: Chrono,
         buffer: MetricsBuffer,
+        check: Callable[[], None] = lambda: None,
+        failed: Callable[[int, BaseException], BaseException] | None = None,
     ):
-        self._save, self._wait = save, wait
+        self._save, self._wait, self._check = save, wait, check
+        self._failed = failed
         self.every_steps = every_steps
         self._chrono, self._buffer = chrono, buffer
+        self._in_flight: int | None = None  # the step of the save that may still be running
 
     def after_step(self, progress: Progress) -> None:
+        self._guarded(self._check)
         due = every(progress.step, self.every_steps) or progress.step == progress.num_steps
         if not (due or progress.save_requested or progress.stop is not None):
             return
         self._buffer.sync(progress)
         with self._chrono.paused():
-            self._save(progress.step, progress.state)
+            self._guarded(self._check)  # a failure of the previous save is that save's
+            self._in_flight = progress.step
+            self._guarded(self._save, progress.step, progress.state)
             if progress.stop is not None:
-                self._wait()
+                self._guarded(self._wait)
         progress.save_requested = False
 
     def on_end(self, progress: Progress) -> None:
         with self._chrono.paused():
-            self._wait()
+            self._guarded(self._wait)
+
+    def raise_failed_save(self) -> None:
+        """Waits for the save in flight and raises its error if it failed (called when another
+        write fails: on a full disk the failed save is the news)."""
+        self._guarded(self._wait)
+
+    def _guarded(self, call: Callable[..., None], *args: Any) -> None:
+        try:
+            call(*args)
+        except (OSError, ValueError, RuntimeError) as e:  # what orbax and tensorstore raise
+            if self._failed is None or self._in_flight is None or isinstance(e, JaxlmError):
+                raise
+            raise self._failed(self._in_flight, e) from e
 
 
 class Preemption(Hook):
-    """Turns SIGTERM into a stop: the step reached is checkpointed and the run exits with status
-    143 (``status.json``: "preempted"); the same command resumes it.
+    """Turns SIGTERM and Ctrl-C (SIGINT) into a stop: the step reached is checkpointed and the
+    run exits (status 143 and ``status.json`` "preempted" for SIGTERM, 130 and "interrupted"
+    for Ctrl-C); the same command resumes it. A second Ctrl-C raises KeyboardInterrupt at once.
 
-    Use it as a context manager around the whole run, so that a SIGTERM during data
+    Use it as a context manager around the whole run, so that a signal during data
     preparation, restore or the final evaluation is noticed too. A handler installed before it
     that has a true ``raised`` attribute (the command line's, set before the slow imports)
     hands on a SIGTERM it already received.
 
     Args:
-      immediate: install the default action instead (a run with nothing to checkpoint).
+      immediate: keep the default actions instead (a run with nothing to checkpoint).
+
+    Attributes:
+      signum: the signal received (``signal.SIGTERM`` or ``signal.SIGINT``), else None.
 
     Example:
       >>> with Preemption() as preemption:
@@ -359,37 +389,63 @@ class Preemption(Hook):
       False
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self, *, immediate: bool = False):
-        self.requested = False
+        self.signum: int | None = None
         self._immediate = immediate
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        """Whether a signal asked the run to stop."""
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        """``SIGTERM`` or ``SIGINT`` (the signal received)."""
+        return signal.Signals(self.signum).name if self.signum else ""
 
     def __enter__(self) -> Preemption:
         handler = signal.SIG_DFL if self._immediate else self._handle
-        try:
-            self._old = signal.signal(signal.SIGTERM, handler)
-        except ValueError:  # not the main thread: signals stay as they are
-            self._old = None
-        if getattr(self._old, "raised", False):
-            self.requested = True
+        for signum in self.SIGNALS:
+            if self._immediate and signum == signal.SIGINT:
+                continue  # KeyboardInterrupt, as ever
+            try:
+                self._old[signum] = signal.signal(signum, handler)
+            except ValueError:  # not the main thread: signals stay as they are
+                break
+        if getattr(self._old.get(signal.SIGTERM), "raised", False):
+            self.signum = signal.SIGTERM
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for signum, old in self._old.items():
+            signal.signal(signum, old)
+        self._old = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
-        del signum, frame
-        self.requested = True
+        del frame
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt("second Ctrl-C")
+        if self.signum is None:
+            self.signum = signum
+            if signum == signal.SIGINT:
+                print(
+                    "Ctrl-C: saving a checkpoint and stopping (Ctrl-C again to stop at once)",
+                    flush=True,
+                )
 
     def on_start(self, progress: Progress) -> None:
         if self.requested:  # before the loop: the checkpoints on disk are kept as they are
             progress.stop = Stop(
-                f"SIGTERM before training resumed at step {progress.step}; nothing new to save",
+                f"{self.name} before training resumed at step {progress.step}; nothing new to save",
                 evaluate=False,
                 preempted=True,
             )
 
     def after_step(self, progress: Progress) -> None:
         if self.requested and progress.stop is None:  # read once per step
-            progress.stop = Stop(f"SIGTERM at step {progress.step}", evaluate=False, preempted=True)
+            progress.stop = Stop(
+                f"{self.name} at step {progress.step}", evaluate=False, preempted=True
+            )

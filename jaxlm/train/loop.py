@@ -10,7 +10,8 @@ checkpointed, so a run resumed from its workdir ends exactly where an uninterrup
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import signal
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,7 +24,7 @@ from jaxlm import checkpoints, data, monitor, optim, sharding, state, transforms
 from jaxlm.config import validate
 from jaxlm.data import batching
 from jaxlm.data.tokenizers import tokenizer_from_json
-from jaxlm.errors import ConfigError, NonFiniteLoss
+from jaxlm.errors import ConfigError, NonFiniteLoss, WriteError
 from jaxlm.sampling import generate
 from jaxlm.train import workdir as run_folder
 from jaxlm.train.evaluate import Evaluator
@@ -42,7 +43,17 @@ log = run_folder.log
 
 
 class Preempted(Exception):
-    """Raised after a SIGTERM: the state was checkpointed and the run can be resumed."""
+    """Raised after a SIGTERM or a Ctrl-C: the state was checkpointed and the run can be
+    resumed.
+
+    Attributes:
+      signum: the signal (``signal.SIGTERM`` or ``signal.SIGINT``); the command line exits
+        with ``128 + signum``.
+    """
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = signum
 
 
 def train_and_evaluate(
@@ -51,7 +62,9 @@ def train_and_evaluate(
     """Trains the model a config describes, evaluates it, and checkpoints to ``workdir``.
 
     Re-running on the same workdir resumes from its latest checkpoint; a finished run returns
-    at once. The whole config is validated before any work.
+    at once. The whole config is validated before any work. One process at a time writes to
+    a workdir (an OS file lock, :mod:`jaxlm.checkpoints.lock`); ``status.json`` says how the
+    run ended, "failed" with the error included.
 
     Args:
       config: a run config (see ``configs/`` and :func:`jaxlm.config.load_config`).
@@ -66,9 +79,11 @@ def train_and_evaluate(
       and the generated sample (a stopped run: ``stop_reason`` too).
 
     Raises:
-      Preempted: a SIGTERM arrived; the step reached is checkpointed.
-      JaxlmError: bad input (config, corpus, checkpoint) or a non-finite loss; nothing saved
-        is lost.
+      Preempted: a SIGTERM or Ctrl-C arrived; the step reached is checkpointed.
+      WorkdirBusy: another process is writing to ``workdir``.
+      JaxlmError: bad input (config, corpus, checkpoint), a full disk or a non-finite loss;
+        nothing saved is lost.
+      KeyboardInterrupt: a second Ctrl-C (no checkpoint of the step reached).
 
     Example:
       >>> from jaxlm.config import load_config
@@ -81,20 +96,102 @@ def train_and_evaluate(
         except checkpoints.CheckpointError as e:
             raise ConfigError(f"config.init_from: {e}") from None
     workdir = checkpoints.absolute(workdir)
-    if config.model.name == "ngram":
-        from jaxlm.train.ngram import train_ngram
+    with _sole_writer(workdir):
+        _report_previous(workdir)
+        if config.model.name == "ngram":
+            from jaxlm.train.ngram import train_ngram
 
-        with Preemption(immediate=True) as preemption:  # nothing to checkpoint: die at once
-            if preemption.requested:
-                raise Preempted(f"SIGTERM before the n-gram run in {workdir} started")
-            return train_ngram(config, workdir)
-    # From the start: a SIGTERM during data preparation, model init or restore is noticed
-    # before the loop, and one during the final evaluation after it (not swallowed).
-    with Preemption() as preemption, contextlib.ExitStack() as cleanup:
-        mgr = checkpoints.manager(workdir, config.train.keep_checkpoints)
-        cleanup.callback(mgr.close)
-        cleanup.callback(mgr.wait_until_finished)
-        return _run(config, workdir, mgr, preemption, list(hooks), cleanup)
+            with Preemption(immediate=True) as preemption:  # nothing to checkpoint: die at once
+                if preemption.requested:
+                    raise Preempted(f"SIGTERM before the n-gram run in {workdir} started")
+                return train_ngram(config, workdir)
+        # From the start: a signal during data preparation, model init or restore is noticed
+        # before the loop, and one during the final evaluation after it (not swallowed).
+        with (
+            Preemption() as preemption,
+            contextlib.closing(
+                monitor.Monitor(
+                    workdir, config.train.num_steps, heartbeat=monitor.HEARTBEAT_SECONDS
+                )
+            ) as mon,
+            _ending(mon) as ending,
+            contextlib.ExitStack() as cleanup,
+        ):
+            mgr = checkpoints.manager(workdir, config.train.keep_checkpoints)
+            cleanup.push(_closer(mgr))
+            return _run(config, workdir, mgr, mon, preemption, list(hooks), ending)
+
+
+def _sole_writer(workdir: Path) -> contextlib.AbstractContextManager:
+    """The workdir's lock on process 0 (the one that writes); the others share its run."""
+    if jax.process_index() != 0:
+        return contextlib.nullcontext()
+    return checkpoints.exclusive(workdir, log=log)
+
+
+def _report_previous(workdir: Path) -> None:
+    """Says so when the last run here died without a word (its status still says running)."""
+    status = monitor.read_status(workdir, log=log)
+    if status is not None and status["state"] in monitor.ACTIVE_STATES:
+        log(
+            f"The previous run in {workdir} (pid {status.get('pid')} on host "
+            f"{status.get('host')}) ended without a word at step {status.get('step')} (killed?): "
+            "going on from its checkpoints"
+        )
+
+
+class _Ending:
+    """How far the run got, for the status written if it ends by an exception."""
+
+    progress: Progress | None = None
+
+
+@contextlib.contextmanager
+def _ending(mon: monitor.Monitor) -> Iterator[_Ending]:
+    """Records in ``status.json`` how a run that ends by an exception ended: "interrupted" (a
+    second Ctrl-C) or "failed" with the error; a preemption records itself. A run refused
+    before it started (an incompatible workdir) leaves the status of the run before as it is."""
+    ending = _Ending()
+    try:
+        yield ending
+    except Preempted:
+        raise
+    except BaseException as e:
+        if not mon.written:
+            raise
+        step = ending.progress.step if ending.progress is not None else mon.step
+        step = getattr(e, "step", None) or step  # a non-finite loss: the step it appeared at
+        if isinstance(e, KeyboardInterrupt):
+            state, error = (
+                "interrupted",
+                "Ctrl-C twice: stopped at once, no checkpoint of this step",
+            )
+        else:
+            state, error = "failed", f"{type(e).__name__}: {e}"
+        with contextlib.suppress(Exception):  # a full disk: the error itself says so
+            mon.status(state, step, error=error)
+        raise
+
+
+def _closer(mgr: Any) -> Callable[..., bool]:
+    """Closes the checkpoint manager at the end of a run: after its background saves when the
+    run ended well or by an error (a good save in flight is kept), at once on KeyboardInterrupt.
+    A save that fails while another error is on its way does not hide that error."""
+
+    def close(exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
+        del tb
+        if exc_type is None:
+            mgr.wait_until_finished()
+            mgr.close()
+        elif not issubclass(exc_type, KeyboardInterrupt):
+            with contextlib.suppress(Exception):
+                mgr.wait_until_finished()
+            with contextlib.suppress(Exception):
+                mgr.close()
+        del exc
+        return False
+
+    return close
 
 
 class _Start(NamedTuple):
@@ -163,9 +260,10 @@ def _run(
     config: ml_collections.ConfigDict,
     workdir: Path,
     mgr: Any,
+    mon: monitor.Monitor,
     preemption: Preemption,
     hooks: list[Hook],
-    cleanup: contextlib.ExitStack,
+    ending: _Ending,
 ) -> dict[str, Any]:
     start = _check_workdir(config, workdir, mgr)
     config, t = start.config, start.config.train
@@ -173,6 +271,8 @@ def _run(
         final = run_folder.finished(workdir)
         if final is not None:
             return run_folder.print_finished(workdir, final)
+    mon.total_steps = t.num_steps
+    mon.status("starting", start.latest or 0)
     corpus = data.load_corpus(config.data, start.tokenizer)
     run_folder.prepare(workdir, config, corpus.tokenizer)
     mesh = _mesh(config)
@@ -183,9 +283,10 @@ def _run(
     shardings = sharding.state_shardings(setup.abstract, mesh, rules)
     train_state = _initial_state(config, setup, shardings, mgr, start, corpus.tokenizer)
     _log_start(config, train_state, corpus, mesh)
-    mon = cleanup.enter_context(contextlib.closing(monitor.Monitor(workdir, t.num_steps)))
     progress = Progress(step=int(jax.device_get(train_state.step)), num_steps=t.num_steps)
     progress.state = train_state
+    ending.progress = progress
+    mon.keep_metrics_until(progress.step, log=log)  # rows a dead run wrote past its checkpoint
     evaluator = Evaluator(
         setup.model, mesh, batch_size=config.data.eval_batch_size, seq_len=config.data.seq_len
     )
@@ -198,17 +299,28 @@ def _run(
 
     with jax.set_mesh(mesh):
         mon.status("running", progress.step)
+        loop_hooks = _hooks(run, preemption, hooks)
         try:
-            _loop(progress, train_step, batch_at, _hooks(run, preemption, hooks))
+            _loop(progress, train_step, batch_at, loop_hooks)
         except NonFiniteLoss as e:
-            mon.status("failed", e.step or progress.step, error="non-finite loss")
-            raise NonFiniteLoss(
-                f"{e}; checkpoints up to step {mgr.latest_step()} are intact in "
-                f"{mgr.directory}. Lower config.optimizer.learning_rate or enable clipping "
-                "(config.optimizer.clip_norm).",
-                step=e.step,
-            ) from None
+            raise NonFiniteLoss(_nonfinite_message(e, mgr), step=e.step) from None
+        except WriteError:
+            loop_hooks[-1].raise_failed_save()  # a full disk: the failed save says more
+            raise
         return _finish(run, progress, setup.model, preemption)
+
+
+def _nonfinite_message(e: NonFiniteLoss, mgr: Any) -> str:
+    latest = mgr.latest_step()
+    kept = (
+        f"checkpoints up to step {latest} are intact in {mgr.directory}"
+        if latest is not None
+        else "no checkpoint was saved before it"
+    )
+    return (
+        f"{e}; {kept}. Lower config.optimizer.learning_rate or enable clipping "
+        "(config.optimizer.clip_norm)."
+    )
 
 
 def _mesh(config: ml_collections.ConfigDict) -> Any:
@@ -269,6 +381,8 @@ def _hooks(run: _Run, preemption: Preemption, user: list[Hook]) -> list[Hook]:
         every_steps=t.checkpoint_every,
         chrono=chrono,
         buffer=buffer,
+        check=mgr.check_for_errors,
+        failed=lambda step, error: checkpoints.save_failed(mgr, step, error),
     )
     return [chrono, preemption, buffer, evaluation, *user, saver]
 
@@ -277,8 +391,8 @@ def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -
     """The final evaluation over whole splits, the sample and the report; or the stop."""
     mon, stop, where = run.mon, progress.stop, run.mgr.directory
     if stop is not None and stop.preempted:
-        mon.status("preempted", progress.step)
-        raise Preempted(f"{stop.reason}; checkpoints are in {where}")
+        mon.status(_signal_state(preemption), progress.step, stop_reason=stop.reason)
+        raise Preempted(f"{stop.reason}; checkpoints are in {where}", preemption.signum)
     extra: dict[str, Any] = {} if stop is None else {"stop_reason": stop.reason}
     if stop is not None and not stop.evaluate:
         final = {"step": progress.step, **extra}
@@ -293,16 +407,18 @@ def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -
     mon.write(progress.step, test, "test")
     sample = _sample(model, params, run.corpus.tokenizer, run.config)
     if preemption.requested:  # the last checkpoint is saved; a re-run evaluates again
-        mon.status("preempted", progress.step)
-        raise Preempted(
-            f"SIGTERM during the final evaluation at step {progress.step}; checkpoint saved in "
-            f"{where}"
-        )
+        reason = f"{preemption.name} during the final evaluation at step {progress.step}"
+        mon.status(_signal_state(preemption), progress.step, stop_reason=reason)
+        raise Preempted(f"{reason}; checkpoint saved in {where}", preemption.signum)
     final = run_folder.final_report(progress.step, val, test, sample=sample, **extra)
     mon.status("finished" if stop is None else "stopped", progress.step, final=final, eta=0.0)
     run_folder.print_final(final, run.corpus.tokenizer.kind)
     log(f"Sample:\n{sample}")
     return final
+
+
+def _signal_state(preemption: Preemption) -> str:
+    return "interrupted" if preemption.signum == signal.SIGINT else "preempted"
 
 
 def _log_start(config, train_state, corpus, mesh) -> None:

@@ -49,7 +49,9 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
     tok = corpus.tokenizer
     spec = get_model(config.model, tok.vocab_size)
     run_folder.prepare(workdir, config, tok)
-    mon = monitor.Monitor(workdir, total_steps=0, tensorboard=False)
+    mon = monitor.Monitor(
+        workdir, total_steps=0, tensorboard=False, heartbeat=monitor.HEARTBEAT_SECONDS
+    )
     try:
         mon.status("building", 0)
         t0 = time.perf_counter()
@@ -73,8 +75,9 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
             discounts=model.info["discounts"],
         )
         mon.status("finished", 0, final=final)
-    except Exception as e:
-        mon.status("failed", 0, error=f"{type(e).__name__}: {e}")
+    except BaseException as e:
+        state = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        mon.status(state, 0, error=f"{type(e).__name__}: {e}")
         raise
     finally:
         mon.close()

@@ -80,9 +80,11 @@ def print_final(final: dict[str, Any], unit: str) -> None:
 
 
 def finished(workdir: Path) -> dict[str, Any] | None:
-    """The final metrics of a finished run in ``workdir``, or None when it has not finished."""
-    status = monitor.read_status(workdir) or {}
-    return status.get("final", {}) if status.get("state") == "finished" else None
+    """The final metrics of a finished run in ``workdir``, or None when it has not finished
+    (or its ``status.json`` cannot be read: the run's own files then decide)."""
+    status = monitor.read_status(workdir, log=lambda _: None) or {}
+    final = status.get("final")
+    return final if status.get("state") == "finished" and isinstance(final, dict) else None
 
 
 def print_finished(workdir: Path, final: dict[str, Any]) -> dict[str, Any]:

@@ -261,6 +261,59 @@ def test_preemption_turns_sigterm_into_a_stop_and_restores_the_handler():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_ctrl_c_stops_like_sigterm_and_a_second_one_interrupts_at_once(capsys):
+    before = signal.getsignal(signal.SIGINT)
+    with Preemption() as preemption:
+        progress = Progress(step=4, num_steps=10)
+        os.kill(os.getpid(), signal.SIGINT)  # handled: no KeyboardInterrupt
+        assert preemption.signum == signal.SIGINT and preemption.name == "SIGINT"
+        preemption.after_step(progress)
+        assert progress.stop.preempted and progress.stop.reason == "SIGINT at step 4"
+        assert "Ctrl-C again to stop at once" in capsys.readouterr().out
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs between bytecodes
+                pass
+        os.kill(os.getpid(), signal.SIGTERM)  # a SIGTERM after a Ctrl-C changes nothing
+        assert preemption.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_failed_background_save_stops_the_run_at_the_next_step():
+    buffer, chrono, _ = buffer_and_log(log_every=100)
+    saved, failure = [], []
+
+    def check():
+        if failure:
+            raise failure[0]
+
+    saver = Checkpointer(
+        lambda step, state: saved.append(step),
+        lambda: check(),
+        every_steps=3,
+        chrono=chrono,
+        buffer=buffer,
+        check=check,
+        failed=lambda step, error: RuntimeError(f"save {step} failed: {error.strerror}"),
+    )
+    progress = Progress(step=0, num_steps=10, state=fake_state())
+    for _ in range(3):
+        step_progress(progress, 1.0)
+        buffer.after_step(progress)
+        saver.after_step(progress)
+    assert saved == [3]
+    failure.append(OSError(28, "No space left on device"))  # the save of step 3, in the background
+    step_progress(progress, 1.0)
+    buffer.after_step(progress)
+    with pytest.raises(RuntimeError, match="save 3 failed: No space left on device"):
+        saver.after_step(progress)  # step 4: no save due, the failure is noticed anyway
+    with pytest.raises(RuntimeError, match="save 3 failed"):
+        saver.raise_failed_save()
+    failure[0] = KeyError("a bug of ours")  # not an error a save raises: it passes as it is
+    with pytest.raises(KeyError, match="a bug of ours"):
+        saver.after_step(progress)
+
+
 def test_preemption_takes_over_an_earlier_flag_and_stops_before_the_loop():
     class Early:
         raised = True

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
 
 import jax
 import numpy as np
@@ -11,13 +16,20 @@ import pytest
 
 from jaxlm import checkpoints as ck
 from jaxlm import monitor, state
+from jaxlm.train import hooks as hooks_lib
 from jaxlm.train import steps
+from jaxlm.train.evaluate import Evaluator
 from jaxlm.train.loop import train_and_evaluate
 from tests.helpers import final_params, smoke, train_losses
 
 
 class Killed(Exception):
     pass
+
+
+def _rows(workdir) -> list[tuple[int, str]]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["split"]) for r in map(json.loads, lines)]
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "plateau"])
@@ -37,17 +49,21 @@ def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule):
 
     real_save = ck.save
 
-    def save_then_die(mgr, step, state, meta):
+    def die_at_the_second_save(mgr, step, state, meta):
+        if step > 10:  # the process trained and logged on to step 20, then died
+            raise Killed
         real_save(mgr, step, state, meta)
-        mgr.wait_until_finished()
-        raise Killed  # the process dies right after its first checkpoint
 
-    monkeypatch.setattr(ck, "save", save_then_die)
+    monkeypatch.setattr(ck, "save", die_at_the_second_save)
     with pytest.raises(Killed):
         train_and_evaluate(config, tmp_path / "resumed")
     monkeypatch.setattr(ck, "save", real_save)
     assert ck.manager(tmp_path / "resumed", read_only=True).latest_step() == 10
+    assert (20, "eval") in _rows(tmp_path / "resumed")
     resumed = train_and_evaluate(config, tmp_path / "resumed")
+    # One row per step, as if the run had never stopped: those written past the checkpoint
+    # it resumed from were dropped before they were written again.
+    assert _rows(tmp_path / "resumed") == _rows(tmp_path / "straight")
 
     assert resumed["validation_loss"] == straight["validation_loss"]
     assert resumed["test_loss"] == straight["test_loss"]
@@ -228,3 +244,88 @@ def test_float16_run_uses_dynamic_loss_scaling(tmp_path):
     train_rows = [r for r in rows if r["split"] == "train"]
     assert all("loss_scale" in r and r["loss_scale"] >= 1 for r in train_rows)
     assert abs(f16["validation_loss"] - f32["validation_loss"]) < 0.05
+
+
+def test_a_second_writer_is_refused_and_changes_nothing(tmp_path):
+    workdir = tmp_path / "run"
+    with ck.exclusive(workdir):
+        with pytest.raises(
+            ck.WorkdirBusy, match=f"pid {os.getpid()} on host {socket.gethostname()}"
+        ):
+            train_and_evaluate(smoke(), workdir)
+    assert sorted(p.name for p in workdir.iterdir()) == [".lock"]  # nothing else written
+
+
+def test_a_crash_in_the_final_evaluation_is_recorded_as_failed(tmp_path, monkeypatch):
+    config = smoke(**{"train.num_steps": 2, "train.sample_tokens": 0})
+    real_call = Evaluator.__call__
+
+    def crash_on_whole_splits(self, params, tokens, max_windows=0):
+        if not max_windows:
+            raise RuntimeError("evaluation blew up")
+        return real_call(self, params, tokens, max_windows)
+
+    monkeypatch.setattr(Evaluator, "__call__", crash_on_whole_splits)
+    with pytest.raises(RuntimeError, match="evaluation blew up"):
+        train_and_evaluate(config, tmp_path)
+    status = monitor.read_status(tmp_path)
+    assert status["state"] == "failed" and status["step"] == 2
+    assert status["error"] == "RuntimeError: evaluation blew up"
+    assert ck.list_steps(tmp_path) == [2]  # the last checkpoint was saved before
+
+
+def test_ctrl_c_twice_stops_at_once_and_says_interrupted(tmp_path):
+    class CtrlCTwice(hooks_lib.Hook):
+        def after_step(self, progress):
+            if progress.step == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # the run will stop after this step...
+                for _ in range(1000):  # (the handler runs between bytecodes)
+                    pass
+                os.kill(os.getpid(), signal.SIGINT)  # ...but a second Ctrl-C stops it now
+                for _ in range(1000):
+                    pass
+
+    config = smoke(**{"train.num_steps": 50, "train.checkpoint_every": 1})
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config, tmp_path, hooks=[CtrlCTwice()])
+    status = monitor.read_status(tmp_path)
+    assert status["state"] == "interrupted" and status["step"] == 3
+    assert "Ctrl-C twice" in status["error"]
+    # Step 3 was not saved: the run stopped at once, not waiting even for the save of step 2
+    # (the finished ones are intact).
+    steps = ck.list_steps(tmp_path)
+    assert steps in ([1], [1, 2])
+    assert int(ck.load_state(tmp_path, steps[-1])[0]["step"]) == steps[-1]
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        '{"state": "runn',  # half written
+        "[1, 2]",
+        '{"state": "finished", "final": [1, 2]}',
+        "dead",  # says running, but its process is gone (SIGKILL)
+    ],
+)
+def test_a_status_that_cannot_be_believed_is_said_so_and_the_checkpoints_decide(
+    run, tmp_path, capsys, status
+):
+    workdir = tmp_path / "run"
+    shutil.copytree(run, workdir)
+    if status == "dead":
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        status = json.dumps(
+            {"state": "running", "step": 2, "pid": gone.pid, "host": socket.gethostname()}
+        )
+    (workdir / "status.json").write_text(status)
+    config = ck.run_config(ck.read_meta(workdir)["config"])
+    final = train_and_evaluate(config, workdir)  # the checkpoint of the last step: evaluate it
+    out = capsys.readouterr().out
+    if "running" in status:
+        assert f"The previous run in {workdir} (pid {gone.pid}" in out
+        assert "ended without a word at step 2" in out
+    else:
+        assert f"Ignoring {workdir / 'status.json'}" in out
+    assert final["step"] == 3 and math.isfinite(final["test_loss"])
+    assert monitor.read_status(workdir)["state"] == "finished"
