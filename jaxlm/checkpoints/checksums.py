@@ -11,12 +11,17 @@ round. Any changed bit, and any change of a few bytes short of a deliberate coll
 the checksum.
 
 Files that are not orbax checkpoints (an n-gram run's ``model.npz`` and ARPA file) get SHA-256
-digests instead (:func:`file_digest`).
+digests instead (:func:`file_digest`), kept in ``model.checksums.json`` beside them
+(:func:`write_model_checksums`, checked by :func:`model_files_status` and
+:func:`check_model_files`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.checkpoints.layout import NGRAM_CHECKSUMS
 from jaxlm.errors import CheckpointError
 from jaxlm.tree import flatten
 
@@ -169,3 +175,123 @@ def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def write_model_checksums(folder: str | Path, names: Sequence[str]) -> Path:
+    """Writes the SHA-256 and size of a run's model files to ``model.checksums.json``.
+
+    Call it once the files are complete and before the run is marked finished, so that the
+    digests of a finished run describe the files its numbers came from.
+
+    Args:
+      folder: the run folder.
+      names: the files to describe, relative to ``folder`` (``model.npz``, ``model.arpa``).
+
+    Returns:
+      The checksums file (written under a temporary name and renamed: whole or absent).
+
+    Example:
+      >>> import tempfile
+      >>> run = Path(tempfile.mkdtemp()); _ = (run / "model.npz").write_bytes(b"abc")
+      >>> write_model_checksums(run, ["model.npz"]).name
+      'model.checksums.json'
+      >>> model_files_status(run)
+      {'model.npz': None}
+    """
+    folder = Path(folder)
+    files = {
+        name: {"sha256": file_digest(folder / name), "bytes": (folder / name).stat().st_size}
+        for name in names
+    }
+    out = folder / NGRAM_CHECKSUMS
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps({"files": files}, indent=1))
+    os.replace(tmp, out)
+    return out
+
+
+def _saved_digests(folder: Path) -> dict[str, dict[str, Any]] | None:
+    """The ``files`` of the checksums file; None when there is none.
+
+    Raises:
+      ChecksumMismatch: the checksums file is there but not JSON of the expected shape.
+    """
+    record = folder / NGRAM_CHECKSUMS
+    if not record.is_file():
+        return None
+    try:
+        files = json.loads(record.read_text())["files"]
+        if not all(isinstance(v["sha256"], str) for v in files.values()):
+            raise TypeError("a sha256 that is not a string")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ChecksumMismatch(
+            f"{record}: unreadable ({type(e).__name__}: {e}); expected "
+            '{"files": {name: {"sha256": hex, "bytes": size}}} as jaxlm writes it'
+        ) from None
+    return files
+
+
+def _file_problem(path: Path, saved: dict[str, Any]) -> str | None:
+    """Why ``path`` is not the file that was saved (None when it is)."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if "bytes" in saved and size != saved["bytes"]:
+        return f"{size:,} bytes, {saved['bytes']:,} when saved (truncated or replaced)"
+    if file_digest(path) != saved["sha256"]:
+        return "not the file that was saved (its SHA-256 differs: changed or damaged since)"
+    return None
+
+
+def model_files_status(folder: str | Path) -> dict[str, str | None] | None:
+    """Each model file of a run checked against ``model.checksums.json``.
+
+    Args:
+      folder: the run folder (an n-gram run's).
+
+    Returns:
+      ``{file name: None when intact, else why not}`` (``"missing"``, ``"... bytes, ... when
+      saved"``, ``"not the file that was saved ..."``) for every file the checksums list, or
+      None when the folder has no checksums file (a run saved before jaxlm wrote them).
+
+    Raises:
+      ChecksumMismatch: the checksums file itself is unreadable.
+
+    Example:
+      >>> import tempfile
+      >>> run = Path(tempfile.mkdtemp()); _ = (run / "model.npz").write_bytes(b"abc")
+      >>> print(model_files_status(run))  # no checksums file
+      None
+      >>> _ = write_model_checksums(run, ["model.npz"]); _ = (run / "model.npz").write_bytes(b"abd")
+      >>> model_files_status(run)["model.npz"][:31]
+      'not the file that was saved (it'
+    """
+    folder = Path(folder)
+    saved = _saved_digests(folder)
+    if saved is None:
+        return None
+    return {name: _file_problem(folder / name, digest) for name, digest in saved.items()}
+
+
+def check_model_files(folder: str | Path) -> None:
+    """Raises unless every model file is the one saved (nothing to check: accepted as is).
+
+    Args:
+      folder: the run folder (an n-gram run's).
+
+    Raises:
+      ChecksumMismatch: a file is missing, or changed since the save (the message names it).
+
+    Example:
+      >>> import tempfile
+      >>> run = Path(tempfile.mkdtemp()); _ = (run / "model.npz").write_bytes(b"abc")
+      >>> _ = write_model_checksums(run, ["model.npz"]); (run / "model.npz").unlink()
+      >>> check_model_files(run)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      jaxlm.checkpoints.checksums.ChecksumMismatch: .../model.npz: missing
+    """
+    status = model_files_status(folder) or {}
+    problems = [f"{Path(folder) / name}: {why}" for name, why in status.items() if why]
+    if problems:
+        raise ChecksumMismatch("; ".join(problems))

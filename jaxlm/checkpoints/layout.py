@@ -4,7 +4,8 @@ A run folder (workdir) holds ``config.json``, ``tokenizer.json``, ``metrics.json
 ``status.json``, ``tensorboard/`` and, for neural models, ``checkpoints/<step>/`` with two
 items: ``state`` (the :class:`~jaxlm.state.TrainState` as a tree: ``step``, ``params``,
 ``opt_state``, ``rng``, ``carry``) and ``meta`` (config and tokenizer JSON, so each checkpoint
-stands on its own). An n-gram run holds ``model.npz`` (and ``model.arpa``) instead.
+stands on its own). An n-gram run holds ``model.npz`` (and ``model.arpa``) instead, with their
+SHA-256 digests in ``model.checksums.json``.
 
 A *checkpoint path* is a run folder (its latest checkpoint, or a given step), its
 ``checkpoints/`` folder, or one ``<workdir>/checkpoints/<step>`` folder. Paths are made absolute
@@ -25,6 +26,8 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 NGRAM_MODEL = "model.npz"
 NGRAM_ARPA = "model.arpa"
+# The SHA-256 of the n-gram run's model files, written after them and before "finished".
+NGRAM_CHECKSUMS = "model.checksums.json"
 # meta["format"]: 2 since the model registry gave each model its own config fields; a
 # checkpoint without the key is format 1 (its config's model section lists every model's fields).
 FORMAT_VERSION = 2
@@ -44,9 +47,11 @@ def checkpoint_dir(workdir: PathLike) -> Path:
 
 
 def is_ngram_run(path: PathLike) -> bool:
-    """Whether ``path`` is the folder of an n-gram run (a ``model.npz``, no checkpoints)."""
+    """Whether ``path`` is the folder of an n-gram run (a ``model.npz`` or the checksums of
+    one, no checkpoints)."""
     path = absolute(path)
-    return (path / NGRAM_MODEL).is_file() and not (path / CHECKPOINTS).is_dir()
+    has_model = (path / NGRAM_MODEL).is_file() or (path / NGRAM_CHECKSUMS).is_file()
+    return has_model and not (path / CHECKPOINTS).is_dir()
 
 
 def _checkpoints_folder(path: Path) -> Path | None:

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from jaxlm import transforms
+from jaxlm.checkpoints.checksums import check_model_files
 from jaxlm.checkpoints.layout import (
     CONFIG_FILE,
     NGRAM_MODEL,
@@ -67,7 +68,8 @@ def load_run(path: PathLike, step: int | None = None) -> Run:
       A :class:`Run`.
 
     Raises:
-      CheckpointError: nothing readable is there (the message names the folder and why).
+      CheckpointError: nothing readable is there, or its arrays or model files are not the
+        ones saved (checksums); the message names the folder or file and why.
 
     Example:
       >>> model, params, tokenizer, config = load_run("runs/lstm")  # doctest: +SKIP
@@ -116,6 +118,7 @@ def _load_ngram_run(folder: Path) -> Run:
         raise CheckpointError(
             f"{folder / CONFIG_FILE}: cannot read the run's config ({e})"
         ) from None
+    check_model_files(folder)  # a damaged model is refused, not scored
     model = NGramModel.load(folder / NGRAM_MODEL)
     return Run(model, None, load_tokenizer(folder / TOKENIZER_FILE), config)
 

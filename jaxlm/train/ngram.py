@@ -4,7 +4,9 @@ The same run folder, data and final report as the neural runs
 (:mod:`jaxlm.train.workdir`): the corpus through :func:`jaxlm.data.load_corpus` (so tokens,
 ``<eos>`` and ``<unk>`` are the neural models'), the model from the registry
 (:class:`~jaxlm.models.ngram.NGramLM`), scored with sums and counts
-(:func:`jaxlm.train.evaluate.summarize`), saved as ``model.npz`` (exact) and ``model.arpa``.
+(:func:`jaxlm.train.evaluate.summarize`), saved as ``model.npz`` (exact) and ``model.arpa``
+with their SHA-256 digests (``model.checksums.json``, written before the run is marked
+finished).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import ml_collections
 
 from jaxlm import data, monitor
+from jaxlm.checkpoints.checksums import ChecksumMismatch, check_model_files, write_model_checksums
 from jaxlm.checkpoints.layout import CONFIG_FILE, NGRAM_ARPA, NGRAM_MODEL
 from jaxlm.models import get_model
 from jaxlm.train import workdir as run_folder
@@ -26,7 +29,8 @@ from jaxlm.train.evaluate import summarize
 def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
     """Builds the n-gram model a config describes, evaluates it and saves it to ``workdir``.
 
-    Re-running a finished run with the same config returns its results at once.
+    Re-running a finished run with the same config returns its results at once, unless a model
+    file is missing or differs from its saved digest: then it says which and builds again.
 
     Args:
       config: a run config with ``config.model.name == "ngram"``.
@@ -40,11 +44,13 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
     saved = workdir / CONFIG_FILE
     if (
         final is not None
-        and (workdir / NGRAM_MODEL).exists()
         and saved.exists()
         and json.loads(saved.read_text()) == json.loads(config.to_json())
     ):
-        return run_folder.print_finished(workdir, final)
+        problem = _model_problem(workdir)
+        if problem is None:
+            return run_folder.print_finished(workdir, final)
+        run_folder.log(f"{problem}; building the model again instead of reporting the old numbers")
     corpus = data.load_corpus(config.data)
     tok = corpus.tokenizer
     spec = get_model(config.model, tok.vocab_size)
@@ -66,6 +72,7 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
             from jaxlm.models.ngram import arpa
 
             arpa.write_arpa(model, workdir / NGRAM_ARPA)
+        write_model_checksums(workdir, [NGRAM_MODEL] + ([NGRAM_ARPA] if spec.write_arpa else []))
         final = run_folder.final_report(
             0,
             val,
@@ -83,6 +90,20 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
         mon.close()
     run_folder.print_final(final, tok.kind)
     return final
+
+
+def _model_problem(workdir: Path) -> str | None:
+    """Why the saved model of a finished run cannot stand for its numbers (None when it can).
+
+    A run saved before jaxlm wrote digests is accepted when its ``model.npz`` is there.
+    """
+    if not (workdir / NGRAM_MODEL).is_file():
+        return f"{workdir / NGRAM_MODEL} is missing"
+    try:
+        check_model_files(workdir)
+    except ChecksumMismatch as e:  # a file, or the checksums file itself, is damaged
+        return str(e)
+    return None
 
 
 def _log_built(model: Any, spec: Any, corpus: data.Corpus, seconds: float) -> None:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from jaxlm import monitor
+from jaxlm.checkpoints import checksums
 from jaxlm.config import load_config
+from jaxlm.errors import CheckpointError
 from jaxlm.models import ngram
 from jaxlm.models.ngram import arpa
 from jaxlm.train.evaluate import evaluate_run
@@ -28,9 +33,8 @@ def test_config_variants():
         ngram_config("large")
 
 
-def test_train_and_evaluate_saves_a_model_that_scores_the_reported_numbers(tmp_path):
-    from jaxlm.data import load_corpus
-
+def tiny_config(tmp_path: Path):
+    """A word-level Kneser-Ney 3-gram config on a few lines of text written into ``tmp_path``."""
     words = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n"
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -41,6 +45,13 @@ def test_train_and_evaluate_saves_a_model_that_scores_the_reported_numbers(tmp_p
     config.data.corpus, config.data.path, config.data.tokenizer = "text_files", str(folder), "word"
     config.data.data_dir = str(tmp_path / "tfds")
     config.model.method, config.model.discount = "kneser_ney", (0.75,)
+    return config
+
+
+def test_train_and_evaluate_saves_a_model_that_scores_the_reported_numbers(tmp_path):
+    from jaxlm.data import load_corpus
+
+    config = tiny_config(tmp_path)
     out = train_and_evaluate(config, tmp_path / "run")
 
     run = tmp_path / "run"
@@ -71,3 +82,96 @@ def test_train_and_evaluate_saves_a_model_that_scores_the_reported_numbers(tmp_p
     with pytest.raises(ValueError, match="config.model.discount"):
         train_and_evaluate(config, tmp_path / "run2")
     assert not (tmp_path / "run2").exists()  # refused before any work
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """``(config, run folder, final metrics)`` of a finished tiny n-gram run; copy it to damage
+    it."""
+    base = tmp_path_factory.mktemp("ngram")
+    config = tiny_config(base)
+    return config, base / "run", train_and_evaluate(config, base / "run")
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _scores(final: dict) -> dict:
+    return {k: v for k, v in final.items() if k.endswith(("_loss", "_perplexity"))}
+
+
+def test_the_model_files_digests_are_written_before_the_run_is_finished(tmp_path, monkeypatch):
+    seen = []
+    status = monitor.Monitor.status
+
+    def record(self, state, *args, **kwargs):
+        if state == "finished":  # what a reader of a finished run would find
+            saved = json.loads((tmp_path / "run/model.checksums.json").read_text())["files"]
+            seen.append({name: saved[name]["sha256"] for name in saved})
+            seen.append({name: checksums.file_digest(tmp_path / "run" / name) for name in saved})
+        return status(self, state, *args, **kwargs)
+
+    monkeypatch.setattr(monitor.Monitor, "status", record)
+    train_and_evaluate(tiny_config(tmp_path), tmp_path / "run")
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert sorted(seen[0]) == ["model.arpa", "model.npz"]
+
+
+@pytest.mark.parametrize("damage", ["flip model.npz", "truncate model.arpa", "delete model.arpa"])
+def test_a_finished_run_with_a_damaged_model_is_built_again(tiny_run, tmp_path, capsys, damage):
+    config, original, out = tiny_run
+    run = _copy(original, tmp_path)
+    verb, name = damage.split()
+    target = run / name
+    if verb == "flip":
+        _flip_byte(target, target.stat().st_size // 2)
+    elif verb == "truncate":
+        target.write_bytes(target.read_bytes()[:-10])
+    else:
+        target.unlink()
+    capsys.readouterr()
+    again = train_and_evaluate(config, run)
+    log = capsys.readouterr().out
+    assert f"{target}: " in log and "building the model again" in log
+    assert "already finished" not in log
+    assert _scores(again) == _scores(out)
+    checksums.check_model_files(run)  # rebuilt, with fresh digests
+    train_and_evaluate(config, run)
+    assert "already finished" in capsys.readouterr().out
+    # A run saved before jaxlm wrote digests is accepted as it is.
+    (run / "model.checksums.json").unlink()
+    mtime = (run / "model.npz").stat().st_mtime_ns
+    assert _scores(train_and_evaluate(config, run)) == _scores(out)
+    assert "already finished" in capsys.readouterr().out
+    assert (run / "model.npz").stat().st_mtime_ns == mtime
+
+
+def test_evaluate_refuses_a_model_that_is_not_the_one_saved(tiny_run, tmp_path):
+    _, original, out = tiny_run
+    run = _copy(original, tmp_path)
+    # Another valid model in its place (a zip with valid CRCs, other numbers): before the
+    # digests, evaluate scored it and reported its numbers as the run's.
+    with np.load(run / "model.npz") as z:
+        arrays = dict(z)
+    for name in [k for k in arrays if k.startswith("log_probs_")]:
+        arrays[name] = arrays[name] - 0.1  # every probability a tenth of a nat lower
+    np.savez(run / "model.npz", **arrays)
+    with pytest.raises(CheckpointError, match=f"{run / 'model.npz'}: .*SHA-256 differs"):
+        evaluate_run(run)
+    (run / "model.npz").unlink()
+    with pytest.raises(CheckpointError, match=f"{run / 'model.npz'}: missing"):
+        evaluate_run(run)
+    shutil.copy(original / "model.npz", run / "model.npz")
+    assert evaluate_run(run)["perplexity"] == pytest.approx(out["validation_perplexity"])
+    # A run saved before jaxlm wrote digests is evaluated as it is.
+    np.savez(run / "model.npz", **arrays)
+    (run / "model.checksums.json").unlink()
+    assert evaluate_run(run)["perplexity"] > out["validation_perplexity"]
