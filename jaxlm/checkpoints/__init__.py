@@ -6,11 +6,13 @@
   upgrading older formats, and what may change when a run resumes.
 - :mod:`~jaxlm.checkpoints.store`: orbax's manager: save, restore onto shardings, falling back
   past damaged checkpoints; a failed save as one line.
-- :mod:`~jaxlm.checkpoints.checksums`: a checksum of every array, saved in the meta and
-  checked at every restore.
 - :mod:`~jaxlm.checkpoints.lock`: one writer per run folder (an OS file lock).
 - :mod:`~jaxlm.checkpoints.read`: reading one checkpoint directly: array metadata, the state as
   numpy on the host, or onto a mesh.
+- :mod:`~jaxlm.checkpoints.checksums`: a checksum of every array in each checkpoint's meta
+  and SHA-256 digests of an n-gram run's model files, written at save, checked at every read.
+- :mod:`~jaxlm.checkpoints.integrity`: :func:`verify_run`, every checkpoint (or model file) of
+  a run read and checked, writing nothing.
 - :mod:`~jaxlm.checkpoints.run`: :func:`load_run` (model, parameters, tokenizer, config) and
   :func:`load_pretrained` (parameters mapped onto a new vocabulary).
 - :mod:`~jaxlm.checkpoints.tools`: inspect, average, export/import, reshard, diff;
@@ -23,6 +25,7 @@ Example:
 """
 
 from jaxlm.checkpoints.checksums import ChecksumMismatch, tree_checksums, verify
+from jaxlm.checkpoints.integrity import Verified, verify_run
 from jaxlm.checkpoints.layout import (
     FORMAT_VERSION,
     absolute,
@@ -66,6 +69,7 @@ __all__ = [
     "Run",
     "SaveFailed",
     "StructureMismatch",
+    "Verified",
     "VocabMapping",
     "WorkdirBusy",
     "absolute",
@@ -97,5 +101,6 @@ __all__ = [
     "step_of",
     "tree_checksums",
     "verify",
+    "verify_run",
     "write_checkpoint",
 ]

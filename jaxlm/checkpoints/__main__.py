@@ -9,6 +9,8 @@ Verbs:
   reshard   restore onto another device mesh (e.g. 4 devices -> 1) and save from there
   diff      leaf-by-leaf max absolute and relative difference of two checkpoints
   gpt2      Hugging Face GPT-2 (safetensors + config.json) to a jaxlm checkpoint and back
+  verify    read every checkpoint (or n-gram model file) of a run and check its checksums;
+            exit status 1 when any is damaged (--json)
 
 A checkpoint PATH is a run folder (its latest checkpoint, or --step), its checkpoints/
 folder, or one <workdir>/checkpoints/<step> folder; relative paths are fine. Nothing is
@@ -23,6 +25,7 @@ Examples:
   python -m jaxlm.checkpoints diff runs/a runs/b
   python -m jaxlm.checkpoints gpt2 to-jaxlm hf_gpt2/ runs/gpt2
   python -m jaxlm.checkpoints gpt2 from-jaxlm runs/gpt2 hf_out/
+  python -m jaxlm.checkpoints verify runs/lstm
 """
 
 from __future__ import annotations
@@ -100,11 +103,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("src", help="HF folder (config.json + model.safetensors) or jaxlm checkpoint")
     p.add_argument("dst", help="jaxlm run folder or HF output folder")
     p.add_argument("--step", type=int, help="from-jaxlm: which checkpoint of a run folder")
+
+    p = verbs.add_parser(
+        "verify",
+        help="check every checkpoint of a run against its checksums",
+        description="Reads every checkpoint of PATH to the host and checks its arrays against "
+        "the checksums saved in its meta (an n-gram run: its model files against "
+        "model.checksums.json); one line each. Takes no lock and writes nothing.",
+        epilog="exit status: 0 when everything is intact (or saved before checksums), 1 when "
+        "any checkpoint or file is damaged, 2 for bad input (no checkpoint or run there)",
+    )
+    p.add_argument("path", help="run folder (all checkpoints), checkpoints/ or checkpoint folder")
+    p.add_argument("--step", type=int, help="check only this checkpoint of a run folder")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one verb; returns the exit status (diff: 1 when the checkpoints differ)."""
+    """Runs one verb; returns the exit status (diff: 1 when the checkpoints differ; verify: 1
+    when any checkpoint is damaged)."""
     args = _parser().parse_args(argv)
     if getattr(args, "devices", None):
         import jax
@@ -180,7 +197,29 @@ def _run(args: argparse.Namespace) -> int:
         else:
             out = gpt2.jaxlm_to_hf(args.src, args.dst, step=args.step)
         print(f"wrote {out}")
+    elif args.verb == "verify":
+        return _verify(args)
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """Prints one line per checkpoint or model file (or JSON); 1 when any is damaged."""
+    from jaxlm.checkpoints.integrity import DAMAGED, OK, UNCHECKED, verify_run
+
+    results = verify_run(args.path, args.step)
+    damaged = [r for r in results if r.status == DAMAGED]
+    if args.json:
+        report = {"intact": not damaged, "results": [r._asdict() for r in results]}
+        print(json.dumps(report, indent=1))
+    else:
+        for r in results:
+            print(r.line())
+        counts = {s: sum(r.status == s for r in results) for s in (OK, DAMAGED, UNCHECKED)}
+        print(
+            f"{counts[OK]} ok, {counts[DAMAGED]} damaged, {counts[UNCHECKED]} saved without "
+            "checksums (read whole, nothing to compare)"
+        )
+    return 1 if damaged else 0
 
 
 if __name__ == "__main__":

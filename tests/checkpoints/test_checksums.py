@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -95,3 +96,83 @@ def test_overwritten_bytes_are_caught(run, tmp_path):
         ck.load_state(workdir, 2)[0]["params"]["head"]["kernel"],
         ck.load_state(run, 2)[0]["params"]["head"]["kernel"],
     )
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder under ``folder`` with its size and modification time."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_verify_reads_every_checkpoint_of_an_intact_run_and_writes_nothing(run, cli, capsys):
+    before = _snapshot(run)
+    assert cli(["verify", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{run / 'checkpoints' / str(s)}: ok" for s in (1, 2, 3)] + [
+        "3 ok, 0 damaged, 0 saved without checksums (read whole, nothing to compare)"
+    ]
+    assert _snapshot(run) == before
+    assert cli(["verify", str(run / "checkpoints"), "--step", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["intact"] is True
+    assert [(r["step"], r["status"]) for r in report["results"]] == [(2, "ok")]
+    assert ck.verify_run(run / "checkpoints/3") == [
+        ck.Verified(str(run / "checkpoints/3"), 3, "ok")
+    ]
+
+
+def test_verify_names_the_damaged_checkpoint_and_moves_nothing(run, tmp_path, cli, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(run, workdir)
+    newest = workdir / "checkpoints/3"
+    damaged = _largest_data_file(newest)
+    size = damaged.stat().st_size
+    _flip_bits(damaged, [size // 2, size // 2 + 37])
+    assert cli(["verify", str(workdir)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"{workdir / 'checkpoints' / str(s)}: ok" for s in (1, 2)]
+    assert lines[2].startswith(f"{newest}: damaged: ") and "checksum mismatch" in lines[2]
+    assert lines[3].startswith("2 ok, 1 damaged")
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["1", "2", "3"]
+    assert cli(["verify", str(workdir), "--step", "2"]) == 0
+    capsys.readouterr()
+    assert cli(["verify", str(newest), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["intact"] is False
+    assert [(r["step"], r["status"]) for r in report["results"]] == [(3, "damaged")]
+
+
+def _drop_checksums(step_dir: Path) -> None:
+    """Rewrites a checkpoint's meta as jaxlm wrote it before checksums."""
+    meta_file = step_dir / "meta/metadata"  # orbax's JSON item
+    meta = json.loads(meta_file.read_text())
+    del meta["checksums"]
+    meta_file.write_text(json.dumps(meta))
+
+
+def test_verify_reads_checkpoints_saved_before_checksums(run, tmp_path, cli, capsys):
+    workdir = tmp_path / "run"
+    shutil.copytree(run, workdir)
+    _drop_checksums(workdir / "checkpoints/1")
+    assert cli(["verify", str(workdir)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        f"{workdir / 'checkpoints/1'}: no checksums (saved before jaxlm wrote them)"
+    )
+    assert lines[1:3] == [f"{workdir / 'checkpoints' / str(s)}: ok" for s in (2, 3)]
+    assert lines[3].startswith("2 ok, 0 damaged, 1 saved without checksums")
+
+
+def test_verify_refuses_a_folder_without_checkpoints(tmp_path, cli, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no_steps/checkpoints").mkdir(parents=True)
+    cases = {
+        "empty": "is not a jaxlm checkpoint: expected a run folder with checkpoints/",
+        "no_steps": "no finished checkpoint in",
+        "nowhere": "does not exist",
+    }
+    for name, message in cases.items():
+        assert cli(["verify", str(tmp_path / name)]) == 2
+        out = capsys.readouterr()
+        assert out.out == ""
+        (line,) = out.err.splitlines()
+        assert line.startswith("error: ") and str(tmp_path / name) in line and message in line

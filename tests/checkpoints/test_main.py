@@ -6,7 +6,7 @@ import pytest
 
 
 def test_cli_help(cli, capsys):
-    for verb in ("inspect", "average", "export", "import", "reshard", "diff", "gpt2"):
+    for verb in ("inspect", "average", "export", "import", "reshard", "diff", "gpt2", "verify"):
         with pytest.raises(SystemExit) as e:
             cli([verb, "--help"])
         assert e.value.code == 0

@@ -175,3 +175,25 @@ def test_evaluate_refuses_a_model_that_is_not_the_one_saved(tiny_run, tmp_path):
     np.savez(run / "model.npz", **arrays)
     (run / "model.checksums.json").unlink()
     assert evaluate_run(run)["perplexity"] > out["validation_perplexity"]
+
+
+def test_verify_checks_the_model_files_of_an_ngram_run(tiny_run, tmp_path, cli, capsys):
+    _, original, _ = tiny_run
+    run = _copy(original, tmp_path)
+    assert cli(["verify", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [f"{run / 'model.npz'}: ok", f"{run / 'model.arpa'}: ok"]
+    _flip_byte(run / "model.arpa", 5)
+    assert cli(["verify", str(run)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{run / 'model.npz'}: ok"
+    assert lines[1].startswith(f"{run / 'model.arpa'}: damaged: not the file that was saved")
+    (run / "model.checksums.json").write_text("{")
+    assert cli(["verify", str(run)]) == 1
+    assert f"{run / 'model.checksums.json'}: damaged: unreadable" in capsys.readouterr().out
+    (run / "model.checksums.json").unlink()  # saved before jaxlm wrote them: accepted
+    assert cli(["verify", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{run / 'model.npz'}: no checksums (saved before jaxlm wrote them)"
+    assert cli(["verify", str(run), "--step", "3"]) == 2
+    assert "n-gram run" in capsys.readouterr().err
