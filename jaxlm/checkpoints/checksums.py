@@ -35,7 +35,7 @@ from jaxlm.tree import flatten
 
 _MIX = 0x9E3779B1  # the golden-ratio step: positions spread over all 32 bits
 _SEED = 0x2545F491  # the second sum starts from other words
-_CHUNK = 1 << 22  # elements per host pass, so no temporary is larger than 16 MiB
+_CHUNK = 1 << 16  # words per host block: its buffers (256 KiB each) stay in the cache
 
 
 class ChecksumMismatch(CheckpointError):
@@ -71,16 +71,40 @@ def _host_words(x: np.ndarray) -> np.ndarray:
     return x.reshape(-1).view({1: np.uint8, 2: np.uint16}[size])
 
 
+def _fmix_inplace(h: np.ndarray, tmp: np.ndarray) -> None:
+    """:func:`_fmix` of ``h`` in place (``tmp``: scratch of the same size)."""
+    for shift, factor in ((16, 0x85EBCA6B), (13, 0xC2B2AE35), (16, None)):
+        np.right_shift(h, shift, out=tmp)
+        np.bitwise_xor(h, tmp, out=h)
+        if factor is not None:
+            np.multiply(h, np.uint32(factor), out=h)
+
+
 def _host_checksum(x: np.ndarray) -> list[int]:
+    """:func:`_sums` over the whole array, block by block in buffers that stay in the cache
+    (the same numbers as the device's, at a few times the speed of whole-array temporaries)."""
     words = _host_words(np.asarray(x))
-    total = [np.uint32(0), np.uint32(0)]
+    if words.size == 0:
+        return [0, 0]
+    chunk = min(_CHUNK, words.size)
+    offsets = np.arange(chunk, dtype=np.uint32)
+    steps = offsets * np.uint32(_MIX)  # (start + j) * MIX = start * MIX + j * MIX, mod 2**32
+    h, tmp = np.empty(chunk, np.uint32), np.empty(chunk, np.uint32)
+    totals = [0, 0]
     with np.errstate(over="ignore"):
-        for start in range(0, max(words.size, 1), _CHUNK):
-            block = words[start : start + _CHUNK].astype(np.uint32)
-            i = np.arange(start, start + block.size, dtype=np.uint64).astype(np.uint32)
-            for k, part in enumerate(_sums(block, i, np)):
-                total[k] = np.uint32(total[k] + part)
-    return [int(total[0]), int(total[1])]
+        for start in range(0, words.size, chunk):
+            block = words[start : start + chunk]
+            n = block.size
+            first, scratch = h[:n], tmp[:n]
+            np.add(steps[:n], np.uint32(start * _MIX % 2**32), out=first)
+            np.add(first, block, out=first)
+            _fmix_inplace(first, scratch)
+            totals[0] += int(first.sum(dtype=np.uint64))
+            np.add(offsets[:n], np.uint32((start + _SEED) % 2**32), out=scratch)
+            np.bitwise_xor(first, scratch, out=first)  # the second sum's words
+            _fmix_inplace(first, scratch)
+            totals[1] += int(first.sum(dtype=np.uint64))
+    return [totals[0] % 2**32, totals[1] % 2**32]
 
 
 def _device_words(x: jax.Array) -> jax.Array:
@@ -106,9 +130,11 @@ def _device_checksum(x: jax.Array) -> jax.Array:
     return jnp.stack(_sums(words, i, jnp))
 
 
-@jax.jit
-def _device_checksums(leaves: list[jax.Array]) -> list[jax.Array]:
-    return [_device_checksum(x) for x in leaves]
+# One computation per array, not one for the whole tree: arrays of the same shape (every layer's)
+# share a compilation, so a checkpoint of a deep model compiles a few small programs once,
+# instead of one with every array in it at every tree it meets (a restored state's arrays
+# differ from a fresh one's in being committed to their devices).
+_device_checksum_jit = jax.jit(_device_checksum)
 
 
 def tree_checksums(tree: Any) -> dict[str, list[int]]:
@@ -132,7 +158,7 @@ def tree_checksums(tree: Any) -> dict[str, list[int]]:
     on_device = {k: v for k, v in flat.items() if isinstance(v, jax.Array)}
     out = {k: _host_checksum(v) for k, v in flat.items() if k not in on_device}
     if on_device:
-        sums = jax.device_get(_device_checksums(list(on_device.values())))
+        sums = jax.device_get([_device_checksum_jit(x) for x in on_device.values()])
         out.update({k: [int(s[0]), int(s[1])] for k, s in zip(on_device, sums, strict=True)})
     return {k: out[k] for k in flat}
 

@@ -13,6 +13,7 @@ import pytest
 
 from jaxlm import checkpoints as ck
 from jaxlm import sharding
+from jaxlm.checkpoints import checksums
 from jaxlm.checkpoints.checksums import ChecksumMismatch, tree_checksums, verify
 from tests.helpers import train_state_target
 
@@ -45,6 +46,18 @@ def test_host_and_device_checksums_agree_for_every_dtype():
     mesh = sharding.make_mesh(4, 1)
     spread = jax.device_put(on_host["f32"][:, :4], jax.NamedSharding(mesh, jax.P(None, "data")))
     assert tree_checksums({"x": spread}) == tree_checksums({"x": on_host["f32"][:, :4]})
+
+
+def test_host_blocks_sum_to_the_device_numbers(monkeypatch):
+    # The host sums block by block; blocks of 7 words put every boundary case in a small array.
+    monkeypatch.setattr(checksums, "_CHUNK", 7)
+    rng = np.random.default_rng(1)
+    tree = {
+        "f32": rng.standard_normal((5, 9)).astype(np.float32),  # 45 words: a partial last block
+        "u8": rng.integers(0, 256, 28).astype(np.uint8),  # exactly 4 blocks
+        "f16": rng.standard_normal(3).astype(np.float16),  # less than a block
+    }
+    assert tree_checksums(tree) == tree_checksums({k: jnp.asarray(v) for k, v in tree.items()})
 
 
 def test_checksums_see_moved_and_changed_bits():
