@@ -76,6 +76,10 @@ def read_arrays(file: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     Returns:
       ``(arrays, metadata)``.
 
+    Raises:
+      CheckpointError: the file is truncated, not of its format, or holds pickled objects
+        (the message names the file and the cause).
+
     Example:
       >>> arrays, info = read_arrays("/tmp/params.npz")  # doctest: +SKIP
     """
@@ -83,23 +87,39 @@ def read_arrays(file: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     fmt = _format_of(file)
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist")
-    if fmt == "npz":
-        with np.load(file, allow_pickle=False) as z:
-            arrays = {n: z[n] for n in z.files}
-        raw = arrays.pop(NPZ_METADATA_KEY, None)
-        info = json.loads(str(raw)) if raw is not None else {}
-        dtypes = json.loads(info.get("dtypes", "{}"))
-        for n, a in arrays.items():
-            want = dtypes.get(n)
-            if want and a.dtype.name != want:  # bfloat16 and friends come back as raw bytes
-                arrays[n] = a.view(_numpy_dtype(want))
-        return arrays, {k: v for k, v in info.items() if k != "dtypes"}
-    safetensors_numpy = _safetensors()
+    if fmt == "safetensors":
+        _safetensors()  # a missing package is an ImportError that says what to install
+    read = _read_npz if fmt == "npz" else _read_safetensors
+    try:
+        return read(file)
+    except Exception as e:  # zipfile, numpy, json and safetensors raise many types
+        raise CheckpointError(
+            f"{file}: not a readable .{fmt} file (truncated, another format, or pickled "
+            f"objects?): {type(e).__name__}: {e}"
+        ) from e
+
+
+def _read_npz(file: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The arrays and metadata of an ``.npz`` file, bfloat16 and friends restored."""
+    with np.load(file, allow_pickle=False) as z:
+        arrays = {n: z[n] for n in z.files}
+    raw = arrays.pop(NPZ_METADATA_KEY, None)
+    info = json.loads(str(raw)) if raw is not None else {}
+    dtypes = json.loads(info.get("dtypes", "{}"))
+    for n, a in arrays.items():
+        want = dtypes.get(n)
+        if want and a.dtype.name != want:  # bfloat16 and friends come back as raw bytes
+            arrays[n] = a.view(_numpy_dtype(want))
+    return arrays, {k: v for k, v in info.items() if k != "dtypes"}
+
+
+def _read_safetensors(file: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The arrays and string metadata of a ``.safetensors`` file."""
     from safetensors import safe_open
 
     with safe_open(str(file), framework="numpy") as f:
         info = dict(f.metadata() or {})
-    return dict(safetensors_numpy.load_file(str(file))), info
+    return dict(_safetensors().load_file(str(file))), info
 
 
 def _safetensors():

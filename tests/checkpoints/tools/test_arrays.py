@@ -65,7 +65,7 @@ def test_import_rejects_wrong_names_and_shapes(run, tmp_path):
 
 def test_npz_is_read_without_pickle(tmp_path):
     np.savez(tmp_path / "objects.npz", a=np.array([{"x": 1}], dtype=object))
-    with pytest.raises(ValueError, match="allow_pickle"):
+    with pytest.raises(ck.CheckpointError, match="objects.npz: .*allow_pickle"):
         ct.read_arrays(tmp_path / "objects.npz")
     readers = [*(ROOT / "jaxlm/checkpoints").rglob("*.py"), *(ROOT / "jaxlm/interop").glob("*.py")]
     readers += [
@@ -78,3 +78,23 @@ def test_npz_is_read_without_pickle(tmp_path):
         source = path.read_text()
         for banned in ("import pickle", "allow_pickle=True", "torch.load(", "weights_only"):
             assert banned not in source, f"{path}: {banned}"
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_unreadable_array_files_are_named(run, tmp_path, cli, capsys, suffix):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors")
+    good = tmp_path / f"good{suffix}"
+    ct.export(run, good, opt_state=False)
+    truncated = tmp_path / f"truncated{suffix}"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    garbage = tmp_path / f"garbage{suffix}"
+    garbage.write_bytes(b"this is not an array file\n" * 8)
+    for bad in (truncated, garbage):
+        with pytest.raises(ck.CheckpointError, match=f"{bad}: not a readable {suffix} file"):
+            ct.read_arrays(bad)
+        out = tmp_path / "never"
+        assert cli(["import", str(bad), "--like", str(run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {bad}: not a readable") and err.count("\n") == 1
+        assert not out.exists()
