@@ -140,6 +140,20 @@ def _cast(a: np.ndarray, dtype: np.dtype | None) -> np.ndarray:
     return a.astype(dtype)
 
 
+def _matching(a: np.ndarray, like: np.ndarray, what: str, template: Path) -> np.ndarray:
+    """``a`` when it has ``like``'s shape and dtype; else a CheckpointError that says the fix."""
+    if a.shape != like.shape:
+        raise CheckpointError(f"{what} has shape {a.shape}; {template} expects {like.shape}")
+    if a.dtype != like.dtype:
+        want = like.dtype.name
+        if all(jax.numpy.issubdtype(d, jax.numpy.floating) for d in (a.dtype, like.dtype)):
+            fix = f"cast floating-point arrays with --dtype {want} (dtype={want!r})"
+        else:
+            fix = f"--dtype casts floating-point arrays only, so write this array as {want}"
+        raise CheckpointError(f"{what} is {a.dtype.name}; {template} expects {want}: {fix}")
+    return a
+
+
 def export(
     path: PathLike,
     file: PathLike,
@@ -194,7 +208,9 @@ def import_arrays(
 
     The checkpoint ``like`` gives the tree structure, the meta (config and tokenizer) and every
     array the file does not hold (e.g. the optimizer state when only ``params/...`` were
-    exported). Every name in the file must be a path of ``like``'s state with the same shape.
+    exported). Every name in the file must be a path of ``like``'s state with the same shape
+    and dtype (after ``dtype`` casts the floating-point ones): an array of integers where
+    ``like`` holds floats would otherwise be read as a different model.
 
     Args:
       file: the array file (as :func:`export` writes it).
@@ -205,6 +221,10 @@ def import_arrays(
 
     Returns:
       The new checkpoint's folder.
+
+    Raises:
+      CheckpointError: an array has no place in ``like``, or another shape or dtype (the
+        message names the array and the fix); nothing is written then.
 
     Example:
       >>> import_arrays("/tmp/p.npz", "runs/imported", like="runs/lstm_smoke")  # doctest: +SKIP
@@ -221,11 +241,7 @@ def import_arrays(
         )
     cast = _numpy_dtype(dtype) if dtype else None
     for name, a in arrays.items():
-        if a.shape != flat[name].shape:
-            raise CheckpointError(
-                f"{file}: {name} has shape {a.shape}; {template} expects {flat[name].shape}"
-            )
-        flat[name] = _cast(a, cast)
+        flat[name] = _matching(_cast(a, cast), flat[name], f"{file}: {name}", template)
     new_state = unflatten_like(state, flat)
     if step is None:
         recorded = info.get("step", "")

@@ -80,6 +80,36 @@ def test_npz_is_read_without_pickle(tmp_path):
             assert banned not in source, f"{path}: {banned}"
 
 
+def test_import_refuses_another_dtype_and_writes_nothing(run, tmp_path, cli, capsys):
+    kernel = flatten(ck.load_state(run, parts=("params",))[0]["params"])["head/kernel"]
+    assert kernel.dtype == np.float32
+    ints = tmp_path / "ints.npz"
+    np.savez(ints, **{"params/head/kernel": (kernel * 100).astype(np.int32)})
+    # --dtype casts floating-point arrays only, so it does not make integers acceptable either.
+    for dtype in (None, "float32"):
+        with pytest.raises(
+            ck.CheckpointError,
+            match=rf"{ints}: params/head/kernel is int32; .* expects float32.*--dtype",
+        ):
+            ct.import_arrays(ints, tmp_path / "never", like=run, dtype=dtype)
+    half = tmp_path / "half.npz"
+    np.savez(half, **{"params/head/kernel": kernel.astype(np.float16)})
+    expected = r"is float16; .* expects float32: cast .* with --dtype float32"
+    with pytest.raises(ck.CheckpointError, match=expected):
+        ct.import_arrays(half, tmp_path / "never", like=run)
+    assert not (tmp_path / "never").exists()
+    # Cast to the template's dtype, a float array is welcome, as before.
+    out = ct.import_arrays(half, tmp_path / "cast", like=run, dtype="float32")
+    back = flatten(ck.load_state(out, parts=("params",))[0]["params"])["head/kernel"]
+    assert back.dtype == np.float32
+    np.testing.assert_array_equal(back, kernel.astype(np.float16).astype(np.float32))
+    # The command line says it in one line, exit status 2.
+    assert cli(["import", str(ints), "--like", str(run), "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {ints}: params/head/kernel is int32") and err.count("\n") == 1
+    assert not (tmp_path / "never").exists()
+
+
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 def test_unreadable_array_files_are_named(run, tmp_path, cli, capsys, suffix):
     if suffix == ".safetensors":
