@@ -52,3 +52,36 @@ def test_average_is_the_mean_of_the_params(run, tmp_path, cli):
         with pytest.raises(ck.CheckpointError, match="two or more distinct checkpoints"):
             ct.average(same, tmp_path / "never")
     assert not (tmp_path / "never").exists()
+
+
+def test_average_refuses_other_tokenizers_models_and_shapes(run, tmp_path, cli, capsys):
+    state, meta = ck.load_state(run / "checkpoints/2")
+    chars = meta["tokenizer"]["chars"]
+    assert "\u2603" not in chars
+    other_chars = dict(meta, tokenizer=dict(meta["tokenizer"], chars=[*chars[:-1], "\u2603"]))
+    config = dict(meta["config"], model=dict(meta["config"]["model"], dropout=0.5))
+    assert meta["config"]["model"]["dropout"] != 0.5
+    head = dict(state["params"]["head"], bias=np.zeros(3, np.float32))
+    wider = dict(state, params=dict(state["params"], head=head))
+    # Each has the parameter names of the run; the first two its shapes too (another character
+    # vocabulary of the same size: the same ids would mean different characters).
+    others = {
+        rf"tokenizers differ: chars\[{len(chars) - 1}\] is '.' in .*, '\u2603' in": (
+            ck.write_checkpoint(tmp_path / "chars", 2, state, other_chars)
+        ),
+        r"model configs differ: model.dropout is 0.1 in .*, 0.5 in": (
+            ck.write_checkpoint(tmp_path / "model", 2, state, dict(meta, config=config))
+        ),
+        r"different parameter trees:\n  head/bias: shape": (
+            ck.write_checkpoint(tmp_path / "shapes", 2, wider, meta)
+        ),
+    }
+    newest = run / "checkpoints/3"
+    for what, other in others.items():
+        with pytest.raises(ck.CheckpointError, match=rf"^{newest} and {other} .*{what}"):
+            ct.average([newest, other], tmp_path / "never")
+        assert cli(["average", str(newest), str(other), "--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {newest} and {other} ")
+        assert "shape" in what or err.count("\n") == 1  # the new refusals are one line
+    assert not (tmp_path / "never").exists()
