@@ -27,6 +27,11 @@ class CheckpointError(JaxlmError):
     """A checkpoint that cannot be found, read or matched; the message names the directory."""
 
 
+class ConversionError(JaxlmError, ValueError):
+    """A model that cannot be converted exactly, or an unreadable model folder; the message
+    names the file and the field."""
+
+
 class IncompatibleCheckpoint(CheckpointError, ValueError):
     """A workdir whose checkpoint was written by a config this run cannot resume."""
 

@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 
 from jaxlm.checkpoints.tools.arrays import read_arrays, write_arrays
+from jaxlm.errors import ConversionError
 
 HF_WEIGHTS = "model.safetensors"
 HF_INDEX = "model.safetensors.index.json"
@@ -68,10 +69,6 @@ _BLOCK = {
 }
 # Buffers older GPT-2 checkpoints store (the causal mask); not parameters.
 _IGNORED = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
-
-
-class ConversionError(ValueError):
-    """A model that cannot be converted exactly; the message names the file and the field."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,6 +274,39 @@ def params_to_hf(params: dict[str, Any], model: dict[str, Any]) -> dict[str, np.
 # Folders.
 
 
+def read_json_object(file: Path) -> dict[str, Any]:
+    """The JSON object a model folder's file holds (``config.json``, the index, ...).
+
+    Args:
+      file: the path.
+
+    Returns:
+      The parsed object.
+
+    Raises:
+      ConversionError: the file is not UTF-8 JSON or holds no object (the message names it).
+
+    Example:
+      >>> import tempfile
+      >>> file = Path(tempfile.mkdtemp()) / "config.json"
+      >>> _ = file.write_text('{"n_layer": 2}')
+      >>> read_json_object(file)
+      {'n_layer': 2}
+      >>> _ = file.write_text("{n_layer: 2}")
+      >>> read_json_object(file)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      jaxlm.errors.ConversionError: .../config.json: not valid JSON (Expecting property name ...)
+    """
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ConversionError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{file}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
 def read_hf_folder(folder: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Reads a Hugging Face model folder's ``config.json`` and safetensors weights.
 
@@ -290,15 +320,16 @@ def read_hf_folder(folder: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
     Raises:
       FileNotFoundError: no config.json or no safetensors weights (a folder with only
         ``pytorch_model.bin`` is refused: reading it would mean unpickling).
+      ConversionError: config.json or the index is not a JSON object (the message names it).
+      CheckpointError: a weights file is truncated or not safetensors.
     """
     folder = Path(folder)
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{folder}: no config.json (expected a Hugging Face model folder)")
-    hf = json.loads(config_file.read_text())
+    hf = read_json_object(config_file)
     if (folder / HF_INDEX).is_file():
-        index = json.loads((folder / HF_INDEX).read_text())
-        files = sorted(set(index["weight_map"].values()))
+        files = sorted(set(read_json_object(folder / HF_INDEX)["weight_map"].values()))
     elif (folder / HF_WEIGHTS).is_file():
         files = [HF_WEIGHTS]
     else:
@@ -384,7 +415,7 @@ def hf_to_jaxlm(
     params = params_from_hf(weights, dict(model, vocab_size=vocab_size), str(folder))
     saved_config = folder / JAXLM_CONFIG
     if saved_config.is_file():
-        saved = json.loads(saved_config.read_text())
+        saved = read_json_object(saved_config)
         config = checkpoints.run_config(checkpoints.meta.upgrade({"config": saved})["config"])
         config.unlock()
     else:
@@ -395,7 +426,7 @@ def hf_to_jaxlm(
     for key, value in model.items():
         config.model[key] = value
     if tokenizer is None and (folder / JAXLM_TOKENIZER).is_file():
-        tokenizer = json.loads((folder / JAXLM_TOKENIZER).read_text())
+        tokenizer = read_json_object(folder / JAXLM_TOKENIZER)
     if tokenizer is None:
         tokenizer = {"kind": "gpt2_bpe", "vocab_size": vocab_size, "source": str(folder)}
     config.lock()

@@ -21,6 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from jaxlm import checkpoints, sharding  # noqa: E402
 from jaxlm.config import base_config  # noqa: E402
+from jaxlm.errors import JaxlmError  # noqa: E402
 from jaxlm.interop import gpt2  # noqa: E402
 from jaxlm.tree import flatten  # noqa: E402
 from tests.helpers import ROOT, train_state_target  # noqa: E402
@@ -166,6 +167,31 @@ def test_unsupported_models_are_refused_with_the_reason(tmp_path):
     )
     with pytest.raises(gpt2.ConversionError, match="rmsnorm.*rotary"):
         gpt2.hf_config_from_model(model, VOCAB)
+
+
+def test_unreadable_folders_are_refused_naming_the_file(tmp_path, cli, capsys):
+    assert issubclass(gpt2.ConversionError, JaxlmError)  # one line from the command lines
+    folder = tmp_path / "hf"
+    _hf_model(True).save_pretrained(folder)
+    capsys.readouterr()  # its progress bar
+    config = folder / "config.json"
+    good = config.read_text()
+    index = folder / gpt2.HF_INDEX
+    cases = [
+        (config, "{not json", rf"{config}: not valid JSON"),
+        (config, "[1, 2]", rf"{config}: expected a JSON object"),
+        (index, "garbage", rf"{index}: not valid JSON"),
+    ]
+    for file, text, message in cases:
+        config.write_text(good)
+        index.unlink(missing_ok=True)
+        file.write_text(text)
+        with pytest.raises(gpt2.ConversionError, match=message):
+            gpt2.hf_to_jaxlm(folder, tmp_path / "never")
+        assert cli(["gpt2", "to-jaxlm", str(folder), str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {file}: ") and err.count("\n") == 1, err
+    assert not (tmp_path / "never").exists()
 
 
 def test_command_line(tmp_path, ids):
