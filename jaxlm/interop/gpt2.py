@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import jax
@@ -307,6 +307,27 @@ def read_json_object(file: Path) -> dict[str, Any]:
     return data
 
 
+def _weight_files(folder: Path) -> list[str]:
+    """The files a sharded checkpoint's index names, each a relative path inside ``folder``."""
+    index_file = folder / HF_INDEX
+    weight_map = read_json_object(index_file).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConversionError(
+            f'{index_file}: no weight_map (expected {{"weight_map": {{weight name: file}}}})'
+        )
+    for name in weight_map.values():
+        if not isinstance(name, str) or not name:
+            raise ConversionError(f"{index_file}: weight file {name!r} is not a file name")
+        path = PurePosixPath(name)
+        # Lexically, not through resolve(): the Hugging Face cache links files to blobs/.
+        if path.is_absolute() or ".." in path.parts:
+            raise ConversionError(
+                f"{index_file}: weight file {name!r} leaves the model folder {folder} (expected "
+                "a relative path inside it)"
+            )
+    return sorted(set(weight_map.values()))
+
+
 def read_hf_folder(folder: str | Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Reads a Hugging Face model folder's ``config.json`` and safetensors weights.
 
@@ -320,7 +341,8 @@ def read_hf_folder(folder: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
     Raises:
       FileNotFoundError: no config.json or no safetensors weights (a folder with only
         ``pytorch_model.bin`` is refused: reading it would mean unpickling).
-      ConversionError: config.json or the index is not a JSON object (the message names it).
+      ConversionError: config.json or the index is not a JSON object, or the index names a
+        file outside the folder (absolute, or through ``..``); the message names the file.
       CheckpointError: a weights file is truncated or not safetensors.
     """
     folder = Path(folder)
@@ -329,7 +351,7 @@ def read_hf_folder(folder: str | Path) -> tuple[dict[str, np.ndarray], dict[str,
         raise FileNotFoundError(f"{folder}: no config.json (expected a Hugging Face model folder)")
     hf = read_json_object(config_file)
     if (folder / HF_INDEX).is_file():
-        files = sorted(set(read_json_object(folder / HF_INDEX)["weight_map"].values()))
+        files = _weight_files(folder)
     elif (folder / HF_WEIGHTS).is_file():
         files = [HF_WEIGHTS]
     else:

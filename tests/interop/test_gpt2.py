@@ -20,6 +20,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from jaxlm import checkpoints, sharding  # noqa: E402
+from jaxlm.checkpoints.tools import write_arrays  # noqa: E402
 from jaxlm.config import base_config  # noqa: E402
 from jaxlm.errors import JaxlmError  # noqa: E402
 from jaxlm.interop import gpt2  # noqa: E402
@@ -177,11 +178,16 @@ def test_unreadable_folders_are_refused_naming_the_file(tmp_path, cli, capsys):
     config = folder / "config.json"
     good = config.read_text()
     index = folder / gpt2.HF_INDEX
+    outside = write_arrays(tmp_path / "outside.safetensors", {"wte.weight": np.ones(2)}, {})
     cases = [
         (config, "{not json", rf"{config}: not valid JSON"),
         (config, "[1, 2]", rf"{config}: expected a JSON object"),
         (index, "garbage", rf"{index}: not valid JSON"),
+        (index, "{}", rf"{index}: no weight_map"),
     ]
+    for name in ("../outside.safetensors", str(outside), "sub/../../outside.safetensors"):
+        weight_map = {"transformer.wte.weight": name}
+        cases.append((index, json.dumps({"weight_map": weight_map}), f"{index}: .*leaves"))
     for file, text, message in cases:
         config.write_text(good)
         index.unlink(missing_ok=True)
