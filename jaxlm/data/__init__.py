@@ -13,7 +13,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from jaxlm.data.tokenizers import decode_utf8, train_tokenizer
+from jaxlm.data.tokenizers import decode_utf8, strip_bom, train_tokenizer
 from jaxlm.errors import CorpusError
 
 __all__ = ["Corpus", "CorpusError", "load_corpus", "corpus_splits"]
@@ -37,6 +37,11 @@ class Corpus:
 def corpus_splits(data: ml_collections.ConfigDict) -> tuple[dict[str, bytes], str]:
     """Reads the raw bytes of each split that ``config.data`` names, checking them.
 
+    For the char and word tokenizers each file must be UTF-8, and one leading byte-order mark
+    is dropped from each file (from a one-file corpus before it is split), so a file saved
+    with one gives the same vocabulary and tokens as without it. The byte tokenizer gets the
+    files' bytes as they are.
+
     Args:
       data: the ``data`` section of a config.
 
@@ -57,15 +62,21 @@ def corpus_splits(data: ml_collections.ConfigDict) -> tuple[dict[str, bytes], st
     path = Path(data.path).expanduser()
     if path.is_dir():
         files = builders.find_split_files(path)
-        parts = {split: builders.read_file(f) for split, f in files.items()}
-        if utf8:
-            for split, f in files.items():
-                decode_utf8(parts[split], str(f))
+        parts = {split: _file_bytes(f, utf8) for split, f in files.items()}
         return parts, path.resolve().name
-    whole = builders.read_file(path)
-    if utf8:
-        decode_utf8(whole, str(path))
+    whole = _file_bytes(path, utf8)
     return builders.split_bytes(whole, data.split, str(path)), path.stem
+
+
+def _file_bytes(path: Path, utf8: bool) -> bytes:
+    """A corpus file's bytes; for UTF-8 tokenizers checked, without a leading byte-order mark."""
+    from jaxlm.data import builders
+
+    data = builders.read_file(path)
+    if not utf8:
+        return data
+    decode_utf8(data, str(path))
+    return strip_bom(data)
 
 
 def load_corpus(data: ml_collections.ConfigDict, tokenizer=None) -> Corpus:

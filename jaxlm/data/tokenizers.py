@@ -16,6 +16,31 @@ UNK = "<unk>"
 PAD = "<pad>"
 
 
+UTF8_BOM = b"\xef\xbb\xbf"  # U+FEFF as UTF-8: a byte-order mark at the start of a file
+
+
+def strip_bom(data: bytes) -> bytes:
+    r"""The bytes without one leading UTF-8 byte-order mark, which some editors write first.
+
+    A mark at the start of a file says "this is UTF-8"; it is not text, and kept it would make
+    ``"\ufeffThe"`` a word (and U+FEFF a character) of its own. Elsewhere U+FEFF is a character
+    (a zero-width no-break space) and stays.
+
+    Args:
+      data: a file's bytes.
+
+    Returns:
+      ``data`` without its first three bytes when they are the mark, else ``data``.
+
+    Example:
+      >>> strip_bom(b"\xef\xbb\xbfThe cat")
+      b'The cat'
+      >>> strip_bom("a\ufeffb".encode())  # only a leading mark
+      b'a\xef\xbb\xbfb'
+    """
+    return data[len(UTF8_BOM) :] if data.startswith(UTF8_BOM) else data
+
+
 def decode_utf8(data: bytes, source: str) -> str:
     """Decodes UTF-8 strictly; the error names the source and the byte offset.
 
@@ -81,7 +106,9 @@ class CharTokenizer:
 class ByteTokenizer:
     """The 256 byte values as ids 0-255, then ``<eos>`` (256) and ``<pad>`` (257).
 
-    The vocabulary is fixed, so models trained on different corpora share it.
+    The vocabulary is fixed, so models trained on different corpora share it. The bytes are the
+    file's as they are: a leading UTF-8 byte-order mark stays (the char and word tokenizers'
+    corpora drop it, see :func:`strip_bom`).
 
     Example:
       >>> ByteTokenizer().decode(ByteTokenizer().encode("héllo"))

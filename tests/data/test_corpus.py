@@ -91,3 +91,43 @@ def test_folder_without_a_split_is_named(tmp_path):
 def test_bad_split_fractions():
     with pytest.raises(CorpusError, match="config.data.split"):
         load_corpus(data_config(split=(0.9, 0.2, 0.1)))
+
+
+BOM = "\ufeff"  # U+FEFF, which editors on Windows write first as the bytes EF BB BF
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "word"])
+def test_a_leading_byte_order_mark_is_not_text(tmp_path, tokenizer):
+    text = "The cat sat on the mat.\nThe dog ate the hat.\n" * 20
+    splits = {"train": text, "valid": text[:88], "test": text[88:176]}
+
+    def load(path):
+        config = data_config(corpus="text_files", path=str(path), tokenizer=tokenizer)
+        config.data_dir = str(tmp_path / "tfds")
+        return load_corpus(config)
+
+    for name, mark in (("plain", ""), ("marked", BOM)):
+        (tmp_path / f"{name}.txt").write_text(mark + text, encoding="utf-8")
+        (tmp_path / name).mkdir()
+        for split, part in splits.items():  # each file of a folder corpus has its own mark
+            (tmp_path / name / f"ptb.{split}.txt").write_text(mark + part, encoding="utf-8")
+    assert (tmp_path / "marked.txt").read_bytes().startswith(b"\xef\xbb\xbfThe cat")
+    for plain, marked in (("plain.txt", "marked.txt"), ("plain", "marked")):
+        a, b = load(tmp_path / plain), load(tmp_path / marked)
+        assert b.tokenizer.to_json() == a.tokenizer.to_json()
+        assert BOM not in "".join(b.tokenizer.vocab)
+        for split in builders.SPLITS:
+            np.testing.assert_array_equal(b.split(split), a.split(split))
+    # Inside a text, U+FEFF is a character like any other (a zero-width no-break space).
+    inner = tmp_path / "inner.txt"
+    inner.write_text(text.replace("dog", BOM + "dog", 1), encoding="utf-8")
+    vocab = load(inner).tokenizer.vocab
+    assert (BOM in vocab) if tokenizer == "char" else (BOM + "dog" in vocab)
+
+
+def test_byte_tokenizer_keeps_a_byte_order_mark(tmp_path):
+    path = tmp_path / "marked.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + b"The cat sat on the mat.\n" * 40)
+    config = data_config(corpus="text_files", path=str(path), tokenizer="byte")
+    config.data_dir = str(tmp_path / "tfds")
+    assert load_corpus(config).train[:4].tolist() == [0xEF, 0xBB, 0xBF, ord("T")]
