@@ -76,7 +76,10 @@ def _file_bytes(path: Path, utf8: bool) -> bytes:
     if not utf8:
         return data
     decode_utf8(data, str(path))
-    return strip_bom(data)
+    text = strip_bom(data)
+    if not text.strip():
+        raise CorpusError(f"corpus file is empty: {path} (it holds only a byte-order mark)")
+    return text
 
 
 def load_corpus(data: ml_collections.ConfigDict, tokenizer=None) -> Corpus:

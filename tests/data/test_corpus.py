@@ -123,6 +123,10 @@ def test_a_leading_byte_order_mark_is_not_text(tmp_path, tokenizer):
     inner.write_text(text.replace("dog", BOM + "dog", 1), encoding="utf-8")
     vocab = load(inner).tokenizer.vocab
     assert (BOM in vocab) if tokenizer == "char" else (BOM + "dog" in vocab)
+    only = tmp_path / "only_a_mark.txt"
+    only.write_text(BOM + "\n", encoding="utf-8")
+    with pytest.raises(CorpusError, match=f"corpus file is empty: {only}"):
+        load(only)
 
 
 def test_byte_tokenizer_keeps_a_byte_order_mark(tmp_path):
