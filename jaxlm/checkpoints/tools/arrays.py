@@ -8,6 +8,7 @@ Names are paths in the state tree: ``params/embed/embedding``, ``opt_state/1/0/m
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,8 @@ def read_arrays(file: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     read = _read_npz if fmt == "npz" else _read_safetensors
     try:
         return read(file)
+    except CheckpointError:
+        raise
     except Exception as e:  # zipfile, numpy, json and safetensors raise many types
         raise CheckpointError(
             f"{file}: not a readable .{fmt} file (truncated, another format, or pickled "
@@ -101,6 +104,11 @@ def read_arrays(file: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
 
 def _read_npz(file: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The arrays and metadata of an ``.npz`` file, bfloat16 and friends restored."""
+    if not zipfile.is_zipfile(file):  # numpy would take it for a pickle and offer to load it
+        raise CheckpointError(
+            f"{file}: not a readable .npz file: not a zip archive of .npy files (truncated, or "
+            "another format?)"
+        )
     with np.load(file, allow_pickle=False) as z:
         arrays = {n: z[n] for n in z.files}
     raw = arrays.pop(NPZ_METADATA_KEY, None)
