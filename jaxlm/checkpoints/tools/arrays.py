@@ -96,9 +96,9 @@ def read_arrays(file: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     except CheckpointError:
         raise
     except Exception as e:  # zipfile, numpy, json and safetensors raise many types
+        guess = "damaged, or holding pickled objects?" if fmt == "npz" else "truncated or damaged?"
         raise CheckpointError(
-            f"{file}: not a readable .{fmt} file (truncated, another format, or pickled "
-            f"objects?): {type(e).__name__}: {e}"
+            f"{file}: not a readable .{fmt} file ({guess}): {type(e).__name__}: {e}"
         ) from e
 
 
@@ -155,7 +155,7 @@ def _matching(a: np.ndarray, like: np.ndarray, what: str, template: Path) -> np.
     if a.dtype != like.dtype:
         want = like.dtype.name
         if all(jax.numpy.issubdtype(d, jax.numpy.floating) for d in (a.dtype, like.dtype)):
-            fix = f"cast floating-point arrays with --dtype {want} (dtype={want!r})"
+            fix = f"cast floating-point arrays with --dtype {want} (dtype={want!r} in Python)"
         else:
             fix = f"--dtype casts floating-point arrays only, so write this array as {want}"
         raise CheckpointError(f"{what} is {a.dtype.name}; {template} expects {want}: {fix}")
