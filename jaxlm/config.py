@@ -9,8 +9,11 @@ the shipped ones are in :mod:`jaxlm.configs`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,31 +241,209 @@ def shrink_to_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 # --------------------------------------------------------------------------------------------
 # Validation.
 
-_POSITIVE_INTS = (
-    "data.batch_size",
-    "data.seq_len",
-    "data.eval_batch_size",
-    "train.num_steps",
-    "train.log_every",
-    "train.eval_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-)
-_NON_NEGATIVE_INTS = (
-    "train.eval_steps",  # 0: the whole split
-    "train.sample_tokens",  # 0: no sample
-)
+
+@dataclasses.dataclass(frozen=True)
+class _Range:
+    """The values a field may hold (``ok``), and how the error message says so."""
+
+    expected: str
+    ok: Callable[[Any], bool]
+
+    def means(self, text: str) -> _Range:
+        """The same range with a word on its special values: ``a positive integer (1: off)``."""
+        return _Range(f"{self.expected} ({text})", self.ok)
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_real(value: Any) -> bool:
+    """A finite int or float (not a bool): NaN and infinities are in no range."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_seq(value: Any) -> bool:
+    return isinstance(value, list | tuple)  # lists: configs read back from JSON
+
+
+def _real(expected: str, test: Callable[[float], bool]) -> _Range:
+    return _Range(expected, lambda v: _is_real(v) and test(v))
+
+
+def _tuple_of(item: _Range, expected: str, *, min_len: int = 0) -> _Range:
+    return _Range(expected, lambda v: _is_seq(v) and len(v) >= min_len and all(map(item.ok, v)))
+
+
+def _one_of(*names: str) -> _Range:
+    return _Range(f"one of {names}", lambda v: isinstance(v, str) and v in names)
+
+
+def _is_rules(value: Any) -> bool:
+    """``((pattern, (axis or None or (axes...), ...)), ...)``, each pattern a valid regex."""
+
+    def axis(a: Any) -> bool:
+        return (
+            a is None or isinstance(a, str) or (_is_seq(a) and all(isinstance(x, str) for x in a))
+        )
+
+    def rule(r: Any) -> bool:
+        if not (_is_seq(r) and len(r) == 2 and isinstance(r[0], str) and _is_seq(r[1])):
+            return False
+        try:
+            re.compile(r[0])
+        except re.error:
+            return False
+        return all(map(axis, r[1]))
+
+    return _is_seq(value) and all(map(rule, value))
+
+
+def _is_split(value: Any) -> bool:
+    """Train, validation and test fractions: an empty split cannot be evaluated."""
+    return (
+        _is_seq(value)
+        and len(value) == 3
+        and all(_is_real(x) and x > 0 for x in value)
+        and abs(sum(value) - 1.0) <= 1e-6
+    )
+
+
+def _is_cutoffs(value: Any) -> bool:
+    """N-gram cut-offs: () or counts >= 0, non-decreasing, the unigrams' (first) 0."""
+    if not (_is_seq(value) and all(_is_int(c) and c >= 0 for c in value)):
+        return False
+    return not value or (
+        value[0] == 0 and all(a <= b for a, b in zip(value, value[1:], strict=False))
+    )
+
+
+def _is_fallback(value: Any) -> bool:
+    """Modified Kneser-Ney's fallback discounts: () or (D1, D2, D3+), each Dj in [0, j]."""
+    if not _is_seq(value) or len(value) not in (0, 3):
+        return False
+    return all(_is_real(d) and 0 <= d <= j for j, d in enumerate(value, 1))
+
+
+_INTEGER = _Range("an integer", _is_int)
+_COUNT = _Range("an integer >= 0", lambda v: _is_int(v) and v >= 0)
+_POSITIVE_INT = _Range("a positive integer", lambda v: _is_int(v) and v >= 1)
+_POSITIVE = _real("a positive number", lambda v: v > 0)
+_NON_NEGATIVE = _real("a number >= 0", lambda v: v >= 0)
+_AT_LEAST_ONE = _real("a number >= 1", lambda v: v >= 1)
+_BELOW_ONE = _real("a number in [0, 1)", lambda v: 0 <= v < 1)  # dropout rates, betas, momentum
+_FRACTION = _real("a number in [0, 1]", lambda v: 0 <= v <= 1)
+_OPEN_FRACTION = _real("a number in (0, 1)", lambda v: 0 < v < 1)
+_SHRINK = _real("a number in (0, 1]", lambda v: 0 < v <= 1)  # a factor on the learning rate
+
+# Every field's range, by its dotted name: checked first, whatever the model. What this table
+# leaves out is checked elsewhere or has no range: names are looked up where they are defined
+# (model.name and model.method, optimizer.name, .schedule and .decay_mask, finetune.strategy,
+# precision, data.tokenizer and .corpus: _check_model, _check_optimizer, _check_data), so is
+# data.path against data.corpus; init_from is checked by the run; booleans and free text (name,
+# data.data_dir, train.sample_prompt) have no wrong values. tests/test_config.py walks every
+# field of every model's base_config and fails on one that is in none of these.
+_RANGES: dict[str, _Range] = {
+    "seed": _COUNT,
+    "data.split": _Range(
+        "three positive fractions summing to 1 (train, validation, test)", _is_split
+    ),
+    "data.vocab_size": _COUNT,  # 0: every word
+    "data.min_count": _POSITIVE_INT,
+    "data.batch_size": _POSITIVE_INT,
+    "data.seq_len": _POSITIVE_INT,
+    "data.eval_batch_size": _POSITIVE_INT,
+    "optimizer.learning_rate": _POSITIVE,
+    "optimizer.warmup_steps": _COUNT,
+    "optimizer.end_lr_fraction": _FRACTION,
+    "optimizer.decay_start_step": _INTEGER,  # <= 0 counts the decay points from step 0
+    "optimizer.decay_every": _POSITIVE_INT,
+    "optimizer.decay_factor": _SHRINK,
+    "optimizer.clip_norm": _NON_NEGATIVE,  # 0: no clipping
+    "optimizer.weight_decay": _NON_NEGATIVE,
+    "optimizer.momentum": _BELOW_ONE,
+    "optimizer.b1": _BELOW_ONE,
+    "optimizer.b2": _BELOW_ONE,
+    "optimizer.cut_frac": _OPEN_FRACTION,
+    "optimizer.stlr_ratio": _AT_LEAST_ONE,
+    "optimizer.sgdr_period": _POSITIVE_INT,
+    "optimizer.sgdr_mult": _AT_LEAST_ONE,
+    "optimizer.steps_per_epoch": _COUNT,  # 0: unset (epoch_step requires it)
+    "optimizer.decay_after_epochs": _COUNT,
+    "optimizer.plateau_factor": _OPEN_FRACTION,
+    "optimizer.plateau_patience": _COUNT,
+    "optimizer.plateau_cooldown": _COUNT,
+    "optimizer.nt_asgd_nonmono": _COUNT,  # 0: no averaging
+    "optimizer.accumulate_steps": _POSITIVE_INT.means("1: no accumulation"),
+    "optimizer.max_nonfinite": _POSITIVE_INT,
+    "finetune.num_last_layers": _COUNT,
+    "finetune.lr_factor": _POSITIVE,
+    "finetune.unfreeze_every": _COUNT,
+    "finetune.discriminative_factor": _POSITIVE,
+    "finetune.clip_norm": _NON_NEGATIVE,
+    "finetune.l2": _NON_NEGATIVE,
+    "finetune.dropout": _BELOW_ONE,
+    "parallel.data": _COUNT,  # 0: every device not used by "model"
+    "parallel.model": _POSITIVE_INT,
+    "parallel.rules": _Range(
+        "(regex, PartitionSpec tuple) pairs like (('embed', (None, 'model')),)", _is_rules
+    ),
+    "train.num_steps": _POSITIVE_INT,
+    "train.log_every": _POSITIVE_INT,
+    "train.eval_every": _POSITIVE_INT,
+    "train.eval_steps": _COUNT,  # 0: the whole split
+    "train.checkpoint_every": _POSITIVE_INT,
+    "train.keep_checkpoints": _POSITIVE_INT,
+    "train.sample_tokens": _COUNT,  # 0: no sample
+    "train.sample_temperature": _NON_NEGATIVE,  # 0: greedy
+    "train.label_smoothing": _BELOW_ONE,
+}
+
+# The model section's fields by name, for every model that has the field: a dropout rate is one
+# in an LSTM and in a Transformer alike. (model_defaults(name) lists a model's fields.)
+_MODEL_RANGES: dict[str, _Range] = {
+    # recurrent models and the Transformer
+    "embed_dim": _POSITIVE_INT,
+    "dropout": _BELOW_ONE,
+    # recurrent models
+    "hidden_sizes": _tuple_of(
+        _POSITIVE_INT, "a tuple of positive integers like (256, 256)", min_len=1
+    ),
+    "input_dropout": _real("a number below 1 (< 0: config.model.dropout's)", lambda v: v < 1),
+    "hidden_dropout": _real("a number below 1 (< 0: config.model.dropout's)", lambda v: v < 1),
+    "embed_dropout": _BELOW_ONE,
+    "weight_drop": _Range(
+        "a number in [0, 1), or one per layer",
+        lambda v: _BELOW_ONE.ok(v) or (_is_seq(v) and all(map(_BELOW_ONE.ok, v))),
+    ),
+    "ar": _NON_NEGATIVE,
+    "tar": _NON_NEGATIVE,
+    "init_scale": _POSITIVE,
+    # the Transformer
+    "num_layers": _POSITIVE_INT,
+    "num_heads": _POSITIVE_INT,
+    "mlp_dim": _COUNT.means("0: 4 x embed_dim"),
+    "max_len": _POSITIVE_INT,
+    "attention_dropout": _BELOW_ONE,
+    "norm": _one_of("layernorm", "rmsnorm"),
+    "positions": _one_of("learned", "rotary"),
+    # the n-gram model
+    "order": _POSITIVE_INT,
+    "discount": _tuple_of(_NON_NEGATIVE, "() or discounts >= 0"),
+    "discount_fallback": _Range("() or (D1, D2, D3+) with 0 <= Dj <= j", _is_fallback),
+    "k": _POSITIVE,
+    "cutoffs": _Range(
+        "() or counts >= 0, non-decreasing with the order and starting at 0", _is_cutoffs
+    ),
+}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks the whole config before any work, naming the first bad field and what was
-    expected: names (model, optimizer, schedule, tokenizer, corpus, strategy, precision), the
-    model's fields, ranges, and that the corpus exists. (That ``init_from`` holds a checkpoint
-    is checked by the run, next: reading checkpoints sits above configs.)
+    expected: every field's range, names (model, optimizer, schedule, tokenizer, corpus,
+    strategy, precision), the model's fields and how they fit together, and that the corpus
+    exists. (That ``init_from`` holds a checkpoint is checked by the run, next: reading
+    checkpoints sits above configs.)
 
     Args:
       config: a run config.
@@ -276,58 +457,82 @@ def validate(config: ml_collections.ConfigDict) -> None:
       Traceback (most recent call last):
       ...
       jaxlm.errors.ConfigError: config.optimizer.schedule: unknown schedule 'cosin'; ...
+      >>> c = load_config("lstm:smoke"); c.model.dropout = 1.5
+      >>> validate(c)
+      Traceback (most recent call last):
+      ...
+      jaxlm.errors.ConfigError: config.model.dropout: expected a number in [0, 1), got 1.5
     """
     _check_ranges(config)
-    _check_model(config.model)
-    if config.model.name == "ngram":
-        _check_data(config.data)
-        return
+    _check_model(config)
     _check_optimizer(config)
     _check_data(config.data)
 
 
+def _ranged(config: ml_collections.ConfigDict) -> Iterator[tuple[str, Any, _Range]]:
+    """``(dotted name, value, range)`` of each field the config has and the tables cover."""
+    for dotted, allowed in _RANGES.items():
+        section, _, field = dotted.rpartition(".")
+        holder = config.get(section) if section else config
+        if holder is not None and field in holder:  # older configs may lack a field
+            yield dotted, holder[field], allowed
+    for field, value in config.model.items():
+        if field in _MODEL_RANGES:
+            yield f"model.{field}", value, _MODEL_RANGES[field]
+
+
 def _check_ranges(config: ml_collections.ConfigDict) -> None:
-    for dotted in _POSITIVE_INTS:
-        section, _, field = dotted.partition(".")
-        value = config[section].get(field, 1)
-        if not _is_int(value) or value < 1:
-            raise ConfigError(f"config.{dotted}: expected a positive integer, got {value!r}")
-    for dotted in _NON_NEGATIVE_INTS:
-        section, _, field = dotted.partition(".")
-        value = config[section].get(field, 0)
-        if not _is_int(value) or value < 0:
-            raise ConfigError(f"config.{dotted}: expected an integer >= 0, got {value!r}")
-    value = config.optimizer.get("accumulate_steps", 1)
-    if not _is_int(value) or value < 1:
-        raise ConfigError(
-            f"config.optimizer.accumulate_steps: expected a positive integer (1: no "
-            f"accumulation), got {value!r}"
-        )
-    lr = config.optimizer.learning_rate
-    if not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
-        raise ConfigError(f"config.optimizer.learning_rate: expected a positive number, got {lr!r}")
+    for dotted, value, allowed in _ranged(config):
+        if not allowed.ok(value):
+            raise ConfigError(f"config.{dotted}: expected {allowed.expected}, got {value!r}")
 
 
-def _check_model(model: ml_collections.ConfigDict) -> None:
-    from jaxlm.models import get_model
+def _check_model(config: ml_collections.ConfigDict) -> None:
+    """The model's name and fields (the registry's checks), then fields that depend on others."""
+    from jaxlm.models import RECURRENT, get_model, model_defaults
 
-    sizes = model.get("hidden_sizes", (1,))
-    if isinstance(sizes, int | str) or not sizes or not all(_is_int(s) and s > 0 for s in sizes):
-        raise ConfigError(
-            f"config.model.hidden_sizes: expected a tuple of positive integers like (256, 256), "
-            f"got {sizes!r}"
-        )
-    if model.name == "transformer" and model.embed_dim % model.num_heads:
-        raise ConfigError(
-            f"config.model.embed_dim={model.embed_dim} does not divide into "
-            f"config.model.num_heads={model.num_heads}"
-        )
     try:
-        get_model(model, 2)  # unknown fields and names
+        get_model(config.model, 2)  # unknown fields and names
     except ConfigError:
         raise
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    name = config.model.name
+    m = ml_collections.ConfigDict({**model_defaults(name), **config.model})
+    if name == "transformer":
+        if m.embed_dim % m.num_heads:
+            raise ConfigError(
+                f"config.model.embed_dim={m.embed_dim} does not divide into "
+                f"config.model.num_heads={m.num_heads}"
+            )
+        if m.positions == "rotary" and (m.embed_dim // m.num_heads) % 2:
+            raise ConfigError(
+                f"config.model.embed_dim={m.embed_dim} over config.model.num_heads={m.num_heads} "
+                f"gives heads {m.embed_dim // m.num_heads} wide; rotary positions turn pairs of "
+                "features, so the head width must be even"
+            )
+        if m.positions == "learned" and config.data.seq_len > m.max_len:
+            raise ConfigError(
+                f"config.data.seq_len={config.data.seq_len} exceeds config.model.max_len="
+                f"{m.max_len}, the size of the learned position table: raise max_len or "
+                "shorten the window"
+            )
+    elif name == "ngram":
+        # Discounts within what each method allows: modified Kneser-Ney's (D1, D2, D3+) at most
+        # (1, 2, 3), repeated per order; the others' at most 1.
+        for i, d in enumerate(m.discount):
+            limit = i % 3 + 1 if m.method == "modified_kneser_ney" else 1
+            if d > limit:
+                raise ConfigError(
+                    f"config.model.discount: {d} is outside [0, {limit}] for {m.method} "
+                    f"(value {i + 1} of {tuple(m.discount)})"
+                )
+    elif name in RECURRENT and _is_seq(m.weight_drop) and len(m.weight_drop) != len(m.hidden_sizes):
+        raise ConfigError(
+            f"config.model.weight_drop: {len(m.weight_drop)} values for the "
+            f"{len(m.hidden_sizes)} layers of config.model.hidden_sizes={tuple(m.hidden_sizes)}; "
+            "give one value, or one per layer"
+        )
 
 
 def _check_optimizer(config: ml_collections.ConfigDict) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import re
+
+import ml_collections
 import pytest
 
 from jaxlm import config as cfg
 from jaxlm.errors import ConfigError
-from jaxlm.models import model_defaults
+from jaxlm.models import MODELS, model_defaults
 from jaxlm.train.loop import train_and_evaluate
 from tests.helpers import ROOT, smoke
 
@@ -54,6 +58,8 @@ def test_unknown_model_and_optimizer_names(tmp_path):
         ("optimizer.learning_rate", -1.0, "config.optimizer.learning_rate: expected a positive"),
         ("train.eval_steps", -1, r"config.train.eval_steps: expected an integer >= 0, got -1"),
         ("train.sample_tokens", -5, r"config.train.sample_tokens: expected an integer >= 0"),
+        ("model.dropout", 1.5, r"config.model.dropout: expected a number in \[0, 1\), got 1.5"),
+        ("model.embed_dim", 0, r"config.model.embed_dim: expected a positive integer, got 0"),
         (
             "optimizer.accumulate_steps",
             0,
@@ -102,3 +108,193 @@ def test_a_transformer_whose_width_does_not_divide_into_its_heads_is_refused():
     config.model.num_heads = 3
     with pytest.raises(ConfigError, match="embed_dim=32 does not divide into .*num_heads=3"):
         cfg.validate(config)
+
+
+# What the walk below sets each field to: values outside its range (or of no use to it). A field
+# of base_config that is neither here nor in EXEMPT fails the walk, so a new field gets a check.
+NAN, INF = math.nan, math.inf
+OUT_OF_RANGE = {
+    "seed": [-1],
+    "precision": ["float8"],
+    "data.corpus": ["web"],
+    "data.path": ["corpus.txt"],  # the default corpus, builtin, reads no files
+    "data.split": [(0.9, 0.1, 0.0), (0.5, 0.5, 0.5), (1.0,)],
+    "data.tokenizer": ["bpe"],
+    "data.vocab_size": [-1],
+    "data.min_count": [0],
+    "data.batch_size": [0],
+    "data.seq_len": [0],
+    "data.eval_batch_size": [0],
+    "optimizer.name": ["adamm"],
+    "optimizer.learning_rate": [-1.0, 0.0, NAN, INF],
+    "optimizer.schedule": ["cosin"],
+    "optimizer.warmup_steps": [-1],
+    "optimizer.end_lr_fraction": [1.5, NAN],
+    "optimizer.decay_start_step": [0.5],
+    "optimizer.decay_every": [0],
+    "optimizer.decay_factor": [0.0, 1.5],
+    "optimizer.clip_norm": [-1.0, NAN],
+    "optimizer.weight_decay": [-0.1],
+    "optimizer.decay_mask": ["none"],
+    "optimizer.momentum": [1.0],
+    "optimizer.b1": [1.0],
+    "optimizer.b2": [-0.1],
+    "optimizer.cut_frac": [0.0],
+    "optimizer.stlr_ratio": [0.5],
+    "optimizer.sgdr_period": [0],
+    "optimizer.sgdr_mult": [0.5],
+    "optimizer.steps_per_epoch": [-1],
+    "optimizer.decay_after_epochs": [-1],
+    "optimizer.plateau_factor": [1.0],
+    "optimizer.plateau_patience": [-1],
+    "optimizer.plateau_cooldown": [-1],
+    "optimizer.nt_asgd_nonmono": [-1],
+    "optimizer.accumulate_steps": [0],
+    "optimizer.max_nonfinite": [0],
+    "finetune.strategy": ["most"],
+    "finetune.num_last_layers": [-1],
+    "finetune.lr_factor": [0.0],
+    "finetune.unfreeze_every": [-1],
+    "finetune.discriminative_factor": [0.0],
+    "finetune.clip_norm": [-1.0],
+    "finetune.l2": [-1e-5],
+    "finetune.dropout": [1.0],
+    "parallel.data": [-1],
+    "parallel.model": [0],
+    "parallel.rules": [(("embed",),), (("[", (None, "model")),), "embed"],
+    "train.num_steps": [0],
+    "train.log_every": [0],
+    "train.eval_every": [0],
+    "train.eval_steps": [-1],
+    "train.checkpoint_every": [0],
+    "train.keep_checkpoints": [0],
+    "train.sample_tokens": [-5],
+    "train.sample_temperature": [-0.5, NAN],
+    "train.label_smoothing": [1.0],
+    # The model section, by field name, whichever models have the field.
+    "model.name": ["lstmm"],
+    "model.embed_dim": [0],
+    "model.dropout": [1.5, -0.1, 1.0],
+    "model.hidden_sizes": [(), (64, 0), 64],
+    "model.input_dropout": [1.5],
+    "model.hidden_dropout": [1.0],
+    "model.embed_dropout": [1.0],
+    "model.weight_drop": [1.0, (0.5, 1.0)],
+    "model.ar": [-1.0],
+    "model.tar": [-1.0],
+    "model.init_scale": [0.0],
+    "model.num_layers": [0],
+    "model.num_heads": [0],
+    "model.mlp_dim": [-1],
+    "model.max_len": [0],
+    "model.attention_dropout": [1.0],
+    "model.norm": ["batchnorm"],
+    "model.positions": ["alibi"],
+    "model.order": [0],
+    "model.method": ["witten_bell"],
+    "model.discount": [(-0.5,)],
+    "model.discount_fallback": [(0.5, 1.0), (0.5, 1.0, 4.0)],
+    "model.k": [0.0],
+    "model.cutoffs": [(1,), (0, 2, 1), (0, -1)],
+}
+# Fields with no value out of range, and why.
+EXEMPT = {
+    "name": "free text: the run's name",
+    "init_from": "a checkpoint path: the run checks it, right after validate",
+    "data.data_dir": "a folder, created when missing",
+    "train.sample_prompt": "free text",
+    **dict.fromkeys(
+        [
+            "optimizer.centralize",
+            "optimizer.skip_nonfinite",
+            "train.carry_state",
+            "model.locked_dropout",
+            "model.tie_embeddings",
+            "model.remat",
+            "model.add_bos",
+            "model.write_arpa",
+        ],
+        "a boolean: both values are valid",
+    ),
+}
+
+
+def _fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """The dotted names of every leaf field."""
+    out = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            out += _fields(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def _with(config: ml_collections.ConfigDict, dotted: str, value) -> ml_collections.ConfigDict:
+    """A copy with one field set to any value, of any type (as a config read from JSON can be)."""
+    tree = config.to_dict()
+    *sections, field = dotted.split(".")
+    holder = tree
+    for section in sections:
+        holder = holder[section]
+    holder[field] = value
+    return ml_collections.ConfigDict(tree)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_field_out_of_range_is_refused_by_name(model):
+    every = {f for name in MODELS for f in _fields(cfg.base_config(name))}
+    assert set(OUT_OF_RANGE) | set(EXEMPT) <= every  # no stale entry
+    assert not set(OUT_OF_RANGE) & set(EXEMPT)
+    config = cfg.base_config(model)
+    cfg.validate(config)  # the defaults pass: each error below is the one value's
+    fields = _fields(config)
+    unchecked = [f for f in fields if f not in OUT_OF_RANGE and f not in EXEMPT]
+    assert not unchecked, f"fields with no out-of-range value and no exemption: {unchecked}"
+    for dotted in fields:
+        for value in OUT_OF_RANGE.get(dotted, ()):
+            with pytest.raises(ConfigError) as e:
+                cfg.validate(_with(config, dotted, value))
+            assert re.match(rf"config\.{re.escape(dotted)}\b", str(e.value)), (dotted, value)
+
+
+@pytest.mark.parametrize(
+    "model, fields, message",
+    [
+        (
+            "transformer",
+            {"positions": "rotary", "embed_dim": 6, "num_heads": 2},
+            r"config.model.embed_dim=6 over config.model.num_heads=2 gives heads 3 wide",
+        ),
+        (
+            "transformer",
+            {"max_len": 16},  # the window, data.seq_len, is 128
+            r"config.data.seq_len=128 exceeds config.model.max_len=16",
+        ),
+        (
+            "lstm",
+            {"weight_drop": (0.5,)},
+            r"config.model.weight_drop: 1 values for the 2 layers",
+        ),
+        (
+            "ngram",
+            {"method": "kneser_ney", "discount": (1.5,)},
+            r"config.model.discount: 1.5 is outside \[0, 1\] for kneser_ney",
+        ),
+        (
+            "ngram",
+            {"discount": (0.5, 1.0, 3.5)},
+            r"config.model.discount: 3.5 is outside \[0, 3\] for modified_kneser_ney",
+        ),
+    ],
+)
+def test_fields_whose_range_depends_on_another_are_refused(model, fields, message):
+    config = cfg.base_config(model)
+    for field, value in fields.items():  # weight_drop's float default refuses a tuple in place
+        config = _with(config, f"model.{field}", value)
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate(config)
+    # A rotary model may attend past max_len (no position table); an even head width is fine.
+    config = cfg.base_config("transformer")
+    config.model.update({"positions": "rotary", "max_len": 16, "embed_dim": 8, "num_heads": 2})
+    cfg.validate(config)
