@@ -72,6 +72,11 @@ def generate(
     carrying the model's state (a recurrent model's hidden state, a Transformer's key/value
     cache: whatever ``model.initial_carry(B, max_length)`` gives).
 
+    A model with a ``context_window`` (a Transformer with learned positions: ``max_len``) sees
+    at most that many tokens. When the prompt and the new tokens do not fit, the context is
+    cropped to its last ``context_window`` tokens, as nanoGPT does: the cache serves while the
+    sequence fits, then each token re-reads the window before it. So any ``num_tokens`` works.
+
     Args:
       model: a jaxlm model (see :func:`jaxlm.models.get_model`).
       params: its parameters.
@@ -95,11 +100,33 @@ def generate(
     """
     if num_tokens < 1:
         raise ValueError(f"generate: num_tokens must be >= 1, got {num_tokens}")
-    batch, plen = prompt_BxP.shape
-    carry = model.initial_carry(batch, plen + num_tokens)
-    logits, carry, _ = model.apply({"params": params}, prompt_BxP, carry, deterministic=True)
     draw = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
     keys = jax.random.split(rng, num_tokens)
+    window = getattr(model, "context_window", None)
+    plen = prompt_BxP.shape[1]
+    if window is None or plen + num_tokens <= window:
+        return _continue(model, params, prompt_BxP, keys, draw, plen + num_tokens)
+    # Cropped, as nanoGPT does: the cache while the sequence fits (the last token drawn is never
+    # fed, so a full window of cache gives window - P + 1 tokens), then the window re-read.
+    prompt_BxP = prompt_BxP[:, -window:]
+    n_cached = min(window - prompt_BxP.shape[1] + 1, num_tokens)
+    head = _continue(model, params, prompt_BxP, keys[:n_cached], draw, window)
+    context = jnp.concatenate([prompt_BxP, head], axis=1)[:, -window:]
+    no_carry = model.initial_carry(prompt_BxP.shape[0])
+
+    def step(context_BxW, key):
+        logits, _, _ = model.apply({"params": params}, context_BxW, no_carry, deterministic=True)
+        nxt = draw(logits[:, -1], key)
+        return jnp.concatenate([context_BxW[:, 1:], nxt[:, None]], axis=1), nxt
+
+    _, tail = jax.lax.scan(step, context, keys[n_cached:])
+    return jnp.concatenate([head, tail.T], axis=1)
+
+
+def _continue(model, params, prompt_BxP, keys, draw, max_length: int) -> jax.Array:
+    """One token per key: the prompt read once, then each token fed to the carried state."""
+    carry = model.initial_carry(prompt_BxP.shape[0], max_length)
+    logits, carry, _ = model.apply({"params": params}, prompt_BxP, carry, deterministic=True)
     first = draw(logits[:, -1], keys[0])
 
     def step(state, key):

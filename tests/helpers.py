@@ -18,9 +18,10 @@ from jaxlm.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def smoke(**overrides) -> ml_collections.ConfigDict:
-    """``configs/lstm.py:smoke`` with dotted overrides, e.g. ``smoke(**{"train.num_steps": 3})``."""
-    config = load_config(str(ROOT / "configs/lstm.py:smoke"))
+def smoke(recipe: str = "lstm", **overrides) -> ml_collections.ConfigDict:
+    """``configs/<recipe>.py:smoke`` with dotted overrides, e.g.
+    ``smoke(**{"train.num_steps": 3})`` or ``smoke("transformer", **{"model.max_len": 32})``."""
+    config = load_config(str(ROOT / f"configs/{recipe}.py:smoke"))
     for dotted, value in overrides.items():
         section, _, field = dotted.rpartition(".")
         setattr(config.get(section) if section else config, field, value)

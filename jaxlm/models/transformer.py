@@ -270,6 +270,13 @@ class Transformer(nn.Module):
     param_dtype: Dtype = jnp.float32
     output_dtype: Dtype = jnp.float32
 
+    @property
+    def context_window(self) -> int | None:
+        """The most tokens one sequence can hold: ``max_len`` with learned positions (the size
+        of their table), None with rotary ones (no limit; a decoding cache is sized to the
+        sequence). :func:`jaxlm.sampling.generate` crops longer contexts to this."""
+        return self.max_len if self.positions == "learned" else None
+
     def initial_carry(self, batch_size: int, max_length: int | None = None) -> Cache | None:
         """No carry for training; an empty key/value cache for decoding ``max_length`` tokens.
 

@@ -329,3 +329,14 @@ def test_a_status_that_cannot_be_believed_is_said_so_and_the_checkpoints_decide(
         assert f"Ignoring {workdir / 'status.json'}" in out
     assert final["step"] == 3 and math.isfinite(final["test_loss"])
     assert monitor.read_status(workdir)["state"] == "finished"
+
+
+def test_the_end_of_run_sample_may_be_longer_than_a_transformers_window(tmp_path):
+    # "The " and 40 tokens do not fit in 32 learned positions: the sample crops its context.
+    config = smoke(
+        "transformer",
+        **{"model.max_len": 32, "train.num_steps": 2, "train.sample_tokens": 40},
+    )
+    final = train_and_evaluate(config, tmp_path)
+    assert final["step"] == 2
+    assert final["sample"].startswith("The ") and len(final["sample"]) == len("The ") + 40
