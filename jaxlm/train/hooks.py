@@ -342,7 +342,9 @@ class Checkpointer(Hook):
             return
         self._buffer.sync(progress)
         with self._chrono.paused():
-            self._guarded(self._check)  # a failure of the previous save is that save's
+            # Orbax waits for the previous save before starting one: waiting here first
+            # names a failure of it as that save's, not this one's.
+            self._guarded(self._wait)
             self._in_flight = progress.step
             self._guarded(self._save, progress.step, progress.state)
             if progress.stop is not None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -187,3 +190,96 @@ def test_expected_errors_are_one_line_and_the_traceback_is_for_verbose(tmp_path)
     out = run("--config=ptb:smoke", "--config.data.path=/no/such/ptb", "--verbose")
     assert out.returncode == 1 and "Traceback" in out.stderr and "ConfigError" in out.stderr
     assert not (tmp_path / "never").exists()
+    # A corpus file that holds no text, found only when the data are prepared.
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"\xef\xbb\xbf")  # a byte-order mark and nothing else
+    out = run(
+        f"--config={ROOT / 'configs/lstm.py'}:smoke",
+        f"--config.data.path={empty}",
+        "--config.data.corpus=text_files",
+    )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines() == [
+        f"error: corpus file is empty: {empty} (it holds only a byte-order mark)"
+    ]
+    # A workdir another process is writing to.
+    busy = tmp_path / "busy"
+    with ck.exclusive(busy):
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ck.holder(busy)["since"]))
+        out = subprocess.run(
+            train_cli(f"--workdir={busy}"), capture_output=True, text=True, cwd=ROOT, timeout=120
+        )
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.strip().splitlines() == [
+        f"error: {busy} is being written by pid {os.getpid()} on host {socket.gethostname()} "
+        f"(since {since})"
+        ": wait for it to finish or stop it, or give this run another --workdir"
+    ]
+
+
+def test_cli_ctrl_c_saves_exits_130_and_says_interrupted(tmp_path):
+    workdir = tmp_path / "run"
+    cmd = train_cli(
+        f"--workdir={workdir}",
+        "--config.train.num_steps=100000",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=100000",
+        "--config.train.checkpoint_every=100000",
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        _wait_for(lambda: _status(workdir).get("step", 0) > 0, proc)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    status = _status(workdir)
+    assert status["state"] == "interrupted"
+    assert ck.list_steps(workdir) == [status["step"]]  # saved where it stopped
+    state, _ = ck.load_state(workdir, status["step"], parts=("step",))
+    assert int(state["step"]) == status["step"]
+
+
+def _tmpfs(where: Path, size: str) -> bool:
+    """Mounts a tmpfs of ``size`` at ``where``; False where this machine does not allow it."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    where.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True
+    )
+    return done.returncode == 0
+
+
+def test_cli_full_disk_is_one_line_keeps_the_last_checkpoint_and_resumes(tmp_path):
+    disk = tmp_path / "tiny"
+    if not _tmpfs(disk, "1800k"):  # two checkpoints of the smoke LSTM (~790 KiB each) fit
+        pytest.skip("needs root and mount to make a small filesystem")
+    try:
+        workdir = disk / "run"
+        cmd = train_cli(
+            f"--workdir={workdir}",
+            "--config.train.num_steps=120",
+            "--config.train.sample_tokens=0",
+        )
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert out.returncode == 2, out.stderr[-3000:]
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith(f"error: saving checkpoint 90 to {workdir / 'checkpoints'} failed")
+        assert "no space left on device (" in line and f"free on {disk}, it needs about" in line
+        assert line.endswith("checkpoint 60 is intact")
+        status = _status(workdir)
+        assert status["state"] == "failed" and "no space left" in status["error"]
+        assert ck.list_steps(workdir) == [30, 60]  # the partial 90 is gone
+        ck.load_state(workdir, 60)  # reads back whole: its checksums hold
+        subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+        again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"Resumed from {workdir / 'checkpoints'}/60" in again.stdout
+        assert _status(workdir)["state"] == "finished" and _status(workdir)["step"] == 120
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
