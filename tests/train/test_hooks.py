@@ -204,7 +204,7 @@ def test_checkpointer_saves_periodically_at_the_end_on_request_and_on_stop():
     saved, waits = [], []
     saver = Checkpointer(
         lambda step, state: saved.append(step),
-        lambda: waits.append(1),
+        lambda: waits.append(saved[-1] if saved else None),
         every_steps=3,
         chrono=chrono,
         buffer=buffer,
@@ -222,9 +222,11 @@ def test_checkpointer_saves_periodically_at_the_end_on_request_and_on_stop():
     progress.request_stop("enough")
     buffer.after_step(progress)
     saver.after_step(progress)
-    assert saved[-1] == 8 and waits == [1]  # a stopped run waits for its last save
+    # Each save first waits for the one before (so that its failure is named as its own), and
+    # a stopped run waits for its last save.
+    assert saved == [3, 4, 6, 8] and waits == [None, 3, 4, 6, 8]
     saver.on_end(progress)
-    assert len(waits) == 2
+    assert waits[-1] == 8 and len(waits) == 6
 
 
 def test_checkpointer_saves_no_state_with_a_nan_loss():
