@@ -72,5 +72,6 @@ def test_another_process_holding_the_lock_refuses_then_its_death_frees_it(tmp_pa
 def test_readers_need_no_lock(run, cli, capsys):
     with ck.exclusive(run):  # a run is writing: inspecting, reading, verifying still work
         assert cli(["inspect", str(run)]) == 0
+        assert cli(["verify", str(run)]) == 0
         assert int(ck.load_state(run)[0]["step"]) == 3
     assert "params" in capsys.readouterr().out
