@@ -8,7 +8,8 @@ it in place. Batches are global arrays split over "data", each process feeding i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -216,3 +217,87 @@ def device_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
             rows = host_rows(value.shape[0])
             out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh), value[rows])
     return out
+
+
+# Environment variables by which JAX's own cluster detection (``jax.distributed.initialize()``
+# without arguments) recognises a job of several processes: a job step that srun started with
+# more than one task, and mpirun's world.
+_CLUSTERS = {"SLURM": ("SLURM_STEP_ID", "SLURM_NTASKS"), "Open MPI": (None, "OMPI_COMM_WORLD_SIZE")}
+
+
+def detected_cluster(env: Mapping[str, str]) -> str | None:
+    """The cluster whose launcher started this process as one of several, from its environment.
+
+    Args:
+      env: the environment (``os.environ``).
+
+    Returns:
+      ``"SLURM"`` or ``"Open MPI"``, or None (one process, or no launcher JAX knows).
+
+    Example:
+      >>> detected_cluster({"SLURM_STEP_ID": "0", "SLURM_NTASKS": "4"})
+      'SLURM'
+      >>> detected_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
+      True
+    """
+    for name, (marker, size) in _CLUSTERS.items():
+        count = env.get(size, "1")
+        if (marker is None or marker in env) and count.isdigit() and int(count) > 1:
+            return name
+    return None
+
+
+def start_distributed(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str | None:
+    """Joins this process to a multi-process run (``jax.distributed.initialize``), before any
+    other use of JAX.
+
+    Given a coordinator, the three values are used as they are; without one, a cluster that
+    JAX detects (SLURM's srun, Open MPI's mpirun) is joined with JAX's defaults; otherwise this
+    is a run of one process and nothing is done.
+
+    Args:
+      coordinator: ``HOST:PORT`` of process 0's coordination service.
+      num_processes: how many processes take part.
+      process_id: this one's index, from 0.
+      env: the environment (default ``os.environ``).
+
+    Returns:
+      How the run was joined (for the log), or None for one process.
+
+    Raises:
+      ConfigError: the values given are incomplete or out of range (named).
+
+    Example:
+      >>> start_distributed(env={}) is None  # one process
+      True
+    """
+    from jaxlm.errors import ConfigError
+
+    env = os.environ if env is None else env
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    if coordinator is None and num_processes in (None, 1) and process_id in (None, 0):
+        cluster = detected_cluster(env)
+        if cluster is None:
+            return None
+        jax.distributed.initialize()
+        return f"{cluster}: process {jax.process_index()} of {jax.process_count()}"
+    missing = [f"--{k}" for k, v in given.items() if v is None]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} missing: a run of several processes needs --coordinator="
+            "HOST:PORT, --num_processes=N and --process_id=I (0 <= I < N)"
+        )
+    if not 0 <= process_id < num_processes or ":" not in coordinator:
+        raise ConfigError(
+            f"--coordinator={coordinator} --num_processes={num_processes} "
+            f"--process_id={process_id}: expected HOST:PORT and 0 <= process_id < num_processes"
+        )
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
+    return f"{coordinator}: process {process_id} of {num_processes}"

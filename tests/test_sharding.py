@@ -10,6 +10,7 @@ from jax.sharding import PartitionSpec
 
 from jaxlm import sharding, state, tree
 from jaxlm.config import load_config
+from jaxlm.errors import ConfigError
 
 
 def test_mesh_uses_every_device_by_default_and_checks_the_fit():
@@ -58,3 +59,14 @@ def test_device_batch_splits_rows_over_data():
     assert {s.data.shape for s in batch["inputs"].addressable_shards} == {(2, 3)}
     np.testing.assert_array_equal(batch["inputs"], np.arange(24).reshape(8, 3))
     assert bool(batch["reset"])
+
+
+def test_start_distributed_needs_all_three_values_and_detects_launchers():
+    with pytest.raises(ConfigError, match="--num_processes, --process_id missing"):
+        sharding.start_distributed("127.0.0.1:1234", env={})
+    with pytest.raises(ConfigError, match="expected HOST:PORT and 0 <= process_id"):
+        sharding.start_distributed("127.0.0.1:1234", 2, 2, env={})
+    assert sharding.start_distributed(num_processes=1, process_id=0, env={}) is None
+    assert sharding.detected_cluster({"OMPI_COMM_WORLD_SIZE": "2"}) == "Open MPI"
+    assert sharding.detected_cluster({"SLURM_NTASKS": "8"}) is None  # salloc, not srun
+    assert sharding.detected_cluster({"SLURM_STEP_ID": "0", "SLURM_NTASKS": "1"}) is None

@@ -6,6 +6,10 @@ Also installed as ``jaxlm-train``. ``--config`` takes a recipe file or a recipe'
 incompatible workdir, another run writing to the workdir, a full disk) is one line on stderr
 and exit status 2; ``--verbose`` shows the traceback. A SIGTERM checkpoints the run and exits
 with 143; a Ctrl-C does the same and exits with 130, a second Ctrl-C exits at once.
+
+Several processes (one per host, or per GPU) run one job with ``--coordinator=HOST:PORT
+--num_processes=N --process_id=I`` each, or with no flags under srun or mpirun; a SIGTERM to
+any of them makes all save the same step and exit with 143.
 """
 
 from __future__ import annotations
@@ -59,6 +63,14 @@ def _define_flags() -> None:
         "(glibc only; see jaxlm.runtime.heap). --nokeep_heap returns freed memory to the system.",
     )
     flags.DEFINE_bool("verbose", False, "Show the traceback of an expected error too.")
+    flags.DEFINE_string(
+        "coordinator",
+        None,
+        "HOST:PORT of process 0, for a run of several processes (jax.distributed); with "
+        "--num_processes and --process_id. Under srun or mpirun, left out: JAX finds them.",
+    )
+    flags.DEFINE_integer("num_processes", None, "How many processes take part (--coordinator).")
+    flags.DEFINE_integer("process_id", None, "This process's index, from 0 (--coordinator).")
     flags.mark_flag_as_required("config")
 
 
@@ -70,22 +82,37 @@ def main(argv: list[str]) -> None:
         from jaxlm.runtime import keep_freed_memory
 
         keep_freed_memory()
+    from jaxlm import sharding
     from jaxlm.errors import JaxlmError
-    from jaxlm.train import loop, workdir
 
     if not FLAGS.verbose:
         _quiet_orbax_errors()
     config = FLAGS.config
+    try:  # first: JAX must not have started its backends before it joins the others
+        joined = sharding.start_distributed(
+            FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id
+        )
+    except JaxlmError as e:
+        _expected(e)
+    if joined:
+        print(f"Joined a run of several processes through {joined}", flush=True)
+    from jaxlm.train import loop, workdir
+
     try:
         loop.train_and_evaluate(config, FLAGS.workdir or workdir.default_workdir(config))
     except loop.Preempted as e:
         print(e, file=sys.stderr)
         sys.exit(128 + e.signum)
     except JaxlmError as e:
-        if FLAGS.verbose:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        _expected(e)
+
+
+def _expected(e: BaseException) -> None:
+    """An expected error: one line and its exit status (the traceback with --verbose)."""
+    if FLAGS.verbose:
+        raise e
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(getattr(e, "exit_code", 2))
 
 
 class _OrbaxErrors(logging_lib.Filter):

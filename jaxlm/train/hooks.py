@@ -379,11 +379,19 @@ class Preemption(Hook):
     that has a true ``raised`` attribute (the command line's, set before the slow imports)
     hands on a SIGTERM it already received.
 
+    With several processes (``jax.distributed``), a signal that any one of them receives stops
+    them all at the same step, so that they save that step together: each step every process
+    contributes the signal it received (0 for none) to a maximum over all devices, dispatched
+    without waiting and read one step later (the same step on every process). Before the loop
+    and after the final evaluation they agree at once (:meth:`agree`).
+
     Args:
       immediate: keep the default actions instead (a run with nothing to checkpoint).
 
     Attributes:
-      signum: the signal received (``signal.SIGTERM`` or ``signal.SIGINT``), else None.
+      signum: the signal that stops the run (``signal.SIGTERM`` or ``signal.SIGINT``), else
+        None; with several processes, once they have agreed on it.
+      received: the signal this process received, else None.
 
     Example:
       >>> with Preemption() as preemption:
@@ -395,8 +403,11 @@ class Preemption(Hook):
 
     def __init__(self, *, immediate: bool = False):
         self.signum: int | None = None
+        self.received: int | None = None
         self._immediate = immediate
         self._old: dict[int, Any] = {}
+        self._agreement: _ProcessMax | None = None  # several processes, from on_start
+        self._pending: jax.Array | None = None
 
     @property
     def requested(self) -> bool:
@@ -418,7 +429,7 @@ class Preemption(Hook):
             except ValueError:  # not the main thread: signals stay as they are
                 break
         if getattr(self._old.get(signal.SIGTERM), "raised", False):
-            self.signum = signal.SIGTERM
+            self.signum = self.received = signal.SIGTERM
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -428,17 +439,33 @@ class Preemption(Hook):
 
     def _handle(self, signum: int, frame: Any) -> None:
         del frame
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+        if signum == signal.SIGINT and self.received == signal.SIGINT:
             raise KeyboardInterrupt("second Ctrl-C")
-        if self.signum is None:
-            self.signum = signum
+        if self.received is None:
+            self.received = signum
+            if self._agreement is None:  # one process: it stops by itself
+                self.signum = signum
             if signum == signal.SIGINT:
                 print(
                     "Ctrl-C: saving a checkpoint and stopping (Ctrl-C again to stop at once)",
                     flush=True,
                 )
 
+    def agree(self) -> None:
+        """With several processes: waits until every one has said which signal it received,
+        and stops on any (with one process there is nothing to wait for)."""
+        if self._agreement is not None:
+            self._pending = None
+            self._adopt(int(self._agreement(self.received or 0)))
+
+    def _adopt(self, seen: int) -> None:
+        if seen and self.signum is None:
+            self.signum = seen
+
     def on_start(self, progress: Progress) -> None:
+        if jax.process_count() > 1:
+            self._agreement = _ProcessMax()
+            self.agree()
         if self.requested:  # before the loop: the checkpoints on disk are kept as they are
             progress.stop = Stop(
                 f"{self.name} before training resumed at step {progress.step}; nothing new to save",
@@ -447,7 +474,28 @@ class Preemption(Hook):
             )
 
     def after_step(self, progress: Progress) -> None:
+        if self._agreement is not None:  # read the last step's agreement, start this one's
+            pending, self._pending = self._pending, self._agreement(self.received or 0)
+            if pending is not None:
+                self._adopt(int(pending))
         if self.requested and progress.stop is None:  # read once per step
             progress.stop = Stop(
                 f"{self.name} at step {progress.step}", evaluate=False, preempted=True
             )
+
+
+class _ProcessMax:
+    """The maximum of one integer per process, a replicated scalar on every process:
+    ``self(value)`` dispatches it and returns at once (reading it waits)."""
+
+    def __init__(self):
+        devices = jax.devices()
+        mesh = jax.sharding.Mesh(np.array(devices), ("all",))
+        self._sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("all"))
+        self._shape = (len(devices),)
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        self._max = jax.jit(lambda x: x.max(), out_shardings=replicated)
+
+    def __call__(self, value: int) -> jax.Array:
+        local = np.full((jax.local_device_count(),), value, np.int32)
+        return self._max(jax.make_array_from_process_local_data(self._sharding, local, self._shape))

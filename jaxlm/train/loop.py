@@ -406,6 +406,7 @@ def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -
     mon.write(progress.step, val, "validation")
     mon.write(progress.step, test, "test")
     sample = _sample(model, params, run.corpus.tokenizer, run.config)
+    preemption.agree()  # several processes: a signal any of them received
     if preemption.requested:  # the last checkpoint is saved; a re-run evaluates again
         reason = f"{preemption.name} during the final evaluation at step {progress.step}"
         mon.status(_signal_state(preemption), progress.step, stop_reason=reason)
