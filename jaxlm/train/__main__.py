@@ -203,6 +203,11 @@ def run() -> None:
         print("Interrupted; the last finished checkpoint is kept", file=sys.stderr, flush=True)
         sys.stdout.flush()
         os._exit(130)
+    finally:
+        # The run is over and its status written. Python gives SIGTERM its default action
+        # back before its last clean-up (which takes a while after JAX ran), so a SIGTERM
+        # then would end a finished run with -15 instead of its own status: ignore it.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -130,6 +131,37 @@ def test_cli_sigterm_during_startup_exits_143(tmp_path):
     assert "SIGTERM before training" in err
     assert _status(workdir)["state"] == "preempted"
     assert ck.manager(workdir, read_only=True).all_steps() == []
+
+
+def test_cli_sigterm_during_interpreter_teardown_keeps_the_exit_status():
+    # After the run, Python gives SIGTERM its default action back and then tears down (after
+    # JAX, that takes about half a second): a SIGTERM then must not turn a finished run's
+    # status 0 into -15. The slow __del__ stands for that teardown.
+    child = textwrap.dedent(
+        """
+        import sys, time
+        from jaxlm.train import __main__ as cli
+
+        class SlowTeardown:
+            def __del__(self):
+                print("tearing down", flush=True)
+                time.sleep(5)
+
+        slow = SlowTeardown()
+        cli.app.run = lambda main, flags_parser: sys.exit(0)  # a run that finished
+        cli.run()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child], cwd=ROOT, text=True, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout.readline() == "tearing down\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+        proc.stdout.close()
 
 
 def test_unknown_config_field_is_named(tmp_path):
