@@ -73,7 +73,8 @@ def metadata_tree(path: PathLike, step: int | None = None) -> Any:
     item = resolve(path, step) / STATE_ITEM
     handler = ocp.StandardCheckpointHandler()
     try:
-        return handler.metadata(epath.Path(item)).tree
+        with finished_reads():
+            return handler.metadata(epath.Path(item)).tree
     except Exception as e:
         raise CheckpointError(
             f"cannot read the array metadata of {item}: {type(e).__name__}: {e}"

@@ -197,3 +197,21 @@ def test_verify_refuses_a_folder_without_checkpoints(tmp_path, cli, capsys):
         assert out.out == ""
         (line,) = out.err.splitlines()
         assert line.startswith("error: ") and str(tmp_path / name) in line and message in line
+
+
+def test_verify_of_an_undecodable_manifest_prints_one_verdict_and_no_traceback(
+    run, tmp_path, cli, capfd
+):
+    # The array metadata is read by many concurrent reads; the first that fails raises while
+    # the others are in flight, and their completions must not reach a closed event loop.
+    workdir = tmp_path / "run"
+    shutil.copytree(run, workdir)
+    manifest = workdir / "checkpoints/3/state/manifest.ocdbt"
+    data = bytearray(manifest.read_bytes())
+    data[14:18] = bytes(4)  # the zstd frame's magic number: nothing decodes
+    manifest.write_bytes(bytes(data))
+    assert cli(["verify", str(workdir)]) == 1
+    out = capfd.readouterr()
+    lines = out.out.splitlines()
+    assert lines[2].startswith(f"{workdir / 'checkpoints/3'}: damaged: cannot read the array")
+    assert "Traceback" not in out.err and "Event loop is closed" not in out.err, out.err
