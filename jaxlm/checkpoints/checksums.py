@@ -10,6 +10,10 @@ devices verifies when read to the host (``python tools/checkpoint.py verify``) a
 round. Any changed bit, and any change of a few bytes short of a deliberate collision, changes
 the checksum.
 
+The meta JSON itself (config, tokenizer, those checksums) gets a SHA-256 of its canonical text
+(:func:`with_meta_digest`, checked by :func:`check_meta`): a changed character there would
+otherwise resume a run with another tokenizer or config, or refuse it as "incompatible".
+
 Files that are not orbax checkpoints (an n-gram run's ``model.npz`` and ARPA file) get SHA-256
 digests instead (:func:`file_digest`), kept in ``model.checksums.json`` beside them
 (:func:`write_model_checksums`, checked by :func:`model_files_status` and
@@ -184,6 +188,47 @@ def verify(tree: Any, expected: dict[str, list[int]] | None, where: str | Path) 
         raise ChecksumMismatch(
             f"{where}: the bytes of {', '.join(bad[:3])}{more} are not those that were saved "
             "(checksum mismatch: the files were changed or damaged after the save)"
+        )
+
+
+META_DIGEST = "meta_sha256"
+
+
+def _meta_text(meta: dict[str, Any]) -> bytes:
+    """The canonical JSON text of a meta, its digest left out."""
+    rest = {k: v for k, v in meta.items() if k != META_DIGEST}
+    return json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()
+
+
+def with_meta_digest(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` as JSON data with the SHA-256 of the rest of it under ``"meta_sha256"``.
+
+    Example:
+      >>> meta = with_meta_digest({"config": {"seed": 0}, "tokenizer": {"kind": "byte"}})
+      >>> check_meta(meta, "ckpt")
+      >>> meta["config"]["seed"] = 8
+      >>> check_meta(meta, "ckpt")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      jaxlm.checkpoints.checksums.ChecksumMismatch: ckpt: its meta JSON ... is not the one saved ...
+    """
+    meta = json.loads(json.dumps(meta))  # as it will be read back: tuples as lists
+    meta[META_DIGEST] = hashlib.sha256(_meta_text(meta)).hexdigest()
+    return meta
+
+
+def check_meta(meta: dict[str, Any], where: str | Path) -> None:
+    """Checks a meta as read from disk (before any upgrade) against its digest; a meta saved
+    before jaxlm wrote one is accepted as it is.
+
+    Raises:
+      ChecksumMismatch: the meta's text differs from the one saved.
+    """
+    saved = meta.get(META_DIGEST)
+    if saved is not None and saved != hashlib.sha256(_meta_text(meta)).hexdigest():
+        raise ChecksumMismatch(
+            f"{where}: its meta JSON (config, tokenizer, checksums) is not the one saved "
+            "(SHA-256 mismatch: changed or damaged after the save)"
         )
 
 

@@ -16,6 +16,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxlm.checkpoints.checksums import check_meta
 from jaxlm.checkpoints.layout import FORMAT_VERSION, META_ITEM, PathLike, resolve
 from jaxlm.errors import CheckpointError, IncompatibleCheckpoint
 
@@ -130,7 +131,8 @@ def read_meta(path: PathLike, step: int | None = None) -> dict[str, Any]:
       The JSON data.
 
     Raises:
-      CheckpointError: the item is missing or unreadable (the message names it).
+      CheckpointError: the item is missing or unreadable, or not the JSON that was saved (its
+        digest; the message names it).
 
     Example:
       >>> read_meta("runs/lstm_smoke")["tokenizer"]["kind"]  # doctest: +SKIP
@@ -148,6 +150,7 @@ def read_meta(path: PathLike, step: int | None = None) -> dict[str, Any]:
         handler.close()
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise CheckpointError(f"{item} holds no config")
+    check_meta(meta, item.parent)
     return upgrade(meta)
 
 

@@ -17,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxlm import runtime
-from jaxlm.checkpoints.checksums import tree_checksums, verify
+from jaxlm.checkpoints.checksums import check_meta, tree_checksums, verify, with_meta_digest
 from jaxlm.checkpoints.layout import (
     META_ITEM,
     STATE_ITEM,
@@ -63,7 +63,8 @@ def save(mgr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]
     process; :meth:`~orbax.checkpoint.CheckpointManager.wait_until_finished` waits).
 
     The meta gets the checksum of every array (:mod:`jaxlm.checkpoints.checksums`), computed
-    where the arrays are, so that a restore can tell damaged bytes from saved ones.
+    where the arrays are, and a digest of its own text, so that a restore can tell damaged
+    bytes from saved ones.
 
     Args:
       mgr: from :func:`manager`.
@@ -71,7 +72,7 @@ def save(mgr: ocp.CheckpointManager, step: int, state: Any, meta: dict[str, Any]
       state: the TrainState, or a tree with its fields (numpy or jax arrays).
       meta: from :func:`jaxlm.checkpoints.make_meta`.
     """
-    meta = {**meta, "checksums": tree_checksums(state)}
+    meta = with_meta_digest({**meta, "checksums": tree_checksums(state)})
     mgr.save(
         step,
         args=ocp.args.Composite(
@@ -183,6 +184,7 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None) ->
         raise CheckpointError(
             f"cannot restore checkpoint {mgr.directory / str(step)}: {type(e).__name__}: {e}"
         ) from e
+    check_meta(restored[META_ITEM], Path(mgr.directory) / str(step))
     meta = upgrade(restored[META_ITEM])
     verify(restored[STATE_ITEM], meta.get("checksums"), Path(mgr.directory) / str(step))
     return restored[STATE_ITEM], meta

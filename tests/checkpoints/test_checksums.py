@@ -163,10 +163,10 @@ def test_verify_names_the_damaged_checkpoint_and_moves_nothing(run, tmp_path, cl
 
 
 def _drop_checksums(step_dir: Path) -> None:
-    """Rewrites a checkpoint's meta as jaxlm wrote it before checksums."""
+    """Rewrites a checkpoint's meta as jaxlm wrote it before checksums (and its digest)."""
     meta_file = step_dir / "meta/metadata"  # orbax's JSON item
     meta = json.loads(meta_file.read_text())
-    del meta["checksums"]
+    del meta["checksums"], meta["meta_sha256"]
     meta_file.write_text(json.dumps(meta))
 
 
@@ -215,3 +215,28 @@ def test_verify_of_an_undecodable_manifest_prints_one_verdict_and_no_traceback(
     lines = out.out.splitlines()
     assert lines[2].startswith(f"{workdir / 'checkpoints/3'}: damaged: cannot read the array")
     assert "Traceback" not in out.err and "Event loop is closed" not in out.err, out.err
+
+
+def test_a_changed_character_in_the_meta_json_is_caught_and_skipped(run, tmp_path, cli, capsys):
+    # The tokenizer and config come from the meta: one changed character would resume the run
+    # with another vocabulary (a silently different run) or refuse it as "incompatible".
+    workdir = tmp_path / "run"
+    shutil.copytree(run, workdir)
+    newest = workdir / "checkpoints/3"
+    meta_file = newest / "meta/metadata"
+    text = meta_file.read_text()
+    assert '"A", "B"' in text
+    meta_file.write_text(text.replace('"A", "B"', '"A", "C"', 1))
+    with pytest.raises(ChecksumMismatch, match="its meta JSON"):
+        ck.read_meta(newest)
+    target = train_state_target(run, sharding.make_mesh())
+    mgr = ck.manager(workdir, keep=3)
+    try:
+        assert ck.newest_readable_meta(mgr)[0] == 2
+        lines = []
+        _, _, step = ck.restore_latest_intact(mgr, target, log=lines.append)
+        assert step == 2 and lines[0].startswith(f"Skipping damaged checkpoint {newest}")
+    finally:
+        mgr.close()
+    assert cli(["verify", str(workdir)]) == 1
+    assert "its meta JSON" in capsys.readouterr().out.splitlines()[2]
