@@ -46,7 +46,8 @@ again that an earlier process of the same trial had logged, ``max(0, min(reached
 resumed_from)``: ``resumed_from`` from its "Resumed from" line (0 for a fresh start),
 ``reached`` its last logged train step, ``furthest`` the last step any earlier process of the
 trial logged (``log_every=1``: a logged step is at most one behind the step reached); it is
-charged to what ended the process before (or the corruption in between). An unexpected outcome
+charged to the fault that ended the last process that trained, or to damage caught since (a
+SIGTERM saves the step reached, so it should cost nothing). An unexpected outcome
 is anything else: a traceback on stderr, another exit status, a message or status that does
 not say what happened, a hang. Exit status 1 if there is any mismatch or unexpected outcome.
 
@@ -505,7 +506,7 @@ class Trial:
         self.workdir = self.folder / "run"
         self.tiny: TinyFs | None = None
         self.furthest = 0  # the last step any process of this trial logged
-        self.cause = ""  # what ended the last process (lost work is charged to it)
+        self.cause = ""  # what lost the steps not saved: lost work is charged to it
         self.caught: list[Corruption] = []  # damage caught that no process may resume from
         self.faults: list[str] = []
         self.notes: list[str] = []
@@ -513,10 +514,13 @@ class Trial:
 
     # -- reporting --
 
-    def fault(self, kind: str) -> None:
+    def fault(self, kind: str, *, charged: bool) -> None:
+        """Counts a fault; a ``charged`` one (it ended a process that trained, or damaged a
+        checkpoint) is what the steps redone next are charged to."""
         self.faults.append(kind)
         self.tally.faults[kind] += 1
-        self.cause = kind
+        if charged:
+            self.cause = kind
 
     def unexpected(self, what: str, proc: Proc | None = None) -> None:
         where = f"trial {self.index}"
@@ -621,7 +625,7 @@ class Trial:
         path.write_bytes(bytes(data))
         after = _reads_back(folder)
         c = Corruption(step, str(path.relative_to(folder.parent)), offset, after is None)
-        self.fault("corrupt byte")
+        self.fault("corrupt byte", charged=c.caught)
         self.notes.append(f"  byte {offset} of {c.file}: {'caught' if c.caught else 'read back'}")
         if before is None:
             self.unexpected(f"{folder} did not read back before it was corrupted")
@@ -690,14 +694,14 @@ class Trial:
         if ended.hung:
             self.unexpected(f"no exit in {PROCESS_TIMEOUT_S:.0f} s", proc)
         elif signum == signal.SIGKILL and rc == -signal.SIGKILL:
-            self.fault("sigkill")
+            self.fault("sigkill", charged=proc.trained)
         elif signum == signal.SIGTERM and rc == 128 + signal.SIGTERM:
-            self.fault("sigterm")
+            self.fault("sigterm", charged=proc.trained)
             self.check_preempted(proc)
         elif signum == signal.SIGTERM and rc == -signal.SIGTERM:
             mine = (_status(self.workdir) or {}).get("pid") == proc.pid
             if ended.sent_at < EARLY_SIGTERM_S and not mine:
-                self.fault("sigterm")
+                self.fault("sigterm", charged=proc.trained)
                 self.notes.append(f"  SIGTERM at {ended.sent_at:.2f} s: before jaxlm's handler")
             else:
                 self.unexpected(f"SIGTERM at {ended.sent_at:.2f} s killed it (rc -15)", proc)
@@ -732,7 +736,7 @@ class Trial:
         line = _one_line(proc.stderr())
         if line is None or "no space left on device" not in line:
             return False
-        self.fault("tiny fs")
+        self.fault("tiny fs", charged=proc.trained)
         self.tally.clean_errors["full disk"] += 1
         status = _status(self.workdir)
         if _state(status) != "failed" or status.get("pid") != proc.pid:
@@ -755,7 +759,6 @@ class Trial:
         if not first.startswith(("error: no intact checkpoint", "error: no checkpoint has")):
             return False
         self.tally.clean_errors["no intact checkpoint"] += 1
-        self.cause = "no intact checkpoint"
         steps = ck.list_steps(self.workdir)
         if len(rest) != len(steps) or not all(line.startswith("  ") for line in rest):
             self.unexpected(f"every checkpoint damaged, but stderr goes on with {rest!r}", proc)
