@@ -919,12 +919,19 @@ def main() -> None:
             )
             if a.verbose or trial.problems:
                 print("    " + "\n    ".join(trial.notes))
+    except KeyboardInterrupt:  # the trial under way is left out; its process was killed
+        interrupted = True
+        print("interrupted: the counts of the trials done")
+    else:
+        interrupted = False
     finally:
         if not a.keep:
             shutil.rmtree(base, ignore_errors=True)
     print(report(ctx.tally, time.monotonic() - t0, a.seed, tiny_skip))
     if a.keep:
         print(f"trial folders and logs: {base}")
+    if interrupted:
+        sys.exit(130)
     sys.exit(1 if ctx.tally.mismatches or ctx.tally.unexpected else 0)
 
 
