@@ -54,6 +54,11 @@ class WorkdirBusy(JaxlmError):
     """Another live process is writing to the run folder (the message names it)."""
 
 
+class JobError(JaxlmError, ValueError):
+    """A job, device inventory or job queue that cannot be used (``jaxlm.jobs``); the message
+    names the field or file."""
+
+
 class WriteError(JaxlmError, OSError):
     """A file of the run folder that cannot be written: a full disk, a lost mount, no permission.
 
