@@ -255,7 +255,7 @@ class Balancer:
         if self.backend.kind != "gpu":
             return
         for record in self._queued():
-            if record.need is None and record.job.config is not None:
+            if record.need is None and record.job.measured():
                 gpus = self._emptiest(record.job.gpus)
                 self._probe = (record.id, Probe(record.job, gpus))
                 self._say(f"job {record.id}: measuring its memory (dry run)")
@@ -270,7 +270,8 @@ class Balancer:
             if self.records[job_id].state != "queued":
                 del self._drains[job_id]
         devices = self.backend.devices()
-        running = [self._running(a) for a in self.attempts.values()]
+        now = time.time()  # one clock for the round: jobs started in it count as started together
+        running = [self._running(a, now) for a in self.attempts.values()]
         for record in waiting:
             blocked = frozenset(
                 k for other, keys in self._drains.items() if other != record.id for k in keys
@@ -285,7 +286,8 @@ class Balancer:
                 continue
             self._drains.pop(record.id, None)
             self._launch(record, placement)
-            running.append(self._running(self.attempts[record.id]))
+            self.attempts[record.id].started = now
+            running.append(self._running(self.attempts[record.id], now))
 
     def _launch(self, record: JobRecord, placement: Placement) -> None:
         number = record.attempt + 1
@@ -309,14 +311,14 @@ class Balancer:
 
     def _measured(self, record: JobRecord) -> bool:
         """Whether the record's need is known, or need not be."""
-        return record.need is not None or record.job.config is None or self.backend.kind != "gpu"
+        return record.need is not None or not record.job.measured() or self.backend.kind != "gpu"
 
-    def _running(self, attempt: Attempt) -> Running:
+    def _running(self, attempt: Attempt, now: float) -> Running:
         record = self.records[attempt.id]
         pid = self.backend.pid(attempt) if self.backend.kind == "gpu" else None
-        return attempt.placement.running(self._remaining(record, attempt), pid)
+        return attempt.placement.running(self._remaining(record, attempt, now), pid)
 
-    def _remaining(self, record: JobRecord, attempt: Attempt) -> float:
+    def _remaining(self, record: JobRecord, attempt: Attempt, now: float) -> float:
         """Seconds of work the attempt has left: its run's ETA, else its expected time less
         the time it has run."""
         if record.job.workdir:
@@ -328,7 +330,7 @@ class Balancer:
             except (OSError, ValueError, AttributeError):
                 pass
         expected = record.job.seconds or self.policy.default_seconds
-        return max(expected - (time.time() - attempt.started), 0.1 * expected)
+        return max(expected - (now - attempt.started), 0.1 * expected)
 
     def _drain_for(
         self,
@@ -383,7 +385,7 @@ def _take(folder: Path) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + 1.0  # a status or cancel looking at the lock holds it briefly
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

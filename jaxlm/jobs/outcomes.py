@@ -117,8 +117,9 @@ def _again(record: JobRecord, outcome: str, limit: int, retry: dict[str, Any], w
 
 
 def _oom(record: JobRecord, retries: Retries, why: str, tail: str) -> Verdict:
-    on_cpu = bool(record.placement) and "cpu" in record.placement.get("devices", ())
-    if record.alone or record.count("oom") >= retries.oom:
+    placement = record.placement or {}
+    on_cpu = "cpu" in placement.get("devices", ())
+    if record.alone or placement.get("alone") or record.count("oom") >= retries.oom:
         return Verdict("oom", "failed", None, f"out of memory alone on its device: {why}\n{tail}")
     if record.memory_scale == 1.0 and not on_cpu and record.need is not None:
         scale = record.memory_scale * retries.oom_growth

@@ -111,7 +111,7 @@ class Job:
       workdir: the run folder; a config job needs one (it resumes from it when restarted).
       command: a plain command (a tuple of arguments) instead of a config.
       memory_bytes: memory the job needs on each of its GPUs; None: measured by its dry run
-        (config jobs) or a whole GPU (plain commands). Unused on CPU.
+        (see ``dry_run``), else a whole GPU. Unused on CPU.
       gpus: how many GPUs it runs on (data- or model-parallel jobs take several).
       cores: CPU cores it runs on, when there is no GPU (None: the balancer's default).
       seconds: how long it is expected to run, which balancing counts as its work (None: the
@@ -119,6 +119,8 @@ class Job:
       name: a label for the status table.
       env: environment variables of its own (the balancer's placement variables win).
       cwd: the folder it runs in (default: where it was submitted).
+      dry_run: whether its command with ``--dry_run`` prints its memory need (a
+        ``DRY_RUN {"peak_bytes": ...}`` line); None: a config job's does, a command's not.
 
     Example:
       >>> job = Job(config="lstm:smoke", workdir="/tmp/runs/a", overrides={"train.seed": 3})
@@ -139,6 +141,7 @@ class Job:
     name: str = ""
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     cwd: str | None = None
+    dry_run: bool | None = None
 
     def __post_init__(self) -> None:
         if (self.config is None) == (self.command is None):
@@ -174,6 +177,12 @@ class Job:
         args.append(f"--workdir={self.workdir}")
         args += [f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()]
         return args
+
+    def measured(self) -> bool:
+        """Whether its need comes from a dry run (it states none, and its command takes one)."""
+        if self.memory_bytes is not None:
+            return False
+        return self.config is not None if self.dry_run is None else self.dry_run
 
     def label(self) -> str:
         """Its name, or a short description of it."""
