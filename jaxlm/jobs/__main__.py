@@ -12,7 +12,7 @@ Every verb takes --queue (default $JAXLM_JOBS_DIR or runs/jobs). Bad input is on
 stderr and exit status 2 (--verbose: the traceback).
 
 Examples:
-  python -m jaxlm.jobs submit --config=lstm:smoke --workdir=runs/a --config.train.seed=1
+  python -m jaxlm.jobs submit --config=lstm:smoke --workdir=runs/a --config.seed=1
   python -m jaxlm.jobs submit --memory=6GiB --workdir=runs/b -- python train.py --lr=3e-4
   python -m jaxlm.jobs run --until_done
   python -m jaxlm.jobs run --inventory=gpus.json --backend=ray --address=auto
@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="recipe file or name with its variant, e.g. lstm:smoke")
     p.add_argument("--workdir", help="the run folder (required with --config)")
     p.add_argument("--memory", help="memory it needs per GPU, e.g. 6GiB (default: its dry run)")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs it runs on (default 1)")
+    p.add_argument("--gpus", type=int, help="GPUs it runs on (default: run --gpus_per_job)")
     p.add_argument("--cores", type=int, help="CPU cores, when there is no GPU")
     p.add_argument("--seconds", type=float, help="how long it is expected to run")
     p.add_argument("--name", default="", help="a label for the status table")
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu_memory", help="memory of each GPU of the Ray cluster, e.g. 80GiB")
     p.add_argument("--until_done", action="store_true", help="stop when no job is left")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks (default 1)")
+    p.add_argument("--gpus_per_job", type=int, default=1, help="GPUs of a job (default 1)")
     p.add_argument("--cores_per_job", type=int, default=1, help="cores of a CPU job (default 1)")
     p.add_argument("--headroom", type=float, default=0.1, help="added to a measured need")
     p.add_argument("--max_fraction", type=float, default=0.95, help="largest memory fraction")
@@ -172,7 +173,13 @@ def _run(args: argparse.Namespace) -> int:
     from jaxlm.jobs.loop import Balancer
     from jaxlm.jobs.queue import parse_size
 
-    policy = Policy(args.headroom, args.max_fraction, args.cores_per_job, args.default_seconds)
+    policy = Policy(
+        headroom=args.headroom,
+        gpus_per_job=args.gpus_per_job,
+        max_fraction=args.max_fraction,
+        cores_per_job=args.cores_per_job,
+        default_seconds=args.default_seconds,
+    )
     gpu_memory = parse_size(args.gpu_memory, "--gpu_memory") if args.gpu_memory else None
     from jaxlm.jobs.api import queue_folder
 

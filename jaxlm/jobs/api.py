@@ -81,7 +81,7 @@ def status(
 
 
 def wait(
-    job_ids: str | Iterable[str] | None = None,
+    job_ids: str | int | Iterable[str] | None = None,
     *,
     queue: str | os.PathLike | None = None,
     timeout: float | None = None,
@@ -106,12 +106,14 @@ def wait(
       JobError: an unknown id, or no balancer ran for ``balancer_grace`` seconds.
     """
     folder = queue_folder(queue)
-    wanted = [job_ids] if isinstance(job_ids, str) else None if job_ids is None else list(job_ids)
+    if isinstance(job_ids, str | int):
+        job_ids = [str(job_ids)]
+    wanted = None if job_ids is None else [str(i) for i in job_ids]
     start = time.monotonic()
     alone_since = None
     while True:
         records = Journal(folder).records()
-        ids = list(records) if wanted is None else [str(i) for i in wanted]
+        ids = list(records) if wanted is None else wanted
         for job_id in ids:
             if job_id not in records:
                 raise JobError(f"job {job_id}: no such job in {folder}")

@@ -37,12 +37,14 @@ class Policy:
 
     Attributes:
       headroom: the fraction added to a job's measured need before it becomes its share.
+      gpus_per_job: GPUs a job gets when it does not say.
       max_fraction: the largest memory fraction a job is given (a job alone gets this).
       cores_per_job: cores a CPU job gets when it does not say.
       default_seconds: the work a job counts for when neither it nor its run says.
     """
 
     headroom: float = 0.1
+    gpus_per_job: int = 1
     max_fraction: float = 0.95
     cores_per_job: int = 1
     default_seconds: float = 300.0
@@ -131,7 +133,7 @@ class Unplaceable(JobError):
 def place(
     need: int | None,
     *,
-    gpus: int = 1,
+    gpus: int | None = None,
     cores: int | None = None,
     seconds: float | None = None,
     alone: bool = False,
@@ -145,7 +147,7 @@ def place(
 
     Args:
       need: bytes it needs on each GPU; None: unknown, so it runs alone.
-      gpus: how many GPUs it takes.
+      gpus: how many GPUs it takes (None: ``policy.gpus_per_job``).
       cores: CPU cores it takes (None: ``policy.cores_per_job``).
       seconds: its expected work (None: ``policy.default_seconds``).
       alone: it must not share its devices with other jobs of ours.
@@ -173,6 +175,7 @@ def place(
         return _place_cpu(devices[0], cores, alone, running, policy)
     if need is None:
         alone = True
+    gpus = gpus or policy.gpus_per_job
     own = policy.default_seconds if seconds is None else seconds
     if gpus > len(devices):
         raise Unplaceable(f"it needs {gpus} GPUs; the inventory has {len(devices)}")

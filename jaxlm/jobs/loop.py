@@ -256,7 +256,7 @@ class Balancer:
             return
         for record in self._queued():
             if record.need is None and record.job.measured():
-                gpus = self._emptiest(record.job.gpus)
+                gpus = self._emptiest(record.job.gpus or self.policy.gpus_per_job)
                 self._probe = (record.id, Probe(record.job, gpus))
                 self._say(f"job {record.id}: measuring its memory (dry run)")
                 return
@@ -343,15 +343,16 @@ class Balancer:
         or needs several at once, so that smaller jobs do not starve it."""
         if self.backend.kind != "gpu" or record.id in self._drains:
             return
-        if not (record.alone or record.need is None or record.job.gpus > 1):
+        count = record.job.gpus or self.policy.gpus_per_job
+        if not (record.alone or record.need is None or count > 1):
             return
         work = {d.key: 0.0 for d in devices if d.key not in blocked}
         for r in running:
             for key in r.devices:
                 if key in work:
                     work[key] += r.remaining
-        keys = sorted(work, key=lambda k: (work[k], k))[: record.job.gpus]
-        if len(keys) == record.job.gpus:
+        keys = sorted(work, key=lambda k: (work[k], k))[:count]
+        if len(keys) == count:
             self._drains[record.id] = tuple(keys)
             self._say(f"job {record.id}: keeping {','.join(keys)} free for it")
 

@@ -112,7 +112,8 @@ class Job:
       command: a plain command (a tuple of arguments) instead of a config.
       memory_bytes: memory the job needs on each of its GPUs; None: measured by its dry run
         (see ``dry_run``), else a whole GPU. Unused on CPU.
-      gpus: how many GPUs it runs on (data- or model-parallel jobs take several).
+      gpus: how many GPUs it runs on (data- or model-parallel jobs take several; None: the
+        balancer's ``gpus_per_job``, 1 by default).
       cores: CPU cores it runs on, when there is no GPU (None: the balancer's default).
       seconds: how long it is expected to run, which balancing counts as its work (None: the
         balancer's default, or what the run's ``status.json`` says once it runs).
@@ -123,9 +124,9 @@ class Job:
         ``DRY_RUN {"peak_bytes": ...}`` line); None: a config job's does, a command's not.
 
     Example:
-      >>> job = Job(config="lstm:smoke", workdir="/tmp/runs/a", overrides={"train.seed": 3})
+      >>> job = Job(config="lstm:smoke", workdir="/tmp/runs/a", overrides={"seed": 3})
       >>> job.argv("python")[1:]
-      ['-m', 'jaxlm.train', '--config=lstm:smoke', '--workdir=/tmp/runs/a', '--config.train.seed=3']
+      ['-m', 'jaxlm.train', '--config=lstm:smoke', '--workdir=/tmp/runs/a', '--config.seed=3']
       >>> Job(command=("echo", "hi")).argv("python")
       ['echo', 'hi']
     """
@@ -135,7 +136,7 @@ class Job:
     workdir: str | None = None
     command: tuple[str, ...] | None = None
     memory_bytes: int | None = None
-    gpus: int = 1
+    gpus: int | None = None
     cores: int | None = None
     seconds: float | None = None
     name: str = ""
@@ -156,7 +157,7 @@ class Job:
             raise JobError("job.overrides: only a config job takes overrides")
         for field in ("gpus", "cores", "memory_bytes"):
             value = getattr(self, field)
-            if value is None and field != "gpus":
+            if value is None:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise JobError(f"job.{field}: expected a positive integer, got {value!r}")

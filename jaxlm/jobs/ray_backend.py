@@ -106,7 +106,8 @@ class RayBackend:
     def _gpu_placement(self, record: JobRecord) -> Placement:
         job, policy = record.job, self.policy
         assert self.gpu_memory is not None
-        whole = record.alone or record.need is None or job.gpus > 1
+        gpus = job.gpus or policy.gpus_per_job
+        whole = record.alone or record.need is None or gpus > 1
         if record.need is None or record.alone:
             fraction = policy.max_fraction
         else:
@@ -118,7 +119,7 @@ class RayBackend:
                     f"it needs {format_size(record.need * record.memory_scale)} per GPU; a GPU "
                     f"of the cluster holds {format_size(self.gpu_memory * policy.max_fraction)}"
                 )
-        resources = {"num_gpus": float(job.gpus) if whole else fraction}
+        resources = {"num_gpus": float(gpus) if whole else fraction}
         resources["num_cpus"] = float(job.cores or 0)
         env = {"XLA_PYTHON_CLIENT_MEM_FRACTION": f"{fraction:.3f}"}
         return Placement(("ray",), fraction, 0, (), record.alone, env, resources)

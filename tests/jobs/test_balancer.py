@@ -52,6 +52,8 @@ def test_several_gpus_alone_and_kept_free():
     on1 = Running(("gpu1",), reserved=GiB, remaining=10.0)
     wide = place(2 * GiB, gpus=2, devices=two(), running=[on1])
     assert wide.devices == ("gpu0", "gpu1") and wide.env["CUDA_VISIBLE_DEVICES"] == "0,1"
+    by_default = place(GiB, devices=two(), running=[], policy=Policy(gpus_per_job=2))
+    assert by_default.devices == ("gpu0", "gpu1")
     with pytest.raises(Unplaceable, match="needs 3 GPUs"):
         place(GiB, gpus=3, devices=two(), running=[])
     alone = place(GiB, alone=True, devices=two(), running=[on1])
