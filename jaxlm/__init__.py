@@ -10,7 +10,8 @@ The names most programs need are here; each lives in its module (``jaxlm.train``
     model, params, tokenizer, config, *_ = jaxlm.load_run("runs/smoke")
 
 The subpackages are attributes too: ``jaxlm.transforms`` (optax transforms), ``jaxlm.models``,
-``jaxlm.data``, ``jaxlm.optim``, ``jaxlm.checkpoints``, ``jaxlm.train``, ``jaxlm.runtime``.
+``jaxlm.data``, ``jaxlm.optim``, ``jaxlm.checkpoints``, ``jaxlm.train``, ``jaxlm.runtime``,
+``jaxlm.jobs`` (the job balancer).
 """
 
 from typing import TYPE_CHECKING
@@ -52,6 +53,7 @@ _SUBPACKAGES = (
     "config",
     "data",
     "errors",
+    "jobs",
     "losses",
     "models",
     "optim",
