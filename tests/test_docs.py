@@ -1,4 +1,5 @@
-"""The Python snippets of the README and docs/finetuning.md run as written, from a fresh folder."""
+"""The Python snippets of the README, docs/finetuning.md and docs/jobs.md run as written, from a
+fresh folder."""
 
 from __future__ import annotations
 
@@ -36,3 +37,14 @@ def test_the_fine_tuning_snippets_run(tmp_path, monkeypatch):
 
     same = jax.tree.map(lambda a, b: (a == b).all(), namespace["by_mask"], namespace["by_patterns"])
     assert all(jax.tree.leaves(same))
+
+
+def test_the_job_queue_snippet_runs(tmp_path, monkeypatch, capsys):
+    (block,) = python_blocks("docs/jobs.md")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(block, namespace)
+    assert {r.state for r in namespace["done"].values()} == {"finished"}
+    assert "'1': ('finished', '0'), '2': ('finished', '1'), '3': ('finished', '4')" in (
+        capsys.readouterr().out
+    )
