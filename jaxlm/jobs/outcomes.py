@@ -97,7 +97,7 @@ def judge(
     if code == 0:
         return Verdict("finished", "finished")
     if cancelled:
-        return Verdict("cancelled", "cancelled", message=f"cancelled (exit {code})")
+        return Verdict("cancelled", "cancelled", message=f"stopped (exit {code})")
     if code is None:
         return _again(record, "lost", retries.lost, {}, "vanished without an exit status")
     if code in PREEMPTED:

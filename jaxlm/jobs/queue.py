@@ -191,7 +191,7 @@ class Job:
             return self.name
         if self.config is not None:
             return f"{self.config} {self.workdir}"
-        return " ".join(self.command or ())[:60]
+        return " ".join(" ".join(self.command or ()).split())[:60]  # one line
 
     def to_dict(self) -> dict[str, Any]:
         """The job as JSON-ready fields (the journal's form)."""
