@@ -195,6 +195,17 @@ def place(
         wait = (remaining + own) / (1 - min(device.utilization, 0.9))
         options.append((wait, -free, device.index, device, fraction))
     fits_idle = sum(_share(d, need, memory_scale, alone, policy) is not None for d in devices)
+    if fits_idle < gpus and memory_scale > 1 and not alone:  # more memory than a GPU's share:
+        return place(  # the most it can have is a GPU alone
+            need,
+            gpus=gpus,
+            seconds=seconds,
+            alone=True,
+            devices=devices,
+            running=running,
+            policy=policy,
+            blocked=blocked,
+        )
     if fits_idle < gpus:
         largest = max(d.memory_total for d in devices)
         wanted = (need or 0) * memory_scale * (1 + policy.headroom)

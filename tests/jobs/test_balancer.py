@@ -60,6 +60,9 @@ def test_several_gpus_alone_and_kept_free():
     assert alone.devices == ("gpu0",) and alone.fraction == 0.95 and alone.alone
     assert place(GiB, devices=two(), running=[alone.running(5.0)]).devices == ("gpu1",)
     assert place(None, devices=two(), running=[]).alone  # unknown need: alone
+    # A retry with more memory than a GPU's largest share gets a GPU alone.
+    grown = place(10 * GiB, memory_scale=1.5, devices=two(), running=[on1])
+    assert grown.devices == ("gpu0",) and grown.alone and grown.fraction == 0.95
     blocked = frozenset({"gpu0"})
     assert place(GiB, devices=two(), running=[on1], blocked=blocked).devices == ("gpu1",)
 
