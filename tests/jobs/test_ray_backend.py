@@ -10,6 +10,8 @@ from jaxlm.jobs import Balancer, Job, submit
 from tests.jobs.fakes import GiB, attempts, fake
 
 ray = pytest.importorskip("ray")
+# Ray starts its processes with fork from a process where JAX runs (the suite's conftest).
+pytestmark = pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning")
 
 
 @pytest.fixture(scope="module")
