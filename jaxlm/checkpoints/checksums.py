@@ -35,6 +35,7 @@ import numpy as np
 
 from jaxlm.checkpoints.layout import NGRAM_CHECKSUMS
 from jaxlm.errors import CheckpointError
+from jaxlm.runtime.backend import serialise_steps
 from jaxlm.tree import flatten
 
 _MIX = 0x9E3779B1  # the golden-ratio step: positions spread over all 32 bits
@@ -162,7 +163,10 @@ def tree_checksums(tree: Any) -> dict[str, list[int]]:
     on_device = {k: v for k, v in flat.items() if isinstance(v, jax.Array)}
     out = {k: _host_checksum(v) for k, v in flat.items() if k not in on_device}
     if on_device:
-        sums = jax.device_get([_device_checksum_jit(x) for x in on_device.values()])
+        if serialise_steps():  # several CPU devices: one sum (and its collectives) at a time
+            sums = [jax.device_get(_device_checksum_jit(x)) for x in on_device.values()]
+        else:
+            sums = jax.device_get([_device_checksum_jit(x) for x in on_device.values()])
         out.update({k: [int(s[0]), int(s[1])] for k, s in zip(on_device, sums, strict=True)})
     return {k: out[k] for k in flat}
 

@@ -6,7 +6,7 @@ switches are in one file:
 - :func:`on_cpu`: XLA's CPU backend (the Transformer writes its attention out in blocks, steps
   may use oneDNN matrix products: :func:`compiler_options`);
 - :func:`single_cpu_device`: the recurrent time loop runs two batch slices side by side;
-- :func:`serialise_steps`: several CPU processes (gloo collectives) wait for each step;
+- :func:`serialise_steps`: several CPU devices or processes wait for each step;
 - :func:`async_checkpointing`: one process saves in the background.
 
 :func:`keep_freed_memory` (``jaxlm.runtime.heap``) is the glibc heap policy that

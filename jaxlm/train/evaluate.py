@@ -103,7 +103,7 @@ class Evaluator:
                 break
             batch.pop("reset")
             carry, sums = self.step(params, carry, sums, sharding.device_batch(batch, self.mesh))
-            if runtime.serialise_steps():
+            if runtime.serialise_steps(self.mesh):
                 jax.block_until_ready(sums)
         return float(sums[0]), float(sums[1])
 

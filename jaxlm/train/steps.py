@@ -140,8 +140,8 @@ def jit_train_step(
       train: the config's ``train`` section (``carry_state``, ``label_smoothing``).
 
     Returns:
-      ``step(state, batch) -> (state, metrics)``; several CPU processes wait for each step
-      (:func:`jaxlm.runtime.serialise_steps`).
+      ``step(state, batch) -> (state, metrics)``; several CPU devices or processes wait for
+      each step (:func:`jaxlm.runtime.serialise_steps`).
     """
     step = jax.jit(
         make_train_step(
@@ -157,6 +157,6 @@ def jit_train_step(
         donate_argnums=0,
         compiler_options=runtime.compiler_options(setup.model),
     )
-    if not runtime.serialise_steps():
+    if not runtime.serialise_steps(mesh):
         return step
     return lambda state, batch: jax.block_until_ready(step(state, batch))
