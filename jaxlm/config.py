@@ -53,9 +53,13 @@ def base_config(model: str = "lstm") -> ml_collections.ConfigDict:
     c.finetune = _finetune()
 
     c.parallel = ml_collections.ConfigDict()
+    # "data" (parameters replicated), "fsdp" (parameters and optimizer state sharded over
+    # "data"), "tensor" (layers split over "model"), "fsdp+tensor": see jaxlm.sharding
+    c.parallel.strategy = "data"
     c.parallel.data = 0  # data-parallel mesh axis size; 0: every device not used by "model"
     c.parallel.model = 1  # model-parallel mesh axis size
-    c.parallel.rules = ()  # ((pattern on parameter path, PartitionSpec tuple), ...)
+    c.parallel.rules = ()  # ((pattern on parameter path, PartitionSpec tuple), ...), before
+    # the strategy's own rules
 
     c.train = ml_collections.ConfigDict()
     c.train.num_steps = 2000
@@ -383,6 +387,9 @@ _RANGES: dict[str, _Range] = {
     "finetune.clip_norm": _NON_NEGATIVE,
     "finetune.l2": _NON_NEGATIVE,
     "finetune.dropout": _BELOW_ONE,
+    # jaxlm.sharding.STRATEGIES, spelled here so that checking a config imports no JAX
+    # (tests/test_config.py checks that the two agree)
+    "parallel.strategy": _one_of("data", "fsdp", "tensor", "fsdp+tensor"),
     "parallel.data": _COUNT,  # 0: every device not used by "model"
     "parallel.model": _POSITIVE_INT,
     "parallel.rules": _Range(
@@ -465,6 +472,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """
     _check_ranges(config)
     _check_model(config)
+    _check_parallel(config)
     _check_optimizer(config)
     _check_data(config.data)
 
@@ -533,6 +541,40 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
             f"{len(m.hidden_sizes)} layers of config.model.hidden_sizes={tuple(m.hidden_sizes)}; "
             "give one value, or one per layer"
         )
+
+
+def _check_parallel(config: ml_collections.ConfigDict) -> None:
+    """A strategy that splits layers needs a "model" axis that divides what it splits."""
+    from jaxlm.models import RECURRENT, model_defaults
+
+    strategy, n = config.parallel.get("strategy", "data"), config.parallel.model
+    name = config.model.name
+    if name == "ngram" and strategy != "data":
+        raise ConfigError(
+            f"config.parallel.strategy: {strategy!r} shards parameters, but an n-gram model is "
+            "counted on the host; use 'data'"
+        )
+    if "tensor" not in strategy:
+        return
+    if n == 1:
+        raise ConfigError(
+            f'config.parallel.strategy: {strategy!r} splits layers over the "model" axis; set '
+            "config.parallel.model to its size (> 1; it is 1)"
+        )
+    m = ml_collections.ConfigDict({**model_defaults(name), **config.model})
+    if name == "transformer":
+        widths = {"num_heads": m.num_heads, "mlp_dim": m.mlp_dim or 4 * m.embed_dim}
+    elif name in RECURRENT:
+        widths = {f"hidden_sizes[{i}]": h for i, h in enumerate(m.hidden_sizes)}
+    else:
+        widths = {}
+    for field, width in widths.items():  # (a width that divides the heads divides 4 x width)
+        if width % n:
+            raise ConfigError(
+                f"config.parallel.model={n} does not divide config.model.{field}={width}: the "
+                f'{strategy!r} strategy gives each of the {n} devices of the "model" axis an '
+                "equal share of it"
+            )
 
 
 def _check_optimizer(config: ml_collections.ConfigDict) -> None:

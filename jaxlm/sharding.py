@@ -1,9 +1,14 @@
-"""The device mesh, shardings by parameter path, and each process's share of a batch.
+"""The device mesh, shardings by parameter path, strategies, and each process's share of a batch.
 
 One code path serves one CPU, fake CPU devices in tests, one GPU and many hosts: the state is
 built abstractly (``jax.eval_shape``), :func:`state_shardings` gives every leaf a
 ``NamedSharding`` on a ("data", "model") mesh, and ``jax.jit(init, out_shardings=...)`` creates
 it in place. Batches are global arrays split over "data", each process feeding its rows.
+
+A parallel strategy (``config.parallel.strategy``, :data:`STRATEGIES`) is a list of
+``(regex, PartitionSpec)`` rules (:func:`strategy_rules`), the same kind a user writes by hand in
+``config.parallel.rules``; :func:`parallel_rules` puts the user's first. XLA inserts the
+gathers and reductions the shardings imply.
 """
 
 from __future__ import annotations
@@ -19,6 +24,42 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jaxlm.tree import compile_pattern, path_str
 
 Rules = Sequence[tuple[str, PartitionSpec]]
+
+STRATEGIES = ("data", "fsdp", "tensor", "fsdp+tensor")
+"""``config.parallel.strategy``: "data" replicates parameters and optimizer state (each device
+holds all of it); "fsdp" shards them over "data" (ZeRO-3: XLA gathers each parameter where it is
+used); "tensor" splits layers over "model" (Megatron); "fsdp+tensor" both."""
+
+# Megatron-style splits over "model" (Shoeybi et al. 2019). Where a leaf matches several rules
+# the first that divides its shape applies, so a second rule for the same path is a fallback (a
+# vocabulary that does not divide is split over the width instead).
+_TENSOR: tuple[tuple[str, PartitionSpec], ...] = (
+    # Transformer: the products that fan out (qkv, the MLP's input) by columns, so each device
+    # computes its share of heads and hidden units; those that fan in (the attention output,
+    # the MLP's output) by rows, so each reads only its share and one sum joins them. Norms and
+    # the row-split layers' biases stay whole, as in Megatron.
+    ("qkv/kernel", PartitionSpec(None, "model")),
+    ("qkv/bias", PartitionSpec("model")),
+    ("mlp_fc/kernel", PartitionSpec(None, "model")),
+    ("mlp_fc/bias", PartitionSpec("model")),
+    ("attn_out/kernel", PartitionSpec("model", None)),
+    ("mlp_proj/kernel", PartitionSpec("model", None)),
+    # Recurrent models: the gate columns of the input and recurrent products. Each step then
+    # needs the whole h, gathered from every device (see benchmarks/recurrent_tensor.py).
+    ("(ih|hh)/kernel", PartitionSpec(None, "model")),
+    ("(ih|hh)/bias", PartitionSpec("model")),
+    # The embedding and the output layer over the vocabulary, else over the width.
+    ("embed/embedding", PartitionSpec("model", None)),
+    ("embed/embedding", PartitionSpec(None, "model")),
+    ("head/kernel", PartitionSpec(None, "model")),
+    ("head/kernel", PartitionSpec("model", None)),
+    ("head/bias", PartitionSpec("model")),
+)
+# ZeRO-3 over "data": every leaf by its first dimension, else its second, where they divide.
+_FSDP: tuple[tuple[str, PartitionSpec], ...] = (
+    (".*", PartitionSpec("data")),
+    (".*", PartitionSpec(None, "data")),
+)
 
 
 def make_mesh(data: int = 0, model: int = 1) -> Mesh:
@@ -68,14 +109,96 @@ def rules_from_config(rules: Any) -> list[tuple[str, PartitionSpec]]:
     return [(pattern, PartitionSpec(*spec)) for pattern, spec in (rules or ())]
 
 
+def _fsdp_and_tensor() -> tuple[tuple[str, PartitionSpec], ...]:
+    """Each tensor split with "data" on its first whole dimension, then the tensor splits alone
+    and the fsdp rules as fallbacks (and for what the tensor rules leave whole)."""
+    both = []
+    for pattern, spec in _TENSOR:
+        if None in spec:
+            i = list(spec).index(None)
+            both.append((pattern, PartitionSpec(*spec[:i], "data", *spec[i + 1 :])))
+    return (*both, *_TENSOR, *_FSDP)
+
+
+def strategy_rules(strategy: str) -> list[tuple[str, PartitionSpec]]:
+    """The sharding rules a parallel strategy stands for.
+
+    One list serves every model: the Transformer's rules name its layers (``qkv``,
+    ``attn_out``, ``mlp_fc``, ``mlp_proj``), the recurrent models' rules their ``ih``/``hh``
+    products, and both share ``embed`` and ``head``. They are the rules a user could write in
+    ``config.parallel.rules`` (:func:`rule_shardings` reads them: the first rule that matches a
+    path and divides the leaf's shape applies, the rest of a leaf is replicated).
+
+    Args:
+      strategy: one of :data:`STRATEGIES`.
+
+    Returns:
+      ``(regex, PartitionSpec)`` pairs; none for "data".
+
+    Raises:
+      ValueError: an unknown strategy.
+
+    Example:
+      >>> strategy_rules("fsdp")
+      [('.*', P('data',)), ('.*', P(None, 'data'))]
+      >>> strategy_rules("fsdp+tensor")[0]
+      ('qkv/kernel', P('data', 'model'))
+    """
+    table = {"data": (), "fsdp": _FSDP, "tensor": _TENSOR, "fsdp+tensor": _fsdp_and_tensor()}
+    if strategy not in table:
+        raise ValueError(
+            f"config.parallel.strategy: unknown strategy {strategy!r}; expected one of {STRATEGIES}"
+        )
+    return list(table[strategy])
+
+
+def parallel_rules(parallel: Any) -> list[tuple[str, PartitionSpec]]:
+    """The rules in force for a config's ``parallel`` section: its own ``rules`` first (they win
+    where they match and divide), then its strategy's.
+
+    Args:
+      parallel: ``config.parallel``, or the same section of a saved config's JSON (one saved
+        before strategies existed means "data").
+
+    Returns:
+      ``(regex, PartitionSpec)`` pairs.
+
+    Example:
+      >>> parallel_rules({"strategy": "fsdp", "rules": [["embed", [None, "model"]]]})
+      [('embed', P(None, 'model')), ('.*', P('data',)), ('.*', P(None, 'data'))]
+    """
+    parallel = parallel or {}
+    own = rules_from_config(parallel.get("rules"))
+    return own + strategy_rules(parallel.get("strategy", "data"))
+
+
+def format_rules(rules: Rules) -> str:
+    """Rules as ``config.parallel.rules`` spells them, one per line.
+
+    Args:
+      rules: ``(regex, PartitionSpec)`` pairs.
+
+    Returns:
+      Lines like ``('qkv/kernel', (None, 'model'))``; "(none)" for no rules.
+
+    Example:
+      >>> print(format_rules(strategy_rules("fsdp")))
+      ('.*', ('data',))
+      ('.*', (None, 'data'))
+    """
+    if not rules:
+        return "(none)"
+    return "\n".join(repr((pattern, tuple(spec))) for pattern, spec in rules)
+
+
 def rule_shardings(tree: Any, mesh: Mesh, rules: Rules = ()) -> Any:
     """Shardings for every leaf of an (abstract) tree from ``(pattern, PartitionSpec)`` rules.
 
-    The first rule whose pattern matches the leaf's path applies (patterns match whole path
-    components, see :func:`jaxlm.tree.compile_pattern`); leaves matching no rule are
-    replicated. Optimizer state mirrors parameter paths (``.../mu/layers_0/ih/kernel``), so the
-    same rules shard it too. A spec is dropped to replication for leaves whose rank or shape
-    does not divide by the mesh.
+    The first rule whose pattern matches the leaf's path and whose spec divides the leaf's
+    shape on this mesh applies (patterns match whole path components, see
+    :func:`jaxlm.tree.compile_pattern`), so a later rule for the same path is a fallback;
+    leaves no rule fits are replicated. Optimizer state mirrors parameter paths
+    (``.../mu/layers_0/ih/kernel``), so the same rules shard it too.
 
     Args:
       tree: arrays or ``jax.ShapeDtypeStruct`` leaves.
@@ -162,6 +285,34 @@ def abstract_on(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(tuple(a.shape), a.dtype, sharding=s), tree, shardings
     )
+
+
+def sharded_bytes(tree: Any, shardings: Any) -> tuple[int, int]:
+    """The bytes one device holds of a tree placed with ``shardings``, and the tree's total.
+
+    Args:
+      tree: arrays or abstract arrays (``shape`` and ``dtype``).
+      shardings: a tree of shardings shaped like ``tree``.
+
+    Returns:
+      ``(per_device, total)``: per device the largest sum over its shards (with even
+      shardings every device holds the same), total the bytes of every leaf once.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tree = {"w": jnp.zeros((8, 4)), "b": jnp.zeros(4)}
+      >>> mesh = make_mesh(1, 1)
+      >>> sharded_bytes(tree, rule_shardings(tree, mesh))
+      (144, 144)
+    """
+    leaves = jax.tree.leaves(tree)
+    specs = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    total = per_device = 0
+    for leaf, s in zip(leaves, specs, strict=True):
+        item = np.dtype(leaf.dtype).itemsize
+        total += int(np.prod(leaf.shape, dtype=np.int64)) * item
+        per_device += int(np.prod(s.shard_shape(tuple(leaf.shape)), dtype=np.int64)) * item
+    return per_device, total
 
 
 def _fits(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> bool:

@@ -159,6 +159,7 @@ OUT_OF_RANGE = {
     "finetune.clip_norm": [-1.0],
     "finetune.l2": [-1e-5],
     "finetune.dropout": [1.0],
+    "parallel.strategy": ["zero3", "FSDP", "fsdp,tensor"],
     "parallel.data": [-1],
     "parallel.model": [0],
     "parallel.rules": [(("embed",),), (("[", (None, "model")),), "embed"],
@@ -298,3 +299,54 @@ def test_fields_whose_range_depends_on_another_are_refused(model, fields, messag
     config = cfg.base_config("transformer")
     config.model.update({"positions": "rotary", "max_len": 16, "embed_dim": 8, "num_heads": 2})
     cfg.validate(config)
+
+
+def test_the_strategy_names_are_the_sharding_modules():
+    from jaxlm import sharding
+
+    assert cfg.base_config().parallel.strategy == "data"
+    for name in sharding.STRATEGIES:
+        config = cfg.base_config("transformer")
+        config.parallel.update({"strategy": name, "model": 2})
+        cfg.validate(config)
+    with pytest.raises(ConfigError, match=r"config.parallel.strategy: expected one of \('data'"):
+        cfg.validate(_with(cfg.base_config(), "parallel.strategy", "zero"))
+
+
+@pytest.mark.parametrize(
+    "model, fields, message",
+    [
+        (
+            "transformer",
+            {"parallel.strategy": "tensor", "parallel.model": 3},
+            r"config.parallel.model=3 does not divide config.model.num_heads=4: the 'tensor'",
+        ),
+        (
+            "transformer",
+            {"parallel.strategy": "fsdp+tensor", "parallel.model": 4, "model.mlp_dim": 6},
+            r"config.parallel.model=4 does not divide config.model.mlp_dim=6",
+        ),
+        (
+            "lstm",
+            {"parallel.strategy": "tensor", "parallel.model": 4, "model.hidden_sizes": (64, 30)},
+            r"config.parallel.model=4 does not divide config.model.hidden_sizes\[1\]=30",
+        ),
+        (
+            "gru",
+            {"parallel.strategy": "tensor"},
+            r"config.parallel.strategy: 'tensor' splits layers over the \"model\" axis; set "
+            r"config.parallel.model",
+        ),
+        (
+            "ngram",
+            {"parallel.strategy": "fsdp"},
+            r"config.parallel.strategy: 'fsdp' shards parameters, but an n-gram model",
+        ),
+    ],
+)
+def test_strategies_that_do_not_fit_the_model_are_refused(model, fields, message):
+    config = cfg.base_config(model)
+    for dotted, value in fields.items():
+        config = _with(config, dotted, value)
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate(config)

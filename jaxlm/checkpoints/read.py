@@ -147,7 +147,7 @@ def restore_sharded(
       path: a checkpoint path (see :func:`jaxlm.checkpoints.resolve`).
       mesh: the ("data", "model") mesh to place the arrays on.
       rules: ``(regex, PartitionSpec)`` sharding rules (see :func:`jaxlm.sharding.state_shardings`);
-        the checkpoint's own ``config.parallel.rules`` when None.
+        the checkpoint's own (``config.parallel.rules`` and its strategy's) when None.
       step: which checkpoint of a run folder.
 
     Returns:
@@ -160,7 +160,7 @@ def restore_sharded(
     meta = read_meta(ckpt)
     tree = metadata_tree(ckpt)
     if rules is None:
-        rules = sharding.rules_from_config(meta["config"].get("parallel", {}).get("rules"))
+        rules = sharding.parallel_rules(meta["config"].get("parallel"))
     target = sharding.abstract_on(tree, sharding.state_shardings(tree, mesh, rules))
     handler = ocp.StandardCheckpointHandler()
     try:

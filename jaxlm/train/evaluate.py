@@ -210,7 +210,7 @@ def evaluate_run(
         mesh = sharding.make_mesh(
             _data_parallel_size(batch_size, n_model, jax.device_count()), n_model
         )
-        rules = sharding.rules_from_config(run.config.parallel.rules)
+        rules = sharding.parallel_rules(run.config.parallel)
         params = jax.device_put(run.params, sharding.rule_shardings(run.params, mesh, rules))
         with jax.set_mesh(mesh):
             evaluator = Evaluator(

@@ -279,7 +279,7 @@ def _run(
     streams = batching.make_streams(corpus.train, config.data.batch_size)
     batching.check_trainable(streams, config.data.seq_len, f"{corpus.name} train split")
     setup = state.build(config, corpus.tokenizer.vocab_size)
-    rules = sharding.rules_from_config(config.parallel.rules)
+    rules = sharding.parallel_rules(config.parallel)
     shardings = sharding.state_shardings(setup.abstract, mesh, rules)
     train_state = _initial_state(config, setup, shardings, mgr, start, corpus.tokenizer)
     _log_start(config, train_state, corpus, mesh)
