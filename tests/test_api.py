@@ -39,7 +39,7 @@ def test_command_lines_define_no_flags_when_imported():
 
     for module in ("jaxlm.evaluate", "jaxlm.train.__main__", "jaxlm.checkpoints.__main__"):
         importlib.import_module(module)
-    ours = {"config", "workdir", "keep_heap", "verbose", "checkpoint", "split"}
+    ours = {"config", "workdir", "keep_heap", "verbose", "checkpoint", "split", "dry_run"}
     assert ours.isdisjoint(flags.FLAGS)
 
 

@@ -2,6 +2,8 @@
 
 - :mod:`~jaxlm.train.loop`: setup, the loop, the final evaluation and report;
 - :mod:`~jaxlm.train.steps`: the pure train and eval steps and their compilation;
+- :mod:`~jaxlm.train.plan`: the mesh, shardings and ahead-of-time compiled step of a run, the
+  memory and FLOPs they need, and ``dry_run(config)`` (``--dry_run``);
 - :mod:`~jaxlm.train.hooks`: what the loop does besides stepping (metrics, evaluation,
   checkpoints, preemption), and the place for your own actions;
 - :mod:`~jaxlm.train.evaluate`: evaluation as sums and counts, of a model or a saved run
@@ -28,6 +30,7 @@ __all__ = [
     "Progress",
     "Stop",
     "default_workdir",
+    "dry_run",
     "evaluate_run",
     "every",
     "jit_train_step",
@@ -55,9 +58,10 @@ _HOME = {
     **dict.fromkeys(["Preempted", "train_and_evaluate"], "jaxlm.train.loop"),
     **dict.fromkeys(["jit_train_step", "make_eval_step", "make_train_step"], "jaxlm.train.steps"),
     "default_workdir": "jaxlm.train.workdir",
+    "dry_run": "jaxlm.train.plan",
 }
 __getattr__, __dir__ = attach(
-    __name__, _HOME, ("evaluate", "hooks", "loop", "ngram", "steps", "workdir")
+    __name__, _HOME, ("evaluate", "hooks", "loop", "ngram", "plan", "steps", "workdir")
 )
 
 if TYPE_CHECKING:
@@ -74,5 +78,6 @@ if TYPE_CHECKING:
         every,
     )
     from jaxlm.train.loop import Preempted, train_and_evaluate
+    from jaxlm.train.plan import dry_run
     from jaxlm.train.steps import jit_train_step, make_eval_step, make_train_step
     from jaxlm.train.workdir import default_workdir

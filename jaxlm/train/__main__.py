@@ -1,5 +1,9 @@
 """Command line: ``python -m jaxlm.train --config=configs/lstm.py[:variant] [--workdir=DIR]``.
 
+``--dry_run`` compiles the train step ahead of time, prints the memory per device and the
+FLOPs per step (:func:`jaxlm.train.plan.dry_run`) and a line of JSON with them, and exits
+without training (``--dry_run_json=PATH`` writes the JSON to a file too).
+
 Also installed as ``jaxlm-train``. ``--config`` takes a recipe file or a recipe's name
 (``--config=lstm:smoke`` works from any folder). Every config field can be overridden, e.g.
 ``--config.model.hidden_sizes=(256,256)``. An expected error (a bad config, a missing corpus, an
@@ -62,6 +66,14 @@ def _define_flags() -> None:
         "Keep freed memory in the heap so each step's large temporaries do not page-fault "
         "(glibc only; see jaxlm.runtime.heap). --nokeep_heap returns freed memory to the system.",
     )
+    flags.DEFINE_bool(
+        "dry_run",
+        False,
+        "Compile the train step ahead of time, print the sharding rules, the memory per device "
+        "(parameters, optimizer state, the step's temporaries and peak) and the FLOPs per step, "
+        "then one line of JSON with them, and exit without training or writing to the workdir.",
+    )
+    flags.DEFINE_string("dry_run_json", None, "With --dry_run: also write its JSON to this file.")
     flags.DEFINE_bool("verbose", False, "Show the traceback of an expected error too.")
     flags.DEFINE_string(
         "coordinator",
@@ -99,6 +111,9 @@ def main(argv: list[str]) -> None:
     from jaxlm.train import loop, workdir
 
     try:
+        if FLAGS.dry_run or FLAGS.dry_run_json:
+            _dry_run(config, FLAGS.dry_run_json)
+            return
         loop.train_and_evaluate(config, FLAGS.workdir or workdir.default_workdir(config))
     except loop.Preempted as e:
         print(e, file=sys.stderr)
@@ -113,6 +128,20 @@ def _expected(e: BaseException) -> None:
         raise e
     print(f"error: {e}", file=sys.stderr)
     sys.exit(getattr(e, "exit_code", 2))
+
+
+def _dry_run(config, json_path: str | None) -> None:
+    """Prints the dry run's report and its JSON line (last on stdout); writes the JSON file."""
+    from jaxlm.errors import WriteError
+    from jaxlm.train import plan
+
+    line = plan.report_json(plan.dry_run(config))
+    if json_path:
+        try:
+            Path(json_path).write_text(line + "\n")
+        except OSError as e:
+            raise WriteError.of(json_path, e) from None
+    print(line, flush=True)
 
 
 class _OrbaxErrors(logging_lib.Filter):

@@ -20,12 +20,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxlm import checkpoints, data, monitor, optim, sharding, state, transforms
+from jaxlm import checkpoints, data, monitor, sharding, state, transforms
 from jaxlm.config import validate
 from jaxlm.data import batching
 from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.errors import ConfigError, NonFiniteLoss, WriteError
 from jaxlm.sampling import generate
+from jaxlm.train import plan as plan_lib
 from jaxlm.train import workdir as run_folder
 from jaxlm.train.evaluate import Evaluator
 from jaxlm.train.hooks import (
@@ -37,7 +38,7 @@ from jaxlm.train.hooks import (
     Preemption,
     Progress,
 )
-from jaxlm.train.steps import jit_train_step
+from jaxlm.train.steps import serialised
 
 log = run_folder.log
 
@@ -275,12 +276,10 @@ def _run(
     mon.status("starting", start.latest or 0)
     corpus = data.load_corpus(config.data, start.tokenizer)
     run_folder.prepare(workdir, config, corpus.tokenizer)
-    mesh = _mesh(config)
+    plan = plan_lib.make_plan(config, corpus.tokenizer.vocab_size)  # the mesh fits the batch
+    mesh, setup, shardings = plan.mesh, plan.setup, plan.shardings
     streams = batching.make_streams(corpus.train, config.data.batch_size)
     batching.check_trainable(streams, config.data.seq_len, f"{corpus.name} train split")
-    setup = state.build(config, corpus.tokenizer.vocab_size)
-    rules = sharding.parallel_rules(config.parallel)
-    shardings = sharding.state_shardings(setup.abstract, mesh, rules)
     train_state = _initial_state(config, setup, shardings, mgr, start, corpus.tokenizer)
     _log_start(config, train_state, corpus, mesh)
     progress = Progress(step=int(jax.device_get(train_state.step)), num_steps=t.num_steps)
@@ -291,13 +290,16 @@ def _run(
         setup.model, mesh, batch_size=config.data.eval_batch_size, seq_len=config.data.seq_len
     )
     run = _Run(config, workdir, mgr, mon, corpus, evaluator, shardings)
-    train_step = jit_train_step(setup, optim.learning_rate(config), shardings, mesh, t)
 
     def batch_at(step: int) -> dict[str, jax.Array]:
         batch = batching.train_batch(streams, step, config.data.seq_len, config.seed)
         return sharding.device_batch(batch, mesh)
 
     with jax.set_mesh(mesh):
+        compiled = plan_lib.compile_step(plan, config)  # once, ahead of the first step
+        for line in plan_lib.report_lines(plan_lib.report(config, plan, compiled)):
+            log(line)
+        train_step = serialised(compiled, mesh)
         mon.status("running", progress.step)
         loop_hooks = _hooks(run, preemption, hooks)
         try:
@@ -321,18 +323,6 @@ def _nonfinite_message(e: NonFiniteLoss, mgr: Any) -> str:
         f"{e}; {kept}. Lower config.optimizer.learning_rate or enable clipping "
         "(config.optimizer.clip_norm)."
     )
-
-
-def _mesh(config: ml_collections.ConfigDict) -> Any:
-    """The run's mesh; the batch sizes must divide over its data axis."""
-    mesh = sharding.make_mesh(config.parallel.data, config.parallel.model)
-    for name in ("batch_size", "eval_batch_size"):
-        if config.data[name] % mesh.shape["data"]:
-            raise ConfigError(
-                f"config.data.{name}={config.data[name]} must be a multiple of the "
-                f"{mesh.shape['data']} data devices"
-            )
-    return mesh
 
 
 class _Run(NamedTuple):

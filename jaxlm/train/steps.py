@@ -8,6 +8,7 @@ once with explicit shardings and the state donated.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -65,22 +66,10 @@ def make_train_step(
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params):
-            logits, new_carry, aux = model.apply(
-                {"params": params},
-                batch["inputs"],
-                carry,
-                deterministic=False,
-                rngs={"dropout": dropout_key},
-            )
-            total, count = losses.cross_entropy(
-                logits, batch["targets"], label_smoothing=label_smoothing
-            )
-            loss = total / count + aux.get("reg_loss", 0.0)
+            loss, out = _loss(model, params, carry, batch, dropout_key, label_smoothing)
             if loss_scaling:
                 loss = loss * precision.loss_scale(state.opt_state)
-            if label_smoothing:  # report the plain log-likelihood, not the smoothed loss
-                total, count = losses.cross_entropy(logits, batch["targets"])
-            return loss, (new_carry, total / count, aux)
+            return loss, out
 
         (_, (new_carry, nll, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -104,6 +93,62 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def _loss(
+    model: Any, params: Any, carry: Any, batch: Batch, dropout_key: jax.Array, smoothing: float
+) -> tuple[jax.Array, tuple[Any, jax.Array, dict[str, jax.Array]]]:
+    """A training window's loss and what the step reports: ``(loss, (carry, nll, aux))``."""
+    logits, new_carry, aux = model.apply(
+        {"params": params},
+        batch["inputs"],
+        carry,
+        deterministic=False,
+        rngs={"dropout": dropout_key},
+    )
+    total, count = losses.cross_entropy(logits, batch["targets"], label_smoothing=smoothing)
+    loss = total / count + aux.get("reg_loss", 0.0)
+    if smoothing:  # report the plain log-likelihood, not the smoothed loss
+        total, count = losses.cross_entropy(logits, batch["targets"])
+    return loss, (new_carry, total / count, aux)
+
+
+def saved_activation_bytes(setup: Setup, batch: Batch, label_smoothing: float = 0.0) -> int:
+    """The bytes the train step's backward pass keeps from its forward pass, whole batch.
+
+    Traced, not compiled (``jax.eval_shape`` of ``jax.vjp``'s residuals): what the program
+    asks to keep, in the dtypes the precision policy gives it, whatever a backend does with
+    it (XLA's CPU backend computes bfloat16 products in float32, so its compiled temporaries
+    do not fall with ``compute=bfloat16`` where these do). It counts the compute-dtype copies
+    of the weights the backward pass reads too; it is the sum over all devices.
+
+    Args:
+      setup: from :func:`jaxlm.state.build`.
+      batch: a training batch or its abstract arrays (:func:`abstract_batch`).
+      label_smoothing: as in training.
+
+    Returns:
+      Bytes.
+
+    Example:
+      >>> from jaxlm import sharding, state
+      >>> from jaxlm.config import load_config
+      >>> config = load_config("transformer:smoke")
+      >>> f32 = saved_activation_bytes(state.build(config, 64), abstract_batch(8, 32, None))
+      >>> config.precision = "params=float32,compute=bfloat16,output=float32"
+      >>> bf16 = saved_activation_bytes(state.build(config, 64), abstract_batch(8, 32, None))
+      >>> bf16 < f32
+      True
+    """
+    key = jax.random.PRNGKey(0)
+
+    def residuals(params, carry, batch):
+        return jax.vjp(
+            lambda p: _loss(setup.model, p, carry, batch, key, label_smoothing)[0], params
+        )[1]
+
+    out = jax.eval_shape(residuals, setup.abstract.params, setup.abstract.carry, batch)
+    return sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(out))
 
 
 def make_eval_step(model: Any) -> Callable:
@@ -140,10 +185,80 @@ def jit_train_step(
       train: the config's ``train`` section (``carry_state``, ``label_smoothing``).
 
     Returns:
-      ``step(state, batch) -> (state, metrics)``; several CPU devices or processes wait for
-      each step (:func:`jaxlm.runtime.serialise_steps`).
+      ``step(state, batch) -> (state, metrics)``, compiled at its first call; on several CPU
+      devices or processes it waits for each step (:func:`serialised`).
     """
-    step = jax.jit(
+    return serialised(_jit(setup, schedule, shardings, mesh, train), mesh)
+
+
+def compile_train_step(
+    setup: Setup,
+    schedule: optax.Schedule,
+    shardings: TrainState,
+    mesh: Any,
+    train: Any,
+    batch: dict[str, jax.ShapeDtypeStruct],
+) -> jax.stages.Compiled:
+    """The train step of :func:`jit_train_step` compiled ahead of time, from shapes alone.
+
+    Nothing is allocated: the state is ``setup.abstract`` on ``shardings``. The result runs the
+    step (wrap it with :func:`serialised`) and says what it needs:
+    ``memory_analysis()`` (per device: arguments, outputs, donated aliases, temporaries) and
+    ``cost_analysis()["flops"]`` (per device).
+
+    Args:
+      setup, schedule, shardings, mesh, train: as for :func:`jit_train_step`.
+      batch: the batch's abstract arrays (:func:`abstract_batch`).
+
+    Returns:
+      The compiled step.
+
+    Example:
+      >>> from jaxlm import optim, sharding, state
+      >>> from jaxlm.config import load_config
+      >>> config = load_config("lstm:smoke")
+      >>> setup = state.build(config, vocab_size=20)
+      >>> mesh = sharding.make_mesh(1, 1)
+      >>> shardings = sharding.state_shardings(setup.abstract, mesh)
+      >>> compiled = compile_train_step(setup, optim.learning_rate(config), shardings, mesh,
+      ...                               config.train, abstract_batch(8, 32, mesh))
+      >>> compiled.memory_analysis().temp_size_in_bytes > 0
+      True
+    """
+    target = sharding.abstract_on(setup.abstract, shardings)
+    return _jit(setup, schedule, shardings, mesh, train).lower(target, batch).compile()
+
+
+def abstract_batch(batch_size: int, seq_len: int, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
+    """A training batch's shapes, dtypes and shardings, as ``device_batch`` places them.
+
+    Args:
+      batch_size: B (global).
+      seq_len: T.
+      mesh: the device mesh; None: no shardings.
+
+    Returns:
+      ``inputs`` and ``targets`` int32 ``[B, T]`` split over "data", ``reset`` a replicated bool.
+    """
+    split = None if mesh is None else sharding.batch_sharding(mesh)
+    rows = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=split)
+    whole = None if mesh is None else sharding.replicated(mesh)
+    reset = jax.ShapeDtypeStruct((), jnp.bool_, sharding=whole)
+    return {"inputs": rows, "targets": rows, "reset": reset}
+
+
+def serialised(step: Callable, mesh: Any) -> Callable:
+    """``step``, waiting for each result where the CPU backend's collectives need it (several
+    processes, or several devices in ``mesh``: :func:`jaxlm.runtime.serialise_steps`);
+    ``step`` itself elsewhere."""
+    if not runtime.serialise_steps(mesh):
+        return step
+    return lambda state, batch: jax.block_until_ready(step(state, batch))
+
+
+def _jit(setup: Setup, schedule: optax.Schedule, shardings: TrainState, mesh: Any, train: Any):
+    """The ``jax.jit`` of the train step: explicit shardings, the state donated."""
+    return jax.jit(
         make_train_step(
             setup.model,
             setup.tx,
@@ -157,6 +272,3 @@ def jit_train_step(
         donate_argnums=0,
         compiler_options=runtime.compiler_options(setup.model),
     )
-    if not runtime.serialise_steps(mesh):
-        return step
-    return lambda state, batch: jax.block_until_ready(step(state, batch))

@@ -249,6 +249,37 @@ def test_expected_errors_are_one_line_and_the_traceback_is_for_verbose(tmp_path)
     ]
 
 
+def test_cli_dry_run_prints_the_plan_and_its_json_and_writes_no_workdir(tmp_path):
+    report = tmp_path / "plan.json"
+    workdir = tmp_path / "run"
+    cmd = train_cli("--config.parallel.strategy=fsdp", f"--workdir={workdir}", "--dry_run")
+    out = subprocess.run(
+        [*cmd, f"--dry_run_json={report}"], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()  # after the corpus is prepared (once per data dir)
+    assert any(line.startswith("Sharding: strategy fsdp on mesh {'data': 1, ") for line in lines)
+    assert "  ('.*', ('data',))" in lines and lines[-2].startswith("Activations")
+    assert any(line.startswith("Memory per device: parameters") for line in lines)
+    assert any(line.startswith("Train step per device (float32): temporaries") for line in lines)
+    rep = json.loads(lines[-1])["dry_run"]  # the last line, for a job balancer
+    assert json.loads(report.read_text()) == {"dry_run": rep}
+    assert rep["strategy"] == "fsdp" and rep["devices"] == 1 and rep["peak_bytes"] > 0
+    assert not workdir.exists() and "[train]" not in out.stdout  # no training, no run folder
+    # A strategy that cannot split the model: one line, before any work.
+    out = subprocess.run(
+        train_cli("--config.parallel.strategy=tensor", "--dry_run"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: config.parallel.strategy: 'tensor' splits layers over the \"model\" axis; set "
+        "config.parallel.model to its size (> 1; it is 1)"
+    ]
+
+
 def test_cli_ctrl_c_saves_exits_130_and_says_interrupted(tmp_path):
     workdir = tmp_path / "run"
     cmd = train_cli(
