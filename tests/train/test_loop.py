@@ -16,6 +16,7 @@ import pytest
 
 from jaxlm import checkpoints as ck
 from jaxlm import monitor, state
+from jaxlm.checkpoints.tools import saved_shardings
 from jaxlm.train import hooks as hooks_lib
 from jaxlm.train import steps
 from jaxlm.train.evaluate import Evaluator
@@ -87,6 +88,50 @@ def test_one_and_four_devices_give_the_same_losses(tmp_path):
     assert [s for s, _ in l1] == [5, 10, 15, 20]
     np.testing.assert_allclose([v for _, v in l1], [v for _, v in l4], rtol=1e-5)
     np.testing.assert_allclose(one["validation_loss"], four["validation_loss"], rtol=1e-5)
+
+
+class _StopWithoutEvaluating(hooks_lib.Hook):
+    """Stops a run at a step, checkpointed, without the final whole-split evaluation."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def after_step(self, progress: hooks_lib.Progress) -> None:
+        if progress.step == self.step:
+            progress.request_stop(f"step {self.step}", evaluate=False)
+
+
+def test_a_checkpoint_saved_under_fsdp_resumes_under_fsdp_and_tensor(tmp_path):
+    def config(strategy: str, data: int, model: int):
+        return smoke(
+            "transformer",
+            **{
+                "train.num_steps": 20,
+                "train.log_every": 5,
+                "train.eval_every": 100,
+                "train.checkpoint_every": 10,
+                "model.num_layers": 1,
+                "parallel.strategy": strategy,
+                "parallel.data": data,
+                "parallel.model": model,
+            },
+        )
+
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    train_and_evaluate(config("data", 4, 1), straight, hooks=[_StopWithoutEvaluating(20)])
+    train_and_evaluate(config("fsdp", 4, 1), run, hooks=[_StopWithoutEvaluating(10)])
+    kernel = "params/blocks_0/qkv/kernel"
+    assert saved_shardings(run, 10)[kernel] == {"mesh": {"data": 4, "model": 1}, "spec": ["data"]}
+    # The same workdir on a 2 x 2 mesh: restored onto this run's shardings (checksums checked).
+    train_and_evaluate(config("fsdp+tensor", 2, 2), run, hooks=[_StopWithoutEvaluating(20)])
+    assert saved_shardings(run, 20)[kernel] == {
+        "mesh": {"data": 2, "model": 2},
+        "spec": ["data", "model"],
+    }
+    assert [s for s, _ in train_losses(run)] == [5, 10, 15, 20]
+    np.testing.assert_allclose(
+        [v for _, v in train_losses(run)], [v for _, v in train_losses(straight)], rtol=1e-5
+    )
 
 
 def test_dropout_runs_agree_across_device_counts(tmp_path):
