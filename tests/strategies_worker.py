@@ -9,22 +9,14 @@ import json
 import os
 import sys
 
-# XLA's backend optimisation level 0: the partitioning under test is the same, and the ten
-# compilations take about two thirds of the time.
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-).strip()
+import jax
 
-import jax  # noqa: E402
-
-jax.config.update("jax_num_cpu_devices", 8)
-
-from jaxlm import data, sharding  # noqa: E402
-from jaxlm.data import batching  # noqa: E402
-from jaxlm.train import plan as plan_lib  # noqa: E402
-from jaxlm.train.steps import serialised  # noqa: E402
-from jaxlm.tree import flatten  # noqa: E402
-from tests.helpers import smoke  # noqa: E402
+from jaxlm import data, sharding
+from jaxlm.data import batching
+from jaxlm.train import plan as plan_lib
+from jaxlm.train.steps import serialised
+from jaxlm.tree import flatten
+from tests.helpers import smoke
 
 STEPS = 20
 # (strategy, data, model): one device, then each strategy over all eight.
@@ -87,6 +79,13 @@ def run(model: str, strategy: str, n_data: int, n_model: int, corpus, initial) -
 
 
 def main() -> None:
+    # Before JAX starts (here, not at import: pytest's doctest collection imports this file).
+    # XLA's backend optimisation level 0: the partitioning under test is the same, and the ten
+    # compilations take about two thirds of the time.
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+    ).strip()
+    jax.config.update("jax_num_cpu_devices", 8)
     models = sys.argv[1:] or list(SHAPES)
     corpus = data.load_corpus(smoke().data)
     for model in models:
