@@ -141,7 +141,7 @@ def _dry_run(config, json_path: str | None) -> None:
             Path(json_path).write_text(line + "\n")
         except OSError as e:
             raise WriteError.of(json_path, e) from None
-    print(line, flush=True)
+    print(plan.DRY_RUN_PREFIX + line, flush=True)
 
 
 class _OrbaxErrors(logging_lib.Filter):

@@ -241,6 +241,9 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return rep
 
 
+DRY_RUN_PREFIX = "DRY_RUN "  # the dry run's JSON line on stdout starts so (a job balancer's cue)
+
+
 def report_json(rep: dict[str, Any]) -> str:
     """The report as one line of JSON (what a job balancer reads).
 
@@ -248,6 +251,7 @@ def report_json(rep: dict[str, Any]) -> str:
       rep: from :func:`report`.
 
     Returns:
-      ``{"dry_run": {...}}`` on one line.
+      The JSON on one line; the command line prints it after :data:`DRY_RUN_PREFIX`, which
+      ``jaxlm.jobs.measure`` looks for.
     """
-    return json.dumps({"dry_run": rep}, separators=(",", ":"))
+    return json.dumps(rep, separators=(",", ":"))

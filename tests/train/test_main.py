@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from jaxlm import checkpoints as ck
+from jaxlm.jobs import measure
 from tests.helpers import ROOT, train_cli, train_losses
 
 
@@ -262,8 +263,10 @@ def test_cli_dry_run_prints_the_plan_and_its_json_and_writes_no_workdir(tmp_path
     assert "  ('.*', ('data',))" in lines and lines[-2].startswith("Activations")
     assert any(line.startswith("Memory per device: parameters") for line in lines)
     assert any(line.startswith("Train step per device (float32): temporaries") for line in lines)
-    rep = json.loads(lines[-1])["dry_run"]  # the last line, for a job balancer
-    assert json.loads(report.read_text()) == {"dry_run": rep}
+    assert lines[-1].startswith("DRY_RUN {")  # the last line, for a job balancer
+    rep = json.loads(lines[-1][len("DRY_RUN ") :])
+    assert json.loads(report.read_text()) == rep
+    assert measure.parse_dry_run(out.stdout) == rep["peak_bytes"]  # what the balancer reads
     assert rep["strategy"] == "fsdp" and rep["devices"] == 1 and rep["peak_bytes"] > 0
     assert not workdir.exists() and "[train]" not in out.stdout  # no training, no run folder
     # A strategy that cannot split the model: one line, before any work.
