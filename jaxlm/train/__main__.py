@@ -73,7 +73,9 @@ def _define_flags() -> None:
         "(parameters, optimizer state, the step's temporaries and peak) and the FLOPs per step, "
         "then one line of JSON with them, and exit without training or writing to the workdir.",
     )
-    flags.DEFINE_string("dry_run_json", None, "With --dry_run: also write its JSON to this file.")
+    flags.DEFINE_string(
+        "dry_run_json", None, "Write the dry run's JSON to this file too (implies --dry_run)."
+    )
     flags.DEFINE_bool("verbose", False, "Show the traceback of an expected error too.")
     flags.DEFINE_string(
         "coordinator",
@@ -131,17 +133,21 @@ def _expected(e: BaseException) -> None:
 
 
 def _dry_run(config, json_path: str | None) -> None:
-    """Prints the dry run's report and its JSON line (last on stdout); writes the JSON file."""
+    """Prints the dry run's report and its JSON line (last on stdout) and writes the JSON file,
+    on process 0 (every process compiles)."""
+    import jax
+
     from jaxlm.errors import WriteError
     from jaxlm.train import plan
+    from jaxlm.train.workdir import log
 
     line = plan.report_json(plan.dry_run(config))
-    if json_path:
+    if json_path and jax.process_index() == 0:
         try:
             Path(json_path).write_text(line + "\n")
         except OSError as e:
             raise WriteError.of(json_path, e) from None
-    print(plan.DRY_RUN_PREFIX + line, flush=True)
+    log(plan.DRY_RUN_PREFIX + line)
 
 
 class _OrbaxErrors(logging_lib.Filter):
