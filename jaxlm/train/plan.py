@@ -54,6 +54,11 @@ def make_mesh(config: ml_collections.ConfigDict) -> Mesh:
 
     Raises:
       ConfigError: a batch size that does not divide over the data devices.
+
+    Example:
+      >>> from jaxlm.config import load_config
+      >>> dict(make_mesh(load_config("lstm:smoke")).shape)  # every device on "data"
+      {'data': 4, 'model': 1}
     """
     mesh = sharding.make_mesh(config.parallel.data, config.parallel.model)
     for name in ("batch_size", "eval_batch_size"):
@@ -100,6 +105,12 @@ def compile_step(plan: Plan, config: ml_collections.ConfigDict) -> jax.stages.Co
 
     Returns:
       The compiled step (:func:`jaxlm.train.steps.compile_train_step`).
+
+    Example:
+      >>> with jax.set_mesh(plan.mesh):  # doctest: +SKIP
+      ...     compiled = compile_step(plan, config)
+      >>> compiled.memory_analysis().temp_size_in_bytes  # doctest: +SKIP
+      2219140
     """
     batch = abstract_batch(config.data.batch_size, config.data.seq_len, plan.mesh)
     return compile_train_step(
@@ -128,6 +139,11 @@ def report(
       ``params_bytes`` and ``opt_state_bytes`` (per device) with their ``*_total`` (all of
       it, once), ``argument_bytes``, ``output_bytes``, ``alias_bytes``, ``temp_bytes``,
       ``peak_bytes`` and ``flops`` (of one step).
+
+    Example:
+      >>> rep = report(config, plan, compile_step(plan, config))  # doctest: +SKIP
+      >>> rep["params_bytes_total"] / rep["params_bytes"]  # doctest: +SKIP
+      4.0
     """
     abstract, shardings = plan.setup.abstract, plan.shardings
     params, params_total = sharding.sharded_bytes(abstract.params, shardings.params)
@@ -167,6 +183,14 @@ def report_lines(rep: dict[str, Any]) -> list[str]:
 
     Returns:
       Lines of text.
+
+    Example:
+      >>> for line in report_lines(rep): print(line)  # doctest: +SKIP
+      Sharding: strategy fsdp on mesh {'data': 4, 'model': 1}; rules in force (...):
+        ('.*', ('data',))
+        ('.*', (None, 'data'))
+      Memory per device: parameters 30.1 KiB of 120.5 KiB (1/4.00), optimizer state ...
+      Train step per device (float32): temporaries 592.2 KiB, peak 683.9 KiB (...), 0.013 GFLOP
     """
     rules = [(pattern, PartitionSpec(*spec)) for pattern, spec in rep["rules"]]
     lines = [
@@ -253,5 +277,9 @@ def report_json(rep: dict[str, Any]) -> str:
     Returns:
       The JSON on one line; the command line prints it after :data:`DRY_RUN_PREFIX`, which
       ``jaxlm.jobs.measure`` looks for.
+
+    Example:
+      >>> report_json({"strategy": "fsdp", "peak_bytes": 683900})
+      '{"strategy":"fsdp","peak_bytes":683900}'
     """
     return json.dumps(rep, separators=(",", ":"))

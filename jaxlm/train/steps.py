@@ -239,6 +239,11 @@ def abstract_batch(batch_size: int, seq_len: int, mesh: Any) -> dict[str, jax.Sh
 
     Returns:
       ``inputs`` and ``targets`` int32 ``[B, T]`` split over "data", ``reset`` a replicated bool.
+
+    Example:
+      >>> batch = abstract_batch(8, 32, sharding.make_mesh())
+      >>> batch["inputs"].shape, batch["inputs"].sharding.spec
+      ((8, 32), P('data',))
     """
     split = None if mesh is None else sharding.batch_sharding(mesh)
     rows = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=split)
@@ -248,9 +253,19 @@ def abstract_batch(batch_size: int, seq_len: int, mesh: Any) -> dict[str, jax.Sh
 
 
 def serialised(step: Callable, mesh: Any) -> Callable:
-    """``step``, waiting for each result where the CPU backend's collectives need it (several
-    processes, or several devices in ``mesh``: :func:`jaxlm.runtime.serialise_steps`);
-    ``step`` itself elsewhere."""
+    """``step``, waiting for each result where the CPU backend's collectives need it.
+
+    Args:
+      step: ``step(state, batch) -> (state, metrics)``, jitted or compiled.
+      mesh: the mesh it runs on.
+
+    Returns:
+      ``step`` itself, or with several processes or several CPU devices in ``mesh``
+      (:func:`jaxlm.runtime.serialise_steps`) a function that blocks until each step is done.
+
+    Example:
+      >>> step = serialised(lambda state, batch: (state, {}), sharding.make_mesh(1, 1))
+    """
     if not runtime.serialise_steps(mesh):
         return step
     return lambda state, batch: jax.block_until_ready(step(state, batch))
