@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 Runner = Callable[[int], None]  # runs n training steps, returns when the last has finished
 
@@ -77,6 +78,58 @@ def timed(run: Runner, n: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
 
 
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    """Adds ``--precision``: float32, bf16 (both sides in bfloat16 compute), or both."""
+    p.add_argument(
+        "--precision",
+        choices=("float32", "bf16", "both"),
+        default="float32",
+        help="bf16: ours under the policy params=float32,compute=bfloat16,output=float32, torch "
+        "under torch.autocast('cpu', dtype=torch.bfloat16); both: all four sides alternating, "
+        "with each side's bf16-over-float32 speed-up",
+    )
+
+
+def precisions(args: argparse.Namespace) -> list[str]:
+    """The precisions ``--precision`` asks for, float32 first."""
+    return ["float32", "bf16"] if args.precision == "both" else [args.precision]
+
+
+def policy_kwargs(precision: str) -> dict:
+    """A jaxlm model's dtype arguments for ``precision`` (float32 master weights and logits)."""
+    if precision == "float32":
+        return {}
+    import jax.numpy as jnp
+
+    return dict(dtype=jnp.bfloat16, param_dtype=jnp.float32, output_dtype=jnp.float32)
+
+
+def torch_autocast(torch, precision: str):
+    """``torch.autocast`` on the CPU in bfloat16 for ``bf16``, else a context that does nothing."""
+    import contextlib
+
+    if precision == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def time_alternating(runners: dict[Any, Runner], args) -> dict[Any, Any]:
+    """Warms every runner up, then alternates ``args.repeats`` timed runs of each.
+
+    Returns:
+      For each runner, an array ``[repeats, 2]`` of wall and CPU seconds per step.
+    """
+    import numpy as np  # after setup(): numpy's threads start at import
+
+    for run in runners.values():
+        run(2)  # compile, warm up
+    rows = {name: [] for name in runners}
+    for _ in range(args.repeats):
+        for name, run in runners.items():
+            rows[name].append(timed(run, args.steps))
+    return {name: np.array(r) for name, r in rows.items()}
+
+
 def compare(name: str, ours: Runner, theirs: Runner, tokens: int, args) -> str:
     """Warms both up, alternates ``args.repeats`` timed runs, and reports medians.
 
@@ -84,12 +137,16 @@ def compare(name: str, ours: Runner, theirs: Runner, tokens: int, args) -> str:
       One line: tokens/s of each, the ratio ours/theirs (median and range over the runs) and,
       with ``args.cpu_time``, CPU milliseconds per step.
     """
+    times = time_alternating({"ours": ours, "theirs": theirs}, args)
+    return _line(name, times["ours"], times["theirs"], tokens, args)
+
+
+def _line(name: str, ours: Any, theirs: Any, tokens: int, args) -> str:
     import numpy as np
 
-    ours(2), theirs(2)  # compile, warm up
-    rows = [(*timed(ours, args.steps), *timed(theirs, args.steps)) for _ in range(args.repeats)]
-    j_wall, j_cpu, t_wall, t_cpu = np.median(np.array(rows), axis=0)
-    ratios = [r[2] / r[0] for r in rows]
+    j_wall, j_cpu = np.median(ours, axis=0)
+    t_wall, t_cpu = np.median(theirs, axis=0)
+    ratios = theirs[:, 0] / ours[:, 0]
     line = (
         f"{name:11s} jaxlm {tokens / j_wall:8.0f} tok/s | torch {tokens / t_wall:8.0f} tok/s | "
         f"ratio {t_wall / j_wall:.2f} (runs {min(ratios):.2f}-{max(ratios):.2f})"
@@ -97,6 +154,43 @@ def compare(name: str, ours: Runner, theirs: Runner, tokens: int, args) -> str:
     if args.cpu_time:
         line += f" | CPU ms/step jaxlm {j_cpu * 1e3:.1f} torch {t_cpu * 1e3:.1f}"
     return line
+
+
+def compare_precisions(
+    name: str, ours: Callable[[str], Runner], theirs: Callable[[str], Runner], tokens: int, args
+) -> str:
+    """:func:`compare` at each of ``--precision``'s precisions, all sides alternating.
+
+    Args:
+      name: the shape's name.
+      ours: builds our runner for a precision (``"float32"`` or ``"bf16"``).
+      theirs: builds the peer's runner for a precision.
+      tokens: tokens per step.
+      args: the parsed flags.
+
+    Returns:
+      A line per precision (ours against the peer at that precision) and, with both, a line of
+      each side's bf16-over-float32 speed-up (median over runs of the float32/bf16 step time).
+    """
+    import numpy as np  # after setup(): numpy's threads start at import
+
+    runners = {}
+    for p in precisions(args):
+        runners[("ours", p)], runners[("theirs", p)] = ours(p), theirs(p)
+    times = time_alternating(runners, args)
+    lines = [
+        _line(f"{name} {p}", times[("ours", p)], times[("theirs", p)], tokens, args)
+        for p in precisions(args)
+    ]
+    if len(precisions(args)) == 2:
+        up = {
+            side: np.median(times[(side, "float32")][:, 0] / times[(side, "bf16")][:, 0])
+            for side in ("ours", "theirs")
+        }
+        lines.append(
+            f"{name} bf16 over float32: jaxlm {up['ours']:.2f}x | torch {up['theirs']:.2f}x"
+        )
+    return "\n".join(lines)
 
 
 def profile(ours: Runner, folder: str, top: int = 25) -> str:

@@ -6,7 +6,10 @@ carried from step to step. Our step is built from the trainer's parts (``Recurre
 ``jaxlm.losses.cross_entropy``, optax ``clip_by_global_norm`` + ``sgd``, jitted with the state
 donated) without its dropout and metrics; torch's is the usual eager loop. Runs alternate
 between the two so that load from other processes falls on both; the figures are medians over
-the repeats. float32 throughout on both sides.
+the repeats. float32 on both sides; ``--precision=bf16`` runs ours under the policy
+``params=float32,compute=bfloat16,output=float32`` and torch under
+``torch.autocast("cpu", dtype=torch.bfloat16)``, and ``--precision=both`` all four sides,
+alternating, with each side's bfloat16-over-float32 speed-up.
 
 Shapes: ``ptb_small`` (vocab 10,000, 2x200, BPTT 20, batch 20), ``char`` (vocab 65, 2x512,
 BPTT 100, batch 32), ``ptb_medium`` (vocab 10,000, 2x650, BPTT 35, batch 20).
@@ -16,6 +19,7 @@ Usage::
     python benchmarks/lstm_speed.py                      # ptb_small and char
     python benchmarks/lstm_speed.py --shapes=ptb_medium --repeats=5
     python benchmarks/lstm_speed.py --threads=1          # one core each (XLA and torch)
+    python benchmarks/lstm_speed.py --precision=both     # bf16 against torch autocast too
     python benchmarks/lstm_speed.py --shapes=char --profile=/tmp/prof  # where our time goes
 
 ``--cpu_time`` also reports process CPU time per step, which moves less than wall time when
@@ -27,6 +31,7 @@ defaults, under which every step page-faults on its fresh large temporaries.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 
 import _harness
@@ -42,6 +47,7 @@ def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--shapes", default="ptb_small,char", help=f"comma list of {list(SHAPES)}")
     _harness.add_common_args(p, steps=20)
+    _harness.add_precision_arg(p)
     return p.parse_args()
 
 
@@ -59,9 +65,14 @@ from jaxlm import losses  # noqa: E402
 from jaxlm.models.recurrent import RecurrentLM  # noqa: E402
 
 
-def jax_runner(vocab: int, hidden: int, seq_len: int, batch: int):
+def jax_runner(precision: str, vocab: int, hidden: int, seq_len: int, batch: int):
     """A function running ``n`` jaxlm training steps; returns when the last has finished."""
-    model = RecurrentLM(vocab_size=vocab, embed_dim=hidden, hidden_sizes=(hidden, hidden))
+    model = RecurrentLM(
+        vocab_size=vocab,
+        embed_dim=hidden,
+        hidden_sizes=(hidden, hidden),
+        **_harness.policy_kwargs(precision),
+    )
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, vocab, (batch, seq_len + 1)))
     tx = optax.chain(optax.clip_by_global_norm(5.0), optax.sgd(1.0))
 
@@ -88,8 +99,9 @@ def jax_runner(vocab: int, hidden: int, seq_len: int, batch: int):
     return run
 
 
-def torch_runner(vocab: int, hidden: int, seq_len: int, batch: int):
-    """The same training step in plain PyTorch (``nn.Embedding``, ``nn.LSTM``, ``nn.Linear``)."""
+def torch_runner(precision: str, vocab: int, hidden: int, seq_len: int, batch: int):
+    """The same training step in plain PyTorch (``nn.Embedding``, ``nn.LSTM``, ``nn.Linear``),
+    under ``torch.autocast`` for bf16."""
     import torch
 
     torch.manual_seed(0)
@@ -105,8 +117,10 @@ def torch_runner(vocab: int, hidden: int, seq_len: int, batch: int):
     def run(n: int) -> None:
         for _ in range(n):
             h = tuple(s.detach() for s in state[0])
-            out, state[0] = lstm(embed(inputs), h)
-            loss = torch.nn.functional.cross_entropy(head(out).reshape(-1, vocab), targets)
+            with _harness.torch_autocast(torch, precision):
+                out, state[0] = lstm(embed(inputs), h)
+                logits = head(out)
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, vocab), targets)
             sgd.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 5.0)
@@ -122,16 +136,19 @@ def main() -> int:
         return 1
     print(
         f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), float32, {ARGS.steps} steps x {ARGS.repeats} "
-        "alternating runs"
+        f"({torch.get_num_threads()} threads), {ARGS.precision}, {ARGS.steps} steps x "
+        f"{ARGS.repeats} alternating runs"
     )
     for name in ARGS.shapes.split(","):
         shape = SHAPES[name]
-        ours, theirs = jax_runner(**shape), torch_runner(**shape)
         tokens = shape["seq_len"] * shape["batch"]
-        print(_harness.compare(name, ours, theirs, tokens, ARGS), flush=True)
-        if ARGS.profile:
-            print(_harness.profile(ours, f"{ARGS.profile}/{name}"), flush=True)
+        ours = functools.partial(jax_runner, **shape)
+        theirs = functools.partial(torch_runner, **shape)
+        print(_harness.compare_precisions(name, ours, theirs, tokens, ARGS), flush=True)
+        for p in _harness.precisions(ARGS) if ARGS.profile else ():
+            run = ours(p)
+            run(2)  # compiled before the trace
+            print(_harness.profile(run, f"{ARGS.profile}/{name}/{p}"), flush=True)
     return 0
 
 

@@ -9,12 +9,16 @@ the trainer's compiler options, oneDNN matrix products on CPU:
 ``jaxlm.runtime.compiler_options``);
 torch's uses ``nn.Linear``/``nn.LayerNorm`` and ``F.scaled_dot_product_attention(is_causal=True)``
 in eager mode. Runs alternate between the two so load from other processes falls on both;
-figures are medians. float32 throughout.
+figures are medians. float32 throughout, or with ``--precision=bf16`` ours under the policy
+``params=float32,compute=bfloat16,output=float32`` and torch's forward under
+``torch.autocast("cpu", dtype=torch.bfloat16)`` (``--precision=both``: all four, alternating,
+with each side's bfloat16-over-float32 speed-up).
 
 Usage::
 
     python benchmarks/transformer_speed.py
     python benchmarks/transformer_speed.py --threads=1 --cpu_time
+    python benchmarks/transformer_speed.py --precision=both   # bf16 against torch autocast
     python benchmarks/transformer_speed.py --no-keep_heap   # glibc's default heap policy
     python benchmarks/transformer_speed.py --profile=/tmp/prof  # where our time goes
 """
@@ -36,6 +40,7 @@ def _args() -> argparse.Namespace:
     p.add_argument("--seq_len", type=int, default=128)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--vocab", type=int, default=65)
+    _harness.add_precision_arg(p)
     return p.parse_args()
 
 
@@ -53,10 +58,11 @@ from jaxlm import losses, runtime  # noqa: E402
 from jaxlm.models.transformer import Transformer  # noqa: E402
 
 
-def jax_runner():
+def jax_runner(precision: str):
     """A function running ``n`` jaxlm training steps; returns when the last has finished."""
     a = ARGS
     model = Transformer(
+        **_harness.policy_kwargs(precision),
         vocab_size=a.vocab,
         embed_dim=a.width,
         num_layers=a.layers,
@@ -90,8 +96,8 @@ def jax_runner():
     return run
 
 
-def torch_runner():
-    """The same model and step in plain PyTorch."""
+def torch_runner(precision: str):
+    """The same model and step in plain PyTorch (under ``torch.autocast`` for bf16)."""
     import torch
     import torch.nn.functional as F
     from torch import nn
@@ -136,7 +142,9 @@ def torch_runner():
 
     def run(n: int) -> None:
         for _ in range(n):
-            loss = F.cross_entropy(model(inputs).reshape(-1, a.vocab), targets)
+            with _harness.torch_autocast(torch, precision):
+                logits = model(inputs)
+            loss = F.cross_entropy(logits.float().reshape(-1, a.vocab), targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -153,14 +161,16 @@ def main() -> int:
     a = ARGS
     print(
         f"jax {jax.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"float32; {a.layers} layers, {a.heads} heads, width {a.width}, context {a.seq_len}, "
+        f"{a.precision}; {a.layers} layers, {a.heads} heads, width {a.width}, context {a.seq_len}, "
         f"batch {a.batch}, vocab {a.vocab}; {a.steps} steps x {a.repeats} alternating runs"
     )
-    ours, theirs = jax_runner(), torch_runner()
-    line = _harness.compare("transformer", ours, theirs, a.batch * a.seq_len, a)
-    print(line, flush=True)
+    tokens = a.batch * a.seq_len
+    print(_harness.compare_precisions("transformer", jax_runner, torch_runner, tokens, a))
     if a.profile:
-        print(_harness.profile(ours, a.profile), flush=True)
+        for p in _harness.precisions(a):
+            ours = jax_runner(p)
+            ours(2)  # compiled before the trace
+            print(_harness.profile(ours, f"{a.profile}/{p}"), flush=True)
     return 0
 
 

@@ -189,3 +189,68 @@ def test_output_dtype_sets_the_logits_dtype(name):
         logits, _, _ = model.apply({"params": params}, tokens, carry)
         assert logits.dtype == want
         assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+
+
+DIMS = (((1,), (0,)), ((), ()))
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_dot_general_is_the_narrow_product_with_float32_sums(dtype):
+    ka, kb = jax.random.split(jax.random.key(0))
+    a, b = jax.random.normal(ka, (16, 32)), jax.random.normal(kb, (32, 8))
+    out = precision.dot_general(a, b, DIMS, dtype)
+    assert out.dtype == jnp.float32
+    # The products of the rounded operands, exact in float32, summed in float32.
+    wide = [x.astype(dtype).astype(jnp.float32) for x in (a, b)]
+    np.testing.assert_allclose(out, jax.lax.dot_general(*wide, DIMS), rtol=1e-6, atol=1e-6)
+    native = jax.lax.dot_general(
+        a.astype(dtype), b.astype(dtype), DIMS, preferred_element_type=jnp.float32
+    )
+    np.testing.assert_allclose(out, native, rtol=1e-5, atol=1e-5)
+    # Not the float32 product: the rounding is there.
+    assert np.abs(out - a @ b).max() > 1e-3
+    # In float32 it is plain dot_general.
+    np.testing.assert_array_equal(
+        precision.dot_general(a, b, DIMS, jnp.float32), jax.lax.dot_general(a, b, DIMS)
+    )
+
+
+def test_dot_general_gradients_and_what_the_backward_pass_keeps():
+    a, b = jnp.linspace(-1, 1, 12).reshape(3, 4), jnp.linspace(0.5, 2, 20).reshape(4, 5)
+
+    def ours(a, b):
+        return jnp.sum(jnp.sin(precision.dot_general(a, b, DIMS, jnp.bfloat16)))
+
+    def reference(a, b):
+        wide = [x.astype(jnp.bfloat16).astype(jnp.float32) for x in (a, b)]
+        return jnp.sum(jnp.sin(jax.lax.dot_general(*wide, DIMS)))
+
+    grads, expected = jax.grad(ours, (0, 1))(a, b), jax.grad(reference, (0, 1))(a, b)
+    for got, want in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # The product's operands are kept in bfloat16 (on CPU the float32 copies are made again in
+    # the backward pass): only sin's float32 input is kept beside them.
+    inner = jax.vjp(lambda a, b: precision.dot_general(a, b, DIMS, jnp.bfloat16), a, b)[1]
+    kept = [x.dtype for x in jax.tree.leaves(inner) if hasattr(x, "dtype")]
+    assert kept and all(d == jnp.bfloat16 for d in kept), kept
+
+
+def test_dense_is_flax_dense_in_float32_and_close_in_bfloat16():
+    import flax.linen as nn
+
+    from jaxlm.models.common import Dense
+
+    x = jax.random.normal(jax.random.key(1), (6, 16))
+    params = nn.Dense(8).init(jax.random.key(2), x)
+    params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias
+    assert jax.tree.structure(Dense(8).init(jax.random.key(2), x)) == jax.tree.structure(params)
+    np.testing.assert_array_equal(Dense(8).apply(params, x), nn.Dense(8).apply(params, x))
+    ours = Dense(8, dtype=jnp.bfloat16).apply(params, x)
+    flax_bf16 = nn.Dense(8, dtype=jnp.bfloat16).apply(params, x)
+    assert ours.dtype == flax_bf16.dtype == jnp.bfloat16
+    exact = nn.Dense(8).apply(params, x)
+    # One rounding of an exact-product sum: within bfloat16's half-ulp of the float32 layer,
+    # and no further from it than flax's (which rounds three times).
+    err = np.abs(np.asarray(ours, np.float32) - exact)
+    assert np.all(err <= 2.0**-8 * np.abs(exact) + 0.02)
+    assert err.mean() <= np.abs(np.asarray(flax_bf16, np.float32) - exact).mean()

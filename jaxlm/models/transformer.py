@@ -22,7 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlm.models.common import on_rows
+from jaxlm import precision
+from jaxlm.models.common import Dense, on_rows
 from jaxlm.runtime.backend import on_cpu
 
 Dtype = Any
@@ -103,7 +104,7 @@ def causal_attention(
         raise ValueError("attention dropout needs dropout_rng")
     if not on_cpu() and not dropout_rate:
         return jax.nn.dot_product_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, is_causal=True)
-    t = q_BxTxNxD.shape[1]
+    t, dtype = q_BxTxNxD.shape[1], q_BxTxNxD.dtype
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q_BxTxNxD, k_BxTxNxD, v_BxTxNxD))  # [B, N, T, D]
     blocks = []
     for a in range(0, t, query_block):
@@ -113,20 +114,38 @@ def causal_attention(
                 jax.random.fold_in(dropout_rng, a), 1.0 - dropout_rate, probs.shape
             )
             probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-        blocks.append(jnp.matmul(probs.astype(v.dtype), v[:, :, : a + query_block]))
-    return jnp.swapaxes(jnp.concatenate(blocks, axis=2), 1, 2)
+        # [B, N, Q, S] x [B, N, S, D] in the compute dtype (on CPU in float32 kernels).
+        dims = (((3,), (2,)), ((0, 1), (0, 1)))
+        blocks.append(precision.dot_general(probs, v[:, :, : a + query_block], dims, dtype))
+    return jnp.swapaxes(jnp.concatenate(blocks, axis=2), 1, 2).astype(dtype)
 
 
 def _causal_probs(q_BxNxQxD: jax.Array, k_BxNxSxD: jax.Array, start: int) -> jax.Array:
     """Attention of the queries at ``start, ...`` over the keys at ``0, ...``: ``[B, N, Q, S]``."""
     n_q, n_s = q_BxNxQxD.shape[2], k_BxNxSxD.shape[2]
-    scores = jnp.matmul(
-        q_BxNxQxD, jnp.swapaxes(k_BxNxSxD, -1, -2), preferred_element_type=jnp.float32
-    )
+    dims = (((3,), (3,)), ((0, 1), (0, 1)))  # q . k over D, per batch row and head
+    scores = precision.dot_general(q_BxNxQxD, k_BxNxSxD, dims, q_BxNxQxD.dtype)
     scores = scores * (1.0 / math.sqrt(q_BxNxQxD.shape[-1]))
     visible = jnp.arange(n_s)[None, :] <= start + jnp.arange(n_q)[:, None]
     bias = jnp.where(visible, 0.0, -jnp.inf).astype(jnp.float32)
     return jax.nn.softmax(scores + bias, axis=-1)
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+    """GELU (tanh form); in a narrower dtype, computed in float32 and rounded once.
+
+    In bfloat16 each of its eight operations would round (its constants too), and XLA's CPU
+    backend runs that chain and its gradient 4-10x slower than in float32. That float32 pass is
+    rematerialised, so the backward pass keeps ``x`` in its own dtype, not float32 copies.
+    """
+    if x.dtype == jnp.float32:
+        return jax.nn.gelu(x, approximate=True)
+    return _gelu_f32(x)
+
+
+@jax.checkpoint
+def _gelu_f32(x: jax.Array) -> jax.Array:
+    return jax.nn.gelu(x.astype(jnp.float32), approximate=True).astype(x.dtype)
 
 
 def _norm(kind: str, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
@@ -178,7 +197,7 @@ class Block(nn.Module):
         out_init = nn.initializers.normal(self.out_init_std)
 
         y = _norm(self.norm, "norm_attn", self.dtype, self.param_dtype)(x_BxTxE)
-        qkv = on_rows(nn.Dense(3 * e, kernel_init=init, name="qkv", **dense), y)
+        qkv = on_rows(Dense(3 * e, kernel_init=init, name="qkv", **dense), y)
         q, k, v = jnp.split(qkv.reshape(b, t, 3 * n, d), 3, axis=2)
         positions = pos + jnp.arange(t)
         if self.positions == "rotary":
@@ -201,14 +220,14 @@ class Block(nn.Module):
                 q, k_all.astype(q.dtype), v_all.astype(q.dtype), mask=mask[None, None]
             )
         att = on_rows(
-            nn.Dense(e, kernel_init=out_init, name="attn_out", **dense), att.reshape(b, t, e)
+            Dense(e, kernel_init=out_init, name="attn_out", **dense), att.reshape(b, t, e)
         )
         x_BxTxE = x_BxTxE + nn.Dropout(self.dropout)(att, deterministic=deterministic)
 
         y = _norm(self.norm, "norm_mlp", self.dtype, self.param_dtype)(x_BxTxE)
-        y = on_rows(nn.Dense(self.mlp_dim, kernel_init=init, name="mlp_fc", **dense), y)
-        y = jax.nn.gelu(y, approximate=True)
-        y = on_rows(nn.Dense(e, kernel_init=out_init, name="mlp_proj", **dense), y)
+        y = on_rows(Dense(self.mlp_dim, kernel_init=init, name="mlp_fc", **dense), y)
+        y = _gelu(y)
+        y = on_rows(Dense(e, kernel_init=out_init, name="mlp_proj", **dense), y)
         x_BxTxE = x_BxTxE + nn.Dropout(self.dropout)(y, deterministic=deterministic)
         return x_BxTxE, cache
 
@@ -361,7 +380,7 @@ class Transformer(nn.Module):
         if self.tie_embeddings:
             logits = on_rows(embed.attend, x)
         else:
-            head = nn.Dense(
+            head = Dense(
                 self.vocab_size,
                 use_bias=False,
                 kernel_init=nn.initializers.normal(0.02),

@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlm.models.common import on_rows
+from jaxlm.models.common import Dense, on_rows
 from jaxlm.models.recurrent.layers import CELLS, Carry, Dtype, RecurrentLayer, uniform_init
 
 
@@ -175,7 +175,7 @@ class RecurrentLM(nn.Module):
             aux["reg_loss"] = reg
         if self.tie_embeddings:
             if self.hidden_sizes[-1] != self.embed_dim:
-                proj = nn.Dense(
+                proj = Dense(
                     self.embed_dim,
                     name="proj",
                     kernel_init=init,
@@ -185,7 +185,7 @@ class RecurrentLM(nn.Module):
                 x = on_rows(proj, x)
             logits = on_rows(embed.attend, x)
         else:
-            head = nn.Dense(
+            head = Dense(
                 self.vocab_size,
                 name="head",
                 kernel_init=init,
