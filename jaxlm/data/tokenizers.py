@@ -1,4 +1,8 @@
-"""Tokenizers: character, byte and word level, saved as JSON next to the checkpoints."""
+"""Tokenizers: character, byte, word and subword level, saved as JSON next to the checkpoints.
+
+The subword tokenizers (``bpe``, ``unigram``, ``gpt2``) are Hugging Face ``tokenizers``
+(:class:`SubwordTokenizer`); the others are written here, a few lines each.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxlm.data.subword import GPT2_FILES, SubwordTokenizer
 from jaxlm.errors import ConfigError, CorpusError
 
 EOS = "<eos>"
@@ -71,6 +76,7 @@ class CharTokenizer:
     """
 
     kind = "char"
+    unit = "char"
 
     def __init__(self, chars: list[str]):
         self.vocab = [UNK, *chars]
@@ -99,6 +105,10 @@ class CharTokenizer:
         """Ids back to text (``<unk>`` shows as U+FFFD)."""
         return "".join(self.vocab[i] if i else "\ufffd" for i in np.asarray(ids).tolist())
 
+    def token_bytes(self, ids) -> list[bytes]:
+        """Each token's UTF-8 bytes in :meth:`decode`'s text (see :mod:`jaxlm.data.words`)."""
+        return [(self.vocab[i] if i else "\ufffd").encode() for i in np.asarray(ids).tolist()]
+
     def to_json(self) -> dict:
         return {"kind": self.kind, "chars": self.vocab[1:]}
 
@@ -116,6 +126,7 @@ class ByteTokenizer:
     """
 
     kind = "byte"
+    unit = "byte"
     vocab = [*(f"<0x{i:02X}>" for i in range(256)), EOS, PAD]
     eos_id = 256
     pad_id = 257
@@ -137,6 +148,10 @@ class ByteTokenizer:
         data = bytes(i for i in np.asarray(ids).tolist() if i < 256)
         return data.decode("utf-8", errors="replace")
 
+    def token_bytes(self, ids) -> list[bytes]:
+        """Each token's byte (none for ``<eos>`` and ``<pad>``)."""
+        return [bytes([i]) if i < 256 else b"" for i in np.asarray(ids).tolist()]
+
     def to_json(self) -> dict:
         return {"kind": self.kind}
 
@@ -155,6 +170,7 @@ class WordTokenizer:
     """
 
     kind = "word"
+    unit = "word"
     eos_id = 0
     unk_id = 1
 
@@ -203,34 +219,82 @@ class WordTokenizer:
         words = [self.vocab[i] for i in np.asarray(ids).tolist()]
         return " ".join(words).replace(f" {EOS} ", "\n").replace(f" {EOS}", "\n")
 
+    def token_bytes(self, ids) -> list[bytes]:
+        """Each token's bytes in a text of the words: a space before a word that follows a
+        word, ``\\n`` for ``<eos>``."""
+        out, after_word = [], False
+        for i in np.asarray(ids).tolist():
+            if i == self.eos_id:
+                out.append(b"\n")
+                after_word = False
+            else:
+                out.append((b" " if after_word else b"") + self.vocab[i].encode())
+                after_word = True
+        return out
+
     def to_json(self) -> dict:
         return {"kind": self.kind, "words": self.vocab[2:]}
 
 
-TOKENIZERS = {"char": CharTokenizer, "byte": ByteTokenizer, "word": WordTokenizer}
+def _gpt2(text: str | bytes, tokenizer_path: str = "", **unused: Any) -> SubwordTokenizer:
+    del text  # GPT-2's tokenizer is read, not trained
+    if not tokenizer_path:
+        raise ConfigError(
+            "config.data.tokenizer_path: empty; the gpt2 tokenizer reads a Hugging Face GPT-2 "
+            f"folder ({' + '.join(GPT2_FILES)}, or tokenizer.json)"
+        )
+    return SubwordTokenizer.from_gpt2(tokenizer_path)
+
+
+# Each tokenizer kind's builder: ``TOKENIZERS[kind](training_text, **options)``.
+TOKENIZERS = {
+    "char": CharTokenizer.train,
+    "byte": ByteTokenizer.train,
+    "word": WordTokenizer.train,
+    "bpe": SubwordTokenizer.train_bpe,
+    "unigram": SubwordTokenizer.train_unigram,
+    "gpt2": _gpt2,
+}
+SUBWORD = ("bpe", "unigram", "gpt2")  # byte-level: they take a corpus's bytes as they are
 
 
 def train_tokenizer(kind: str, text: str | bytes, **options: Any):
     """Builds the tokenizer named ``kind`` from the training text.
 
     Args:
-      kind: "char", "byte" or "word".
-      text: the training split (str; bytes for "byte").
-      **options: ``vocab_size`` and ``min_count`` for "word".
+      kind: "char", "byte", "word", "bpe", "unigram" or "gpt2".
+      text: the training split (str; bytes for "byte" and the subword kinds).
+      **options: ``vocab_size`` ("word", "bpe", "unigram"), ``min_count`` ("word"),
+        ``tokenizer_path`` ("gpt2": the Hugging Face folder it reads).
 
     Returns:
-      A tokenizer with ``encode``, ``decode``, ``vocab_size``, ``to_json``.
+      A tokenizer with ``encode``, ``decode``, ``token_bytes``, ``vocab``, ``vocab_size``,
+      ``to_json``, and ``kind`` and ``unit`` (what a loss is "per").
+
+    Example:
+      >>> tok = train_tokenizer("bpe", "low lower lowest " * 50, vocab_size=300)
+      >>> tok.kind, tok.unit, tok.decode(tok.encode("slower"))
+      ('bpe', 'token', 'slower')
     """
     if kind not in TOKENIZERS:
         raise ConfigError(
             f"config.data.tokenizer: unknown tokenizer {kind!r}; expected one of "
             f"{sorted(TOKENIZERS)}"
         )
-    return TOKENIZERS[kind].train(text, **options)
+    return TOKENIZERS[kind](text, **options)
+
+
+# A converted GPT-2 whose folder had no tokenizer files stores this record: ids, no vocabulary.
+GPT2_RECORD = "gpt2_bpe"
 
 
 def tokenizer_from_json(data: dict):
-    """Rebuilds a tokenizer from :meth:`to_json` output."""
+    """Rebuilds a tokenizer from :meth:`to_json` output.
+
+    Raises:
+      ValueError: an unknown kind, or a record without a vocabulary (``gpt2_bpe``: a GPT-2
+        converted from a folder without its tokenizer files).
+    """
     kind = data.get("kind")
     if kind == "char":
         return CharTokenizer(data["chars"])
@@ -238,7 +302,17 @@ def tokenizer_from_json(data: dict):
         return ByteTokenizer()
     if kind == "word":
         return WordTokenizer(data["words"])
-    raise ValueError(f"tokenizer JSON: unknown kind {kind!r}; expected char, byte or word")
+    if kind in SUBWORD:
+        return SubwordTokenizer.from_json(data)
+    if kind == GPT2_RECORD:
+        raise ValueError(
+            "tokenizer JSON: a GPT-2 record without its vocabulary (converted from a folder "
+            "without vocab.json + merges.txt or tokenizer.json); convert it again from a folder "
+            "that has them"
+        )
+    raise ValueError(
+        f"tokenizer JSON: unknown kind {kind!r}; expected one of {sorted(TOKENIZERS)}"
+    )
 
 
 def save_tokenizer(tokenizer, path: str | Path) -> None:
