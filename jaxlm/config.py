@@ -81,8 +81,9 @@ def _data() -> ml_collections.ConfigDict:
     d.corpus = "builtin"  # "builtin" (pydoc topics) or "text_files"
     d.path = ""  # text_files: one file, or a folder with *train*, *valid* and *test* files
     d.split = (0.9, 0.05, 0.05)  # one-file corpora: train / validation / test fractions
-    d.tokenizer = "char"  # "char", "byte" or "word"
-    d.vocab_size = 0  # word: keep the most frequent (0 = all)
+    d.tokenizer = "char"  # "char", "byte", "word", or subword: "bpe", "unigram", "gpt2"
+    d.vocab_size = 0  # word: keep the most frequent (0 = all); bpe, unigram: required (>= 258)
+    d.tokenizer_path = ""  # gpt2: a Hugging Face folder (vocab.json + merges.txt; tokenizer.json)
     d.min_count = 1  # word: drop rarer words to <unk>
     d.data_dir = ""  # TFDS data_dir; default $JAXLM_DATA_DIR or ~/.cache/jaxlm/tfds
     d.batch_size = 32
@@ -344,8 +345,9 @@ _SHRINK = _real("a number in (0, 1]", lambda v: 0 < v <= 1)  # a factor on the l
 # leaves out is checked elsewhere or has no range: names are looked up where they are defined
 # (model.name and model.method, optimizer.name, .schedule and .decay_mask, finetune.strategy,
 # precision, data.tokenizer and .corpus: _check_model, _check_optimizer, _check_data), so is
-# data.path against data.corpus; init_from is checked by the run; booleans and free text (name,
-# data.data_dir, train.sample_prompt) have no wrong values. tests/test_config.py walks every
+# data.path against data.corpus and data.tokenizer_path (and vocab_size's least value) against
+# data.tokenizer; init_from is checked by the run; booleans and free text (name, data.data_dir,
+# train.sample_prompt) have no wrong values. tests/test_config.py walks every
 # field of every model's base_config and fails on one that is in none of these.
 _RANGES: dict[str, _Range] = {
     "seed": _COUNT,
@@ -603,6 +605,43 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.{e}") from None
 
 
+def _check_tokenizer(data: ml_collections.ConfigDict) -> None:
+    """The subword tokenizers' fields: a vocabulary size to train, GPT-2's folder to read."""
+    from jaxlm.data.subword import GPT2_FILES, MIN_VOCAB, TOKENIZER_JSON
+
+    kind, path = data.tokenizer, data.get("tokenizer_path", "")
+    if kind in MIN_VOCAB and data.vocab_size < MIN_VOCAB[kind]:
+        raise ConfigError(
+            f"config.data.vocab_size: {data.vocab_size}; a {kind} tokenizer is trained to this "
+            f"many tokens: set at least {MIN_VOCAB[kind]} (256 bytes and its special tokens), "
+            "e.g. 8000"
+        )
+    if kind != "gpt2":
+        if path:
+            raise ConfigError(
+                f"config.data.tokenizer_path is {path!r} but config.data.tokenizer is {kind!r}, "
+                "which reads no tokenizer files: set config.data.tokenizer=gpt2, or clear the path"
+            )
+        return
+    wanted = f"{TOKENIZER_JSON}, or {' + '.join(GPT2_FILES)}"
+    if not path:
+        raise ConfigError(
+            f"config.data.tokenizer_path: empty; the gpt2 tokenizer reads a Hugging Face GPT-2 "
+            f"folder ({wanted})"
+        )
+    folder = Path(path).expanduser()
+    if not (
+        folder.is_file()
+        or (folder / TOKENIZER_JSON).is_file()
+        or all((folder / f).is_file() for f in GPT2_FILES)
+    ):
+        where = "does not exist" if not folder.exists() else "holds no GPT-2 tokenizer"
+        raise ConfigError(
+            f"config.data.tokenizer_path: {path} {where} (relative paths are taken from "
+            f"{Path.cwd()}); expected a folder with {wanted}"
+        )
+
+
 def _check_data(data: ml_collections.ConfigDict) -> None:
     from jaxlm.data.tokenizers import TOKENIZERS
 
@@ -611,6 +650,7 @@ def _check_data(data: ml_collections.ConfigDict) -> None:
             f"config.data.tokenizer: unknown tokenizer {data.tokenizer!r}; expected one of "
             f"{sorted(TOKENIZERS)}"
         )
+    _check_tokenizer(data)
     if data.corpus == "builtin":
         if data.path:
             raise ConfigError(

@@ -2,7 +2,8 @@
 [--split=validation|test]`` (also ``jaxlm-evaluate``).
 
 Evaluates a saved run on a whole split of its corpus and prints the loss in nats, bits and
-perplexity per token (the unit is the tokenizer's: char, byte or word). The config and tokenizer
+perplexity per token (the unit is the tokenizer's: char, byte, word, or a subword token), then
+per word and per byte of the split's text, which compare across tokenizers. The config and tokenizer
 come from the run itself, so any checkpoint jaxlm writes (a run's, an averaged, imported or
 converted one) and any n-gram run can be evaluated. The library function is
 :func:`jaxlm.train.evaluate.evaluate_run`; this module defines no flags when imported.
@@ -65,6 +66,14 @@ def main(argv: list[str]) -> None:
         f"perplexity {r['perplexity']:.2f}",
         flush=True,
     )
+    if "perplexity_per_word" in r:
+        print(
+            f"  per word ({int(r['words']):,} words): loss {r['loss_per_word']:.4f} nats, "
+            f"perplexity {r['perplexity_per_word']:.2f}; per byte ({int(r['bytes']):,} bytes): "
+            f"loss {r['loss_per_byte']:.4f} nats, {r['bits_per_byte']:.4f} bits, "
+            f"perplexity {r['perplexity_per_byte']:.4f}",
+            flush=True,
+        )
     if not math.isfinite(r["loss"]):
         sys.exit(1)
 

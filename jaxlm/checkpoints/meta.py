@@ -31,6 +31,7 @@ RESUMABLE_CHANGES = (
     "optimizer.decay_factor",
     "data.eval_batch_size",
     "data.data_dir",
+    "data.tokenizer_path",  # a resumed run uses the tokenizer its checkpoint holds
     "parallel.",  # restore reshards onto this run's mesh
     "name",
 )

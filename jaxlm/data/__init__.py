@@ -13,7 +13,8 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from jaxlm.data.tokenizers import decode_utf8, strip_bom, train_tokenizer
+from jaxlm.data.tokenizers import SUBWORD, decode_utf8, strip_bom, train_tokenizer
+from jaxlm.data.words import count_words
 from jaxlm.errors import CorpusError
 
 __all__ = ["Corpus", "CorpusError", "load_corpus", "corpus_splits"]
@@ -28,6 +29,9 @@ class Corpus:
     test: np.ndarray
     tokenizer: object
     name: str
+    # Per split, the text's ``bytes`` and ``words`` (jaxlm.data.words.count_words): what
+    # losses per byte and per word divide by, whatever the tokenizer.
+    counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     def split(self, name: str) -> np.ndarray:
         """The token array of ``name`` ("train", "validation" or "test")."""
@@ -39,8 +43,8 @@ def corpus_splits(data: ml_collections.ConfigDict) -> tuple[dict[str, bytes], st
 
     For the char and word tokenizers each file must be UTF-8, and one leading byte-order mark
     is dropped from each file (from a one-file corpus before it is split), so a file saved
-    with one gives the same vocabulary and tokens as without it. The byte tokenizer gets the
-    files' bytes as they are.
+    with one gives the same vocabulary and tokens as without it. The byte tokenizer and the
+    byte-level subword tokenizers (bpe, unigram, gpt2) get the files' bytes as they are.
 
     Args:
       data: the ``data`` section of a config.
@@ -87,7 +91,7 @@ def load_corpus(data: ml_collections.ConfigDict, tokenizer=None) -> Corpus:
 
     Args:
       data: the ``data`` section of a config (corpus, path, split, tokenizer, vocab_size,
-        min_count, data_dir).
+        min_count, tokenizer_path, data_dir).
       tokenizer: reuse this tokenizer (e.g. the one saved in a workdir) instead of training one
         on the training split.
 
@@ -110,14 +114,39 @@ def load_corpus(data: ml_collections.ConfigDict, tokenizer=None) -> Corpus:
     parts, label = corpus_splits(data)
     builder = builders.prepare(parts, label, data.data_dir or None)
     texts = {split: builders.read_split(builder, split) for split in builders.SPLITS}
-    if data.tokenizer != "byte":
+    if data.tokenizer in ("char", "word"):
         texts = {split: decode_utf8(t, f"{label} {split}") for split, t in texts.items()}
     if tokenizer is None:
         tokenizer = train_tokenizer(
-            data.tokenizer, texts["train"], vocab_size=data.vocab_size, min_count=data.min_count
+            data.tokenizer,
+            texts["train"],
+            vocab_size=data.vocab_size,
+            min_count=data.min_count,
+            tokenizer_path=data.get("tokenizer_path", ""),
         )
+        if data.tokenizer in SUBWORD:
+            _log_subword(tokenizer, label, len(texts["train"]))
     arrays = {split: tokenizer.encode(t) for split, t in texts.items()}
     for split, arr in arrays.items():
         if len(arr) < 2:
             raise CorpusError(f"{label}: the {split} split has {len(arr)} tokens; need at least 2")
-    return Corpus(name=label, tokenizer=tokenizer, **arrays)
+    counts = {
+        split: {"bytes": len(t.encode() if isinstance(t, str) else t), "words": count_words(t)}
+        for split, t in texts.items()
+    }
+    return Corpus(name=label, tokenizer=tokenizer, counts=counts, **arrays)
+
+
+def _log_subword(tokenizer, label: str, train_bytes: int) -> None:
+    """Says how long training took (process 0; every process trains the same tokenizer)."""
+    import jax
+
+    if jax.process_index() != 0:
+        return
+    if tokenizer.kind == "gpt2":
+        print(f"Read the GPT-2 tokenizer ({tokenizer.vocab_size:,} tokens) from {tokenizer.source}")
+    else:
+        print(
+            f"Trained a {tokenizer.kind} tokenizer of {tokenizer.vocab_size:,} tokens on "
+            f"{label}'s training split ({train_bytes:,} bytes) in {tokenizer.train_seconds:.2f} s"
+        )

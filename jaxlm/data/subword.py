@@ -141,8 +141,8 @@ def _training_texts(text: str | bytes) -> Iterator[str]:
 def _is_byte_level(data: dict[str, Any]) -> bool:
     """Whether a tokenizer JSON pre-tokenizes as GPT-2 does (ByteLevel with its regex)."""
     pre = data.get("pre_tokenizer") or {}
-    return pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not data.get(
-        "normalizer"
+    return (
+        pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not data.get("normalizer")
     )
 
 
@@ -221,9 +221,7 @@ class SubwordTokenizer:
         return cls._train("bpe", tok, trainer, text, vocab_size)
 
     @classmethod
-    def train_unigram(
-        cls, text: str | bytes, vocab_size: int, **unused: Any
-    ) -> SubwordTokenizer:
+    def train_unigram(cls, text: str | bytes, vocab_size: int, **unused: Any) -> SubwordTokenizer:
         """Trains a byte-level Unigram language model tokenizer (Kudo 2018) on ``text``.
 
         Args:

@@ -310,9 +310,7 @@ def tokenizer_from_json(data: dict):
             "without vocab.json + merges.txt or tokenizer.json); convert it again from a folder "
             "that has them"
         )
-    raise ValueError(
-        f"tokenizer JSON: unknown kind {kind!r}; expected one of {sorted(TOKENIZERS)}"
-    )
+    raise ValueError(f"tokenizer JSON: unknown kind {kind!r}; expected one of {sorted(TOKENIZERS)}")
 
 
 def save_tokenizer(tokenizer, path: str | Path) -> None:

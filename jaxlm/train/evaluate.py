@@ -18,22 +18,33 @@ import numpy as np
 
 from jaxlm import runtime, sharding
 from jaxlm.data import batching
-from jaxlm.errors import ConfigError
+from jaxlm.errors import CheckpointError, ConfigError
 from jaxlm.train.steps import make_eval_step
 
 LN2 = math.log(2.0)
 SPLITS = ("validation", "test")
 
 
-def summarize(total: float, count: float) -> dict[str, float]:
-    """Loss (nats per token), bits per token, perplexity and token count from sums.
+def summarize(
+    total: float, count: float, *, words: int | None = None, bytes: int | None = None
+) -> dict[str, float]:
+    """Loss (nats per token), bits per token, perplexity and token count from sums; and per
+    word and per byte of the text when its counts are given, so runs whose tokenizers differ
+    compare.
+
+    The first token of a split is context, not predicted, while ``words`` and ``bytes`` count
+    the whole text: per-word and per-byte figures leave out that one token's loss.
 
     Args:
       total: the summed negative log-likelihood in nats.
       count: how many tokens it covers.
+      words: the number of words of the text (:func:`jaxlm.data.words.count_words`).
+      bytes: the number of bytes of the text.
 
     Returns:
-      ``{"loss", "bits", "perplexity", "tokens"}``.
+      ``{"loss", "bits", "perplexity", "tokens"}``; with ``words``, also ``words``,
+      ``loss_per_word``, ``bits_per_word``, ``perplexity_per_word``; with ``bytes``, the same
+      ``_per_byte`` and ``bytes``.
 
     Raises:
       ValueError: ``count`` is 0 (a loss of 0 over nothing would look like a perfect model).
@@ -41,16 +52,24 @@ def summarize(total: float, count: float) -> dict[str, float]:
     Example:
       >>> summarize(2 * math.log(4.0), 2)["perplexity"]
       4.0
+      >>> r = summarize(6 * math.log(2.0), 3, words=2, bytes=6)
+      >>> round(r["perplexity_per_word"], 6), r["bits_per_byte"]
+      (8.0, 1.0)
     """
     if count <= 0:
         raise ValueError(f"evaluated no tokens (loss sum {total}, count {count})")
-    loss = float(total) / float(count)
-    return {
-        "loss": loss,
-        "bits": loss / LN2,
-        "perplexity": math.exp(min(loss, 700.0)),
-        "tokens": float(count),
-    }
+    out = _per(float(total), float(count))
+    out["tokens"] = float(count)
+    for unit, n in (("word", words), ("byte", bytes)):
+        if n:
+            out.update({f"{k}_per_{unit}": v for k, v in _per(float(total), float(n)).items()})
+            out[f"{unit}s"] = float(n)
+    return out
+
+
+def _per(total: float, n: float) -> dict[str, float]:
+    loss = total / n
+    return {"loss": loss, "bits": loss / LN2, "perplexity": math.exp(min(loss, 700.0))}
 
 
 class Evaluator:
@@ -107,15 +126,24 @@ class Evaluator:
                 jax.block_until_ready(sums)
         return float(sums[0]), float(sums[1])
 
-    def __call__(self, params: Any, tokens: np.ndarray, max_windows: int = 0) -> dict[str, float]:
-        """Loss, bits, perplexity and token count over a split (see :func:`summarize`)."""
+    def __call__(
+        self,
+        params: Any,
+        tokens: np.ndarray,
+        max_windows: int = 0,
+        counts: dict[str, int] | None = None,
+    ) -> dict[str, float]:
+        """Loss, bits, perplexity and token count over a split (see :func:`summarize`); per
+        word and per byte too when ``counts`` (the split's ``{"words", "bytes"}``,
+        ``Corpus.counts[split]``) are given and the whole split was evaluated."""
         total, count = self.sums(params, tokens, max_windows)
         if count <= 0:
             raise ValueError(
                 f"evaluated no tokens ({len(tokens)} tokens in the split, max_windows="
                 f"{max_windows}, batch_size={self.batch_size}, seq_len={self.seq_len})"
             )
-        return summarize(total, count)
+        whole = counts and int(count) == len(tokens) - 1
+        return summarize(total, count, **(counts if whole else {}))
 
 
 @functools.lru_cache(maxsize=8)
@@ -132,6 +160,7 @@ def evaluate(
     batch_size: int,
     seq_len: int,
     max_windows: int = 0,
+    counts: dict[str, int] | None = None,
 ) -> dict[str, float]:
     """Loss over a whole split (or its first ``max_windows`` windows), summed before dividing.
 
@@ -145,9 +174,12 @@ def evaluate(
       batch_size: number of parallel streams.
       seq_len: window length.
       max_windows: stop after this many windows (0: the whole split).
+      counts: the split's ``{"words", "bytes"}`` (``Corpus.counts[split]``): the whole
+        split's loss per word and per byte too.
 
     Returns:
-      ``loss`` (nats per token), ``bits`` (bits per token), ``perplexity`` and ``tokens``.
+      ``loss`` (nats per token), ``bits`` (bits per token), ``perplexity`` and ``tokens``
+      (and with ``counts``, see :func:`summarize`).
 
     Example:
       >>> from jaxlm.models import RecurrentLM
@@ -159,7 +191,7 @@ def evaluate(
       >>> r["tokens"], round(r["perplexity"])  # an untrained model: about the vocabulary size
       (98.0, 10)
     """
-    return _evaluator(model, mesh, batch_size, seq_len)(params, tokens, max_windows)
+    return _evaluator(model, mesh, batch_size, seq_len)(params, tokens, max_windows, counts)
 
 
 def _data_parallel_size(batch_size: int, model: int, devices: int) -> int:
@@ -182,8 +214,11 @@ def evaluate_run(
       split: ``"validation"`` or ``"test"``.
 
     Returns:
-      ``loss`` (nats per token), ``bits``, ``perplexity``, ``tokens``, plus ``checkpoint``
-      (what was read), ``step``, ``split`` and ``unit`` (the tokenizer kind).
+      ``loss`` (nats per token), ``bits``, ``perplexity``, ``tokens``; the same per word and
+      per byte of the split's text (``loss_per_word``, ``bits_per_byte``, ... see
+      :func:`summarize`), so runs with different tokenizers compare; plus ``checkpoint``
+      (what was read), ``step``, ``split`` and ``unit`` (what a token is: char, byte, word or
+      token).
 
     Example:
       >>> evaluate_run("runs/lstm_smoke", split="test")["perplexity"]  # doctest: +SKIP
@@ -200,10 +235,16 @@ def evaluate_run(
         read = checkpoints.resolve(path, step)
         step = checkpoints.layout.step_of(read)
         run = checkpoints.load_run(read)
+    if run.tokenizer is None:
+        raise CheckpointError(
+            f"{read}: its tokenizer is not one jaxlm can read (a GPT-2 converted from a folder "
+            "without vocab.json + merges.txt or tokenizer.json?); convert it again from a "
+            "folder that has them"
+        )
     corpus = data.load_corpus(run.config.data, run.tokenizer)
-    tokens = corpus.split(split)
+    tokens, counts = corpus.split(split), corpus.counts[split]
     if run.params is None:  # an n-gram model scores on the host
-        result = summarize(*run.model.nll(tokens))
+        result = summarize(*run.model.nll(tokens), **counts)
     else:
         batch_size = run.config.data.eval_batch_size
         n_model = run.config.parallel.model or 1
@@ -216,5 +257,5 @@ def evaluate_run(
             evaluator = Evaluator(
                 run.model, mesh, batch_size=batch_size, seq_len=run.config.data.seq_len
             )
-            result = evaluator(params, tokens)
-    return dict(result, checkpoint=str(read), step=step, split=split, unit=run.tokenizer.kind)
+            result = evaluator(params, tokens, counts=counts)
+    return dict(result, checkpoint=str(read), step=step, split=split, unit=run.tokenizer.unit)

@@ -356,7 +356,9 @@ def _hooks(run: _Run, preemption: Preemption, user: list[Hook]) -> list[Hook]:
         donate_argnums=0,
     )
     evaluation = Evaluation(
-        lambda params, windows: run.evaluator(params, run.corpus.validation, windows),
+        lambda params, windows: run.evaluator(
+            params, run.corpus.validation, windows, run.corpus.counts.get("validation")
+        ),
         every_steps=t.eval_every,
         max_windows=t.eval_steps,
         feedback=feedback,
@@ -391,8 +393,9 @@ def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -
         return final
     mon.status("evaluating", progress.step)
     params = transforms.averaged_params(progress.state.opt_state, progress.state.params)
-    val = run.evaluator(params, run.corpus.validation)
-    test = run.evaluator(params, run.corpus.test)
+    counts = run.corpus.counts
+    val = run.evaluator(params, run.corpus.validation, counts=counts.get("validation"))
+    test = run.evaluator(params, run.corpus.test, counts=counts.get("test"))
     mon.write(progress.step, val, "validation")
     mon.write(progress.step, test, "test")
     sample = _sample(model, params, run.corpus.tokenizer, run.config)
@@ -403,7 +406,7 @@ def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -
         raise Preempted(f"{reason}; checkpoint saved in {where}", preemption.signum)
     final = run_folder.final_report(progress.step, val, test, sample=sample, **extra)
     mon.status("finished" if stop is None else "stopped", progress.step, final=final, eta=0.0)
-    run_folder.print_final(final, run.corpus.tokenizer.kind)
+    run_folder.print_final(final, run.corpus.tokenizer.unit)
     log(f"Sample:\n{sample}")
     return final
 
@@ -417,7 +420,7 @@ def _log_start(config, train_state, corpus, mesh) -> None:
     tokenizer = corpus.tokenizer
     log(
         f"{config.name}: {config.model.name} with {n_params:,} parameters, {tokenizer.kind} "
-        f"vocabulary {tokenizer.vocab_size}, {len(corpus.train):,} training tokens, "
+        f"vocabulary {tokenizer.vocab_size:,}, {len(corpus.train):,} training tokens, "
         f"{jax.device_count()} device(s) in {jax.process_count()} process(es), mesh "
         f"{dict(mesh.shape)}"
     )

@@ -64,7 +64,8 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
         model = spec.fit(corpus.train, eos_id=getattr(tok, "eos_id", None), vocab=list(tok.vocab))
         build_seconds = time.perf_counter() - t0
         _log_built(model, spec, corpus, build_seconds)
-        val, test = summarize(*model.nll(corpus.validation)), summarize(*model.nll(corpus.test))
+        val = summarize(*model.nll(corpus.validation), **corpus.counts["validation"])
+        test = summarize(*model.nll(corpus.test), **corpus.counts["test"])
         mon.write(0, val, "validation", echo=False)
         mon.write(0, test, "test", echo=False)
         model.save(workdir / NGRAM_MODEL)
@@ -88,7 +89,7 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
         raise
     finally:
         mon.close()
-    run_folder.print_final(final, tok.kind)
+    run_folder.print_final(final, tok.unit)
     return final
 
 

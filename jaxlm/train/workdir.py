@@ -49,27 +49,40 @@ def prepare(workdir: Path, config: ml_collections.ConfigDict, tokenizer: Any) ->
         save_tokenizer(tokenizer, workdir / TOKENIZER_FILE)
 
 
+# The per-word and per-byte figures a final report holds when the evaluation gave them.
+PER_TEXT = tuple(
+    f"{key}_per_{unit}" for unit in ("word", "byte") for key in ("loss", "bits", "perplexity")
+)
+
+
 def final_report(
     step: int, validation: dict[str, float], test: dict[str, float], **extra: Any
 ) -> dict[str, Any]:
     """The final metrics of a run, as ``status.json`` keeps them and ``train_and_evaluate``
-    returns them: validation and test loss, bits and perplexity per token, and ``extra``.
+    returns them: validation and test loss, bits and perplexity per token; per word and per
+    byte of the split's text where the evaluation gave them (``validation_bits_per_byte``,
+    ``test_perplexity_per_word``, ...); and ``extra``.
 
     Example:
       >>> r = {"loss": 1.0, "bits": 1.44, "perplexity": 2.72, "tokens": 99.0}
       >>> sorted(final_report(10, r, r, sample="The"))[:4]
       ['sample', 'step', 'test_bits', 'test_loss']
+      >>> r.update(loss_per_byte=0.5, bits_per_byte=0.72, perplexity_per_byte=1.65)
+      >>> final_report(10, r, r)["validation_bits_per_byte"]
+      0.72
     """
     final: dict[str, Any] = {"step": step}
     for split, result in (("validation", validation), ("test", test)):
-        for key in ("loss", "bits", "perplexity"):
-            final[f"{split}_{key}"] = result[key]
+        for key in ("loss", "bits", "perplexity", *PER_TEXT):
+            if key in result or key in ("loss", "bits", "perplexity"):
+                final[f"{split}_{key}"] = result[key]
     final.update(extra)
     return final
 
 
 def print_final(final: dict[str, Any], unit: str) -> None:
-    """One line with the final validation and test figures (process 0)."""
+    """The final validation and test figures (process 0): one line per token, and one per word
+    and per byte where the report has them."""
     v = {k: final[f"validation_{k}"] for k in ("loss", "bits", "perplexity")}
     t = {k: final[f"test_{k}"] for k in ("loss", "bits", "perplexity")}
     log(
@@ -77,6 +90,15 @@ def print_final(final: dict[str, Any], unit: str) -> None:
         f"perplexity {v['perplexity']:.2f}); test loss {t['loss']:.4f} nats/{unit} "
         f"({t['bits']:.4f} bits/{unit}, perplexity {t['perplexity']:.2f})"
     )
+    parts = []
+    for split in ("validation", "test"):
+        if f"{split}_perplexity_per_word" in final:
+            parts.append(
+                f"{split} perplexity {final[f'{split}_perplexity_per_word']:.2f} per word, "
+                f"{final[f'{split}_bits_per_byte']:.4f} bits per byte"
+            )
+    if parts:
+        log("  " + "; ".join(parts))
 
 
 def finished(workdir: Path) -> dict[str, Any] | None:
