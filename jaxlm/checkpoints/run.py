@@ -30,7 +30,7 @@ from jaxlm.checkpoints.layout import (
 )
 from jaxlm.checkpoints.meta import run_config, upgrade
 from jaxlm.checkpoints.read import load_state, metadata_tree
-from jaxlm.data.tokenizers import load_tokenizer, tokenizer_from_json
+from jaxlm.data.tokenizers import GPT2_RECORD, load_tokenizer, tokenizer_from_json
 from jaxlm.errors import CheckpointError, IncompatibleCheckpoint
 from jaxlm.tree import flatten, path_str, unflatten_like
 
@@ -45,8 +45,8 @@ class Run(NamedTuple):
         an n-gram run the :class:`~jaxlm.models.ngram.NGramModel` itself.
       params: the parameters to evaluate with, numpy on the host (NT-ASGD's average once it
         started); None for an n-gram run.
-      tokenizer: the run's tokenizer (None when its kind is not one of jaxlm's, e.g. a
-        converted GPT-2's).
+      tokenizer: the run's tokenizer (None when it cannot be read: a GPT-2 converted from a
+        folder without its tokenizer files).
       config: the run's whole config.
     """
 
@@ -239,7 +239,7 @@ def load_pretrained(
         raise CheckpointError(f"config.init_from: {e}") from None
     saved_state, meta = load_state(ckpt, parts=("params",))
     source = str(ckpt if absolute(init_from) == ckpt else run_folder(ckpt))
-    saved_tok = tokenizer_from_json(meta["tokenizer"])
+    saved_tok = _pretrained_tokenizer(meta["tokenizer"], tokenizer, source)
     if saved_tok.kind != tokenizer.kind:
         raise IncompatibleCheckpoint(
             f"config.init_from: {source} was trained with a {saved_tok.kind!r} tokenizer but this "
@@ -259,6 +259,21 @@ def load_pretrained(
             + "\n  ".join(_model_diffs(meta["config"].get("model", {}), model_config))
         )
     return out, mapping
+
+
+def _pretrained_tokenizer(data: dict[str, Any], tokenizer: Any, source: str) -> Any:
+    """The tokenizer a pretrained checkpoint was trained with. A GPT-2 converted without its
+    tokenizer files holds only GPT-2's ids: a ``gpt2`` run with as many tokens reads them."""
+    if data.get("kind") != GPT2_RECORD:
+        return tokenizer_from_json(data)
+    if tokenizer.kind == "gpt2" and tokenizer.vocab_size == data.get("vocab_size"):
+        return tokenizer  # the ids are GPT-2's on both sides
+    raise IncompatibleCheckpoint(
+        f"config.init_from: {source} is a GPT-2 converted without its tokenizer "
+        f"({data.get('vocab_size')} ids, no vocabulary); fine-tune it with "
+        "config.data.tokenizer=gpt2 and config.data.tokenizer_path= the folder it came from, "
+        "or convert it again from a folder with vocab.json + merges.txt"
+    )
 
 
 def _map_vocabulary(

@@ -20,8 +20,11 @@ Hugging Face (``transformer.`` prefix)   jaxlm ``params``
 ``lm_head.weight`` ``[V, E]``         ``head/kernel`` ``[E, V]`` (untied models only)
 ====================================  =======================================
 
-Only ``config.json`` and ``*.safetensors`` are read (``pytorch_model.bin`` is refused: it would
-need unpickling). Neither direction needs ``torch`` or ``transformers``.
+Only ``config.json``, ``*.safetensors`` and the tokenizer's JSON and text files are read
+(``pytorch_model.bin`` is refused: it would need unpickling). Neither direction needs
+``torch`` or ``transformers``. GPT-2's tokenizer (``vocab.json`` + ``merges.txt``, or
+``tokenizer.json``) is stored with the checkpoint when the folder has it
+(:class:`jaxlm.data.subword.SubwordTokenizer`, kind ``gpt2``).
 
 Example:
   >>> from jaxlm.interop import gpt2
@@ -43,6 +46,8 @@ import ml_collections
 import numpy as np
 
 from jaxlm.checkpoints.tools.arrays import read_arrays, write_arrays
+from jaxlm.data.subword import GPT2_FILES, TOKENIZER_JSON, SubwordTokenizer
+from jaxlm.data.tokenizers import GPT2_RECORD
 from jaxlm.errors import ConversionError
 
 HF_WEIGHTS = "model.safetensors"
@@ -388,6 +393,12 @@ def write_hf_folder(
     return folder
 
 
+def has_tokenizer_files(folder: Path) -> bool:
+    """Whether a Hugging Face folder holds GPT-2's tokenizer (``tokenizer.json``, or
+    ``vocab.json`` + ``merges.txt``)."""
+    return (folder / TOKENIZER_JSON).is_file() or all((folder / f).is_file() for f in GPT2_FILES)
+
+
 def build_model(model: dict[str, Any] | ml_collections.ConfigDict, vocab_size: int):
     """The jaxlm Transformer that ``config.model`` describes, through the model registry.
 
@@ -415,8 +426,10 @@ def hf_to_jaxlm(
     The checkpoint holds the parameters, a fresh optimizer state for the config's optimizer
     (Adam by default), step ``step`` and a config whose ``model`` section describes the
     Transformer. The tokenizer is ``tokenizer`` when given, else the ``jaxlm_tokenizer.json``
-    that :func:`jaxlm_to_hf` writes, else a ``{"kind": "gpt2_bpe", "vocab_size": V}`` record
-    (jaxlm has no BPE tokenizer: token ids are GPT-2's).
+    that :func:`jaxlm_to_hf` writes, else GPT-2's own (``tokenizer.json``, or ``vocab.json`` +
+    ``merges.txt``: kind ``gpt2``, and ``config.data.tokenizer_path`` is the folder, so the
+    checkpoint evaluates and fine-tunes as it is), else a ``{"kind": "gpt2_bpe",
+    "vocab_size": V}`` record (the model loads; nothing encodes text for it).
 
     Args:
       folder: a Hugging Face model folder (see :func:`read_hf_folder`).
@@ -443,14 +456,23 @@ def hf_to_jaxlm(
     else:
         config = base_config("transformer")
         config.name = "gpt2"
-        config.data.tokenizer = "gpt2_bpe"
+        config.data.tokenizer = GPT2_RECORD
     config.data.seq_len = min(config.data.seq_len, model["max_len"])  # a window the model takes
     for key, value in model.items():
         config.model[key] = value
     if tokenizer is None and (folder / JAXLM_TOKENIZER).is_file():
         tokenizer = read_json_object(folder / JAXLM_TOKENIZER)
-    if tokenizer is None:
-        tokenizer = {"kind": "gpt2_bpe", "vocab_size": vocab_size, "source": str(folder)}
+    if tokenizer is None and has_tokenizer_files(folder):
+        tok = SubwordTokenizer.from_gpt2(folder)
+        if tok.vocab_size > vocab_size:
+            raise ConversionError(
+                f"{folder}: the tokenizer has {tok.vocab_size} tokens but the model's embedding "
+                f"only {vocab_size} rows"
+            )
+        tokenizer = tok.to_json()
+        config.data.tokenizer, config.data.tokenizer_path = "gpt2", str(folder.resolve())
+    if tokenizer is None:  # ids without a vocabulary: the model loads, nothing can encode
+        tokenizer = {"kind": GPT2_RECORD, "vocab_size": vocab_size, "source": str(folder)}
     config.lock()
     # The trainer's own state builder: the optimizer state and RNG are those a run of this
     # config starts from, so the checkpoint resumes and fine-tunes like any other.
@@ -465,7 +487,9 @@ def jaxlm_to_hf(path: str | Path, out_folder: str | Path, *, step: int | None = 
 
     Writes ``config.json`` and ``model.safetensors`` (loadable with
     ``GPT2LMHeadModel.from_pretrained``), plus ``jaxlm_config.json`` and
-    ``jaxlm_tokenizer.json`` so :func:`hf_to_jaxlm` restores the run's config and tokenizer.
+    ``jaxlm_tokenizer.json`` so :func:`hf_to_jaxlm` restores the run's config and tokenizer;
+    a run with a byte-level BPE (``bpe`` or ``gpt2``) also gets GPT-2's ``vocab.json`` and
+    ``merges.txt``, which ``GPT2TokenizerFast.from_pretrained`` reads.
 
     Args:
       path: a checkpoint path (see :func:`jaxlm.checkpoints.resolve`).
@@ -486,4 +510,6 @@ def jaxlm_to_hf(path: str | Path, out_folder: str | Path, *, step: int | None = 
     out = write_hf_folder(out_folder, params_to_hf(params, model), hf)
     (out / JAXLM_CONFIG).write_text(json.dumps(meta["config"], indent=1) + "\n")
     (out / JAXLM_TOKENIZER).write_text(json.dumps(meta["tokenizer"]) + "\n")
+    if meta["tokenizer"].get("kind") in ("bpe", "gpt2"):  # GPT2TokenizerFast reads these
+        SubwordTokenizer.from_json(meta["tokenizer"]).save_gpt2_files(out)
     return out
