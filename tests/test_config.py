@@ -82,7 +82,13 @@ def test_bad_field_values_are_named(tmp_path, field, value, message):
     [
         ({"optimizer.schedule": "cosin"}, "config.optimizer.schedule: unknown schedule 'cosin'"),
         ({"data.path": "../shared/data/ptb"}, "config.data.path is '../shared/data/ptb' but"),
-        ({"data.tokenizer": "bpe"}, "config.data.tokenizer: unknown tokenizer 'bpe'"),
+        ({"data.tokenizer": "wordpiece"}, "config.data.tokenizer: unknown tokenizer 'wordpiece'"),
+        ({"data.tokenizer": "bpe"}, r"config.data.vocab_size: 0; a bpe tokenizer .* at least 257"),
+        ({"data.tokenizer": "gpt2"}, "config.data.tokenizer_path: empty; the gpt2 tokenizer"),
+        (
+            {"data.tokenizer": "gpt2", "data.tokenizer_path": "/no/such/gpt2"},
+            r"config.data.tokenizer_path: /no/such/gpt2 does not exist .*vocab.json \+ merges",
+        ),
         ({"finetune.strategy": "most"}, "config.finetune.strategy: unknown strategy 'most'"),
         ({"optimizer.decay_mask": "none"}, "config.optimizer.decay_mask: 'none'"),
         ({"precision": "float8"}, "config.precision: unknown dtype 'float8'"),
@@ -119,7 +125,8 @@ OUT_OF_RANGE = {
     "data.corpus": ["web"],
     "data.path": ["corpus.txt"],  # the default corpus, builtin, reads no files
     "data.split": [(0.9, 0.1, 0.0), (0.5, 0.5, 0.5), (1.0,)],
-    "data.tokenizer": ["bpe"],
+    "data.tokenizer": ["wordpiece"],
+    "data.tokenizer_path": ["hf/gpt2"],  # the default tokenizer, char, reads no files
     "data.vocab_size": [-1],
     "data.min_count": [0],
     "data.batch_size": [0],

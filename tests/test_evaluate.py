@@ -29,9 +29,11 @@ def test_command_line_from_another_folder_with_a_relative_path(run, tmp_path):
         env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     assert out.returncode == 0, out.stderr
-    line = out.stdout.strip().splitlines()[-1]
+    line, per_text = out.stdout.strip().splitlines()[-2:]
     assert "test split" in line and f"loss {final['test_loss']:.4f} nats/char" in line
     assert f"perplexity {final['test_perplexity']:.2f}" in line
+    assert f"loss {final['test_loss_per_word']:.4f} nats, perplexity" in per_text
+    assert f"{final['test_bits_per_byte']:.4f} bits" in per_text
     bad = subprocess.run(
         [sys.executable, "-m", "jaxlm.evaluate", "--workdir=nowhere"],
         capture_output=True,

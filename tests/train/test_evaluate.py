@@ -31,6 +31,20 @@ def test_matches_the_trainers_final_evaluation(run):
         assert r["loss"] == pytest.approx(final[f"{split}_loss"], rel=1e-6)
         assert r["bits"] == pytest.approx(r["loss"] / math.log(2), rel=1e-12)
         assert r["perplexity"] == pytest.approx(math.exp(r["loss"]), rel=1e-12)
+        # Per word and per byte: the same nats over the text's words and bytes, as the
+        # trainer's final report has them.
+        corpus = data.load_corpus(load_config("lstm:smoke").data)
+        counts = corpus.counts[split]
+        assert (r["words"], r["bytes"]) == (counts["words"], counts["bytes"])
+        assert r["bytes"] == len(data.corpus_splits(load_config("lstm:smoke").data)[0][split])
+        total = r["loss"] * r["tokens"]
+        assert r["loss_per_word"] == pytest.approx(total / r["words"], rel=1e-12)
+        assert r["bits_per_byte"] == pytest.approx(total / r["bytes"] / math.log(2), rel=1e-12)
+        assert r["perplexity_per_word"] == pytest.approx(math.exp(total / r["words"]))
+        for key in ("loss_per_word", "bits_per_byte", "perplexity_per_word"):
+            assert r[key] == pytest.approx(final[f"{split}_{key}"], rel=1e-6), key
+        # A character model: about 5 characters a word, 1 byte a character (nearly all ASCII).
+        assert 4 < r["loss_per_word"] / r["loss"] < 8 and 0.9 < r["tokens"] / r["bytes"] <= 1
     earlier = evaluate_run(run / "checkpoints/1")
     assert earlier["step"] == 1 and earlier["loss"] != pytest.approx(final["validation_loss"])
     assert evaluate_run(run, step=1)["loss"] == earlier["loss"]
@@ -118,6 +132,26 @@ def test_summarize_reduces_sums_and_counts():
     )
     with pytest.raises(ValueError, match="evaluated no tokens"):
         summarize(0.0, 0)
+    # 3 tokens over 2 words and 6 bytes: 8 per token is 8 ** 1.5 per word, 2 ** 1.5 per byte.
+    r = summarize(3 * math.log(8.0), 3, words=2, bytes=6)
+    assert r["perplexity_per_word"] == pytest.approx(8.0**1.5)
+    assert r["bits_per_byte"] == pytest.approx(1.5) and r["perplexity_per_byte"] == pytest.approx(
+        2**1.5
+    )
+    assert (r["words"], r["bytes"], r["loss"]) == (2.0, 6.0, pytest.approx(math.log(8.0)))
+
+
+def test_per_word_and_byte_figures_come_only_from_a_whole_split():
+    config = smoke()
+    setup = state.build(config, 10)
+    params = jax.jit(setup.init)().params
+    tokens = np.arange(40, dtype=np.int32) % 10
+    counts = {"words": 8, "bytes": 40}
+    evaluator = Evaluator(setup.model, sharding.make_mesh(1, 1), batch_size=2, seq_len=4)
+    whole = evaluator(params, tokens, counts=counts)
+    assert whole["loss_per_byte"] == pytest.approx(whole["loss"] * 39 / 40, rel=1e-6)
+    part = evaluator(params, tokens, max_windows=2, counts=counts)
+    assert part["tokens"] < 39 and "loss_per_byte" not in part and "words" not in part
 
 
 def test_an_evaluator_gives_the_same_loss_on_one_and_four_devices():
