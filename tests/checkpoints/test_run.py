@@ -97,3 +97,32 @@ def test_load_run_gives_model_params_tokenizer_and_config_in_one_call(run):
     logits, _, _ = model.apply({"params": params}, tokens, model.initial_carry(1))
     assert logits.shape == (1, 4, tokenizer.vocab_size)
     assert ck.load_run(run, step=1).params["head"]["kernel"].shape == params["head"]["kernel"].shape
+
+
+def test_a_bpe_run_saves_its_tokenizer_and_resumes_with_it(tmp_path, capsys):
+    """The trained BPE is in every checkpoint's meta as tokenizers' JSON; a resumed run and
+    load_run use that one, not a new one trained again."""
+    from jaxlm.train.loop import train_and_evaluate
+    from tests.helpers import smoke
+
+    overrides = {
+        "data.tokenizer": "bpe",
+        "data.vocab_size": 300,
+        "data.eval_batch_size": 64,
+        "train.checkpoint_every": 2,
+        "train.eval_every": 100,
+        "train.sample_tokens": 4,
+    }
+    workdir = tmp_path / "run"
+    first = train_and_evaluate(smoke(**overrides, **{"train.num_steps": 2}), workdir)
+    assert "Trained a bpe tokenizer of 300 tokens" in capsys.readouterr().out
+    meta = ck.read_meta(workdir)
+    assert meta["tokenizer"]["kind"] == "bpe" and meta["tokenizer"]["vocab_size"] == 300
+    assert meta["tokenizer"]["tokenizer"]["model"]["type"] == "BPE"
+    run = ck.load_run(workdir)
+    assert run.tokenizer.to_json() == meta["tokenizer"]
+    assert run.tokenizer.decode(run.tokenizer.encode('The "assert"')) == 'The "assert"'
+    assert first["validation_bits_per_byte"] > 0 and "test_perplexity_per_word" in first
+    resumed = train_and_evaluate(smoke(**overrides, **{"train.num_steps": 3}), workdir)
+    out = capsys.readouterr().out
+    assert "Resumed from" in out and "Trained a bpe" not in out and resumed["step"] == 3

@@ -135,3 +135,35 @@ def test_byte_tokenizer_keeps_a_byte_order_mark(tmp_path):
     config = data_config(corpus="text_files", path=str(path), tokenizer="byte")
     config.data_dir = str(tmp_path / "tfds")
     assert load_corpus(config).train[:4].tolist() == [0xEF, 0xBB, 0xBF, ord("T")]
+
+
+def test_subword_tokenizers_take_the_files_bytes_and_say_how_long_training_took(tmp_path, capsys):
+    bad = tmp_path / "latin1.txt"
+    data = ("hello world\n" * 50).encode() + "café\n".encode("latin-1") + b"\xef\xbb\xbf end\n"
+    bad.write_bytes(data)
+    for kind, size in (("bpe", 300), ("unigram", 300)):
+        c = load_corpus(
+            data_config(corpus="text_files", path=str(bad), tokenizer=kind, vocab_size=size)
+        )
+        assert f"Trained a {kind} tokenizer of" in capsys.readouterr().out
+        parts = [c.tokenizer.decode_bytes(c.split(s)) for s in ("train", "validation", "test")]
+        assert b"".join(parts) == data  # not UTF-8, a byte-order mark inside: all kept
+        assert c.counts["test"]["bytes"] == len(parts[2])
+
+
+def test_counts_are_the_split_texts_words_and_bytes():
+    c = load_corpus(data_config())
+    text = builders.builtin_text().decode()
+    test = text[-len(c.test) :]
+    assert c.counts["test"] == {
+        "bytes": len(test.encode()),
+        "words": len(test.split()) + test.count("\n"),
+    }
+
+
+@pytest.mark.skipif(not PTB.is_dir(), reason="../shared/data/ptb not present")
+def test_ptb_words_are_the_word_level_token_counts():
+    c = load_corpus(data_config(corpus="text_files", path=str(PTB), tokenizer="char"))
+    words = {split: c.counts[split]["words"] for split in ("train", "validation", "test")}
+    assert words == {"train": 929_589, "validation": 73_760, "test": 82_430}
+    assert c.counts["validation"]["bytes"] == 399_782

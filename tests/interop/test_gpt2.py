@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -220,3 +222,65 @@ def test_half_precision_weights_become_float32_parameters():
     leaves = jax.tree.leaves(params)
     assert leaves and all(x.dtype == np.float32 for x in leaves)
     np.testing.assert_array_equal(params["embed"]["embedding"], half["transformer.wte.weight"])
+
+
+def test_a_converted_gpt2_fine_tunes_and_evaluates_with_its_own_tokenizer(tmp_path):
+    """A tiny random GPT-2 with a GPT-2-format tokenizer (a byte-level BPE trained on the
+    built-in corpus: GPT-2's own files cannot be downloaded here), converted by the command
+    line, fine-tuned 20 steps by python -m jaxlm.train and scored by evaluate_run (what
+    python -m jaxlm.evaluate prints)."""
+    from jaxlm.checkpoints.__main__ import main as checkpoint_cli
+    from jaxlm.data import builders
+    from jaxlm.data.subword import SubwordTokenizer
+    from jaxlm.train.evaluate import evaluate_run
+
+    tok = SubwordTokenizer.train_bpe(builders.builtin_text(), vocab_size=320)
+    hf_dir = tmp_path / "hf"
+    config = transformers.GPT2Config(
+        vocab_size=tok.vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=2
+    )
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(config).save_pretrained(hf_dir)
+    tok.save_gpt2_files(hf_dir)
+    assert checkpoint_cli(["gpt2", "to-jaxlm", str(hf_dir), str(tmp_path / "gpt2")]) == 0
+    converted = checkpoints.read_meta(tmp_path / "gpt2")
+    assert converted["tokenizer"]["kind"] == "gpt2"
+    assert converted["config"]["data"]["tokenizer_path"] == str(hf_dir.resolve())
+    before = evaluate_run(tmp_path / "gpt2")  # the converted checkpoint scores as it is
+    assert before["unit"] == "token" and 0 < before["loss"] < 2 * np.log(tok.vocab_size)
+
+    workdir = tmp_path / "ft"
+    model = {"embed_dim": 32, "num_layers": 2, "num_heads": 2, "max_len": 32, "dropout": 0.0}
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxlm.train",
+        f"--config={ROOT}/configs/gpt2.py:smoke",
+        f"--workdir={workdir}",
+        f"--config.init_from={tmp_path / 'gpt2'}",
+        f"--config.data.tokenizer_path={hf_dir}",
+        *(f"--config.model.{k}={v}" for k, v in model.items()),
+        "--config.model.attention_dropout=0.0",
+        "--config.data.seq_len=32",
+        "--config.train.num_steps=20",
+        "--config.train.log_every=1",
+        "--config.train.checkpoint_every=20",
+        "--config.train.sample_tokens=8",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"Read the GPT-2 tokenizer ({tok.vocab_size} tokens) from {hf_dir}" in out.stdout
+    assert f"{tok.vocab_size} tokens keep their trained rows; 0 new tokens" in out.stdout
+    assert "Final validation loss" in out.stdout and "bits per byte" in out.stdout
+    status = json.loads((workdir / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 20
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["split"] == "train"]
+    assert len(losses) == 20 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert json.loads((workdir / "tokenizer.json").read_text())["kind"] == "gpt2"
+    after = evaluate_run(workdir)
+    final = status["final"]
+    assert after["loss"] == pytest.approx(final["validation_loss"], rel=1e-5)
+    assert after["loss"] < before["loss"]  # fine-tuned on this text: it fits it better
+    assert after["bits_per_byte"] == pytest.approx(final["validation_bits_per_byte"], rel=1e-5)
+    assert after["tokens"] == before["tokens"] and after["bytes"] == before["bytes"]
