@@ -1,9 +1,11 @@
-"""The Python snippets of the README, docs/finetuning.md and docs/jobs.md run as written, from a
-fresh folder."""
+"""The Python snippets of the README, docs/finetuning.md, docs/jobs.md and docs/data.md run as
+written, from a fresh folder."""
 
 from __future__ import annotations
 
 import re
+
+import pytest
 
 from tests.helpers import ROOT
 
@@ -48,3 +50,14 @@ def test_the_job_queue_snippet_runs(tmp_path, monkeypatch, capsys):
     assert "'1': ('finished', '0'), '2': ('finished', '1'), '3': ('finished', '4')" in (
         capsys.readouterr().out
     )
+
+
+def test_the_data_page_snippet_maps_token_losses_to_words(tmp_path, monkeypatch):
+    (block,) = python_blocks("docs/data.md")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(block, namespace)
+    words, losses = namespace["words"], namespace["losses"]
+    assert words.words == ("the", "cats", "sat", "<eos>")
+    sums = namespace["aggregate"](losses, words, "sum")
+    assert sums.sum() == pytest.approx(losses.sum()) and len(sums) == 4
