@@ -64,7 +64,7 @@ def _hf() -> Any:
     except ImportError as e:  # a core dependency; only a broken install gets here
         raise ConfigError(
             f"the subword tokenizers need the 'tokenizers' package ({e}); "
-            "pip install 'tokenizers>=0.21,<0.24' (a dependency of jaxlm)"
+            "pip install 'tokenizers>=0.20,<0.24' (a dependency of jaxlm)"
         ) from None
     return tokenizers
 
