@@ -98,7 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--all", action="store_true", help="list equal leaves too")
 
-    p = verbs.add_parser("gpt2", help="Hugging Face GPT-2 <-> jaxlm Transformer")
+    p = verbs.add_parser(
+        "gpt2",
+        help="Hugging Face GPT-2 <-> jaxlm Transformer",
+        description="to-jaxlm keeps GPT-2's tokenizer (vocab.json + merges.txt, or "
+        "tokenizer.json) when the folder has it, so the checkpoint evaluates and fine-tunes "
+        "(configs/gpt2.py) as it is; from-jaxlm writes vocab.json + merges.txt for a bpe or "
+        "gpt2 run.",
+    )
     p.add_argument("direction", choices=("to-jaxlm", "from-jaxlm"))
     p.add_argument("src", help="HF folder (config.json + model.safetensors) or jaxlm checkpoint")
     p.add_argument("dst", help="jaxlm run folder or HF output folder")

@@ -14,8 +14,9 @@ What jaxlm adds:
   bytes that are not UTF-8 become their byte tokens (every byte-level vocabulary has the 256),
   and decoding maps tokens back to bytes without the UTF-8 step.
 - Long texts are encoded in pieces, cut only where the pre-tokenizer cuts too (after a line
-  end between two non-blank characters, or before " word"), in parallel: the same ids as one call on the
-  whole text (tested), in a fraction of the time and memory.
+  end between two non-blank characters, or before " word"), in parallel: the same ids as one
+  call on the whole text (tested), in less time (0.8 of it on PTB train, 2 busy cores) and
+  without one encoding object of the whole split.
 - ``token_bytes`` gives each token's bytes, which :mod:`jaxlm.data.words` uses to map token
   scores to words.
 

@@ -284,3 +284,9 @@ def test_a_converted_gpt2_fine_tunes_and_evaluates_with_its_own_tokenizer(tmp_pa
     assert after["loss"] < before["loss"]  # fine-tuned on this text: it fits it better
     assert after["bits_per_byte"] == pytest.approx(final["validation_bits_per_byte"], rel=1e-5)
     assert after["tokens"] == before["tokens"] and after["bytes"] == before["bytes"]
+    # And back out: the fine-tuned run exports with GPT-2's tokenizer files beside the model.
+    out = gpt2.jaxlm_to_hf(workdir, tmp_path / "exported")
+    hf_tok = transformers.GPT2TokenizerFast.from_pretrained(str(out))
+    text = "The fine-tuned model's 🙂 tokenizer\n"
+    assert hf_tok(text)["input_ids"] == tok.encode(text).tolist()
+    assert transformers.GPT2LMHeadModel.from_pretrained(out).config.vocab_size == tok.vocab_size
