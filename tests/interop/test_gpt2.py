@@ -290,3 +290,38 @@ def test_a_converted_gpt2_fine_tunes_and_evaluates_with_its_own_tokenizer(tmp_pa
     text = "The fine-tuned model's 🙂 tokenizer\n"
     assert hf_tok(text)["input_ids"] == tok.encode(text).tolist()
     assert transformers.GPT2LMHeadModel.from_pretrained(out).config.vocab_size == tok.vocab_size
+
+
+def test_a_gpt2_converted_without_its_tokenizer_loads_and_fine_tunes_with_gpt2s(tmp_path):
+    """Folders without tokenizer files give a record of ids (as every conversion did before the
+    gpt2 tokenizer): the model loads, evaluation says why it cannot run, and a gpt2 tokenizer
+    of the same size fine-tunes it."""
+    from jaxlm.data import builders
+    from jaxlm.data.subword import SubwordTokenizer
+    from jaxlm.errors import CheckpointError, IncompatibleCheckpoint
+    from jaxlm.train.evaluate import evaluate_run
+
+    tok = SubwordTokenizer.train_bpe(builders.builtin_text()[:50_000], vocab_size=260)
+    config = transformers.GPT2Config(
+        vocab_size=tok.vocab_size, n_positions=16, n_embd=8, n_layer=1, n_head=2
+    )
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path / "hf")
+    gpt2.hf_to_jaxlm(tmp_path / "hf", tmp_path / "run")
+    meta = checkpoints.read_meta(tmp_path / "run")
+    assert meta["tokenizer"] == {
+        "kind": "gpt2_bpe",
+        "vocab_size": tok.vocab_size,
+        "source": str(tmp_path / "hf"),
+    }
+    assert checkpoints.load_run(tmp_path / "run").tokenizer is None
+    with pytest.raises(CheckpointError, match="its tokenizer is not one jaxlm can read"):
+        evaluate_run(tmp_path / "run")
+    state, _ = checkpoints.load_state(tmp_path / "run", parts=("params",))
+    tok.save_gpt2_files(tmp_path / "files")
+    gpt2_tok = SubwordTokenizer.from_gpt2(tmp_path / "files")
+    params, mapping = checkpoints.load_pretrained(tmp_path / "run", state["params"], gpt2_tok)
+    assert mapping.kept == tok.vocab_size and not mapping.new and not mapping.dropped
+    smaller = SubwordTokenizer.train_bpe(builders.builtin_text()[:50_000], vocab_size=258)
+    smaller.kind = "gpt2"
+    with pytest.raises(IncompatibleCheckpoint, match=r"converted without its tokenizer \(260 ids"):
+        checkpoints.load_pretrained(tmp_path / "run", state["params"], smaller)
