@@ -64,8 +64,8 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
         model = spec.fit(corpus.train, eos_id=getattr(tok, "eos_id", None), vocab=list(tok.vocab))
         build_seconds = time.perf_counter() - t0
         _log_built(model, spec, corpus, build_seconds)
-        val = summarize(*model.nll(corpus.validation), **corpus.counts["validation"])
-        test = summarize(*model.nll(corpus.test), **corpus.counts["test"])
+        val = summarize(*model.nll(corpus.validation), **corpus.counts.get("validation", {}))
+        test = summarize(*model.nll(corpus.test), **corpus.counts.get("test", {}))
         mon.write(0, val, "validation", echo=False)
         mon.write(0, test, "test", echo=False)
         model.save(workdir / NGRAM_MODEL)
