@@ -64,7 +64,6 @@ from jaxlm import data, sharding  # noqa: E402
 from jaxlm.config import load_config  # noqa: E402
 from jaxlm.data import batching  # noqa: E402
 from jaxlm.train import plan as plan_lib  # noqa: E402
-from jaxlm.train.steps import serialised  # noqa: E402
 
 COLLECTIVE = re.compile(
     r"\b(all-gather|all-reduce|all-to-all|collective-permute|reduce-scatter)(?:-start)?\("
@@ -111,7 +110,7 @@ def build(strategy: str, corpus, batch_np):
     total, in_loops = collectives(compiled.as_text())
     return {
         "plan": plan,
-        "step": serialised(compiled, plan.mesh),
+        "step": plan_lib.run_step(plan, config, compiled),
         "state": state,
         "batch": sharding.device_batch(batch_np, plan.mesh),
         "collectives": total,

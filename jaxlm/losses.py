@@ -23,7 +23,8 @@ def cross_entropy(
     Args:
       logits: ``[..., V]`` unnormalised scores.
       labels: ``[...]`` integer targets in ``[0, V)``.
-      label_smoothing: mass spread uniformly over the vocabulary, in ``[0, 1)``.
+      label_smoothing: mass spread uniformly over the vocabulary, in ``[0, 1)``; a traced
+        scalar (a hyperparameter argument of a compiled step) is applied whatever its value.
       mask: optional ``[...]`` weights (1 counts a token, 0 ignores it).
 
     Returns:
@@ -35,13 +36,14 @@ def cross_entropy(
       >>> float(total / count)  # log(5)
       1.609...
     """
-    if not 0.0 <= label_smoothing < 1.0:
+    static = isinstance(label_smoothing, int | float)  # else traced: one program for any value
+    if static and not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     logits = logits.astype(jnp.float32)
     lse = jax.nn.logsumexp(logits, axis=-1)
     label_logit = jnp.take_along_axis(logits, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
     loss = lse - label_logit
-    if label_smoothing:
+    if not static or label_smoothing:
         uniform = lse - jnp.mean(logits, axis=-1)
         loss = (1.0 - label_smoothing) * loss + label_smoothing * uniform
     if mask is None:

@@ -9,7 +9,7 @@ exact tree a checkpoint of that config holds.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax
@@ -97,6 +97,10 @@ class Setup:
       policy: the dtype policy.
       init: ``init(params=None) -> TrainState``, pure (see :func:`make_init_fn`).
       abstract: ``jax.eval_shape(init)``: the state's tree of shapes and dtypes.
+      optimizer_for: ``optimizer_for(hparams) -> (tx, schedule)``: the same optimizer (the
+        same state tree) and its learning rate per training step, built from continuous
+        hyperparameters that may be traced values (:mod:`jaxlm.train.hparams`); None for a
+        Setup built by hand.
     """
 
     model: nn.Module
@@ -104,6 +108,9 @@ class Setup:
     policy: Policy
     init: Callable[..., TrainState]
     abstract: TrainState
+    optimizer_for: (
+        Callable[[Mapping[str, Any]], tuple[optax.GradientTransformation, Any]] | None
+    ) = None
 
 
 def build(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
@@ -132,4 +139,17 @@ def build(config: ml_collections.ConfigDict, vocab_size: int) -> Setup:
     params = jax.eval_shape(make_init_fn(model, optax.identity(), batch_size, seq_len, 0)).params
     tx = precision.wrap_optimizer(optim.build_optimizer(config, params), policy)
     init = make_init_fn(model, tx, batch_size, seq_len, config.seed)
-    return Setup(model=model, tx=tx, policy=policy, init=init, abstract=jax.eval_shape(init))
+
+    def optimizer_for(hparams: Mapping[str, Any]) -> tuple[optax.GradientTransformation, Any]:
+        built = optim.build_optimizer(config, params, hparams)
+        rate = optim.learning_rate(config, hparams.get("optimizer.learning_rate"))
+        return precision.wrap_optimizer(built, policy), rate
+
+    return Setup(
+        model=model,
+        tx=tx,
+        policy=policy,
+        init=init,
+        abstract=jax.eval_shape(init),
+        optimizer_for=optimizer_for,
+    )

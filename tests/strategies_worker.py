@@ -14,7 +14,6 @@ import jax
 from jaxlm import data, sharding
 from jaxlm.data import batching
 from jaxlm.train import plan as plan_lib
-from jaxlm.train.steps import serialised
 from jaxlm.tree import flatten
 from tests.helpers import smoke
 
@@ -61,7 +60,7 @@ def run(model: str, strategy: str, n_data: int, n_model: int, corpus, initial) -
     losses = []
     with jax.set_mesh(plan.mesh):
         compiled = plan_lib.compile_step(plan, config)
-        step = serialised(compiled, plan.mesh)
+        step = plan_lib.run_step(plan, config, compiled)
         for i in range(STEPS):
             batch = batching.train_batch(streams, i, config.data.seq_len, config.seed)
             state, metrics = step(state, sharding.device_batch(batch, plan.mesh))

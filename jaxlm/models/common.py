@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -79,3 +80,61 @@ class Dense(nn.Dense):
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             y = y + bias.astype(jnp.float32)
         return y.astype(inputs.dtype)
+
+
+def is_on(value: Any) -> bool:
+    """Whether a rate or coefficient switches its part of the program on.
+
+    A Python number is on when it is not 0; anything else (a traced value, an array: a
+    hyperparameter passed into the compiled step, :mod:`jaxlm.train.hparams`) is on whatever
+    its value, so that one program serves every value. A rate of exactly 0 in the config thus
+    stays a static "off" (a smaller program), and a traced 0 drops nothing.
+
+    Args:
+      value: a rate, a coefficient, or a traced scalar.
+
+    Returns:
+      True when the program must compute the part.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> is_on(0.0), is_on(0.1), is_on(jnp.float32(0.0))
+      (False, True, True)
+    """
+    if isinstance(value, int | float):
+        return value != 0
+    return True
+
+
+class Dropout(nn.Dropout):
+    """``flax.linen.Dropout`` whose rate may be a traced value (a hyperparameter argument).
+
+    flax's own compares ``rate == 0.0`` in Python, which a traced rate cannot answer. This one
+    decides on :func:`is_on` instead and otherwise computes exactly what flax's does (the
+    same mask from the same key: the class keeps flax's name, so its modules are auto-named
+    ``Dropout_<i>`` and draw the same ``make_rng("dropout")`` streams as before).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.ones((2, 4))
+      >>> y = Dropout(jnp.float32(0.5)).apply({}, x, deterministic=False,
+      ...                                     rngs={"dropout": jax.random.key(0)})
+      >>> sorted(set(y.ravel().tolist())) in ([0.0, 2.0], [2.0], [0.0])
+      True
+    """
+
+    @nn.compact
+    def __call__(self, inputs, deterministic: bool | None = None, rng: Any = None):
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if deterministic or not is_on(self.rate):
+            return inputs
+        if isinstance(self.rate, int | float) and self.rate == 1.0:
+            return jnp.zeros_like(inputs)
+        keep_prob = 1.0 - self.rate
+        if rng is None:
+            rng = self.make_rng(self.rng_collection)
+        shape = list(inputs.shape)
+        for dim in self.broadcast_dims:
+            shape[dim] = 1
+        mask = jnp.broadcast_to(jax.random.bernoulli(rng, p=keep_prob, shape=shape), inputs.shape)
+        return jax.lax.select(mask, inputs / keep_prob, jnp.zeros_like(inputs))

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm import precision
-from jaxlm.models.common import Dense, on_rows
+from jaxlm.models.common import Dense, Dropout, is_on, on_rows
 from jaxlm.runtime.backend import on_cpu
 
 Dtype = Any
@@ -98,18 +98,18 @@ def causal_attention(
       >>> causal_attention(x, x, x).shape
       (1, 4, 2, 8)
     """
-    if not 0.0 <= dropout_rate < 1.0:
+    if isinstance(dropout_rate, int | float) and not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"attention dropout rate must be in [0, 1), got {dropout_rate}")
-    if dropout_rate and dropout_rng is None:
+    if is_on(dropout_rate) and dropout_rng is None:
         raise ValueError("attention dropout needs dropout_rng")
-    if not on_cpu() and not dropout_rate:
+    if not on_cpu() and not is_on(dropout_rate):
         return jax.nn.dot_product_attention(q_BxTxNxD, k_BxTxNxD, v_BxTxNxD, is_causal=True)
     t, dtype = q_BxTxNxD.shape[1], q_BxTxNxD.dtype
     q, k, v = (jnp.swapaxes(a, 1, 2) for a in (q_BxTxNxD, k_BxTxNxD, v_BxTxNxD))  # [B, N, T, D]
     blocks = []
     for a in range(0, t, query_block):
         probs = _causal_probs(q[:, :, a : a + query_block], k[:, :, : a + query_block], a)
-        if dropout_rate:
+        if is_on(dropout_rate):
             keep = jax.random.bernoulli(
                 jax.random.fold_in(dropout_rng, a), 1.0 - dropout_rate, probs.shape
             )
@@ -204,7 +204,7 @@ class Block(nn.Module):
             q, k = rotary(q, positions), rotary(k, positions)
         if cache is None:
             rate = 0.0 if deterministic else self.attention_dropout
-            rng = self.make_rng("dropout") if rate else None
+            rng = self.make_rng("dropout") if is_on(rate) else None
             att = causal_attention(q, k, v, dropout_rate=rate, dropout_rng=rng)
         else:
             k_all = jax.lax.dynamic_update_slice(
@@ -222,13 +222,13 @@ class Block(nn.Module):
         att = on_rows(
             Dense(e, kernel_init=out_init, name="attn_out", **dense), att.reshape(b, t, e)
         )
-        x_BxTxE = x_BxTxE + nn.Dropout(self.dropout)(att, deterministic=deterministic)
+        x_BxTxE = x_BxTxE + Dropout(self.dropout)(att, deterministic=deterministic)
 
         y = _norm(self.norm, "norm_mlp", self.dtype, self.param_dtype)(x_BxTxE)
         y = on_rows(Dense(self.mlp_dim, kernel_init=init, name="mlp_fc", **dense), y)
         y = _gelu(y)
         y = on_rows(Dense(e, kernel_init=out_init, name="mlp_proj", **dense), y)
-        x_BxTxE = x_BxTxE + nn.Dropout(self.dropout)(y, deterministic=deterministic)
+        x_BxTxE = x_BxTxE + Dropout(self.dropout)(y, deterministic=deterministic)
         return x_BxTxE, cache
 
 
@@ -357,7 +357,7 @@ class Transformer(nn.Module):
             )
             x = x + jax.lax.dynamic_slice_in_dim(table, pos, t).astype(self.dtype)[None]
         x = self.perturb("embedded", x)  # lets tests take gradients with respect to the inputs
-        x = nn.Dropout(self.dropout)(x, deterministic=deterministic)
+        x = Dropout(self.dropout)(x, deterministic=deterministic)
 
         block_cls = nn.remat(Block, static_argnums=(4,)) if self.remat else Block
         mlp_dim = self.mlp_dim or 4 * self.embed_dim

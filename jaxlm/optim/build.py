@@ -15,6 +15,7 @@ matches nothing fails here, before training.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -36,7 +37,9 @@ DECAY_MASKS = ("weights", "all")
 EMBEDDING_PATTERNS = (r"(^|/)embed/embedding$", r"(^|/)pos_embed$")
 
 
-def build_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+def build_schedule(
+    opt: ml_collections.ConfigDict, num_steps: int, peak: Any = None
+) -> optax.Schedule:
     """The learning-rate schedule named by ``opt.schedule``, over optimizer updates.
 
     ``plateau`` is a constant rate here; the cut on a validation plateau is a transform
@@ -45,6 +48,12 @@ def build_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sche
     Args:
       opt: the ``optimizer`` section of a config.
       num_steps: total optimizer updates (the decaying schedules end there).
+      peak: the peak rate as a traced scalar (a hyperparameter argument of the compiled step,
+        :mod:`jaxlm.train.hparams`); None: ``opt.learning_rate``. optax's warm-up cosine
+        asks ``peak_value == 0.0`` in Python, so with a traced peak the cosine schedule is
+        composed here from the same optax pieces (its floor ``alpha`` is
+        ``end_lr_fraction`` itself, which optax computes as ``end / peak``), and SGDR is the
+        unit schedule times the peak.
 
     Returns:
       A function from update count to learning rate.
@@ -55,16 +64,22 @@ def build_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sche
       >>> float(sched(0))
       0.0
     """
-    peak = opt.learning_rate
+    traced = peak is not None
+    peak = opt.learning_rate if peak is None else peak
     name = opt.schedule
     if name in ("constant", "plateau"):
         return optax.constant_schedule(peak)
+    if name == "cosine" and traced:
+        return _traced_warmup_cosine(opt, peak, max(num_steps, 1))
+    if name == "sgdr" and traced:
+        unit = build_schedule(opt, num_steps, 1.0)
+        return lambda step: peak * unit(step)
     if name == "cosine":
         return transforms.warmup_cosine(
             peak, opt.warmup_steps, max(num_steps, 1), end_value=peak * opt.end_lr_fraction
         )
     if name == "step":
-        return _step_schedule(opt, num_steps)
+        return _step_schedule(opt, num_steps, peak)
     if name == "slanted_triangular":
         return transforms.slanted_triangular(
             peak, max(num_steps, 2), cut_frac=opt.cut_frac, ratio=opt.stlr_ratio
@@ -90,7 +105,21 @@ def build_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sche
     )
 
 
-def _step_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+def _traced_warmup_cosine(
+    opt: ml_collections.ConfigDict, peak: Any, total_steps: int
+) -> optax.Schedule:
+    """:func:`jaxlm.transforms.warmup_cosine` for a traced peak, built from optax's pieces."""
+    warmup = min(max(int(opt.warmup_steps), 0), total_steps - 1)
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, peak, warmup),
+            optax.cosine_decay_schedule(peak, total_steps - warmup, alpha=opt.end_lr_fraction),
+        ],
+        [warmup],
+    )
+
+
+def _step_schedule(opt: ml_collections.ConfigDict, num_steps: int, peak: Any) -> optax.Schedule:
     """Decays at ``decay_start_step + k * decay_every``, those in ``[1, num_steps)``."""
     every = int(opt.decay_every)
     if every < 1:
@@ -101,7 +130,7 @@ def _step_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Sche
     points = range(start, num_steps, every)
     points = points[(-start) // every + 1 :] if start <= 0 else points
     return transforms.step_decay(
-        opt.learning_rate, points.start, every, opt.decay_factor, max_decays=len(points)
+        peak, points.start, every, opt.decay_factor, max_decays=len(points)
     )
 
 
@@ -110,11 +139,12 @@ def accumulate_steps(config: ml_collections.ConfigDict) -> int:
     return max(int(config.optimizer.get("accumulate_steps", 1)), 1)
 
 
-def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
+def learning_rate(config: ml_collections.ConfigDict, peak: Any = None) -> optax.Schedule:
     """The rate in force at each training (micro-batch) step, as the train step reports it.
 
     Args:
       config: a full run config.
+      peak: the peak rate as a traced scalar (see :func:`build_schedule`); None: the config's.
 
     Returns:
       A function from training step to learning rate: the update schedule of
@@ -126,7 +156,7 @@ def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
       0.002
     """
     k = accumulate_steps(config)
-    schedule = build_schedule(config.optimizer, math.ceil(config.train.num_steps / k))
+    schedule = build_schedule(config.optimizer, math.ceil(config.train.num_steps / k), peak)
     return schedule if k == 1 else lambda step: schedule(step // k)
 
 
@@ -160,11 +190,14 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
-def _rule(opt: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
-    """The update rule named by ``opt.name`` with its weight decay."""
+def _rule(
+    opt: ml_collections.ConfigDict, schedule: optax.Schedule, weight_decay: Any
+) -> optax.GradientTransformation:
+    """The update rule named by ``opt.name`` with its weight decay (the config's value says
+    whether there is any; ``weight_decay``, maybe traced, how much)."""
     mask = decay_mask if opt.get("decay_mask", "all") == "weights" else None
     if opt.name == "adamw":
-        return optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=mask)
+        return optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=weight_decay, mask=mask)
     if opt.name == "adam":
         rule = optax.adam(schedule, b1=opt.b1, b2=opt.b2)
     elif opt.name == "sgd":
@@ -174,20 +207,29 @@ def _rule(opt: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.Gra
             f"config.optimizer.name: unknown optimizer {opt.name!r}; expected one of {OPTIMIZERS}"
         )
     if opt.weight_decay:  # L2 added to the gradient, as classic Adam and SGD do
-        rule = optax.chain(optax.add_decayed_weights(opt.weight_decay, mask), rule)
+        rule = optax.chain(optax.add_decayed_weights(weight_decay, mask), rule)
     return rule
 
 
 def build_optimizer(
-    config: ml_collections.ConfigDict, params: Any = None
+    config: ml_collections.ConfigDict, params: Any = None, hparams: Mapping[str, Any] | None = None
 ) -> optax.GradientTransformation:
     """The optimizer for a run, everything the config asks for composed with ``optax.chain``.
+
+    Continuous hyperparameters can be given as traced values (``hparams``), so that the
+    optimizer is built inside the compiled step from its arguments and one program serves
+    every value (:mod:`jaxlm.train.hparams`). The chain's shape, and so its state's tree,
+    depends only on the config: a value the config sets to 0 (no weight decay, no clipping)
+    leaves its transform out, whatever ``hparams`` holds.
 
     Args:
       config: a full run config (reads ``optimizer``, ``finetune`` and ``train.num_steps``).
       params: the parameter tree, usually abstract (``jax.eval_shape`` of the model's init).
         Fine-tuning presets other than ``full`` need it to find the model's layers; when given,
         the optimizer is also initialised abstractly once, so that a bad pattern fails here.
+      hparams: ``{"optimizer.learning_rate": x, "optimizer.weight_decay": ...,
+        "optimizer.clip_norm": ...}``, any of them, traced or not, in place of the config's
+        values; None: the config's.
 
     Returns:
       An ``optax.GradientTransformation``. With ``optimizer.accumulate_steps = k > 1`` it is an
@@ -199,8 +241,12 @@ def build_optimizer(
       >>> tx = build_optimizer(base_config())
     """
     opt = config.optimizer
+    hp = dict(hparams or {})
     k = accumulate_steps(config)
-    schedule = build_schedule(opt, math.ceil(config.train.num_steps / k))
+    schedule = build_schedule(
+        opt, math.ceil(config.train.num_steps / k), hp.get("optimizer.learning_rate")
+    )
+    weight_decay = hp.get("optimizer.weight_decay", opt.weight_decay)
 
     def make_base(clip_norm: float | None = None, l2: float = 0.0) -> optax.GradientTransformation:
         parts = []
@@ -210,8 +256,9 @@ def build_optimizer(
             parts.append(transforms.centralize_matrices(exclude=EMBEDDING_PATTERNS))
         clip = opt.clip_norm if clip_norm is None else clip_norm
         if clip:
-            parts.append(optax.clip_by_global_norm(clip))
-        parts.append(_rule(opt, schedule))
+            value = hp.get("optimizer.clip_norm", clip) if clip_norm is None else clip
+            parts.append(optax.clip_by_global_norm(value))
+        parts.append(_rule(opt, schedule, weight_decay))
         return optax.chain(*parts)
 
     tx = strategy_transform(config.finetune, make_base, params, updates_per_step=1.0 / k)
@@ -235,6 +282,6 @@ def build_optimizer(
         ).gradient_transformation()
     elif skip:
         tx = optax.apply_if_finite(tx, opt.max_nonfinite)
-    if params is not None:
+    if params is not None and hparams is None:
         jax.eval_shape(tx.init, params)
     return tx

@@ -38,7 +38,6 @@ from jaxlm.train.hooks import (
     Preemption,
     Progress,
 )
-from jaxlm.train.steps import serialised
 
 log = run_folder.log
 
@@ -299,7 +298,7 @@ def _run(
         compiled = plan_lib.compile_step(plan, config)  # once, ahead of the first step
         for line in plan_lib.report_lines(plan_lib.report(config, plan, compiled)):
             log(line)
-        train_step = serialised(compiled, mesh)
+        train_step = plan_lib.run_step(plan, config, compiled)
         mon.status("running", progress.step)
         loop_hooks = _hooks(run, preemption, hooks)
         try:

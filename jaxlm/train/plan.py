@@ -13,6 +13,7 @@ anything.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -22,7 +23,14 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxlm import data, optim, sharding, state
 from jaxlm.config import validate
 from jaxlm.errors import ConfigError
-from jaxlm.train.steps import abstract_batch, compile_train_step, saved_activation_bytes
+from jaxlm.train import hparams
+from jaxlm.train.steps import (
+    abstract_batch,
+    compile_train_step,
+    saved_activation_bytes,
+    serialised,
+    with_hparams,
+)
 from jaxlm.train.workdir import log
 
 
@@ -97,14 +105,17 @@ def make_plan(config: ml_collections.ConfigDict, vocab_size: int) -> Plan:
 def compile_step(plan: Plan, config: ml_collections.ConfigDict) -> jax.stages.Compiled:
     """The run's train step compiled ahead of time for its batch shape (nothing allocated).
 
-    Call it inside ``jax.set_mesh(plan.mesh)``, where the run steps.
+    Call it inside ``jax.set_mesh(plan.mesh)``, where the run steps. The step takes the run's
+    continuous hyperparameters as its third argument (:mod:`jaxlm.train.hparams`), so runs
+    that differ only in them compile the same program; :func:`run_step` binds them.
 
     Args:
       plan: from :func:`make_plan`.
       config: the run config.
 
     Returns:
-      The compiled step (:func:`jaxlm.train.steps.compile_train_step`).
+      The compiled ``step(state, batch, hparams)``
+      (:func:`jaxlm.train.steps.compile_train_step`).
 
     Example:
       >>> with jax.set_mesh(plan.mesh):  # doctest: +SKIP
@@ -113,9 +124,35 @@ def compile_step(plan: Plan, config: ml_collections.ConfigDict) -> jax.stages.Co
       2219140
     """
     batch = abstract_batch(config.data.batch_size, config.data.seq_len, plan.mesh)
+    shapes = hparams.abstract(hparams.from_config(config), sharding.replicated(plan.mesh))
     return compile_train_step(
-        plan.setup, optim.learning_rate(config), plan.shardings, plan.mesh, config.train, batch
+        plan.setup,
+        optim.learning_rate(config),
+        plan.shardings,
+        plan.mesh,
+        config.train,
+        batch,
+        shapes,
     )
+
+
+def run_step(
+    plan: Plan, config: ml_collections.ConfigDict, compiled: jax.stages.Compiled
+) -> Callable[[state.TrainState, dict[str, jax.Array]], tuple[state.TrainState, dict]]:
+    """The step a run calls, ``step(state, batch)``: :func:`compile_step`'s program with the
+    config's hyperparameters bound (placed once) and, where the backend needs it, waiting for
+    each step (:func:`jaxlm.train.steps.serialised`).
+
+    Args:
+      plan: from :func:`make_plan`.
+      config: the run config (its continuous hyperparameters are the values bound).
+      compiled: from :func:`compile_step`.
+
+    Returns:
+      ``step(state, batch) -> (state, metrics)``.
+    """
+    bound = with_hparams(compiled, hparams.from_config(config), plan.mesh)
+    return serialised(bound, plan.mesh)
 
 
 def report(

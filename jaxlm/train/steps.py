@@ -4,12 +4,18 @@
 ``fold_in(state.rng, state.step)``, the recurrent carry lives in the state, and the batch is a
 pure function of (seed, step) (:mod:`jaxlm.data.batching`). :func:`jit_train_step` compiles it
 once with explicit shardings and the state donated.
+
+A run's step takes its continuous hyperparameters as a third argument,
+``train_step(state, batch, hparams)`` (:mod:`jaxlm.train.hparams`): the learning rate, weight
+decay, clip norm, label smoothing and dropout rates are traced values, not constants, so runs
+that differ only in them share one compiled program (and the persistent compilation cache
+serves it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -17,9 +23,13 @@ import jax.numpy as jnp
 import optax
 
 from jaxlm import losses, precision, runtime, sharding
+from jaxlm.models.common import is_on
 from jaxlm.state import Setup, TrainState
 
 Batch = dict[str, jax.Array]
+
+
+Hyper = Callable[[Mapping[str, Any]], tuple[Any, optax.GradientTransformation, Any, Any]]
 
 
 def make_train_step(
@@ -30,7 +40,8 @@ def make_train_step(
     carry_state: bool = True,
     label_smoothing: float = 0.0,
     loss_scaling: bool = False,
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    hyper: Hyper | None = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """``train_step(state, batch) -> (state, metrics)``, pure, for ``jax.jit``.
 
     Args:
@@ -41,6 +52,11 @@ def make_train_step(
       label_smoothing: see :func:`jaxlm.losses.cross_entropy`.
       loss_scaling: float16: differentiate the loss times the optimizer state's dynamic loss
         scale (``tx`` must be wrapped by :func:`jaxlm.precision.wrap_optimizer`).
+      hyper: ``hyper(hparams) -> (model, tx, schedule, label_smoothing)``, called inside the
+        step on its traced hyperparameters (:func:`hyper_from_setup`); the step is then
+        ``train_step(state, batch, hparams)`` and ``model``, ``tx``, ``schedule`` and
+        ``label_smoothing`` above are unused. The optimizer it builds must have ``tx``'s
+        state tree.
 
     Returns:
       The step function. ``batch`` holds ``inputs``/``targets`` ``[B, T]`` and ``reset``;
@@ -60,7 +76,14 @@ def make_train_step(
       (1, ['grad_norm', 'loss', 'lr'])
     """
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    def train_step(
+        state: TrainState, batch: Batch, hparams: Mapping[str, Any] | None = None
+    ) -> tuple[TrainState, dict[str, jax.Array]]:
+        if hyper is None:
+            return step(state, batch, model, tx, schedule, label_smoothing)
+        return step(state, batch, *hyper(hparams or {}))
+
+    def step(state, batch, model, tx, schedule, label_smoothing):
         reset = jnp.logical_or(batch["reset"], not carry_state)
         carry = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), state.carry)
         dropout_key = jax.random.fold_in(state.rng, state.step)
@@ -95,6 +118,28 @@ def make_train_step(
     return train_step
 
 
+def hyper_from_setup(setup: Setup, train: Any) -> Hyper:
+    """The ``hyper`` of :func:`make_train_step` for a run: the model with the traced rates
+    (:func:`jaxlm.train.hparams.bind_model`), the optimizer and schedule built from them
+    (``setup.optimizer_for``), and the traced label smoothing when the config has any.
+
+    Args:
+      setup: from :func:`jaxlm.state.build`.
+      train: the config's ``train`` section.
+
+    Returns:
+      ``hyper(hparams) -> (model, tx, schedule, label_smoothing)``.
+    """
+    from jaxlm.train.hparams import bind_model
+
+    def hyper(hparams: Mapping[str, Any]):
+        tx, schedule = setup.optimizer_for(hparams)
+        smoothing = hparams.get("train.label_smoothing", train.label_smoothing)
+        return bind_model(setup.model, hparams), tx, schedule, smoothing
+
+    return hyper
+
+
 def _loss(
     model: Any, params: Any, carry: Any, batch: Batch, dropout_key: jax.Array, smoothing: float
 ) -> tuple[jax.Array, tuple[Any, jax.Array, dict[str, jax.Array]]]:
@@ -108,7 +153,7 @@ def _loss(
     )
     total, count = losses.cross_entropy(logits, batch["targets"], label_smoothing=smoothing)
     loss = total / count + aux.get("reg_loss", 0.0)
-    if smoothing:  # report the plain log-likelihood, not the smoothed loss
+    if is_on(smoothing):  # report the plain log-likelihood, not the smoothed loss
         total, count = losses.cross_entropy(logits, batch["targets"])
     return loss, (new_carry, total / count, aux)
 
@@ -173,8 +218,14 @@ def make_eval_step(model: Any) -> Callable:
 
 
 def jit_train_step(
-    setup: Setup, schedule: optax.Schedule, shardings: TrainState, mesh: Any, train: Any
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    setup: Setup,
+    schedule: optax.Schedule,
+    shardings: TrainState,
+    mesh: Any,
+    train: Any,
+    *,
+    hparams: bool = False,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The run's train step, compiled once with explicit shardings and the state donated.
 
     Args:
@@ -183,12 +234,15 @@ def jit_train_step(
       shardings: the state's shardings (:func:`jaxlm.sharding.state_shardings`).
       mesh: the device mesh.
       train: the config's ``train`` section (``carry_state``, ``label_smoothing``).
+      hparams: True: the step takes the continuous hyperparameters as its third argument
+        (:func:`jaxlm.train.hparams.from_config`), replicated.
 
     Returns:
-      ``step(state, batch) -> (state, metrics)``, compiled at its first call; on several CPU
-      devices or processes it waits for each step (:func:`serialised`).
+      ``step(state, batch) -> (state, metrics)`` (or ``step(state, batch, hparams)``),
+      compiled at its first call; on several CPU devices or processes it waits for each step
+      (:func:`serialised`).
     """
-    return serialised(_jit(setup, schedule, shardings, mesh, train), mesh)
+    return serialised(_jit(setup, schedule, shardings, mesh, train, hparams), mesh)
 
 
 def compile_train_step(
@@ -198,6 +252,7 @@ def compile_train_step(
     mesh: Any,
     train: Any,
     batch: dict[str, jax.ShapeDtypeStruct],
+    hparams: Mapping[str, jax.ShapeDtypeStruct] | None = None,
 ) -> jax.stages.Compiled:
     """The train step of :func:`jit_train_step` compiled ahead of time, from shapes alone.
 
@@ -209,6 +264,8 @@ def compile_train_step(
     Args:
       setup, schedule, shardings, mesh, train: as for :func:`jit_train_step`.
       batch: the batch's abstract arrays (:func:`abstract_batch`).
+      hparams: the hyperparameters' abstract scalars (:func:`jaxlm.train.hparams.abstract`):
+        the step is then ``step(state, batch, hparams)``; None: ``step(state, batch)``.
 
     Returns:
       The compiled step.
@@ -226,7 +283,9 @@ def compile_train_step(
       True
     """
     target = sharding.abstract_on(setup.abstract, shardings)
-    return _jit(setup, schedule, shardings, mesh, train).lower(target, batch).compile()
+    jitted = _jit(setup, schedule, shardings, mesh, train, hparams is not None)
+    args = (target, batch) if hparams is None else (target, batch, dict(hparams))
+    return jitted.lower(*args).compile()
 
 
 def abstract_batch(batch_size: int, seq_len: int, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
@@ -256,7 +315,7 @@ def serialised(step: Callable, mesh: Any) -> Callable:
     """``step``, waiting for each result where the CPU backend's collectives need it.
 
     Args:
-      step: ``step(state, batch) -> (state, metrics)``, jitted or compiled.
+      step: ``step(state, batch[, hparams]) -> (state, metrics)``, jitted or compiled.
       mesh: the mesh it runs on.
 
     Returns:
@@ -268,11 +327,34 @@ def serialised(step: Callable, mesh: Any) -> Callable:
     """
     if not runtime.serialise_steps(mesh):
         return step
-    return lambda state, batch: jax.block_until_ready(step(state, batch))
+    return lambda *args: jax.block_until_ready(step(*args))
 
 
-def _jit(setup: Setup, schedule: optax.Schedule, shardings: TrainState, mesh: Any, train: Any):
+def with_hparams(step: Callable, hparams: Mapping[str, Any], mesh: Any) -> Callable:
+    """``step(state, batch, hparams)`` as ``step(state, batch)``, the values placed once.
+
+    Args:
+      step: a step taking hyperparameters (:func:`compile_train_step` with ``hparams``).
+      hparams: their values (:func:`jaxlm.train.hparams.from_config`).
+      mesh: the mesh; the values are replicated over it.
+
+    Returns:
+      ``step(state, batch) -> (state, metrics)``.
+    """
+    placed = jax.device_put(dict(hparams), sharding.replicated(mesh))
+    return lambda state, batch: step(state, batch, placed)
+
+
+def _jit(
+    setup: Setup,
+    schedule: optax.Schedule,
+    shardings: TrainState,
+    mesh: Any,
+    train: Any,
+    hparams: bool = False,
+):
     """The ``jax.jit`` of the train step: explicit shardings, the state donated."""
+    hyper = hyper_from_setup(setup, train) if hparams else None
     return jax.jit(
         make_train_step(
             setup.model,
@@ -281,8 +363,9 @@ def _jit(setup: Setup, schedule: optax.Schedule, shardings: TrainState, mesh: An
             carry_state=train.carry_state,
             label_smoothing=train.label_smoothing,
             loss_scaling=setup.policy.needs_loss_scaling,
+            hyper=hyper,
         ),
-        in_shardings=(shardings, None),
+        in_shardings=(shardings, None) + ((sharding.replicated(mesh),) if hparams else ()),
         out_shardings=(shardings, sharding.replicated(mesh)),
         donate_argnums=0,
         compiler_options=runtime.compiler_options(setup.model),

@@ -257,8 +257,8 @@ def test_nan_between_log_lines_is_caught_before_a_save(tmp_path, monkeypatch):
     def poisoned(*args, **kwargs):
         step_fn = real_make(*args, **kwargs)
 
-        def train_step(state, batch):
-            state, metrics = step_fn(state, batch)
+        def train_step(state, batch, *hparams):
+            state, metrics = step_fn(state, batch, *hparams)
             bad = state.step >= 22
             params = jax.tree.map(lambda p: jax.numpy.where(bad, jax.numpy.nan, p), state.params)
             return state.replace(params=params), dict(

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxlm.models.common import Dropout
 from jaxlm.models.recurrent.kernels import mm, recurrence, recurrent_layer
 
 Carry = Any
@@ -134,7 +135,7 @@ class RecurrentLayer(nn.Module):
             self.param_dtype,
         )
         # DropConnect on the recurrent weights, one mask for the whole window.
-        kernel = nn.Dropout(self.weight_drop)(hh["kernel"], deterministic=deterministic)
+        kernel = Dropout(self.weight_drop)(hh["kernel"], deterministic=deterministic)
         w_ih, b_ih = ih["kernel"].astype(self.dtype), ih["bias"].astype(jnp.float32)
         w_hh = kernel.astype(self.dtype)
         hb = hh["bias"].astype(jnp.float32) if self.hh_bias else None

@@ -12,18 +12,26 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlm.models.common import Dense, on_rows
+from jaxlm.models.common import Dense, Dropout, is_on, on_rows
 from jaxlm.models.recurrent.layers import CELLS, Carry, Dtype, RecurrentLayer, uniform_init
 
 
 def _per_layer(value: float | Sequence[float], n: int, name: str) -> tuple[float, ...]:
-    """A scalar broadcast to ``n`` layers, or a sequence of exactly ``n`` values."""
+    """A scalar broadcast to ``n`` layers (a traced one too), or a sequence of exactly ``n``."""
     if isinstance(value, int | float):
         return (float(value),) * n
+    if getattr(value, "ndim", None) == 0:  # a traced hyperparameter (jaxlm.train.hparams)
+        return (value,) * n
     values = tuple(float(v) for v in value)
     if len(values) != n:
         raise ValueError(f"RecurrentLM.{name}: {len(values)} values for {n} layers")
     return values
+
+
+def _unset(rate: float | jax.Array) -> bool:
+    """A negative ``input_dropout``/``hidden_dropout``: "same as ``dropout``" (a traced rate
+    is always a set one)."""
+    return isinstance(rate, int | float) and rate < 0
 
 
 class RecurrentLM(nn.Module):
@@ -115,7 +123,7 @@ class RecurrentLM(nn.Module):
 
     def _locked_dropout(self, x_BxTxF: jax.Array, rate: float, deterministic: bool) -> jax.Array:
         dims = (1,) if self.locked_dropout else ()
-        return nn.Dropout(rate, broadcast_dims=dims)(x_BxTxF, deterministic=deterministic)
+        return Dropout(rate, broadcast_dims=dims)(x_BxTxF, deterministic=deterministic)
 
     @nn.compact
     def __call__(
@@ -124,8 +132,8 @@ class RecurrentLM(nn.Module):
         init = uniform_init(self.init_scale)
         n = len(self.hidden_sizes)
         weight_drop = _per_layer(self.weight_drop, n, "weight_drop")
-        p_in = self.dropout if self.input_dropout < 0 else self.input_dropout
-        p_hid = self.dropout if self.hidden_dropout < 0 else self.hidden_dropout
+        p_in = self.dropout if _unset(self.input_dropout) else self.input_dropout
+        p_hid = self.dropout if _unset(self.hidden_dropout) else self.hidden_dropout
         embed = nn.Embed(
             self.vocab_size,
             self.embed_dim,
@@ -135,15 +143,15 @@ class RecurrentLM(nn.Module):
             param_dtype=self.param_dtype,
         )
         table = embed.embedding.astype(self.dtype)
-        if self.embed_dropout and not deterministic:
+        if is_on(self.embed_dropout) and not deterministic:
             # One keep/drop draw per vocabulary row: a word is dropped everywhere it occurs.
             # A token lookup fuses the row scaling (no scaled [V, E] copy is written); the
             # vocabulary-table path scales the small table it multiplies anyway.
-            row_scale = nn.Dropout(self.embed_dropout)(
+            row_scale = Dropout(self.embed_dropout)(
                 jnp.ones((self.vocab_size,), jnp.float32), deterministic=False
             )
             table = table * row_scale[:, None].astype(table.dtype)
-        if p_in and not deterministic:
+        if is_on(p_in) and not deterministic:
             x = self._locked_dropout(
                 jnp.take(table, tokens_BxT, axis=0, mode="clip"), p_in, deterministic
             )
@@ -165,11 +173,11 @@ class RecurrentLM(nn.Module):
             new_carry.append(c)
             x = self._locked_dropout(raw, p_hid if i < n - 1 else self.dropout, deterministic)
         aux: dict[str, jax.Array] = {}
-        if not deterministic and (self.ar or self.tar):
+        if not deterministic and (is_on(self.ar) or is_on(self.tar)):
             reg = jnp.zeros((), jnp.float32)
-            if self.ar:
+            if is_on(self.ar):
                 reg += self.ar * jnp.mean(jnp.square(x.astype(jnp.float32)))
-            if self.tar:
+            if is_on(self.tar):
                 diff = raw[:, 1:].astype(jnp.float32) - raw[:, :-1].astype(jnp.float32)
                 reg += self.tar * jnp.mean(jnp.square(diff))
             aux["reg_loss"] = reg

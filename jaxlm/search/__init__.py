@@ -1,0 +1,1 @@
+"""Hyperparameter search (:mod:`jaxlm.search.population`: many trials in one compiled step)."""
