@@ -53,6 +53,34 @@ def count_compiles():
         jax.monitoring.unregister_event_duration_listener(listener)
 
 
+@contextlib.contextmanager
+def count_fresh_compiles():
+    """Counts XLA compilations inside the block that the persistent compilation cache did not
+    serve: ``with count_fresh_compiles() as n: ...; n()`` -> ``(fresh, cache_hits)``.
+
+    JAX reports every backend compile, a persistent-cache retrieval included
+    (``/jax/core/compile/backend_compile_duration``), and each retrieval again as
+    ``/jax/compilation_cache/cache_hits``: their difference is what XLA compiled.
+    """
+    compiles, hits = [], []
+
+    def durations(name: str, _duration: float, **_: object) -> None:
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(name)
+
+    def events(name: str, **_: object) -> None:
+        if name == "/jax/compilation_cache/cache_hits":
+            hits.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(durations)
+    jax.monitoring.register_event_listener(events)
+    try:
+        yield lambda: (len(compiles) - len(hits), len(hits))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(durations)
+        jax.monitoring.unregister_event_listener(events)
+
+
 def assert_trees_equal(a, b) -> None:
     """Same leaf paths, dtypes, shapes and bits."""
     import numpy as np

@@ -165,7 +165,9 @@ def make_population_step(
 
     ``pop`` is ``{"state": TrainState [N, ...], "hparams": {field: [N]}, "active": bool [N],
     ...}``; the batch is shared. A member that is not active keeps its parameters, optimizer
-    state and carry (its step counter moves with the others).
+    state and carry (its step counter moves with the others). A ``loss_sum`` [N] in ``pop``
+    gets each member's train loss added (what a log line averages: it is checkpointed, so a
+    resumed run logs what an uninterrupted one does).
 
     Args:
       setup: :func:`jaxlm.state.build` of the shared config.
@@ -197,7 +199,10 @@ def make_population_step(
         new, metrics = jax.vmap(member, in_axes=(0, 0, 0, None))(
             pop["state"], pop["hparams"], pop["active"], batch
         )
-        return {**pop, "state": new}, metrics
+        out = {**pop, "state": new}
+        if "loss_sum" in pop:  # the train losses since the last log line, per member
+            out["loss_sum"] = pop["loss_sum"] + metrics["loss"]
+        return out, metrics
 
     return step
 
@@ -305,7 +310,6 @@ def train_population(
     """
     configs = member_configs(config, members)
     config = configs[0]
-    n = len(configs)
     fields = population_fields(configs)
     workdir = checkpoints.absolute(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -360,6 +364,7 @@ def _train(config, configs, fields, workdir, mgr, pbt, prune, on_evaluation, fin
             "active": jnp.ones(n, bool),
             "best": jnp.full(n, jnp.inf, jnp.float32),
             "pruned_at": jnp.full(n, -1, jnp.int32),
+            "loss_sum": jnp.zeros(n, jnp.float32),
         }
 
     pop = jax.jit(fresh)()
@@ -394,18 +399,17 @@ def _train(config, configs, fields, workdir, mgr, pbt, prune, on_evaluation, fin
         lambda x: jnp.broadcast_to(x, (n, *x.shape)),
         setup.model.initial_carry(config.data.eval_batch_size),
     ))  # fmt: skip
-    losses: list[jax.Array] = []
     done_here = 0
     with open(metrics_file, "a") as rows:
         while step < t.num_steps:
             batch = batching.train_batch(streams, step, config.data.seq_len, config.seed)
-            pop, metrics = train_step(pop, {k: jnp.asarray(v) for k, v in batch.items()})
+            pop, _ = train_step(pop, {k: jnp.asarray(v) for k, v in batch.items()})
             step += 1
             done_here += 1
-            losses.append(metrics["loss"])
             if step % t.log_every == 0 or step == t.num_steps:
-                mean = np.mean(np.asarray(jax.device_get(losses), np.float64), axis=0)
-                losses = []
+                window = step - (step - 1) // t.log_every * t.log_every
+                mean = np.asarray(pop["loss_sum"], np.float64) / window
+                pop["loss_sum"] = jnp.zeros(n, jnp.float32)
                 if not np.all(np.isfinite(mean) | ~np.asarray(pop["active"])):
                     log(f"non-finite train loss at step {step}: {mean.tolist()}")
                 _write(rows, step, "train", mean)
