@@ -29,6 +29,7 @@ population, reports their evaluations (for the study's pruner) and tells N.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -213,7 +214,11 @@ def make_population_eval(model: Any) -> Callable:
 
 
 def exploit_and_explore(
-    pop: dict, losses: jax.Array, key: jax.Array, factors: tuple[float, float] = PBT_FACTORS
+    pop: dict,
+    losses: jax.Array,
+    key: jax.Array,
+    factors: tuple[float, float] = PBT_FACTORS,
+    perturb: Sequence[str] | None = None,
 ) -> dict:
     """PBT's truncation selection, in the graph: the worst quarter copies the best quarter.
 
@@ -227,6 +232,8 @@ def exploit_and_explore(
       losses: float32 [N] validation losses (lower is better).
       key: the draw's key (fold the step in for reproducibility).
       factors: the two multipliers.
+      perturb: the hyperparameters to perturb (those the members vary); the others are
+        copied as they are. None: all of them.
 
     Returns:
       The population after the exchange, same shapes.
@@ -255,7 +262,9 @@ def exploit_and_explore(
     new_hp = {}
     for j, name in enumerate(names):
         value = pop["hparams"][name]
-        moved = value[source] * scale[:, j]
+        moved = value[source]
+        if perturb is None or name in perturb:
+            moved = moved * scale[:, j]
         if name in hp_lib.RATES:
             moved = jnp.minimum(moved, 0.95)
         new_hp[name] = jnp.where(replaced, moved, value)
@@ -318,8 +327,8 @@ def train_population(
     with checkpoints.exclusive(workdir, log=log):
         mgr = checkpoints.manager(workdir, t.keep_checkpoints)
         try:
-            return _train(config, configs, fields, workdir, mgr, pbt, prune, on_evaluation,
-                          final_evaluation, stop_after)  # fmt: skip
+            return _train(config, configs, members, fields, workdir, mgr, pbt, prune,
+                          on_evaluation, final_evaluation, stop_after)  # fmt: skip
         finally:
             mgr.wait_until_finished()
             mgr.close()
@@ -344,7 +353,7 @@ def _check_members(
     tmp.replace(path)
 
 
-def _train(config, configs, fields, workdir, mgr, pbt, prune, on_evaluation, final_eval, stop):
+def _train(config, configs, members, fields, workdir, mgr, pbt, prune, on_eval, final_eval, stop):
     n, t = len(configs), config.train
     latest = mgr.latest_step()
     tokenizer = None
@@ -388,7 +397,8 @@ def _train(config, configs, fields, workdir, mgr, pbt, prune, on_evaluation, fin
     train_step = jax.jit(make_population_step(setup, config), donate_argnums=0)
     pop_eval = jax.jit(make_population_eval(setup.model))
     feedback = jax.jit(jax.vmap(transforms.report_validation_loss))
-    exploit = jax.jit(exploit_and_explore)
+    varied = sorted({f for m in members for f in m})
+    exploit = jax.jit(functools.partial(exploit_and_explore, perturb=varied))
     base_key = jax.random.PRNGKey(config.seed)
     log(f"Population of {n} {config.model.name} members, traced hyperparameters {list(fields)}")
 
@@ -424,8 +434,8 @@ def _train(config, configs, fields, workdir, mgr, pbt, prune, on_evaluation, fin
                 pop["best"] = jnp.minimum(pop["best"], jnp.asarray(counted, jnp.float32))
                 _write(rows, step, "eval", loss, active=active)
                 evaluations.append((step, [float(x) for x in loss]))
-                if on_evaluation is not None:
-                    on_evaluation(step, loss)
+                if on_eval is not None:
+                    on_eval(step, loss)
                 if prune is not None:
                     cut = np.asarray(prune(step, loss, active), bool) & active
                     if cut.any():
@@ -569,6 +579,9 @@ def search_population(
             folder = study_dir / "populations" / str(asked[0].number)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "trials.json").write_text(json.dumps([t.number for t in asked]))
+            for i, trial in enumerate(asked):  # a RUNNING trial that a population owns
+                trial.set_user_attr("population", str(folder))
+                trial.set_user_attr("member", i)
         else:
             folder, asked = pending
         members = [{k: float(v) for k, v in t.params.items()} for t in asked]
@@ -610,8 +623,6 @@ def _run_population(study, config, members, asked, folder, pbt) -> PopulationRes
 
     result = train_population(config, members, folder / "run", pbt=pbt, prune=prune)
     for i, trial in enumerate(asked):
-        trial.set_user_attr("population", str(folder))
-        trial.set_user_attr("member", i)
         if pbt:
             trial.set_user_attr("pbt_hparams", result.hparams[i])
         if not result.active[i]:

@@ -116,6 +116,12 @@ def test_exploit_and_explore_copies_the_best_quarter_into_the_worst():
     assert lr[keep].tolist() == np.arange(1, n + 1)[keep].tolist()
     assert float(jnp.max(out["hparams"]["model.dropout"])) <= 0.95  # rates stay below 1
     np.testing.assert_array_equal(lr, again["hparams"]["optimizer.learning_rate"])
+    # Only the hyperparameters the members vary are perturbed; the rest are copied.
+    only_lr = population.exploit_and_explore(
+        pop, losses, jax.random.key(3), perturb=["optimizer.learning_rate"]
+    )
+    np.testing.assert_allclose(only_lr["hparams"]["model.dropout"], 0.9)
+    np.testing.assert_array_equal(only_lr["hparams"]["optimizer.learning_rate"], lr)
 
 
 def test_a_field_that_changes_shapes_cannot_vary():
@@ -125,3 +131,40 @@ def test_a_field_that_changes_shapes_cannot_vary():
         population.member_configs(smoke(), [])
     with pytest.raises(ConfigError, match="config.model.dropout"):
         population.member_configs(smoke(), [{"model.dropout": 1.5}])
+
+
+def test_search_population_asks_n_trains_them_together_and_tells_n(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    config = smoke(**SHORT)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    distributions = {
+        "optimizer.learning_rate": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True),
+        "model.dropout": optuna.distributions.FloatDistribution(0.0, 0.3),
+    }
+    results = population.search_population(
+        study, config, distributions, tmp_path, n=2, pbt=False, trials=2
+    )
+    trials = study.get_trials()
+    assert len(results) == 1 and [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert [t.value for t in trials] == results[0].validation_loss
+    assert all(t.user_attrs["population"] == str(tmp_path / "populations/0") for t in trials)
+    # The members were the trials' parameters.
+    saved = json.loads((tmp_path / "populations/0/run" / population.MEMBERS_FILE).read_text())
+    assert saved["members"] == [t.params for t in trials]
+    # Enough trials: a second call runs nothing.
+    assert (
+        population.search_population(
+            study, config, distributions, tmp_path, n=2, pbt=False, trials=2
+        )
+        == []
+    )
+    with pytest.raises(ConfigError, match="model.embed_dim changes the shapes"):
+        population.search_population(
+            study,
+            config,
+            {"model.embed_dim": optuna.distributions.IntDistribution(8, 16)},
+            tmp_path,
+            n=2,
+            pbt=False,
+            trials=4,
+        )

@@ -127,3 +127,17 @@ def test_a_second_run_with_other_hyperparameters_compiles_nothing(tmp_path, caps
     assert compiles()[0] > 0
     with capsys.disabled():
         print(f"\nfirst step: run 1 {first.seconds:.2f} s, run 2 {second.seconds:.2f} s")
+
+
+@pytest.mark.parametrize("schedule", optim.SCHEDULES)
+def test_every_schedule_takes_a_traced_peak(schedule):
+    config = smoke(**{"optimizer.schedule": schedule, "optimizer.steps_per_epoch": 10})
+    opt = config.optimizer
+    constant = optim.build_schedule(opt, 100)
+    traced = jax.jit(lambda peak, s: optim.build_schedule(opt, 100, peak)(s))
+    for s in (0, 5, 10, 40, 99):
+        want = float(constant(s))
+        assert float(traced(jnp.float32(opt.learning_rate), s)) == pytest.approx(want, rel=1e-6)
+        assert float(traced(jnp.float32(2 * opt.learning_rate), s)) == pytest.approx(
+            2 * want, rel=1e-6
+        )
