@@ -131,6 +131,8 @@ class Dropout(nn.Dropout):
         if isinstance(self.rate, int | float) and self.rate == 1.0:
             return jnp.zeros_like(inputs)
         keep_prob = 1.0 - self.rate
+        if not isinstance(keep_prob, float):  # traced float32: divide in the inputs' dtype, as
+            keep_prob = jnp.asarray(keep_prob, inputs.dtype)  # a Python float would
         if rng is None:
             rng = self.make_rng(self.rng_collection)
         shape = list(inputs.shape)

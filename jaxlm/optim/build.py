@@ -72,7 +72,13 @@ def build_schedule(
     if name == "cosine" and traced:
         return _traced_warmup_cosine(opt, peak, max(num_steps, 1))
     if name == "sgdr" and traced:
-        unit = build_schedule(opt, num_steps, 1.0)
+        unit = transforms.sgdr(
+            1.0,
+            opt.sgdr_period,
+            max(num_steps, 1),
+            period_mult=opt.sgdr_mult,
+            end_value=opt.end_lr_fraction,
+        )
         return lambda step: peak * unit(step)
     if name == "cosine":
         return transforms.warmup_cosine(

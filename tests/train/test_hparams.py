@@ -135,9 +135,10 @@ def test_every_schedule_takes_a_traced_peak(schedule):
     opt = config.optimizer
     constant = optim.build_schedule(opt, 100)
     traced = jax.jit(lambda peak, s: optim.build_schedule(opt, 100, peak)(s))
+    # float32 rounding: the constant schedules compute their end points in float64 first.
     for s in (0, 5, 10, 40, 99):
         want = float(constant(s))
-        assert float(traced(jnp.float32(opt.learning_rate), s)) == pytest.approx(want, rel=1e-6)
+        assert float(traced(jnp.float32(opt.learning_rate), s)) == pytest.approx(want, rel=1e-5)
         assert float(traced(jnp.float32(2 * opt.learning_rate), s)) == pytest.approx(
-            2 * want, rel=1e-6
+            2 * want, rel=1e-5
         )
