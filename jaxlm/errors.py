@@ -59,6 +59,11 @@ class JobError(JaxlmError, ValueError):
     names the field or file."""
 
 
+class SearchError(JaxlmError, ValueError):
+    """A search space, study folder or search option that cannot be used (``jaxlm.search``);
+    the message names the file, field or value and what was expected."""
+
+
 class WriteError(JaxlmError, OSError):
     """A file of the run folder that cannot be written: a full disk, a lost mount, no permission.
 
