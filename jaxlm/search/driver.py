@@ -205,6 +205,7 @@ class _Balanced:
             workdir=str(folder),
             name=f"trial {number} of {self.study_dir.name}",
             cwd=os.getcwd(),
+            env={"PYTHONPATH": _pythonpath()},  # the trial runs the jaxlm this process runs
             dry_run=True,
         )
         self.running[number] = self.jobs.submit(job, queue=self.queue)
@@ -224,6 +225,14 @@ class _Balanced:
             self.balancer.stop()
             if self.thread is not None:
                 self.thread.join(timeout=30)
+
+
+def _pythonpath() -> str:
+    import jaxlm
+
+    here = str(Path(jaxlm.__file__).resolve().parents[1])
+    rest = os.environ.get("PYTHONPATH", "")
+    return here + (os.pathsep + rest if rest else "")
 
 
 def search(
