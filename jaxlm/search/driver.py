@@ -158,7 +158,9 @@ class _InProcess:
         self.study, self.study_dir, self.log = study, study_dir, log
 
     def start(self, number: int) -> None:
-        run_trial(self.study_dir, number, study=self.study, log=self.log)
+        # Told through a study of its own, as a trial process would (the driver's sampler is
+        # for asking: GridSampler.after_trial calls study.stop, meant for study.optimize).
+        run_trial(self.study_dir, number, log=self.log)
 
     def poll(self) -> list[int]:
         return []

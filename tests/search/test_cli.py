@@ -62,7 +62,7 @@ def test_grid_on_two_workers_runs_each_combination_once(tmp_path):
         assert '"state": "finished"' in (folder / "status.json").read_text()
         assert (folder / "config.json").exists() and (folder / "checkpoints").is_dir()
     jobs = (study / "jobs" / "journal.jsonl").read_text()
-    assert jobs.count('"event": "submit"') == 9  # through the balancer, each trial once
+    assert jobs.count('"event":"submit"') == 9  # through the balancer, each trial once
     best = results.load_study(study).best_trial
     config = __import__("jaxlm.config", fromlist=["load_config"]).load_config(
         str(study / "best_config.py")

@@ -1,0 +1,143 @@
+"""The study folder and the driver in this process: a study refuses another config or space
+and loses nothing, options are checked first, SQLite storage with two objectives and the Pareto
+front, the pruning hook in a real run, the best config."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import optuna
+import pytest
+
+from jaxlm.checkpoints import load_run
+from jaxlm.config import load_config, validate
+from jaxlm.errors import SearchError
+from jaxlm.search import PruningHook, grid, prepare_study, results, search, uniform
+from jaxlm.search import study as study_lib
+from jaxlm.train.loop import train_and_evaluate
+from tests.helpers import smoke
+
+TINY = {
+    "train.num_steps": 4,
+    "train.eval_every": 2,
+    "train.checkpoint_every": 2,
+    "train.eval_steps": 1,
+    "train.log_every": 2,
+    "train.sample_tokens": 0,
+    "data.eval_batch_size": 64,
+}
+SPACE = {"model.dropout": grid([0.0, 0.1])}
+
+
+def snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_study_refuses_another_config_or_space_and_keeps_everything(tmp_path):
+    folder = tmp_path / "s"
+    prepare_study(smoke(**TINY), SPACE, folder, config_spec="lstm:smoke", sampler="grid")
+    before = snapshot(folder)
+    assert {"study.json", "base_config.py", "journal.log"} <= {str(p) for p in before}
+    other = smoke(**{**TINY, "optimizer.learning_rate": 0.5})
+    with pytest.raises(SearchError, match="holds a study made with another base config"):
+        prepare_study(other, SPACE, folder, config_spec="other", sampler="grid")
+    with pytest.raises(SearchError, match="another search space"):
+        prepare_study(smoke(**TINY), {"model.dropout": grid([0.2])}, folder, sampler="grid")
+    with pytest.raises(SearchError, match="another sampler: grid there, random now"):
+        prepare_study(smoke(**TINY), SPACE, folder, sampler="random")
+    assert snapshot(folder) == before
+    prepare_study(smoke(**TINY), SPACE, folder, sampler="grid")  # the same: joins it
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("mine")
+    with pytest.raises(SearchError, match="holds no study.*not empty"):
+        prepare_study(smoke(**TINY), SPACE, junk)
+    assert (junk / "notes.txt").read_text() == "mine"
+
+
+def test_options_are_checked_before_anything_is_written(tmp_path, monkeypatch):
+    folder = tmp_path / "s"
+    base = smoke(**TINY)
+    with pytest.raises(SearchError, match="prunes single-objective studies only"):
+        prepare_study(base, SPACE, folder, pruner="median", objectives="validation_loss,params")
+    with pytest.raises(SearchError, match="the objective must be validation_loss"):
+        prepare_study(base, SPACE, folder, pruner="median", objectives="tokens_per_s")
+    with pytest.raises(SearchError, match="--sampler=grid needs finite values"):
+        prepare_study(base, {"model.dropout": uniform(0, 0.5)}, folder, sampler="grid")
+    with pytest.raises(SearchError, match="--sampler=sobol: expected one of"):
+        prepare_study(base, SPACE, folder, sampler="sobol")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        study_lib.importlib.util, "find_spec", lambda n: None if n == "torch" else real(n)
+    )
+    with pytest.raises(SearchError, match=r'--sampler=gp needs the torch package: pip install -e "\.\[search-gp\]"'):
+        prepare_study(base, SPACE, folder, sampler="gp")
+    assert not folder.exists()
+
+
+def test_objectives():
+    objs = study_lib.parse_objectives("validation_loss,tokens_per_s,params:max")
+    assert objs == [
+        study_lib.Objective("validation_loss", "minimize"),
+        study_lib.Objective("train_tokens_per_s", "maximize"),
+        study_lib.Objective("param_count", "maximize"),
+    ]
+    with pytest.raises(SearchError, match="expected NAME, NAME:min or NAME:max"):
+        study_lib.parse_objectives("loss:up")
+
+
+def test_two_objectives_on_sqlite_pareto_front_and_best_config(tmp_path):
+    folder = tmp_path / "multi"
+    space = {"model.hidden_sizes": grid([(16,), (32,)])}
+    study = search(
+        smoke(**TINY),
+        space,
+        folder,
+        sampler="grid",
+        objectives="validation_loss,params",
+        storage=f"sqlite:///{tmp_path / 'study.db'}",
+        log=lambda _: None,
+    )
+    assert not (folder / "journal.log").exists() and (tmp_path / "study.db").exists()
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    counts = {t.params["model.hidden_sizes"]: t.values[1] for t in trials}
+    assert counts["(16,)"] < counts["(32,)"]  # the parameter count is the second objective
+    for t in trials:
+        assert t.values[1] == t.user_attrs["param_count"]
+        # a trial folder is an ordinary run: the run tools read it
+        run = load_run(folder / "trials" / str(t.number))
+        assert run.config.model.hidden_sizes == eval(t.params["model.hidden_sizes"])
+    table = results.status_table(folder)
+    assert "Pareto front (validation_loss vs param_count): trials" in table
+    front = {t.number for t in study.best_trials}
+    best = results.best_trial(study)
+    assert best.number in front
+    config = load_config(str(folder / "best_config.py"))
+    validate(config)
+    assert config.model.hidden_sizes == eval(best.params["model.hidden_sizes"])
+    assert config.name == "lstm_smoke_multi_best"
+    assert (folder / "plots" / "pareto_front.png").exists()
+
+
+def test_pruning_hook_stops_the_run_and_keeps_its_checkpoint(tmp_path):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=1.0))
+    trial = study.ask()
+    hook = PruningHook(trial)
+    config = smoke(**{**TINY, "train.num_steps": 6})
+    final = train_and_evaluate(config, tmp_path / "run", hooks=[hook])
+    assert hook.pruned and final["step"] == 2  # the first evaluation's loss is above 1.0
+    assert "pruned by Optuna at step 2" in final["stop_reason"]
+    assert study.trials[0].intermediate_values == {2: hook.last[1]}
+    assert (tmp_path / "run" / "checkpoints" / "2").is_dir()
+    assert '"state": "stopped"' in (tmp_path / "run" / "status.json").read_text()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("jaxlm.search.population") is not None,
+    reason="the population is there",
+)
+def test_population_without_its_module_is_a_clear_error(tmp_path):
+    with pytest.raises(SearchError, match="jaxlm.search.population is not in this version"):
+        search(smoke(**TINY), SPACE, tmp_path / "p", sampler="grid", population=4)
