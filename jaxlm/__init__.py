@@ -11,7 +11,7 @@ The names most programs need are here; each lives in its module (``jaxlm.train``
 
 The subpackages are attributes too: ``jaxlm.transforms`` (optax transforms), ``jaxlm.models``,
 ``jaxlm.data``, ``jaxlm.optim``, ``jaxlm.checkpoints``, ``jaxlm.train``, ``jaxlm.runtime``,
-``jaxlm.jobs`` (the job balancer).
+``jaxlm.jobs`` (the job balancer), ``jaxlm.search`` (hyperparameter search).
 """
 
 from typing import TYPE_CHECKING
@@ -60,6 +60,7 @@ _SUBPACKAGES = (
     "precision",
     "runtime",
     "sampling",
+    "search",
     "sharding",
     "state",
     "train",

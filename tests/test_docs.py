@@ -61,3 +61,15 @@ def test_the_data_page_snippet_maps_token_losses_to_words(tmp_path, monkeypatch)
     assert words.words == ("the", "cats", "sat", "<eos>")
     sums = namespace["aggregate"](losses, words, "sum")
     assert sums.sum() == pytest.approx(losses.sum()) and len(sums) == 4
+
+
+def test_the_search_snippet_prunes_a_run(tmp_path, monkeypatch, capsys):
+    (block,) = python_blocks("docs/search.md")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(block, namespace)
+    hook, study = namespace["hook"], namespace["study"]
+    assert hook.pruned  # the smoke run's first validation loss is above 2.0
+    assert study.trials[0].state.name == "PRUNED"
+    assert list(study.trials[0].intermediate_values) == [30]  # smoke: evaluated every 30 steps
+    assert (tmp_path / "runs/trial0/checkpoints/30").is_dir()

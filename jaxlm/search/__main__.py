@@ -37,11 +37,15 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n", 1)[1],
     )
-    p.add_argument("verb", nargs="?", default="run", choices=("run", "status", "best", "plots", "trial"))
+    p.add_argument(
+        "verb", nargs="?", default="run", choices=("run", "status", "best", "plots", "trial")
+    )
     p.add_argument("--study", required=True, help="the study folder, e.g. studies/lstm")
     p.add_argument("--config", help="base recipe file or name with variant: configs/lstm.py:smoke")
     p.add_argument("--space", help="search-space file or name with variant: configs/search/lstm.py")
-    p.add_argument("--trials", type=int, help="finished trials to reach (default: grid size, or 20)")
+    p.add_argument(
+        "--trials", type=int, help="finished trials to reach (default: grid size, or 20)"
+    )
     p.add_argument("--workers", type=int, default=1, help="trials at once (>1: the job balancer)")
     p.add_argument("--sampler", default="tpe", help="grid|random|tpe|gp|cmaes|nsga2 (default tpe)")
     p.add_argument("--pruner", default="none", help="none|median|hyperband|asha (default none)")
@@ -154,7 +158,9 @@ def _search(args, extra, study_dir, driver, space_lib, study_lib) -> int:
         )
         spec = spec + "".join(f" --config.{k}={v}" for k, v in config_overrides.items())
     if args.space is None and old is not None and not space_overrides:
-        space = {f: space_lib.parse_entry(t, f"{study_dir}/study.json") for f, t in old.space.items()}
+        space = {
+            f: space_lib.parse_entry(t, f"{study_dir}/study.json") for f, t in old.space.items()
+        }
         space_spec = f"{study_dir}/study.json"
     else:
         space = space_lib.load_space(args.space, space_overrides)
@@ -196,7 +202,8 @@ def _search(args, extra, study_dir, driver, space_lib, study_lib) -> int:
 
 def _dry_run(study_dir: Path, number: int) -> int:
     """The trial's memory need as the job balancer reads it (``DRY_RUN {...}``)."""
-    from jaxlm.search import results, study as study_lib
+    from jaxlm.search import results
+    from jaxlm.search import study as study_lib
     from jaxlm.search.space import apply_params
     from jaxlm.train import plan
 

@@ -28,8 +28,13 @@ import ml_collections
 
 from jaxlm.errors import SearchError
 from jaxlm.search import study as study_lib
-from jaxlm.search.space import Distribution, check_space, describe_space, grid_space
-from jaxlm.search.space import to_distributions
+from jaxlm.search.space import (
+    Distribution,
+    check_space,
+    describe_space,
+    grid_space,
+    to_distributions,
+)
 from jaxlm.search.trial import run_trial, trial_liveness, write_trial_file
 
 ENDED = ("COMPLETE", "PRUNED", "FAIL")
@@ -199,7 +204,11 @@ class _Balanced:
             f"--number={number}",
         )
         for job_id, record in self.jobs.status(queue=self.queue).items():
-            if record.job.workdir == str(folder) and record.state not in ("finished", "failed", "cancelled"):
+            if record.job.workdir == str(folder) and record.state not in (
+                "finished",
+                "failed",
+                "cancelled",
+            ):
                 self.running[number] = job_id  # its job is still queued or running (adopted)
                 return
         job = self.jobs.Job(
@@ -215,11 +224,17 @@ class _Balanced:
     def poll(self) -> list[int]:
         """The trials whose jobs ended since the last call."""
         records = self.jobs.status(queue=self.queue)
-        ended = [n for n, i in self.running.items() if records[i].state in ("finished", "failed", "cancelled")]
+        ended = [
+            n
+            for n, i in self.running.items()
+            if records[i].state in ("finished", "failed", "cancelled")
+        ]
         for number in ended:
             record = records[self.running.pop(number)]
             if record.state != "finished":
-                self.log(f"Trial {number}: its job {record.id} {record.state}: {record.message[:200]}")
+                self.log(
+                    f"Trial {number}: its job {record.id} {record.state}: {record.message[:200]}"
+                )
         return ended
 
     def close(self) -> None:
@@ -288,7 +303,8 @@ def search(
       >>> from jaxlm.config import load_config
       >>> from jaxlm.search import grid, search
       >>> space = {"optimizer.learning_rate": grid([1e-3, 3e-3])}
-      >>> study = search(load_config("lstm:smoke"), space, "studies/x", sampler="grid")  # doctest: +SKIP
+      >>> config = load_config("lstm:smoke")
+      >>> study = search(config, space, "studies/x", sampler="grid")  # doctest: +SKIP
     """
     study_dir = Path(study_dir).absolute()
     if workers < 1:

@@ -100,7 +100,7 @@ def status_table(study_dir: str | Path) -> str:
             ]
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     c = {}
     for t in trials:
         c[t.state.name] = c.get(t.state.name, 0) + 1
@@ -113,7 +113,9 @@ def status_table(study_dir: str | Path) -> str:
     if best:
         if len(objective_names) == 1:
             b = study.best_trial
-            lines.append(f"Best so far: trial {b.number}, {objective_names[0]} {b.value:.4f}, {b.params}")
+            lines.append(
+                f"Best so far: trial {b.number}, {objective_names[0]} {b.value:.4f}, {b.params}"
+            )
         else:
             lines.append(f"Pareto front ({' vs '.join(objective_names)}): trials {sorted(best)}")
     return "\n".join(lines)
@@ -166,7 +168,8 @@ def write_best_config(study_dir: str | Path, study: Any = None) -> Path:
     config = apply_params(base, best.params)
     with config.unlocked():
         config.name = f"{config.name}_{study_dir.name}_best"
-    values = dict(zip([o.name for o in study_lib.read_settings(study_dir).objectives], best.values))
+    names = [o.name for o in study_lib.read_settings(study_dir).objectives]
+    values = dict(zip(names, best.values, strict=True))
     doc = (
         f"The best trial ({best.number}) of study {study_dir.name}: {values}; parameters "
         f"{best.params}.\n\nTrain it again: python -m jaxlm.train --config={study_dir}/"
@@ -234,7 +237,9 @@ def write_plots(study_dir: str | Path, study: Any = None) -> list[Path]:
     return written
 
 
-def write_report(study_dir: str | Path, *, study: Any = None, log: Callable[[str], None] = print) -> None:
+def write_report(
+    study_dir: str | Path, *, study: Any = None, log: Callable[[str], None] = print
+) -> None:
     """The end of a search: the status table, ``best_config.py`` and the plots."""
     study_dir = Path(study_dir).absolute()
     log(status_table(study_dir))

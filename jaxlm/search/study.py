@@ -64,8 +64,8 @@ def parse_objectives(text: str) -> list[Objective]:
     """``--objectives=validation_loss,tokens_per_s:max`` as objectives with directions.
 
     Example:
-      >>> parse_objectives("validation_loss,tokens_per_s")
-      [Objective(name='validation_loss', direction='minimize'), Objective(name='train_tokens_per_s', direction='maximize')]
+      >>> [tuple(o) for o in parse_objectives("validation_loss,tokens_per_s")]
+      [('validation_loss', 'minimize'), ('train_tokens_per_s', 'maximize')]
     """
     out = []
     for item in (p.strip() for p in text.split(",")):
@@ -200,17 +200,15 @@ def open_storage(study_dir: Path, url: str | None) -> Any:
         except Exception as e:  # SQLAlchemy's errors: a bad URL, a missing driver
             raise SearchError(f"--storage={url}: cannot open ({type(e).__name__}: {e})") from None
     study_dir.mkdir(parents=True, exist_ok=True)
-    backend = optuna.storages.journal.JournalFileBackend(
-        str(study_dir / JOURNAL_FILE),
-        lock_obj=optuna.storages.journal.JournalFileOpenLock(str(study_dir / JOURNAL_FILE)),
-    )
+    # Optuna's default lock (a symlink), the one optuna-dashboard and other readers take too.
+    backend = optuna.storages.journal.JournalFileBackend(str(study_dir / JOURNAL_FILE))
     return optuna.storages.JournalStorage(backend)
 
 
 def _need(package: str, sampler: str, extra: str) -> None:
     if importlib.util.find_spec(package) is None:
         raise SearchError(
-            f"--sampler={sampler} needs the {package} package: pip install -e \".[{extra}]\""
+            f'--sampler={sampler} needs the {package} package: pip install -e ".[{extra}]"'
         )
 
 

@@ -77,8 +77,7 @@ class PruningHook(Hook):
         if math.isfinite(value) and self.trial.should_prune():
             self.pruned = True
             progress.request_stop(
-                f"pruned by Optuna at step {progress.step} (validation {self.metric} "
-                f"{value:.4f})",
+                f"pruned by Optuna at step {progress.step} (validation {self.metric} {value:.4f})",
                 evaluate=False,
             )
 
@@ -353,7 +352,8 @@ def run_trial(
         study.tell(number, state=optuna.trial.TrialState.FAIL)
         return "FAIL"
     study.tell(number, values if not single else values[0])
-    log(f"Trial {number} finished: {dict(zip([o.name for o in settings.objectives], values))}")
+    names = [o.name for o in settings.objectives]
+    log(f"Trial {number} finished: {dict(zip(names, values, strict=True))}")
     return "COMPLETE"
 
 

@@ -98,7 +98,9 @@ def test_sigkill_mid_trial_then_same_command_finishes_it(tmp_path):
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=ENV)
     ckpts = study / "trials" / "1" / "checkpoints"
     try:
-        _wait_for(lambda: ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()), 600, proc)
+        _wait_for(
+            lambda: ckpts.is_dir() and any(p.name.isdigit() for p in ckpts.iterdir()), 600, proc
+        )
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -125,7 +127,9 @@ def test_bad_input_is_refused_before_any_trial(tmp_path, capsys):
     assert main([*args, "--space.model.dropout=uniform:0.5:0.1"]) == 2
     assert "expected low < high" in capsys.readouterr().err
     assert main([*args, "--space.model.dropout=uniform:0:1.0"]) == 2
-    assert "model.dropout = 1.0 (uniform:0.0:1.0) is refused by the config" in capsys.readouterr().err
+    assert (
+        "model.dropout = 1.0 (uniform:0.0:1.0) is refused by the config" in capsys.readouterr().err
+    )
     empty = tmp_path / "empty.py"
     empty.write_text("def get_space(arg=None):\n    return {}\n")
     assert main([*args, f"--space={empty}"]) == 2

@@ -81,9 +81,14 @@ def test_check_space_errors(base):
 
 def test_apply_params(base):
     c = sp.apply_params(
-        base, {"optimizer.learning_rate": 0.02, "model.hidden_sizes": "(32, 32)", "train.num_steps": 7}
+        base,
+        {"optimizer.learning_rate": 0.02, "model.hidden_sizes": "(32, 32)", "train.num_steps": 7},
     )
-    assert (c.optimizer.learning_rate, c.model.hidden_sizes, c.train.num_steps) == (0.02, (32, 32), 7)
+    assert (c.optimizer.learning_rate, c.model.hidden_sizes, c.train.num_steps) == (
+        0.02,
+        (32, 32),
+        7,
+    )
     assert base.optimizer.learning_rate != 0.02 and base.model.hidden_sizes == (64, 64)
     with pytest.raises(ConfigError, match="config.model.dropout: expected a number in"):
         sp.apply_params(base, {"model.dropout": 1.0})
@@ -99,10 +104,14 @@ def test_to_distributions():
         "model.hidden_sizes": sp.choice([(64,), (128,)]),
     }
     d = sp.to_distributions(space)
-    assert d["optimizer.learning_rate"] == optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    assert d["optimizer.learning_rate"] == optuna.distributions.FloatDistribution(
+        1e-4, 1e-2, log=True
+    )
     assert d["train.num_steps"] == optuna.distributions.IntDistribution(10, 20, step=5)
     # tuples travel through the storage as their repr; apply_params reads them back
     assert d["model.hidden_sizes"].choices == ("(64,)", "(128,)")
-    assert sp.grid_space({"train.num_steps": sp.integer(10, 20, 5)}) == {"train.num_steps": [10, 15, 20]}
+    assert sp.grid_space({"train.num_steps": sp.integer(10, 20, 5)}) == {
+        "train.num_steps": [10, 15, 20]
+    }
     with pytest.raises(SearchError, match="--sampler=grid needs finite values.*loguniform"):
         sp.to_distributions(space, "grid")

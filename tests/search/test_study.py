@@ -70,7 +70,9 @@ def test_options_are_checked_before_anything_is_written(tmp_path, monkeypatch):
     monkeypatch.setattr(
         study_lib.importlib.util, "find_spec", lambda n: None if n == "torch" else real(n)
     )
-    with pytest.raises(SearchError, match=r'--sampler=gp needs the torch package: pip install -e "\.\[search-gp\]"'):
+    with pytest.raises(
+        SearchError, match=r'--sampler=gp needs the torch package: pip install -e "\.\[search-gp\]"'
+    ):
         prepare_study(base, SPACE, folder, sampler="gp")
     assert not folder.exists()
 
