@@ -120,6 +120,8 @@ def test_two_objectives_on_sqlite_pareto_front_and_best_config(tmp_path):
     assert config.model.hidden_sizes == eval(best.params["model.hidden_sizes"])
     assert config.name == "lstm_smoke_multi_best"
     assert (folder / "plots" / "pareto_front.png").exists()
+    again = train_and_evaluate(config, tmp_path / "again")  # what python -m jaxlm.train does
+    assert again["validation_loss"] == pytest.approx(best.values[0], abs=1e-6)
 
 
 def test_pruning_hook_stops_the_run_and_keeps_its_checkpoint(tmp_path):
