@@ -123,6 +123,12 @@ def prepare_study(
         if old is not None:
             study_lib.check_same(old, settings, study_dir)
             settings = old._replace(seed=seed)
+        if old is None:  # first, so a folder with a journal always has its study.json
+            study_lib.write_text_atomic(
+                study_dir / study_lib.BASE_CONFIG_FILE,
+                study_lib.config_source(config, f"The base config of study {settings.name}."),
+            )
+            study_lib.write_json_atomic(study_dir / study_lib.STUDY_FILE, settings.to_json())
         storage_obj = study_lib.open_storage(study_dir, settings.storage)
         study = optuna.create_study(
             study_name=settings.name,
@@ -131,11 +137,6 @@ def prepare_study(
             pruner=study_lib.make_pruner(pruner, config),
             load_if_exists=True,
         )
-        if old is None:
-            (study_dir / study_lib.BASE_CONFIG_FILE).write_text(
-                study_lib.config_source(config, f"The base config of study {settings.name}.")
-            )
-            study_lib.write_json_atomic(study_dir / study_lib.STUDY_FILE, settings.to_json())
     study.sampler = study_lib.make_sampler(
         sampler, seed=seed + len(study.trials), grid=grid, n_objectives=len(objectives)
     )

@@ -176,7 +176,7 @@ def write_best_config(study_dir: str | Path, study: Any = None) -> Path:
         f"{study_lib.BEST_CONFIG_FILE}\n"
     )
     path = study_dir / study_lib.BEST_CONFIG_FILE
-    path.write_text(study_lib.config_source(config, doc))
+    study_lib.write_text_atomic(path, study_lib.config_source(config, doc))
     return path
 
 

@@ -163,11 +163,16 @@ def check_same(old: Settings, new: Settings, study_dir: Path) -> None:
             )
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Writes JSON through a temporary file and a rename, so a reader never sees half."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Writes a file through a temporary file and a rename, so a reader never sees half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=repr) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Writes JSON atomically (:func:`write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=1, default=repr) + "\n")
 
 
 @contextlib.contextmanager
