@@ -49,6 +49,7 @@ PRUNERS = ("none", "median", "hyperband", "asha")
 # Objectives that are maximised unless said otherwise (name:min / name:max overrides).
 MAXIMISED = ("tokens_per_s", "train_tokens_per_s", "accuracy")
 # The final report's and status.json's names for the metrics an objective may name.
+METRIC_PREFIXES = ("validation_", "test_", "train_", "eval_")
 ALIASES = {"loss": "validation_loss", "tokens_per_s": "train_tokens_per_s", "params": "param_count"}
 
 
@@ -81,6 +82,12 @@ def parse_objectives(text: str) -> list[Objective]:
             direction = "maximize"
         else:
             raise SearchError(f"--objectives: {item!r}: expected NAME, NAME:min or NAME:max")
+        if name != "param_count" and not name.startswith(METRIC_PREFIXES):
+            raise SearchError(
+                f"--objectives: unknown metric {name!r}; expected param_count (params) or a "
+                "logged metric: validation_loss, validation_bits, test_loss, train_tokens_per_s "
+                "(tokens_per_s), eval_loss, ... (validation_*, test_*, train_*, eval_*)"
+            )
         out.append(Objective(name, direction))
     if not out:
         raise SearchError("--objectives: no objective given; e.g. validation_loss")

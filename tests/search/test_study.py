@@ -86,6 +86,8 @@ def test_objectives():
     ]
     with pytest.raises(SearchError, match="expected NAME, NAME:min or NAME:max"):
         study_lib.parse_objectives("loss:up")
+    with pytest.raises(SearchError, match="unknown metric 'perplexity'"):
+        study_lib.parse_objectives("perplexity")
 
 
 def test_two_objectives_on_sqlite_pareto_front_and_best_config(tmp_path):
