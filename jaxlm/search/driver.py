@@ -38,6 +38,7 @@ from jaxlm.search.space import (
 from jaxlm.search.trial import run_trial, trial_liveness, write_trial_file
 
 ENDED = ("COMPLETE", "PRUNED", "FAIL")
+ACTIVE_JOB = ("queued", "running")  # the job balancer's states of a job not yet ended
 MAX_ATTEMPTS = 3  # a trial whose process dies this many times is failed
 
 
@@ -168,6 +169,9 @@ class _InProcess:
         # for asking: GridSampler.after_trial calls study.stop, meant for study.optimize).
         run_trial(self.study_dir, number, log=self.log)
 
+    def adopt(self) -> list[int]:
+        return []
+
     def poll(self) -> list[int]:
         return []
 
@@ -205,11 +209,7 @@ class _Balanced:
             f"--number={number}",
         )
         for job_id, record in self.jobs.status(queue=self.queue).items():
-            if record.job.workdir == str(folder) and record.state not in (
-                "finished",
-                "failed",
-                "cancelled",
-            ):
+            if record.job.workdir == str(folder) and record.state in ACTIVE_JOB:
                 self.running[number] = job_id  # its job is still queued or running (adopted)
                 return
         job = self.jobs.Job(
@@ -222,14 +222,20 @@ class _Balanced:
         )
         self.running[number] = self.jobs.submit(job, queue=self.queue)
 
+    def adopt(self) -> list[int]:
+        """The trials of this study whose jobs are queued or running on the queue already (a
+        search that was killed and started again): watched as if this process started them."""
+        trials = (self.study_dir / study_lib.TRIALS_DIR).absolute()
+        for job_id, record in self.jobs.status(queue=self.queue).items():
+            folder = Path(record.job.workdir or "")
+            if folder.parent == trials and folder.name.isdigit() and record.state in ACTIVE_JOB:
+                self.running[int(folder.name)] = job_id
+        return list(self.running)
+
     def poll(self) -> list[int]:
         """The trials whose jobs ended since the last call."""
         records = self.jobs.status(queue=self.queue)
-        ended = [
-            n
-            for n, i in self.running.items()
-            if records[i].state in ("finished", "failed", "cancelled")
-        ]
+        ended = [n for n, i in self.running.items() if records[i].state not in ACTIVE_JOB]
         for number in ended:
             record = records[self.running.pop(number)]
             if record.state != "finished":
@@ -373,15 +379,18 @@ def _run(
     else:
         queue = Path(queue or study_dir / study_lib.JOBS_DIR).absolute()
         runner = _Balanced(study_dir, queue, inventory, log)
-    in_flight: set[int] = set()
+    in_flight: set[int] = set(runner.adopt())
     try:
         while True:
             for number in runner.poll():
                 in_flight.discard(number)
                 _after_job(study, study_dir, number, log)
             started = _resume_dead(study, study_dir, in_flight, workers, runner, log)
-            done = finished_count(study)
-            while not started and len(in_flight) < workers and done + len(in_flight) < trials:
+            # every RUNNING trial counts, whoever runs it: processes sharing the study do not
+            # overshoot --trials together
+            c = counts(study)
+            taken = sum(c.get(s, 0) for s in ENDED) + c.get("RUNNING", 0)
+            while not started and len(in_flight) < workers and taken < trials:
                 if isinstance(study.sampler, optuna.samplers.GridSampler) and (
                     study.sampler.is_exhausted(study)
                 ):
@@ -391,6 +400,7 @@ def _run(
                     write_trial_file(study_dir, trial.number, trial.params)
                 log(f"Trial {trial.number}: {trial.params}")
                 in_flight.add(trial.number)
+                taken += 1
                 started = True
                 runner.start(trial.number)
                 if workers == 1:

@@ -86,11 +86,11 @@ def test_sigkill_mid_trial_then_same_command_finishes_it(tmp_path):
         f"--space={ROOT}/configs/search/lstm.py:rates",
         "--sampler=random",
         "--trials=2",
-        "--config.train.num_steps=600",
-        "--config.train.checkpoint_every=50",
-        "--config.train.eval_every=50",
+        "--config.train.num_steps=300",  # a few seconds: the kill lands after the first save
+        "--config.train.checkpoint_every=25",
+        "--config.train.eval_every=25",
         "--config.train.eval_steps=2",
-        "--config.train.log_every=50",
+        "--config.train.log_every=25",
         "--config.train.sample_tokens=0",
         "--config.data.eval_batch_size=64",
     )
@@ -115,7 +115,7 @@ def test_sigkill_mid_trial_then_same_command_finishes_it(tmp_path):
     assert after[1].user_attrs["attempts"] == 2
     assert "was left running by a process that died: resuming it" in out.stdout
     assert f"Resumed from {study / 'trials' / '1' / 'checkpoints'}" in out.stdout
-    assert after[1].user_attrs["steps"] == 600
+    assert after[1].user_attrs["steps"] == 300
 
 
 def test_bad_input_is_refused_before_any_trial(tmp_path, capsys):
