@@ -340,7 +340,18 @@ def search(
     if population is not None or pbt:
         _population(study, config, distributions, study_dir, population, pbt, trials)
     else:
-        _run(study, settings, distributions, study_dir, trials, workers, queue, inventory, log)
+        _run(
+            study,
+            settings,
+            config,
+            distributions,
+            study_dir,
+            trials,
+            workers,
+            queue,
+            inventory,
+            log,
+        )
     if report:
         from jaxlm.search import results
 
@@ -363,6 +374,7 @@ def _population(study, config, distributions, study_dir, n, pbt, trials) -> None
 def _run(
     study: Any,
     settings: study_lib.Settings,
+    config: ml_collections.ConfigDict,
     distributions: dict[str, Any],
     study_dir: Path,
     trials: int,
@@ -377,6 +389,7 @@ def _run(
     if workers == 1:
         runner: Any = _InProcess(study, study_dir, log)
     else:
+        _prepare_corpus(config)
         queue = Path(queue or study_dir / study_lib.JOBS_DIR).absolute()
         runner = _Balanced(study_dir, queue, inventory, log)
     in_flight: set[int] = set(runner.adopt())
@@ -413,6 +426,16 @@ def _run(
     finally:
         runner.close()
     log(f"Study {settings.name}: {finished_count(study)} trials finished ({counts(study)})")
+
+
+def _prepare_corpus(config: ml_collections.ConfigDict) -> None:
+    """Prepares the base config's corpus once, before several trial processes start: TFDS's
+    first preparation of a corpus in a data folder is not safe to run twice at once (the
+    second process fails renaming its folder into place)."""
+    from jaxlm.data import builders, corpus_splits
+
+    parts, label = corpus_splits(config.data)
+    builders.prepare(parts, label, config.data.data_dir or None)
 
 
 def _resume_dead(study, study_dir, in_flight, workers, runner, log) -> bool:
