@@ -9,9 +9,10 @@ oneDNN-fused CPU executables cannot be written to the cache), asks trial 0 (lr 1
 ``python -m jaxlm.search trial`` one after another, each study in a fresh folder (a cold cache).
 Prints, per trial, the median over repeats of ``first_step_s`` (process start of the trial to
 the end of its first step: corpus, init, compilation), the XLA compilations the cache did not
-serve, the seconds of all (hits included), and the cache's hits, as the trials record them. Trial 2 shows what a trial whose
-programs are all in the cache costs; trial 1 what a trial with another learning rate costs,
-which compiles its train step again as long as the learning rate is a constant of that step.
+serve, the seconds of all (hits included), and the cache's hits, as the trials record them.
+Trial 2 shows what a trial whose programs are all in the cache costs; trial 1 what a trial
+with another learning rate costs, which compiles its train step again as long as the learning
+rate is a constant of that step.
 The machine may be shared: the times are rough, the counts exact.
 """
 

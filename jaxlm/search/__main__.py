@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 import sys
 from pathlib import Path
 
@@ -178,7 +177,6 @@ def _search(args, extra, study_dir, driver, space_lib, study_lib) -> int:
         storage = args.storage or storage
     else:
         sampler, pruner, storage = args.sampler, args.pruner, args.storage
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(study_dir / study_lib.CACHE_DIR))
     driver.search(
         config,
         space,

@@ -130,12 +130,14 @@ def _compile_seconds() -> Iterator[tuple[list[float], list[str]]]:
         jax.monitoring.unregister_event_listener(on_event)
 
 
-def use_compilation_cache(study_dir: Path) -> Path:
-    """Points JAX's persistent compilation cache at the study's ``xla_cache/`` (every entry
-    kept, however fast it compiled), so a trial whose step compiles to the same program as an
-    earlier trial's reads it instead of compiling.
+@contextlib.contextmanager
+def compilation_cache(study_dir: Path) -> Iterator[Path]:
+    """Points JAX's persistent compilation cache at the study's ``xla_cache/`` inside the block
+    (every entry kept, however fast it compiled), so a trial whose programs are the same as an
+    earlier trial's reads them instead of compiling; JAX's settings before are restored after
+    (a trial run in a process of its own, or in yours).
 
-    Returns:
+    Yields:
       The cache folder.
     """
     import jax
@@ -143,12 +145,22 @@ def use_compilation_cache(study_dir: Path) -> Path:
 
     folder = (study_dir / study_lib.CACHE_DIR).absolute()
     folder.mkdir(parents=True, exist_ok=True)
-    if jax.config.jax_compilation_cache_dir != str(folder):
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-        cc.set_cache_dir(str(folder))
-        cc.reset_cache()  # a cache JAX already initialised (or found unset) is looked at again
-    return folder
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    before = {name: getattr(jax.config, name) for name in names}
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    cc.set_cache_dir(str(folder))
+    cc.reset_cache()  # a cache JAX already initialised (or found unset) is looked at again
+    try:
+        yield folder
+    finally:
+        for name, value in before.items():
+            jax.config.update(name, value)
+        cc.reset_cache()
 
 
 def write_trial_file(study_dir: Path, number: int, params: dict[str, Any], **extra: Any) -> None:
@@ -306,7 +318,6 @@ def run_trial(
     frozen = study._storage.get_trial(trial_id)
     if frozen.state.is_finished():
         return frozen.state.name
-    use_compilation_cache(study_dir)
     workdir = study_lib.trial_dir(study_dir, number)
     started = time.perf_counter()
     t0 = time.time()
@@ -323,7 +334,7 @@ def run_trial(
     storage.set_trial_user_attr(trial_id, "attempts", attempts)
     try:
         config = apply_params(base, frozen.params)
-        with _compile_seconds() as (compiles, hits):
+        with compilation_cache(study_dir), _compile_seconds() as (compiles, hits):
             final = train_and_evaluate(config, workdir, hooks=hooks)
     except Preempted:
         raise
