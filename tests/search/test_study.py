@@ -91,8 +91,11 @@ def test_objectives():
 
 
 def test_two_objectives_on_sqlite_pareto_front_and_best_config(tmp_path):
+    import jax
+
     folder = tmp_path / "multi"
     space = {"model.hidden_sizes": grid([(16,), (32,)])}
+    cache_before = jax.config.jax_compilation_cache_dir
     study = search(
         smoke(**TINY),
         space,
@@ -103,6 +106,8 @@ def test_two_objectives_on_sqlite_pareto_front_and_best_config(tmp_path):
         log=lambda _: None,
     )
     assert not (folder / "journal.log").exists() and (tmp_path / "study.db").exists()
+    assert any((folder / "xla_cache").iterdir())  # the trials used the study's cache
+    assert jax.config.jax_compilation_cache_dir == cache_before  # and gave JAX back
     trials = study.get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     counts = {t.params["model.hidden_sizes"]: t.values[1] for t in trials}
