@@ -238,7 +238,7 @@ def make_sampler(
       seed: the sampler's seed (the driver offsets it by the trials already asked, so a
         restarted search does not draw the same points again).
       grid: the grid's search space (``grid`` only).
-      n_objectives: cmaes and gp take one objective only.
+      n_objectives: cmaes takes one objective only.
 
     Raises:
       SearchError: an unknown name, or a missing optional package.
@@ -260,9 +260,7 @@ def make_sampler(
         return s.NSGAIISampler(seed=seed)
     if name == "gp":
         _need("torch", name, "search-gp")
-        if n_objectives > 1:
-            raise SearchError("--sampler=gp: one objective only here; use tpe or nsga2")
-        return s.GPSampler(seed=seed)
+        return s.GPSampler(seed=seed)  # one objective, or several (expected hypervolume)
     if name == "cmaes":
         _need("cmaes", name, "search-cmaes")
         if n_objectives > 1:

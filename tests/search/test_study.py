@@ -77,6 +77,40 @@ def test_options_are_checked_before_anything_is_written(tmp_path, monkeypatch):
     assert not folder.exists()
 
 
+@pytest.mark.parametrize("name", ["grid", "random", "tpe", "gp", "cmaes", "nsga2"])
+def test_every_sampler_samples_our_distributions(name):
+    # Optuna's samplers on the Optuna distributions of a space, with a made-up objective: each
+    # asks values inside the space, and apply_params takes them
+    from jaxlm.search import apply_params, choice, loguniform, to_distributions
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {"optimizer.learning_rate": loguniform(1e-4, 1e-2), "model.dropout": uniform(0, 0.5)}
+    if name == "grid":
+        space = {"optimizer.learning_rate": grid([1e-3, 1e-2]), "model.dropout": grid([0.0, 0.2])}
+    elif name not in ("cmaes", "gp"):  # CMA-ES and the GP sample the numeric entries
+        space["model.hidden_sizes"] = choice([(16,), (32, 32)])
+    distributions = to_distributions(space, name)
+    sampler = study_lib.make_sampler(name, seed=0, grid=sp_grid(space, name))
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(sampler=sampler, storage=storage)
+    # told through a study of their own, as the search's trials are
+    teller = optuna.load_study(study_name=study.study_name, storage=storage)
+    base = smoke()
+    for _ in range(4):
+        trial = study.ask(distributions)
+        config = apply_params(base, trial.params)
+        assert 1e-4 <= config.optimizer.learning_rate <= 1e-2
+        assert 0 <= config.model.dropout <= 0.5
+        teller.tell(trial.number, config.optimizer.learning_rate + config.model.dropout)
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4
+
+
+def sp_grid(space, name):
+    from jaxlm.search.space import grid_space
+
+    return grid_space(space) if name == "grid" else None
+
+
 def test_objectives():
     objs = study_lib.parse_objectives("validation_loss,tokens_per_s,params:max")
     assert objs == [
