@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxlm import monitor
-from jaxlm.errors import JaxlmError, SearchError
+from jaxlm.errors import JaxlmError, SearchError, WorkdirBusy
 from jaxlm.search import study as study_lib
 from jaxlm.search.space import apply_params
 from jaxlm.train.hooks import Hook, Progress
@@ -188,10 +188,16 @@ def trial_liveness(study_dir: Path, number: int, *, grace: float = 120.0) -> str
     """
     folder = study_lib.trial_dir(study_dir, number)
     status = monitor.read_status(folder, log=lambda _: None)
-    if status is not None and monitor.run_state(status) in monitor.ACTIVE_STATES:
-        return "alive"
-    if status is not None and status.get("updated", 0) > _asked_at(folder):
-        return "dead"  # its run started and ended without telling Optuna
+    if status is not None:
+        here, pid = status.get("host") == _HOST, status.get("pid")
+        if here and pid == os.getpid():
+            return "dead"  # its run was in this process, which is not running it now
+        if here and _alive(pid):
+            return "alive"  # running, or finished and about to tell Optuna
+        if not here and monitor.run_state(status) in monitor.ACTIVE_STATES:
+            return "alive"  # a fresh heartbeat from another machine
+        if status.get("updated", 0) > _asked_at(folder):
+            return "dead"  # its run started and ended without telling Optuna
     try:
         asked = json.loads((folder / study_lib.TRIAL_FILE).read_text())
     except (OSError, ValueError):
@@ -338,9 +344,12 @@ def run_trial(
             final = train_and_evaluate(config, workdir, hooks=hooks)
     except Preempted:
         raise
+    except WorkdirBusy as e:  # another process runs this trial (a search sharing the study)
+        log(f"Trial {number} is being run by another process: {e}")
+        return "RUNNING"
     except JaxlmError as e:  # a config the sampler picked that cannot train, a NaN loss
         storage.set_trial_user_attr(trial_id, "error", f"{type(e).__name__}: {e}")
-        study.tell(number, state=optuna.trial.TrialState.FAIL)
+        study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         log(f"Trial {number} failed: {e}")
         return "FAIL"
     attrs = {
@@ -358,7 +367,7 @@ def run_trial(
             storage.set_trial_user_attr(trial_id, key, value)
     status = monitor.read_status(workdir, log=lambda _: None)
     if pruning is not None and pruning.pruned:
-        study.tell(number, state=optuna.trial.TrialState.PRUNED)
+        study.tell(number, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
         log(f"Trial {number} pruned at step {final.get('step')}")
         return "PRUNED"
     param_count = recorder.param_count or _stored_count(frozen)
@@ -366,13 +375,13 @@ def run_trial(
         values = objective_values(settings.objectives, final, status, param_count)
     except SearchError as e:
         storage.set_trial_user_attr(trial_id, "error", str(e))
-        study.tell(number, state=optuna.trial.TrialState.FAIL)
+        study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         raise
     if not all(math.isfinite(v) for v in values):
         storage.set_trial_user_attr(trial_id, "error", f"non-finite objective {values}")
-        study.tell(number, state=optuna.trial.TrialState.FAIL)
+        study.tell(number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
         return "FAIL"
-    study.tell(number, values if not single else values[0])
+    study.tell(number, values if not single else values[0], skip_if_finished=True)
     names = [o.name for o in settings.objectives]
     log(f"Trial {number} finished: {dict(zip(names, values, strict=True))}")
     return "COMPLETE"

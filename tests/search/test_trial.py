@@ -40,9 +40,15 @@ def test_trial_liveness(tmp_path):
     data["pid"] = dead_pid()
     (folder / "trial.json").write_text(json.dumps(data))
     assert trial_liveness(tmp_path, 0) == "dead"
-    # running, its writer alive with a fresh heartbeat: alive
-    write_status(folder, state="running", pid=os.getpid(), host=host, heartbeat=now, updated=now)
+    # running, its writer another live process: alive
+    write_status(folder, state="running", pid=os.getppid(), host=host, heartbeat=now, updated=now)
     assert trial_liveness(tmp_path, 0) == "alive"
+    # finished, its writer still alive (about to tell Optuna, in a search sharing the study)
+    write_status(folder, state="finished", final={}, pid=os.getppid(), host=host, updated=now + 1)
+    assert trial_liveness(tmp_path, 0) == "alive"
+    # its run was in this process, which asks: it is not running it any more
+    write_status(folder, state="running", pid=os.getpid(), host=host, heartbeat=now, updated=now)
+    assert trial_liveness(tmp_path, 0) == "dead"
     # running, its writer gone (SIGKILL): dead
     write_status(folder, state="running", pid=dead_pid(), host=host, heartbeat=now, updated=now)
     assert trial_liveness(tmp_path, 0) == "dead"
@@ -51,7 +57,7 @@ def test_trial_liveness(tmp_path):
     write_status(folder, state="running", pid=1, host="elsewhere", heartbeat=old, updated=old)
     assert trial_liveness(tmp_path, 0) == "dead"
     # preempted (SIGTERM, checkpointed) after it was asked: dead, to be resumed
-    write_status(folder, state="preempted", pid=os.getpid(), host=host, updated=now + 1)
+    write_status(folder, state="preempted", pid=dead_pid(), host=host, updated=now + 1)
     assert trial_liveness(tmp_path, 0) == "dead"
     # asked by this very process, which is not running it: dead
     write_trial_file(tmp_path, 1, {})
