@@ -337,6 +337,8 @@ def search(
             grid_size *= len(values)
     if trials is None:
         trials = grid_size if grid_size is not None else 20
+    if grid_size is not None:  # each point once: GridSampler hands out a running point again
+        trials = min(trials, grid_size)  # once every point has started
     if population is not None or pbt:
         _population(study, config, distributions, study_dir, population, pbt, trials)
     else:
@@ -384,7 +386,6 @@ def _run(
     log: Callable[[str], None],
 ) -> None:
     """The driver's loop: dead trials first, then new ones, ``workers`` at a time."""
-    import optuna
 
     if workers == 1:
         runner: Any = _InProcess(study, study_dir, log)
@@ -399,21 +400,12 @@ def _run(
                 in_flight.discard(number)
                 _after_job(study, study_dir, number, log)
             started = _resume_dead(study, study_dir, in_flight, workers, runner, log)
-            # every RUNNING trial counts, whoever runs it: processes sharing the study do not
-            # overshoot --trials together
-            c = counts(study)
-            taken = sum(c.get(s, 0) for s in ENDED) + c.get("RUNNING", 0)
-            while not started and len(in_flight) < workers and taken < trials:
-                if isinstance(study.sampler, optuna.samplers.GridSampler) and (
-                    study.sampler.is_exhausted(study)
-                ):
+            while not started and len(in_flight) < workers:
+                trial = _ask(study, study_dir, distributions, trials)
+                if trial is None:
                     break
-                with study_lib.folder_lock(study_dir):  # processes that share the folder
-                    trial = study.ask(distributions)
-                    write_trial_file(study_dir, trial.number, trial.params)
                 log(f"Trial {trial.number}: {trial.params}")
                 in_flight.add(trial.number)
-                taken += 1
                 started = True
                 runner.start(trial.number)
                 if workers == 1:
@@ -426,6 +418,24 @@ def _run(
     finally:
         runner.close()
     log(f"Study {settings.name}: {finished_count(study)} trials finished ({counts(study)})")
+
+
+def _ask(study: Any, study_dir: Path, distributions: dict[str, Any], trials: int) -> Any:
+    """A new trial, or None when ``trials`` are finished or running (every RUNNING trial
+    counts, whoever runs it, and the count is taken under the folder's lock: processes sharing
+    the study do not overshoot together) or the grid is exhausted."""
+    import optuna
+
+    with study_lib.folder_lock(study_dir):
+        c = counts(study)
+        if sum(c.get(s, 0) for s in ENDED) + c.get("RUNNING", 0) >= trials:
+            return None
+        sampler = study.sampler
+        if isinstance(sampler, optuna.samplers.GridSampler) and sampler.is_exhausted(study):
+            return None
+        trial = study.ask(distributions)
+        write_trial_file(study_dir, trial.number, trial.params)
+    return trial
 
 
 def _prepare_corpus(config: ml_collections.ConfigDict) -> None:
