@@ -138,8 +138,12 @@ def prepare_study(
             pruner=study_lib.make_pruner(pruner, config),
             load_if_exists=True,
         )
+    # Offset by the trials there, so a continued study does not draw the same points again;
+    # not a grid's: GridSampler shuffles its points with the seed, and every process sharing
+    # the study must see them in one order (trial n gets point n)
+    offset = 0 if sampler == "grid" else len(study.trials)
     study.sampler = study_lib.make_sampler(
-        sampler, seed=seed + len(study.trials), grid=grid, n_objectives=len(objectives)
+        sampler, seed=seed + offset, grid=grid, n_objectives=len(objectives)
     )
     return study, settings, distributions
 

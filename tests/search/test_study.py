@@ -55,6 +55,22 @@ def test_a_study_refuses_another_config_or_space_and_keeps_everything(tmp_path):
     assert (junk / "notes.txt").read_text() == "mine"
 
 
+def test_processes_sharing_a_grid_study_ask_each_point_once(tmp_path):
+    # two searches on one folder (as two processes running the same command), asking in turn
+    space = {
+        "optimizer.learning_rate": grid([1e-3, 3e-3, 1e-2]),
+        "model.dropout": grid([0.0, 0.1, 0.2]),
+    }
+    folder = tmp_path / "g"
+    first, _, dists = prepare_study(smoke(**TINY), space, folder, sampler="grid")
+    first.ask(dists)  # trial 0, still running when the second process joins
+    second, _, _ = prepare_study(smoke(**TINY), space, folder, sampler="grid")
+    for i in range(8):
+        (first if i % 2 else second).ask(dists)
+    points = [tuple(sorted(t.params.items())) for t in first.get_trials()]
+    assert len(points) == 9 and len(set(points)) == 9
+
+
 def test_options_are_checked_before_anything_is_written(tmp_path, monkeypatch):
     folder = tmp_path / "s"
     base = smoke(**TINY)
