@@ -366,12 +366,8 @@ def search(
 
 
 def _population(study, config, distributions, study_dir, n, pbt, trials) -> None:
-    try:
-        from jaxlm.search import population
-    except ImportError:
-        raise SearchError(
-            "--population/--pbt: jaxlm.search.population is not in this version yet"
-        ) from None
+    from jaxlm.search import population
+
     population.search_population(
         study, config, distributions, study_dir, n=n or 8, pbt=pbt, trials=trials
     )

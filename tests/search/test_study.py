@@ -195,10 +195,11 @@ def test_pruning_hook_stops_the_run_and_keeps_its_checkpoint(tmp_path):
     assert '"state": "stopped"' in (tmp_path / "run" / "status.json").read_text()
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("jaxlm.search.population") is not None,
-    reason="the population is there",
-)
-def test_population_without_its_module_is_a_clear_error(tmp_path):
-    with pytest.raises(SearchError, match="jaxlm.search.population is not in this version"):
-        search(smoke(**TINY), SPACE, tmp_path / "p", sampler="grid", population=4)
+def test_population_flag_trains_its_trials_in_one_population(tmp_path):
+    space = {"optimizer.learning_rate": uniform(1e-3, 1e-2)}
+    study = search(smoke(**TINY), space, tmp_path / "p", sampler="random", population=2, trials=2)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 2
+    assert done[0].params != done[1].params
+    assert all(t.value is not None and t.value > 0 for t in done)
+    assert (tmp_path / "p" / "populations").is_dir()

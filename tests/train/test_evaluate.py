@@ -11,6 +11,7 @@ import pytest
 
 from jaxlm import checkpoints as ck
 from jaxlm import data, sharding, state
+from jaxlm.checkpoints import tools as ck_tools
 from jaxlm.config import load_config
 from jaxlm.models import get_model
 from jaxlm.train.evaluate import Evaluator, evaluate, evaluate_run, summarize
@@ -51,7 +52,7 @@ def test_matches_the_trainers_final_evaluation(run):
 
 
 def test_averaged_checkpoint_evaluates(run, tmp_path):
-    out = ck.tools.average(ck.last_checkpoints(run, 2), tmp_path / "avg")
+    out = ck_tools.average(ck.last_checkpoints(run, 2), tmp_path / "avg")
     r = evaluate_run(out, split="test")
     assert math.isfinite(r["loss"]) and r["tokens"] > 1000
 
