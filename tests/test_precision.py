@@ -222,17 +222,22 @@ def test_dot_general_gradients_and_what_the_backward_pass_keeps():
         return jnp.sum(jnp.sin(precision.dot_general(a, b, DIMS, jnp.bfloat16)))
 
     def reference(a, b):
-        wide = [x.astype(jnp.bfloat16).astype(jnp.float32) for x in (a, b)]
-        return jnp.sum(jnp.sin(jax.lax.dot_general(*wide, DIMS)))
+        return jnp.sum(jnp.sin(jax.lax.dot_general(a, b, DIMS)))
 
-    grads, expected = jax.grad(ours, (0, 1))(a, b), jax.grad(reference, (0, 1))(a, b)
+    # The gradient at the rounded operands, passed straight through the rounding (unrounded).
+    wide = [x.astype(jnp.bfloat16).astype(jnp.float32) for x in (a, b)]
+    grads, expected = jax.grad(ours, (0, 1))(a, b), jax.grad(reference, (0, 1))(*wide)
     for got, want in zip(grads, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-6)
     # The product's operands are kept in bfloat16 (on CPU the float32 copies are made again in
     # the backward pass): only sin's float32 input is kept beside them.
     inner = jax.vjp(lambda a, b: precision.dot_general(a, b, DIMS, jnp.bfloat16), a, b)[1]
-    kept = [x.dtype for x in jax.tree.leaves(inner) if hasattr(x, "dtype")]
+    kept = [x.dtype for x in jax.tree.leaves(inner) if getattr(x, "size", 0) > 1]
     assert kept and all(d == jnp.bfloat16 for d in kept), kept
+    # Each operand's gradient comes back in its own dtype: float32 here, bfloat16 for bfloat16.
+    assert all(g.dtype == jnp.float32 for g in grads)
+    low = jax.grad(ours, (0, 1))(a.astype(jnp.bfloat16), b)
+    assert (low[0].dtype, low[1].dtype) == (jnp.bfloat16, jnp.float32)
 
 
 def test_dense_is_flax_dense_in_float32_and_close_in_bfloat16():

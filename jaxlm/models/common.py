@@ -53,7 +53,8 @@ class Dense(nn.Dense):
     pass sums the bias gradient, the output's cotangent over every row, in bfloat16: XLA's CPU
     backend rewrites that sum into a tree of windowed reductions that took 75 of a 675 ms
     bfloat16 Transformer step (``benchmarks/transformer_speed.py``). Here it is one float32 pass
-    fused with the conversion, and the backward products take the cotangent in float32.
+    fused with the conversion, the backward products take the cotangent in float32, and a
+    float32 kernel gets its gradient in float32 (flax rounds it to the compute dtype first).
 
     Example:
       >>> dense = Dense(3, dtype=jnp.bfloat16)
@@ -70,16 +71,17 @@ class Dense(nn.Dense):
         kernel = self.param(
             "kernel", self.kernel_init, (inputs.shape[-1], self.features), self.param_dtype
         )
-        inputs, kernel = self.promote_dtype(inputs, kernel, dtype=self.dtype)
+        dtype = self.dtype or jnp.result_type(inputs, kernel)
         dims = (((inputs.ndim - 1,), (0,)), ((), ()))
-        if inputs.dtype == jnp.float32:  # flax's own program
+        if dtype == jnp.float32:  # flax's own program
+            inputs, kernel = self.promote_dtype(inputs, kernel, dtype=dtype)
             y = jax.lax.dot_general(inputs, kernel, dims, precision=self.precision)
-        else:
-            y = precision.dot_general(inputs, kernel, dims, inputs.dtype)
+        else:  # the kernel's gradient comes back in its own dtype, not rounded to ``dtype``
+            y = precision.dot_general(inputs, kernel, dims, dtype)
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
             y = y + bias.astype(jnp.float32)
-        return y.astype(inputs.dtype)
+        return y.astype(dtype)
 
 
 def is_on(value: Any) -> bool:

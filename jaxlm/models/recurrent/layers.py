@@ -148,7 +148,7 @@ class RecurrentLayer(nn.Module):
             xw_TxBxG = jnp.take(table, x_BxTxI.T, axis=0, mode="clip")
             h_TxBxH, carry = recurrence(self.cell, xw_TxBxG, b_ih, w_hh, hb, carry)
         else:
-            x_TxBxI = jnp.take(embedding.astype(self.dtype), x_BxTxI.T, axis=0, mode="clip")
+            x_TxBxI = jnp.take(embedding, x_BxTxI.T, axis=0, mode="clip").astype(self.dtype)
             h_TxBxH, carry = recurrent_layer(self.cell, x_TxBxI, w_ih, b_ih, w_hh, hb, carry)
         return jnp.swapaxes(h_TxBxH, 0, 1), carry
 

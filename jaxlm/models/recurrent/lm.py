@@ -142,7 +142,9 @@ class RecurrentLM(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        table = embed.embedding.astype(self.dtype)
+        # Rounded to the compute dtype after the lookup, not before: a PTB-sized table is not
+        # converted whole at every step for the window's few hundred rows.
+        table = embed.embedding
         if is_on(self.embed_dropout) and not deterministic:
             # One keep/drop draw per vocabulary row: a word is dropped everywhere it occurs.
             # A token lookup fuses the row scaling (no scaled [V, E] copy is written); the
@@ -153,7 +155,9 @@ class RecurrentLM(nn.Module):
             table = table * row_scale[:, None].astype(table.dtype)
         if is_on(p_in) and not deterministic:
             x = self._locked_dropout(
-                jnp.take(table, tokens_BxT, axis=0, mode="clip"), p_in, deterministic
+                jnp.take(table, tokens_BxT, axis=0, mode="clip").astype(self.dtype),
+                p_in,
+                deterministic,
             )
             first = {}
         else:  # the first layer looks its input up itself (a [V, G] table when V is small)
