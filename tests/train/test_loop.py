@@ -305,10 +305,10 @@ def test_a_crash_in_the_final_evaluation_is_recorded_as_failed(tmp_path, monkeyp
     config = smoke(**{"train.num_steps": 2, "train.sample_tokens": 0})
     real_call = Evaluator.__call__
 
-    def crash_on_whole_splits(self, params, tokens, max_windows=0):
+    def crash_on_whole_splits(self, params, tokens, max_windows=0, **kwargs):
         if not max_windows:
             raise RuntimeError("evaluation blew up")
-        return real_call(self, params, tokens, max_windows)
+        return real_call(self, params, tokens, max_windows, **kwargs)
 
     monkeypatch.setattr(Evaluator, "__call__", crash_on_whole_splits)
     with pytest.raises(RuntimeError, match="evaluation blew up"):
