@@ -24,6 +24,7 @@ import re
 import signal
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -172,6 +173,10 @@ def _quiet_orbax_errors() -> None:
             hook(unraisable)
 
     sys.unraisablehook = unraisablehook
+    # and, at exit after a failed save, the writes orbax had scheduled and never ran
+    warnings.filterwarnings(
+        "ignore", r"coroutine '.*serialize.*' was never awaited", RuntimeWarning
+    )
 
 
 def _unknown_override(e: BaseException, argv: list[str]) -> str | None:
