@@ -8,7 +8,6 @@ import json
 import numpy as np
 
 from jaxlm import data, sharding
-from jaxlm.runtime import on_cpu
 from jaxlm.train import plan
 from tests.helpers import smoke
 
@@ -61,10 +60,8 @@ def test_the_dry_run_reports_memory_and_flops_per_precision_policy():
     # bfloat16 activations: what the backward pass keeps shrinks by over a third (the rest is
     # float32 by design: attention probabilities, logits, losses).
     assert bf16["activation_bytes"] < 0.7 * f32["activation_bytes"]
-    # XLA's CPU backend computes bfloat16 products in float32 (and so does
-    # jaxlm.precision.dot_general there, on purpose), with float32 copies of their operands
-    # while they are used, so there the compiled step's temporaries barely fall (3% at the
-    # recipe's shape); on backends with bfloat16 products they must.
-    if not on_cpu():
-        assert bf16["temp_bytes"] < f32["temp_bytes"]
+    # And the compiled step's temporaries: on CPU too, where the products run in float32
+    # kernels (jaxlm.precision.dot_general) but keep their bfloat16 operands for the backward
+    # pass (13% less at this shape, 22% at the recipe's).
+    assert bf16["temp_bytes"] < 0.95 * f32["temp_bytes"]
     np.testing.assert_array_less(0, [f32["temp_bytes"], bf16["temp_bytes"]])
