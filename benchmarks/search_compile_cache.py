@@ -11,8 +11,8 @@ Prints, per trial, the median over repeats of ``first_step_s`` (process start of
 the end of its first step: corpus, init, compilation), the XLA compilations the cache did not
 serve, the seconds of all (hits included), and the cache's hits, as the trials record them.
 Trial 2 shows what a trial whose programs are all in the cache costs; trial 1 what a trial
-with another learning rate costs, which compiles its train step again as long as the learning
-rate is a constant of that step.
+with another learning rate costs: as the learning rate is an argument of the train step
+(``jaxlm.train.hparams``), nothing either.
 The machine may be shared: the times are rough, the counts exact.
 """
 
