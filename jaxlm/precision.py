@@ -121,44 +121,42 @@ def dot_general(a: jax.Array, b: jax.Array, dimension_numbers: Any, dtype: Any) 
       1.0
     """
     if on_cpu() and jnp.finfo(dtype).bits < 32:
-        return _widened_product(a, b, dimension_numbers, jnp.dtype(dtype))
+        dtypes = (jnp.dtype(dtype), a.dtype, b.dtype)  # the product's, then the operands'
+        return _widened_product(a, b, dimension_numbers, dtypes)
     a, b = a.astype(dtype), b.astype(dtype)
     return jax.lax.dot_general(a, b, dimension_numbers, preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _widened_product(a: jax.Array, b: jax.Array, dimension_numbers: Any, dtype: Any) -> jax.Array:
+def _widened_product(a: jax.Array, b: jax.Array, dimension_numbers: Any, dtypes: Any) -> jax.Array:
     """The float32 product of ``a`` and ``b`` rounded to ``dtype``, in float32 kernels.
 
     The backward pass keeps the rounded operands (not their float32 copies) and returns each
     operand's cotangent in its own dtype: a float32 weight gets its gradient unrounded.
     """
-    return _f32_product(*_widened(a, b, dtype), dimension_numbers)
-
-
-def _widened(a, b, dtype):
-    return tuple(x.astype(dtype).astype(jnp.float32) for x in (a, b))
+    wide = (x.astype(dtypes[0]).astype(jnp.float32) for x in (a, b))
+    return _f32_product(*wide, dimension_numbers)
 
 
 def _f32_product(a: jax.Array, b: jax.Array, dimension_numbers: Any) -> jax.Array:
     return jax.lax.dot_general(a, b, dimension_numbers, preferred_element_type=jnp.float32)
 
 
-def _widened_fwd(a, b, dimension_numbers, dtype):
-    narrow = (a.astype(dtype), b.astype(dtype))
+def _widened_fwd(a, b, dimension_numbers, dtypes):
+    narrow = (a.astype(dtypes[0]), b.astype(dtypes[0]))
     out = _f32_product(*(x.astype(jnp.float32) for x in narrow), dimension_numbers)
-    return out, (narrow, jnp.zeros((), a.dtype), jnp.zeros((), b.dtype))
+    return out, narrow
 
 
-def _widened_bwd(dimension_numbers, dtype, saved, g):
-    (a, b), a_like, b_like = saved
+def _widened_bwd(dimension_numbers, dtypes, saved, g):
+    a, b = saved
     _, vjp = jax.vjp(
         functools.partial(_f32_product, dimension_numbers=dimension_numbers),
         a.astype(jnp.float32),
         b.astype(jnp.float32),
     )
     da, db = vjp(g.astype(jnp.float32))
-    return da.astype(a_like.dtype), db.astype(b_like.dtype)
+    return da.astype(dtypes[1]), db.astype(dtypes[2])
 
 
 _widened_product.defvjp(_widened_fwd, _widened_bwd)
