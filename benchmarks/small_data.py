@@ -67,7 +67,11 @@ def variants(rate: float, proxy_weight: float, folder: Path) -> dict[str, dict[s
         "insert": {"data.augment.insert": rate},
         "swap": {"data.augment.swap": rate},
         "bootstrap": {"data.resample.kind": "bootstrap", "data.resample.unit": "line"},
-        "proxy": {"data.mixture": f"{target}:{1 - proxy_weight},builtin:{proxy_weight}"},
+        "proxy": {  # the mixture names its sources; the target (the first) is validated
+            "data.corpus": "builtin",
+            "data.path": "",
+            "data.mixture": f"shakespeare={target}:{1 - proxy_weight:g},builtin:{proxy_weight:g}",
+        },
     }
 
 
