@@ -89,7 +89,23 @@ def _data() -> ml_collections.ConfigDict:
     d.batch_size = 32
     d.seq_len = 128
     d.eval_batch_size = 32
+    d.augment = _augment()
     return d
+
+
+def _augment() -> ml_collections.ConfigDict:
+    # On-device augmentation of training windows (jaxlm.data.augment, docs/data.md): each rate
+    # 0 is off; all 0 (the default) leaves the compiled step and the batches as they were.
+    a = ml_collections.ConfigDict()
+    a.replace = 0.0  # each token replaced by one drawn from the source, with this probability
+    a.delete = 0.0  # each token (or word) deleted with this probability
+    a.insert = 0.0  # a token drawn from the source inserted before each token with this prob.
+    a.swap = 0.0  # each token (or word) exchanged with a neighbour with this probability
+    a.source = "unigram"  # replacing and inserted tokens: "unigram" (the training split's
+    # token frequencies) or "uniform" (every id of the vocabulary alike)
+    a.unit = "token"  # "word": delete and swap whole words (replace and insert stay per token)
+    a.extra = -1  # raw tokens read past the window for deletions to eat; -1: sized from delete
+    return a
 
 
 def _optimizer() -> ml_collections.ConfigDict:
@@ -359,6 +375,15 @@ _RANGES: dict[str, _Range] = {
     "data.batch_size": _POSITIVE_INT,
     "data.seq_len": _POSITIVE_INT,
     "data.eval_batch_size": _POSITIVE_INT,
+    "data.augment.replace": _BELOW_ONE,
+    "data.augment.delete": _BELOW_ONE,
+    "data.augment.insert": _BELOW_ONE,
+    "data.augment.swap": _BELOW_ONE,
+    "data.augment.source": _one_of("unigram", "uniform"),
+    "data.augment.unit": _one_of("token", "word"),
+    "data.augment.extra": _Range(
+        "an integer >= -1 (-1: sized from the deletion rate)", lambda v: _is_int(v) and v >= -1
+    ),
     "optimizer.learning_rate": _POSITIVE,
     "optimizer.warmup_steps": _COUNT,
     "optimizer.end_lr_fraction": _FRACTION,
@@ -483,7 +508,9 @@ def _ranged(config: ml_collections.ConfigDict) -> Iterator[tuple[str, Any, _Rang
     """``(dotted name, value, range)`` of each field the config has and the tables cover."""
     for dotted, allowed in _RANGES.items():
         section, _, field = dotted.rpartition(".")
-        holder = config.get(section) if section else config
+        holder = config
+        for part in section.split(".") if section else ():
+            holder = holder.get(part) if isinstance(holder, ml_collections.ConfigDict) else None
         if holder is not None and field in holder:  # older configs may lack a field
             yield dotted, holder[field], allowed
     for field, value in config.model.items():

@@ -73,7 +73,9 @@ def check_trainable(streams: Streams, seq_len: int, source: str) -> None:
         )
 
 
-def train_batch(streams: Streams, step: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
+def train_batch(
+    streams: Streams, step: int, seq_len: int, seed: int, extra: int = 0
+) -> dict[str, np.ndarray]:
     """The training batch of a step: a pure function of (seed, step).
 
     Args:
@@ -81,16 +83,21 @@ def train_batch(streams: Streams, step: int, seq_len: int, seed: int) -> dict[st
       step: the global step.
       seq_len: T.
       seed: the run's seed.
+      extra: columns read past the window (the raw margin an augmenting step edits and cuts
+        to T, :mod:`jaxlm.data.augment`); the same windows start where they would with 0, and
+        columns past a stream's end wrap to its start.
 
     Returns:
-      ``inputs`` and ``targets`` ``[B, T]`` int32, and ``reset`` (a bool scalar array, True on an
-      epoch's first window, when the recurrent state must start from zero).
+      ``inputs`` and ``targets`` ``[B, T + extra]`` int32, and ``reset`` (a bool scalar array,
+      True on an epoch's first window, when the recurrent state must start from zero).
     """
     per_epoch = windows_per_epoch(streams, seq_len)
     epoch, window = divmod(int(step), per_epoch)
     offset = int(np.random.default_rng([seed, epoch]).integers(seq_len)) if epoch else 0
     start = offset + window * seq_len
     cols = slice(start, start + seq_len)
+    if extra:
+        cols = np.arange(start, start + seq_len + extra) % streams.inputs_BxN.shape[1]
     return {
         "inputs": streams.inputs_BxN[:, cols],
         "targets": streams.targets_BxN[:, cols],

@@ -1,13 +1,14 @@
 """Continuous hyperparameters as arguments of the compiled train step, not constants in it.
 
-The peak learning rate, weight decay, clip norm, label smoothing and every dropout rate (and
-AWD-LSTM's AR/TAR coefficients) enter ``train_step(state, batch, hparams)`` as float32 scalars,
-so two runs that differ only in them lower to the same HLO and JAX's persistent compilation
-cache serves the second one its compiled step: a hyperparameter search with the same shapes
-compiles once. ``hparams`` is a flat dict keyed by the dotted config field
-(``{"optimizer.learning_rate": 2e-3, "model.dropout": 0.1}``), built from the config at every
-run (:func:`from_config`); it is not part of the :class:`~jaxlm.state.TrainState`, so
-checkpoints keep their structure and old ones restore unchanged.
+The peak learning rate, weight decay, clip norm, label smoothing, every dropout rate (and
+AWD-LSTM's AR/TAR coefficients) and the augmentation's rates (``data.augment.*``) enter
+``train_step(state, batch, hparams)`` as float32 scalars, so two runs that differ only in
+them lower to the same HLO and JAX's persistent compilation cache serves the second one its
+compiled step: a hyperparameter search with the same shapes compiles once. ``hparams`` is a
+flat dict keyed by the dotted config field (``{"optimizer.learning_rate": 2e-3,
+"model.dropout": 0.1}``), built from the config at every run (:func:`from_config`); it is
+not part of the :class:`~jaxlm.state.TrainState`, so checkpoints keep their structure and old
+ones restore unchanged.
 
 What we chose, and why: ``optax.inject_hyperparams`` keeps the values in the optimizer state,
 which changes the state's tree (every checkpoint written so far would need an upgrade) and
@@ -60,9 +61,21 @@ MODEL_FIELDS = (
     "model.tar",
     "model.attention_dropout",
 )
-CONTINUOUS = OPTIMIZER_FIELDS + TRAIN_FIELDS + MODEL_FIELDS
+# The augmentation's rates (jaxlm.data.augment): traced where the config switches them on. Its
+# tables (the source's CDF, the word tables) join the same argument (jaxlm.train.plan.run_step).
+DATA_FIELDS = (
+    "data.augment.replace",
+    "data.augment.delete",
+    "data.augment.insert",
+    "data.augment.swap",
+)
+CONTINUOUS = OPTIMIZER_FIELDS + TRAIN_FIELDS + MODEL_FIELDS + DATA_FIELDS
 # Rates that must stay below 1 (a perturbation or a search may not reach it).
-RATES = TRAIN_FIELDS + tuple(f for f in MODEL_FIELDS if f not in ("model.ar", "model.tar"))
+RATES = (
+    TRAIN_FIELDS
+    + tuple(f for f in MODEL_FIELDS if f not in ("model.ar", "model.tar"))
+    + DATA_FIELDS
+)
 
 
 def get_field(config: ml_collections.ConfigDict, dotted: str) -> Any:

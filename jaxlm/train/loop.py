@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxlm import checkpoints, data, monitor, sharding, state, transforms
 from jaxlm.config import validate
-from jaxlm.data import batching
+from jaxlm.data import augment, batching
 from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.errors import ConfigError, NonFiniteLoss, WriteError
 from jaxlm.sampling import generate
@@ -290,15 +290,19 @@ def _run(
     )
     run = _Run(config, workdir, mgr, mon, corpus, evaluator, shardings)
 
+    extra = augment.margin(config.data)  # 0 unless the step augments its windows
+
     def batch_at(step: int) -> dict[str, jax.Array]:
-        batch = batching.train_batch(streams, step, config.data.seq_len, config.seed)
+        batch = batching.train_batch(streams, step, config.data.seq_len, config.seed, extra)
         return sharding.device_batch(batch, mesh)
 
     with jax.set_mesh(mesh):
         compiled = plan_lib.compile_step(plan, config)  # once, ahead of the first step
         for line in plan_lib.report_lines(plan_lib.report(config, plan, compiled)):
             log(line)
-        train_step = plan_lib.run_step(plan, config, compiled)
+        vocab = corpus.tokenizer.vocab_size
+        tables = augment.tables(config.data, corpus.train, corpus.tokenizer, vocab)
+        train_step = plan_lib.run_step(plan, config, compiled, tables)
         mon.status("running", progress.step)
         loop_hooks = _hooks(run, preemption, hooks)
         try:
@@ -423,6 +427,13 @@ def _log_start(config, train_state, corpus, mesh) -> None:
         f"{jax.device_count()} device(s) in {jax.process_count()} process(es), mesh "
         f"{dict(mesh.shape)}"
     )
+    spec = augment.from_config(config.data)
+    if spec is not None:
+        rates = ", ".join(f"{op} {getattr(spec, op):g}" for op in spec.ops)
+        log(
+            f"Augmenting training windows on the device: {rates} (unit {spec.unit}, source "
+            f"{config.data.augment.source}), {spec.extra} raw tokens of margin"
+        )
 
 
 def _sample(model: Any, params: Any, tokenizer: Any, config: ml_collections.ConfigDict) -> str:

@@ -22,6 +22,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jaxlm import data, optim, sharding, state
 from jaxlm.config import validate
+from jaxlm.data import augment
 from jaxlm.errors import ConfigError
 from jaxlm.train import hparams
 from jaxlm.train.steps import (
@@ -107,7 +108,9 @@ def compile_step(plan: Plan, config: ml_collections.ConfigDict) -> jax.stages.Co
 
     Call it inside ``jax.set_mesh(plan.mesh)``, where the run steps. The step takes the run's
     continuous hyperparameters as its third argument (:mod:`jaxlm.train.hparams`), so runs
-    that differ only in them compile the same program; :func:`run_step` binds them.
+    that differ only in them compile the same program; :func:`run_step` binds them. With
+    ``config.data.augment`` on, the step edits its windows (:mod:`jaxlm.data.augment`): the
+    batch is ``T + extra`` wide and the augmentation's tables join the hyperparameters.
 
     Args:
       plan: from :func:`make_plan`.
@@ -123,8 +126,11 @@ def compile_step(plan: Plan, config: ml_collections.ConfigDict) -> jax.stages.Co
       >>> compiled.memory_analysis().temp_size_in_bytes  # doctest: +SKIP
       2219140
     """
-    batch = abstract_batch(config.data.batch_size, config.data.seq_len, plan.mesh)
-    shapes = hparams.abstract(hparams.from_config(config), sharding.replicated(plan.mesh))
+    extra = augment.margin(config.data)
+    batch = abstract_batch(config.data.batch_size, config.data.seq_len, plan.mesh, extra)
+    tables = augment.table_shapes(config.data, plan.setup.model.vocab_size)
+    values = {**hparams.from_config(config), **tables}
+    shapes = hparams.abstract(values, sharding.replicated(plan.mesh))
     return compile_train_step(
         plan.setup,
         optim.learning_rate(config),
@@ -133,11 +139,15 @@ def compile_step(plan: Plan, config: ml_collections.ConfigDict) -> jax.stages.Co
         config.train,
         batch,
         shapes,
+        augment.from_config(config.data),
     )
 
 
 def run_step(
-    plan: Plan, config: ml_collections.ConfigDict, compiled: jax.stages.Compiled
+    plan: Plan,
+    config: ml_collections.ConfigDict,
+    compiled: jax.stages.Compiled,
+    tables: dict[str, Any] | None = None,
 ) -> Callable[[state.TrainState, dict[str, jax.Array]], tuple[state.TrainState, dict]]:
     """The step a run calls, ``step(state, batch)``: :func:`compile_step`'s program with the
     config's hyperparameters bound (placed once) and, where the backend needs it, waiting for
@@ -147,11 +157,13 @@ def run_step(
       plan: from :func:`make_plan`.
       config: the run config (its continuous hyperparameters are the values bound).
       compiled: from :func:`compile_step`.
+      tables: with augmentation on, :func:`jaxlm.data.augment.tables` of the run's corpus
+        (bound with the hyperparameters, placed once).
 
     Returns:
       ``step(state, batch) -> (state, metrics)``.
     """
-    bound = with_hparams(compiled, hparams.from_config(config), plan.mesh)
+    bound = with_hparams(compiled, {**hparams.from_config(config), **(tables or {})}, plan.mesh)
     return serialised(bound, plan.mesh)
 
 

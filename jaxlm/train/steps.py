@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxlm import losses, precision, runtime, sharding
+from jaxlm.data import augment as augment_lib
 from jaxlm.models.common import is_on
 from jaxlm.state import Setup, TrainState
 
@@ -41,6 +42,7 @@ def make_train_step(
     label_smoothing: float = 0.0,
     loss_scaling: bool = False,
     hyper: Hyper | None = None,
+    augment: augment_lib.Augment | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """``train_step(state, batch) -> (state, metrics)``, pure, for ``jax.jit``.
 
@@ -57,6 +59,10 @@ def make_train_step(
         ``train_step(state, batch, hparams)`` and ``model``, ``tx``, ``schedule`` and
         ``label_smoothing`` above are unused. The optimizer it builds must have ``tx``'s
         state tree.
+      augment: edit each training window first (:mod:`jaxlm.data.augment`), from
+        ``augment.step_key(state.rng, state.step)``: the batch then carries ``T + extra``
+        inputs and targets, and ``hparams`` holds the augmentation's tables (and its traced
+        rates). None: the batch is trained on as it is.
 
     Returns:
       The step function. ``batch`` holds ``inputs``/``targets`` ``[B, T]`` and ``reset``;
@@ -79,6 +85,9 @@ def make_train_step(
     def train_step(
         state: TrainState, batch: Batch, hparams: Mapping[str, Any] | None = None
     ) -> tuple[TrainState, dict[str, jax.Array]]:
+        if augment is not None:
+            key = augment_lib.step_key(state.rng, state.step)
+            batch = augment_lib.apply(augment, key, batch, hparams or {})
         if hyper is None:
             return step(state, batch, model, tx, schedule, label_smoothing)
         return step(state, batch, *hyper(hparams or {}))
@@ -151,10 +160,13 @@ def _loss(
         deterministic=False,
         rngs={"dropout": dropout_key},
     )
-    total, count = losses.cross_entropy(logits, batch["targets"], label_smoothing=smoothing)
+    mask = batch.get("mask")  # augmented windows: targets past the edited text are masked
+    total, count = losses.cross_entropy(
+        logits, batch["targets"], label_smoothing=smoothing, mask=mask
+    )
     loss = total / count + aux.get("reg_loss", 0.0)
     if is_on(smoothing):  # report the plain log-likelihood, not the smoothed loss
-        total, count = losses.cross_entropy(logits, batch["targets"])
+        total, count = losses.cross_entropy(logits, batch["targets"], mask=mask)
     return loss, (new_carry, total / count, aux)
 
 
@@ -225,6 +237,7 @@ def jit_train_step(
     train: Any,
     *,
     hparams: bool = False,
+    augment: augment_lib.Augment | None = None,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The run's train step, compiled once with explicit shardings and the state donated.
 
@@ -236,13 +249,14 @@ def jit_train_step(
       train: the config's ``train`` section (``carry_state``, ``label_smoothing``).
       hparams: True: the step takes the continuous hyperparameters as its third argument
         (:func:`jaxlm.train.hparams.from_config`), replicated.
+      augment: see :func:`make_train_step` (its tables come in ``hparams``).
 
     Returns:
       ``step(state, batch) -> (state, metrics)`` (or ``step(state, batch, hparams)``),
       compiled at its first call; on several CPU devices or processes it waits for each step
       (:func:`serialised`).
     """
-    return serialised(_jit(setup, schedule, shardings, mesh, train, hparams), mesh)
+    return serialised(_jit(setup, schedule, shardings, mesh, train, hparams, augment), mesh)
 
 
 def compile_train_step(
@@ -253,6 +267,7 @@ def compile_train_step(
     train: Any,
     batch: dict[str, jax.ShapeDtypeStruct],
     hparams: Mapping[str, jax.ShapeDtypeStruct] | None = None,
+    augment: augment_lib.Augment | None = None,
 ) -> jax.stages.Compiled:
     """The train step of :func:`jit_train_step` compiled ahead of time, from shapes alone.
 
@@ -266,6 +281,8 @@ def compile_train_step(
       batch: the batch's abstract arrays (:func:`abstract_batch`).
       hparams: the hyperparameters' abstract scalars (:func:`jaxlm.train.hparams.abstract`):
         the step is then ``step(state, batch, hparams)``; None: ``step(state, batch)``.
+      augment: see :func:`make_train_step` (``batch`` then from ``abstract_batch(...,
+        extra=augment.extra)``, its tables among ``hparams``).
 
     Returns:
       The compiled step.
@@ -283,21 +300,26 @@ def compile_train_step(
       True
     """
     target = sharding.abstract_on(setup.abstract, shardings)
-    jitted = _jit(setup, schedule, shardings, mesh, train, hparams is not None)
+    jitted = _jit(setup, schedule, shardings, mesh, train, hparams is not None, augment)
     args = (target, batch) if hparams is None else (target, batch, dict(hparams))
     return jitted.lower(*args).compile()
 
 
-def abstract_batch(batch_size: int, seq_len: int, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(
+    batch_size: int, seq_len: int, mesh: Any, extra: int = 0
+) -> dict[str, jax.ShapeDtypeStruct]:
     """A training batch's shapes, dtypes and shardings, as ``device_batch`` places them.
 
     Args:
       batch_size: B (global).
       seq_len: T.
       mesh: the device mesh; None: no shardings.
+      extra: the raw tokens an augmenting step reads past the window
+        (:func:`jaxlm.data.augment.margin`).
 
     Returns:
-      ``inputs`` and ``targets`` int32 ``[B, T]`` split over "data", ``reset`` a replicated bool.
+      ``inputs`` and ``targets`` int32 ``[B, T + extra]`` split over "data", ``reset`` a
+      replicated bool.
 
     Example:
       >>> batch = abstract_batch(8, 32, sharding.make_mesh())
@@ -305,7 +327,7 @@ def abstract_batch(batch_size: int, seq_len: int, mesh: Any) -> dict[str, jax.Sh
       ((8, 32), P('data',))
     """
     split = None if mesh is None else sharding.batch_sharding(mesh)
-    rows = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=split)
+    rows = jax.ShapeDtypeStruct((batch_size, seq_len + extra), jnp.int32, sharding=split)
     whole = None if mesh is None else sharding.replicated(mesh)
     reset = jax.ShapeDtypeStruct((), jnp.bool_, sharding=whole)
     return {"inputs": rows, "targets": rows, "reset": reset}
@@ -352,6 +374,7 @@ def _jit(
     mesh: Any,
     train: Any,
     hparams: bool = False,
+    augment: augment_lib.Augment | None = None,
 ):
     """The ``jax.jit`` of the train step: explicit shardings, the state donated."""
     hyper = hyper_from_setup(setup, train) if hparams else None
@@ -364,6 +387,7 @@ def _jit(
             label_smoothing=train.label_smoothing,
             loss_scaling=setup.policy.needs_loss_scaling,
             hyper=hyper,
+            augment=augment,
         ),
         in_shardings=(shardings, None) + ((sharding.replicated(mesh),) if hparams else ()),
         out_shardings=(shardings, sharding.replicated(mesh)),

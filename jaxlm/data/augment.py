@@ -1,0 +1,423 @@
+"""Augmentation of training windows on the device: random replacement, deletion, insertion and
+swap, applied inside the compiled train step (``config.data.augment``).
+
+Each training window is edited where it is trained on, from the key
+``fold_in(fold_in(state.rng, TAG), step)`` (:func:`step_key`): the edits are a pure function
+of (seed, step), so a resumed run edits exactly as an uninterrupted one, and the host does
+nothing but read a longer window. Evaluation is never augmented (the eval step knows nothing of
+this module).
+
+**Windows keep length T.** The batch carries ``T + 1 + extra`` raw tokens per row
+(:func:`jaxlm.data.batching.train_batch` with ``extra``; the inputs and targets ``[B, T +
+extra]``), the step edits them and cuts the result to ``T`` inputs and their ``T`` next tokens
+(the targets are the next tokens of the *edited* sequence). The edits, in order, all vectorised
+over the window (no loop over positions):
+
+1. **swap**: the units (tokens, or words with ``unit="word"``) are paired with a neighbour
+   (pairs ``(2k, 2k+1)`` or ``(2k+1, 2k+2)``, a parity per row) and each pair is exchanged with
+   probability ``swap``, so each unit moves with that probability; words of different lengths
+   change places whole (each token's new place is its place plus or minus the other word's
+   length: a permutation, scattered).
+2. **delete**: each unit is dropped with probability ``delete``; the kept tokens are compacted
+   to the front (their new place is the running count of kept tokens, scattered).
+3. **insert**: before each token a token drawn from the source is inserted with probability
+   ``insert`` (token ``j`` moves to ``j`` plus the insertions up to it; the new tokens fill the
+   slots left before them).
+4. **replace**: each token of the result is replaced by a drawn one with probability
+   ``replace`` (the length is kept).
+
+Drawn tokens come from the training split's unigram distribution (``source="unigram"``) or
+uniformly from the vocabulary (``"uniform"``), sampled by inverse CDF from a table ``[V]`` that
+enters the step as an argument (:func:`tables`), not as a constant: runs on other corpora, or
+with the other source, compile the same program.
+
+**When deletions exhaust the margin** (fewer than ``T + 1`` tokens left), the missing tail is
+masked: the batch gets a ``mask`` whose zeros leave those targets out of the loss. The default
+margin (``extra=-1``, :func:`margin`) is sized so that this is rare: the deletions' mean plus
+five standard deviations (with ``unit="word"`` the variance of words 8 tokens long). A margin
+set by hand (``extra >= 0``) is used as it is.
+
+**Whole words** (``unit="word"``): a token starts a word when its first byte is blank (a
+space, a tab, a line end: byte-level BPE's ``"Ġthe"``, a char tokenizer's ``" "``) or has no
+bytes (a special token), or when the token before it ends a line; :func:`word_tables` computes
+these per token id from the tokenizer's bytes (as :mod:`jaxlm.data.words` does), and the step
+reads them per position. Deletion and swap then act on whole words (a word's leading blank goes
+with it); replacement and insertion stay per token (drawing whole words of several tokens
+would need a table of words as token sequences: not done). The word tokenizer's tokens are
+words already.
+
+The rates may be traced step arguments (:mod:`jaxlm.train.hparams`: a hyperparameter search
+varies them without compiling again); a rate of exactly 0 leaves its edit out of the program,
+and with all four at 0 the step, the batch and the data order are what they were without this
+module. The default margin depends on the deletion rate (a shape): fix ``extra`` to share one
+program across deletion rates.
+
+What this adds to the field's tools: nlpaug and EDA (Wei and Zou 2019) edit strings on the
+host, a sentence at a time, in Python; here the same four edits run on token ids inside the
+compiled step, for any tokenizer, at a few percent of a step's time
+(``benchmarks/augment_cost.py``).
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> spec = Augment(seq_len=6, extra=2, delete=0.5)
+  >>> raw = jnp.arange(1, 10)[None, :]  # [B=1, T + 1 + extra = 9]
+  >>> cdf = uniform_cdf(10)
+  >>> inputs, targets, mask = edit(spec, jax.random.PRNGKey(0), raw, {"data.augment.cdf": cdf})
+  >>> inputs.shape, targets.shape, mask.shape
+  ((1, 6), (1, 6), (1, 6))
+  >>> bool(jnp.all(jnp.diff(jnp.where(mask > 0, targets, 99)) > 0))  # order kept, some gone
+  True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+OPS = ("swap", "delete", "insert", "replace")  # in the order they apply
+FIELDS = tuple(f"data.augment.{op}" for op in ("replace", "delete", "insert", "swap"))
+SOURCES = ("unigram", "uniform")
+UNITS = ("token", "word")
+TAG = 0x61756721  # the fold of the run's key that augmentation draws from ("aug!")
+CDF = "data.augment.cdf"  # the step arguments (in hparams) that hold the tables
+WORD_START = "data.augment.word_start"
+LINE_END = "data.augment.line_end"
+WORD_VARIANCE_TOKENS = 8  # the default margin's word length (tokens) for unit="word"
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+    """What a step's augmentation does, static: rates (the defaults of traced ones), unit,
+    window.
+
+    Attributes:
+      seq_len: T, the window the step trains on.
+      extra: raw tokens past ``T + 1`` the batch carries (:func:`margin`).
+      replace, delete, insert, swap: the rates; 0 leaves the edit out of the program.
+      unit: ``"token"`` or ``"word"`` (delete and swap whole words).
+    """
+
+    seq_len: int
+    extra: int = 0
+    replace: float = 0.0
+    delete: float = 0.0
+    insert: float = 0.0
+    swap: float = 0.0
+    unit: str = "token"
+
+    @property
+    def ops(self) -> tuple[str, ...]:
+        """The edits switched on, in the order they apply."""
+        return tuple(op for op in OPS if getattr(self, op) > 0)
+
+    @property
+    def draws(self) -> bool:
+        """Whether tokens are drawn from the source (replace or insert is on)."""
+        return self.replace > 0 or self.insert > 0
+
+    @property
+    def words(self) -> bool:
+        """Whether the word tables are read (whole words, and delete or swap on)."""
+        return self.unit == "word" and (self.delete > 0 or self.swap > 0)
+
+
+def is_on(data: ml_collections.ConfigDict) -> bool:
+    """Whether ``config.data`` augments (any rate above 0; a config without the section: no)."""
+    a = data.get("augment")
+    return a is not None and any(a[op] > 0 for op in OPS)
+
+
+def auto_margin(seq_len: int, delete: float, unit: str = "token") -> int:
+    """The default ``extra``: deletions leave at least ``T + 1`` tokens but rarely.
+
+    The kept tokens of ``n = T + 1 + extra`` number ``n (1 - d)`` on average with variance
+    ``n d (1 - d) w`` (``w`` tokens a unit: 1, or :data:`WORD_VARIANCE_TOKENS` for words); the
+    margin is the least that keeps the mean five standard deviations above ``T + 1``.
+
+    Args:
+      seq_len: T.
+      delete: the deletion rate.
+      unit: ``"token"`` or ``"word"``.
+
+    Returns:
+      ``extra`` (0 without deletions).
+
+    Example:
+      >>> auto_margin(64, 0.0), auto_margin(64, 0.1), auto_margin(64, 0.1, "word")
+      (0, 23, 60)
+    """
+    if delete <= 0:
+        return 0
+    w = WORD_VARIANCE_TOKENS if unit == "word" else 1
+    need = seq_len + 1
+    n = need
+    while n * (1 - delete) - 5 * math.sqrt(n * delete * (1 - delete) * w) < need:
+        n += 1
+    return n - need
+
+
+def margin(data: ml_collections.ConfigDict) -> int:
+    """The raw tokens a training batch carries past ``T + 1``: 0 when augmentation is off,
+    ``extra`` when set (>= 0), else :func:`auto_margin` of the deletion rate.
+
+    Args:
+      data: the config's ``data`` section.
+
+    Returns:
+      ``extra``.
+
+    Example:
+      >>> from jaxlm.config import base_config
+      >>> data = base_config().data
+      >>> margin(data)
+      0
+      >>> data.augment.delete = 0.1; margin(data)  # T = 128
+      36
+    """
+    if not is_on(data):
+        return 0
+    a = data.augment
+    return a.extra if a.extra >= 0 else auto_margin(data.seq_len, a.delete, a.unit)
+
+
+def from_config(data: ml_collections.ConfigDict) -> Augment | None:
+    """The step's :class:`Augment` for ``config.data``, or None when augmentation is off.
+
+    Example:
+      >>> from jaxlm.config import base_config
+      >>> data = base_config().data
+      >>> from_config(data) is None
+      True
+      >>> data.augment.swap = 0.1; from_config(data).ops
+      ('swap',)
+    """
+    if not is_on(data):
+        return None
+    a = data.augment
+    return Augment(
+        seq_len=data.seq_len,
+        extra=margin(data),
+        replace=float(a.replace),
+        delete=float(a.delete),
+        insert=float(a.insert),
+        swap=float(a.swap),
+        unit=a.unit,
+    )
+
+
+def unigram_cdf(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """The cumulative unigram distribution of a token array, float32 ``[V]`` ending at 1.
+
+    Example:
+      >>> unigram_cdf(np.array([0, 0, 2, 2]), 3).tolist()
+      [0.5, 0.5, 1.0]
+    """
+    counts = np.bincount(np.asarray(tokens).reshape(-1), minlength=vocab_size)[:vocab_size]
+    cdf = np.cumsum(counts, dtype=np.float64) / max(counts.sum(), 1)
+    return cdf.astype(np.float32)
+
+
+def uniform_cdf(vocab_size: int) -> np.ndarray:
+    """The cumulative uniform distribution over ``[0, V)``, float32 ``[V]``.
+
+    Example:
+      >>> uniform_cdf(4).tolist()
+      [0.25, 0.5, 0.75, 1.0]
+    """
+    return (np.arange(1, vocab_size + 1, dtype=np.float64) / vocab_size).astype(np.float32)
+
+
+def word_tables(tokenizer: Any, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per token id: whether it starts a word, and whether it ends a line (float32 0/1 ``[V]``).
+
+    A token starts a word when its first byte is blank or it has no bytes (special tokens of
+    the byte tokenizer); the word tokenizer's every token is a word. A token ends a line when
+    its last byte is ``\\n`` or ``\\r`` (the token after it then starts a word).
+
+    Args:
+      tokenizer: any jaxlm tokenizer (``token_bytes``).
+      vocab_size: V.
+
+    Returns:
+      ``(word_start, line_end)``.
+
+    Example:
+      >>> from jaxlm.data.tokenizers import CharTokenizer
+      >>> tok = CharTokenizer.train("a b\\n")
+      >>> [tok.vocab[i] for i in range(tok.vocab_size)]
+      ['<unk>', '\\n', ' ', 'a', 'b']
+      >>> [t.tolist() for t in word_tables(tok, tok.vocab_size)]
+      [[0.0, 1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]]
+    """
+    if getattr(tokenizer, "kind", None) == "word":
+        eos = np.zeros(vocab_size, np.float32)
+        eos[tokenizer.eos_id] = 1.0
+        return np.ones(vocab_size, np.float32), eos
+    pieces = tokenizer.token_bytes(np.arange(vocab_size))
+    start = np.array([not p or p[:1].isspace() for p in pieces], np.float32)
+    end = np.array([p[-1:] in (b"\n", b"\r") for p in pieces], np.float32)
+    return start, end
+
+
+def tables(
+    data: ml_collections.ConfigDict, train_tokens: np.ndarray, tokenizer: Any, vocab_size: int
+) -> dict[str, np.ndarray]:
+    """The arrays the augmenting step takes with its hyperparameters (:mod:`jaxlm.train.hparams`):
+    the source's CDF (when replace or insert is on) and the word tables (``unit="word"``).
+
+    Args:
+      data: the config's ``data`` section.
+      train_tokens: the training split (the unigram source counts it).
+      tokenizer: the run's tokenizer (the word tables read its bytes).
+      vocab_size: V.
+
+    Returns:
+      ``{name: float32 [V]}``; empty when augmentation is off or needs none.
+
+    Example:
+      >>> from jaxlm.config import base_config
+      >>> data = base_config().data
+      >>> data.augment.replace = 0.1
+      >>> tables(data, np.array([1, 1, 2]), None, 3)[CDF].astype(float).round(3).tolist()
+      [0.0, 0.667, 1.0]
+    """
+    spec = from_config(data)
+    out: dict[str, np.ndarray] = {}
+    if spec is None:
+        return out
+    if spec.draws:
+        uniform = data.augment.source == "uniform"
+        out[CDF] = uniform_cdf(vocab_size) if uniform else unigram_cdf(train_tokens, vocab_size)
+    if spec.words:
+        out[WORD_START], out[LINE_END] = word_tables(tokenizer, vocab_size)
+    return out
+
+
+def table_shapes(data: ml_collections.ConfigDict, vocab_size: int) -> dict[str, np.ndarray]:
+    """Zero arrays in the shapes of :func:`tables` (to compile the step from shapes alone)."""
+    spec = from_config(data)
+    names = [] if spec is None else [CDF] * spec.draws + [WORD_START, LINE_END] * spec.words
+    return {name: np.zeros(vocab_size, np.float32) for name in names}
+
+
+def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
+    """The augmentation's key at a step: ``fold_in(fold_in(rng, TAG), step)``, apart from the
+    dropout keys ``fold_in(rng, step)``."""
+    return jax.random.fold_in(jax.random.fold_in(rng, TAG), step)
+
+
+def apply(
+    spec: Augment, key: jax.Array, batch: Mapping[str, jax.Array], hparams: Mapping[str, Any]
+) -> dict[str, jax.Array]:
+    """A training batch of raw windows, edited and cut to T (inside the step).
+
+    Args:
+      spec: the static part.
+      key: :func:`step_key`.
+      batch: ``inputs``, ``targets`` ``[B, T + extra]`` (the raw window is the inputs and the
+        targets' last token) and ``reset``.
+      hparams: the step's hyperparameters: the rates (``data.augment.<op>``, else the spec's)
+        and the tables (:func:`tables`).
+
+    Returns:
+      The batch with ``inputs``, ``targets`` and ``mask`` ``[B, T]``.
+    """
+    raw = jnp.concatenate([batch["inputs"], batch["targets"][:, -1:]], axis=1)
+    inputs, targets, mask = edit(spec, key, raw, hparams)
+    return {**batch, "inputs": inputs, "targets": targets, "mask": mask}
+
+
+def edit(
+    spec: Augment, key: jax.Array, raw: jax.Array, hparams: Mapping[str, Any]
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Edits raw windows and cuts them to ``T`` inputs and their next tokens.
+
+    Args:
+      spec: the edits switched on, their default rates, the unit and ``T``.
+      key: a PRNG key.
+      raw: ``[B, L]`` int token ids, ``L >= T + 1``.
+      hparams: traced rates (``data.augment.<op>``; absent: the spec's) and the tables
+        (:data:`CDF` when drawing, :data:`WORD_START` and :data:`LINE_END` for words).
+
+    Returns:
+      ``(inputs, targets, mask)`` ``[B, T]``; ``mask`` is 0 on targets past the edited text
+      (deletions ate the whole margin), else 1.
+    """
+    rate = {op: hparams.get(f"data.augment.{op}", getattr(spec, op)) for op in spec.ops}
+    b, length = raw.shape
+    names = ("parity", *OPS, "draw_insert", "draw_replace")
+    keys = dict(zip(names, jax.random.split(key, len(names)), strict=True))
+    u = {op: jax.random.uniform(keys[op], (b, length)) for op in spec.ops}
+    parity = jax.random.bernoulli(keys["parity"], 0.5, (b,)).astype(jnp.int32)
+    draws = {}
+    if spec.draws:
+        cdf = jnp.asarray(hparams[CDF], jnp.float32)
+        for op in ("insert", "replace"):
+            if op in spec.ops:
+                v = jax.random.uniform(keys[f"draw_{op}"], (b, length)) * cdf[-1]
+                draws[op] = jnp.minimum(jnp.searchsorted(cdf, v, side="right"), cdf.shape[0] - 1)
+    tables_ = None
+    if spec.words:
+        tables_ = (jnp.asarray(hparams[WORD_START]), jnp.asarray(hparams[LINE_END]))
+
+    def row(tokens, u, parity, draws):
+        return _edit_row(tokens, u, parity, draws, rate, spec.ops, tables_)
+
+    tokens, valid = jax.vmap(row)(raw.astype(jnp.int32), u, parity, draws)
+    t = spec.seq_len
+    return tokens[:, :t], tokens[:, 1 : t + 1], valid[:, 1 : t + 1].astype(jnp.float32)
+
+
+def _edit_row(tokens, u, parity, draws, rate, ops, word_tables_):
+    """One row's edits: ``(tokens [L], valid [L])``; valid is a prefix."""
+    length = tokens.shape[0]
+    j = jnp.arange(length)
+    valid = jnp.ones(length, bool)
+    if "swap" in ops:
+        tokens = _swap(tokens, _starts(tokens, word_tables_), u["swap"], parity, rate["swap"])
+    if "delete" in ops:
+        unit = jnp.cumsum(_starts(tokens, word_tables_)) - 1
+        keep = u["delete"][unit] >= rate["delete"]
+        place = jnp.where(keep, jnp.cumsum(keep) - 1, length)
+        tokens = jnp.zeros_like(tokens).at[place].set(tokens, mode="drop")
+        valid = j < keep.sum()
+    if "insert" in ops:
+        ins = valid & (u["insert"] < rate["insert"])
+        place = j + jnp.cumsum(ins)  # token j's place after the insertions up to it
+        out = jnp.zeros_like(tokens).at[jnp.where(valid, place, length)].set(tokens, mode="drop")
+        tokens = out.at[jnp.where(ins, place - 1, length)].set(draws["insert"], mode="drop")
+        valid = j < valid.sum() + ins.sum()
+    if "replace" in ops:
+        tokens = jnp.where(valid & (u["replace"] < rate["replace"]), draws["replace"], tokens)
+    return tokens, valid
+
+
+def _starts(tokens, word_tables_):
+    """Whether each position starts a unit: every token, or a word's first token."""
+    if word_tables_ is None:
+        return jnp.ones(tokens.shape, bool)
+    word_start, line_end = word_tables_
+    after_line = jnp.concatenate([jnp.ones(1, bool), line_end[tokens[:-1]] > 0.5])
+    return (word_start[tokens] > 0.5) | after_line  # the window's first token starts one
+
+
+def _swap(tokens, starts, u, parity, rate):
+    """Pairs of neighbouring units (the first of each pair of the row's parity) exchanged with
+    probability ``rate``: each token moves by the other unit's length."""
+    length = tokens.shape[0]
+    unit = jnp.cumsum(starts) - 1
+    count = unit[-1] + 1
+    size = jax.ops.segment_sum(jnp.ones(length, jnp.int32), unit, num_segments=length)
+    first = (unit - parity) % 2 == 0  # this unit is the first of its pair
+    lead = jnp.where(first, unit, unit - 1)  # the pair's first unit
+    swapped = (lead >= 0) & (lead + 1 < count) & (u[jnp.clip(lead, 0, length - 1)] < rate)
+    other = size[jnp.clip(jnp.where(first, unit + 1, unit - 1), 0, length - 1)]
+    place = jnp.arange(length) + jnp.where(swapped, jnp.where(first, other, -other), 0)
+    return jnp.zeros_like(tokens).at[place].set(tokens)
