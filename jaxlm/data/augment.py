@@ -38,13 +38,14 @@ five standard deviations (with ``unit="word"`` the variance of words 8 tokens lo
 set by hand (``extra >= 0``) is used as it is.
 
 **Whole words** (``unit="word"``): a token starts a word when its first byte is blank (a
-space, a tab, a line end: byte-level BPE's ``"Ġthe"``, a char tokenizer's ``" "``) or has no
-bytes (a special token), or when the token before it ends a line; :func:`word_tables` computes
-these per token id from the tokenizer's bytes (as :mod:`jaxlm.data.words` does), and the step
-reads them per position. Deletion and swap then act on whole words (a word's leading blank goes
-with it); replacement and insertion stay per token (drawing whole words of several tokens
-would need a table of words as token sequences: not done). The word tokenizer's tokens are
-words already.
+space, a tab, a line end: byte-level BPE's ``"Ġthe"``, a char tokenizer's ``" "``) or it has
+no bytes (the byte tokenizer's special tokens); :func:`word_tables` computes this per token id
+from the tokenizer's bytes (as :mod:`jaxlm.data.words` reads them), and the step looks it up
+per position. So each word carries the blank before it (a line's first word its line end):
+deleting one leaves the text around it spaced as it was, and neighbours swap whole. The
+window's first token starts a word too. Deletion and swap act on whole words; replacement and
+insertion stay per token (drawing whole words of several tokens would need a table of words as
+token sequences: not done). The word tokenizer's tokens are words already.
 
 The rates may be traced step arguments (:mod:`jaxlm.train.hparams`: a hyperparameter search
 varies them without compiling again); a rate of exactly 0 leaves its edit out of the program,
@@ -88,7 +89,6 @@ UNITS = ("token", "word")
 TAG = 0x61756721  # the fold of the run's key that augmentation draws from ("aug!")
 CDF = "data.augment.cdf"  # the step arguments (in hparams) that hold the tables
 WORD_START = "data.augment.word_start"
-LINE_END = "data.augment.line_end"
 WORD_VARIANCE_TOKENS = 8  # the default margin's word length (tokens) for unit="word"
 
 
@@ -234,36 +234,30 @@ def uniform_cdf(vocab_size: int) -> np.ndarray:
     return (np.arange(1, vocab_size + 1, dtype=np.float64) / vocab_size).astype(np.float32)
 
 
-def word_tables(tokenizer: Any, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per token id: whether it starts a word, and whether it ends a line (float32 0/1 ``[V]``).
-
-    A token starts a word when its first byte is blank or it has no bytes (special tokens of
-    the byte tokenizer); the word tokenizer's every token is a word. A token ends a line when
-    its last byte is ``\\n`` or ``\\r`` (the token after it then starts a word).
+def word_tables(tokenizer: Any, vocab_size: int) -> np.ndarray:
+    """Per token id, whether it starts a word (float32 0/1 ``[V]``): its first byte is blank,
+    or it has no bytes (the byte tokenizer's special tokens); the word tokenizer's every token
+    is a word.
 
     Args:
       tokenizer: any jaxlm tokenizer (``token_bytes``).
       vocab_size: V.
 
     Returns:
-      ``(word_start, line_end)``.
+      The table.
 
     Example:
       >>> from jaxlm.data.tokenizers import CharTokenizer
       >>> tok = CharTokenizer.train("a b\\n")
       >>> [tok.vocab[i] for i in range(tok.vocab_size)]
       ['<unk>', '\\n', ' ', 'a', 'b']
-      >>> [t.tolist() for t in word_tables(tok, tok.vocab_size)]
-      [[0.0, 1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]]
+      >>> word_tables(tok, tok.vocab_size).tolist()
+      [0.0, 1.0, 1.0, 0.0, 0.0]
     """
     if getattr(tokenizer, "kind", None) == "word":
-        eos = np.zeros(vocab_size, np.float32)
-        eos[tokenizer.eos_id] = 1.0
-        return np.ones(vocab_size, np.float32), eos
+        return np.ones(vocab_size, np.float32)
     pieces = tokenizer.token_bytes(np.arange(vocab_size))
-    start = np.array([not p or p[:1].isspace() for p in pieces], np.float32)
-    end = np.array([p[-1:] in (b"\n", b"\r") for p in pieces], np.float32)
-    return start, end
+    return np.array([not p or p[:1].isspace() for p in pieces], np.float32)
 
 
 def tables(
@@ -296,14 +290,14 @@ def tables(
         uniform = data.augment.source == "uniform"
         out[CDF] = uniform_cdf(vocab_size) if uniform else unigram_cdf(train_tokens, vocab_size)
     if spec.words:
-        out[WORD_START], out[LINE_END] = word_tables(tokenizer, vocab_size)
+        out[WORD_START] = word_tables(tokenizer, vocab_size)
     return out
 
 
 def table_shapes(data: ml_collections.ConfigDict, vocab_size: int) -> dict[str, np.ndarray]:
     """Zero arrays in the shapes of :func:`tables` (to compile the step from shapes alone)."""
     spec = from_config(data)
-    names = [] if spec is None else [CDF] * spec.draws + [WORD_START, LINE_END] * spec.words
+    names = [] if spec is None else [CDF] * spec.draws + [WORD_START] * spec.words
     return {name: np.zeros(vocab_size, np.float32) for name in names}
 
 
@@ -344,7 +338,7 @@ def edit(
       key: a PRNG key.
       raw: ``[B, L]`` int token ids, ``L >= T + 1``.
       hparams: traced rates (``data.augment.<op>``; absent: the spec's) and the tables
-        (:data:`CDF` when drawing, :data:`WORD_START` and :data:`LINE_END` for words).
+        (:data:`CDF` when drawing, :data:`WORD_START` for words).
 
     Returns:
       ``(inputs, targets, mask)`` ``[B, T]``; ``mask`` is 0 on targets past the edited text
@@ -363,27 +357,25 @@ def edit(
             if op in spec.ops:
                 v = jax.random.uniform(keys[f"draw_{op}"], (b, length)) * cdf[-1]
                 draws[op] = jnp.minimum(jnp.searchsorted(cdf, v, side="right"), cdf.shape[0] - 1)
-    tables_ = None
-    if spec.words:
-        tables_ = (jnp.asarray(hparams[WORD_START]), jnp.asarray(hparams[LINE_END]))
+    word_start = jnp.asarray(hparams[WORD_START]) if spec.words else None
 
     def row(tokens, u, parity, draws):
-        return _edit_row(tokens, u, parity, draws, rate, spec.ops, tables_)
+        return _edit_row(tokens, u, parity, draws, rate, spec.ops, word_start)
 
     tokens, valid = jax.vmap(row)(raw.astype(jnp.int32), u, parity, draws)
     t = spec.seq_len
     return tokens[:, :t], tokens[:, 1 : t + 1], valid[:, 1 : t + 1].astype(jnp.float32)
 
 
-def _edit_row(tokens, u, parity, draws, rate, ops, word_tables_):
+def _edit_row(tokens, u, parity, draws, rate, ops, word_start):
     """One row's edits: ``(tokens [L], valid [L])``; valid is a prefix."""
     length = tokens.shape[0]
     j = jnp.arange(length)
     valid = jnp.ones(length, bool)
     if "swap" in ops:
-        tokens = _swap(tokens, _starts(tokens, word_tables_), u["swap"], parity, rate["swap"])
+        tokens = _swap(tokens, _starts(tokens, word_start), u["swap"], parity, rate["swap"])
     if "delete" in ops:
-        unit = jnp.cumsum(_starts(tokens, word_tables_)) - 1
+        unit = jnp.cumsum(_starts(tokens, word_start)) - 1
         keep = u["delete"][unit] >= rate["delete"]
         place = jnp.where(keep, jnp.cumsum(keep) - 1, length)
         tokens = jnp.zeros_like(tokens).at[place].set(tokens, mode="drop")
@@ -399,13 +391,11 @@ def _edit_row(tokens, u, parity, draws, rate, ops, word_tables_):
     return tokens, valid
 
 
-def _starts(tokens, word_tables_):
+def _starts(tokens, word_start):
     """Whether each position starts a unit: every token, or a word's first token."""
-    if word_tables_ is None:
+    if word_start is None:
         return jnp.ones(tokens.shape, bool)
-    word_start, line_end = word_tables_
-    after_line = jnp.concatenate([jnp.ones(1, bool), line_end[tokens[:-1]] > 0.5])
-    return (word_start[tokens] > 0.5) | after_line  # the window's first token starts one
+    return (word_start[tokens] > 0.5).at[0].set(True)  # the window's first token starts one
 
 
 def _swap(tokens, starts, u, parity, rate):

@@ -43,7 +43,7 @@ import numpy as np
 
 from jaxlm import checkpoints, data, state, transforms
 from jaxlm.config import validate
-from jaxlm.data import batching
+from jaxlm.data import augment, batching
 from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.errors import ConfigError
 from jaxlm.train import hparams as hp_lib
@@ -307,7 +307,7 @@ def train_population(
 
     Raises:
       ConfigError: a member that changes shapes or holds a bad value; a workdir of other
-        members.
+        members; augmentation (``config.data.augment``), which a population does not apply.
 
     Example:
       >>> from jaxlm.config import load_config
@@ -318,6 +318,11 @@ def train_population(
       [3.61, 3.35]
     """
     configs = member_configs(config, members)
+    if any(augment.is_on(c.data) for c in configs):
+        raise ConfigError(
+            "population: config.data.augment is not applied in a population's step; set its "
+            "rates to 0, or train (and search) without --population"
+        )
     config = configs[0]
     fields = population_fields(configs)
     workdir = checkpoints.absolute(workdir)

@@ -33,8 +33,22 @@ def _rows(workdir) -> list[tuple[int, str]]:
     return [(r["step"], r["split"]) for r in map(json.loads, lines)]
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
-def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule):
+# augment: every edit on, whole words, windows drawn past the margin (jaxlm.data.augment).
+AUGMENT = {
+    "data.augment.replace": 0.1,
+    "data.augment.delete": 0.1,
+    "data.augment.insert": 0.1,
+    "data.augment.swap": 0.1,
+    "data.augment.unit": "word",
+}
+
+
+@pytest.mark.parametrize(
+    "schedule, variant",
+    [("cosine", {}), ("plateau", {}), ("cosine", AUGMENT)],
+    ids=["cosine", "plateau", "augment"],
+)
+def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule, variant):
     # plateau: the optimizer state also depends on validation losses seen along the way.
     config = smoke(
         **{
@@ -44,6 +58,7 @@ def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule):
             "train.log_every": 10,
             "optimizer.schedule": schedule,
             "optimizer.plateau_patience": 0,
+            **variant,
         }
     )
     straight = train_and_evaluate(config, tmp_path / "straight")
