@@ -1,0 +1,100 @@
+"""What on-device augmentation (``config.data.augment``, :mod:`jaxlm.data.augment`) adds to a
+training step (target: under 5% more step time) on the default char LSTM (``configs/lstm.py``)
+and on ``configs/transformer.py``.
+
+For each recipe, two runs of the same model side by side in one process: augmentation off, and
+on (every edit at ``--rate``, whole words with ``--unit=word``, the unigram source, the default
+margin). Each side steps as ``python -m jaxlm.train`` does: the step compiled ahead of time
+(``jaxlm.train.plan``), the batch of each step read on the host (``train_batch``, with the raw
+margin on the augmented side) and placed (``device_batch``). Timed runs alternate between the
+sides (``benchmarks/_harness.py``); the line gives the medians and the ratio on/off of the
+step time.
+
+Usage:
+  python benchmarks/augment_cost.py [--recipes lstm,transformer] [--steps 20] [--repeats 5]
+  python benchmarks/augment_cost.py --recipes lstm --steps 5 --repeats 2    # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import _harness
+
+
+def _runner(config, corpus):
+    """A function that trains ``n`` steps of ``config`` as the training loop does."""
+    import jax
+
+    from jaxlm import sharding
+    from jaxlm.data import augment, batching
+    from jaxlm.train import plan as plan_lib
+
+    vocab = corpus.tokenizer.vocab_size
+    plan = plan_lib.make_plan(config, vocab)
+    streams = batching.make_streams(corpus.train, config.data.batch_size)
+    extra = augment.margin(config.data)
+    with jax.set_mesh(plan.mesh):
+        compiled = plan_lib.compile_step(plan, config)
+        tables = augment.tables(config.data, corpus.train, corpus.tokenizer, vocab)
+        step_fn = plan_lib.run_step(plan, config, compiled, tables)
+        state = jax.jit(plan.setup.init, out_shardings=plan.shardings)()
+    box = {"state": state, "step": 0}
+
+    def run(n: int) -> None:
+        with jax.set_mesh(plan.mesh):
+            for _ in range(n):
+                host = batching.train_batch(
+                    streams, box["step"], config.data.seq_len, config.seed, extra
+                )
+                batch = sharding.device_batch(host, plan.mesh)
+                box["state"], metrics = step_fn(box["state"], batch)
+                box["step"] += 1
+            jax.block_until_ready((box["state"], metrics))
+
+    return run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _harness.add_common_args(p, steps=20)
+    p.add_argument("--recipes", default="lstm,transformer", help="recipes of configs/, by name")
+    p.add_argument("--rate", type=float, default=0.1, help="each edit's rate on the 'on' side")
+    p.add_argument("--unit", choices=("token", "word"), default="word")
+    args = p.parse_args()
+    _harness.setup(args)
+
+    import jax
+    import numpy as np
+
+    from jaxlm import data
+    from jaxlm.config import load_config
+    from jaxlm.data import augment
+
+    print(
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s); every edit at "
+        f"{args.rate}, unit {args.unit}; {args.steps} steps per timed run, medians of "
+        f"{args.repeats} alternating runs"
+    )
+    for recipe in args.recipes.split(","):
+        off = load_config(recipe)
+        on = load_config(recipe)
+        for op in ("replace", "delete", "insert", "swap"):
+            on.data.augment[op] = args.rate
+        on.data.augment.unit = args.unit
+        corpus = data.load_corpus(off.data)
+        times = _harness.time_alternating(
+            {"off": _runner(off, corpus), "on": _runner(on, corpus)}, args
+        )
+        t_off, t_on = (np.median(times[s][:, 0]) for s in ("off", "on"))
+        ratios = times["on"][:, 0] / times["off"][:, 0]
+        b, t = off.data.batch_size, off.data.seq_len
+        print(
+            f"{recipe:12s} B={b} T={t} margin {augment.margin(on.data)}: off "
+            f"{t_off * 1e3:7.1f} ms/step | on {t_on * 1e3:7.1f} ms/step | on/off "
+            f"{t_on / t_off:.3f} (runs {ratios.min():.3f}-{ratios.max():.3f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
