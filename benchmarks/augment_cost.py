@@ -8,7 +8,8 @@ margin). Each side steps as ``python -m jaxlm.train`` does: the step compiled ah
 (``jaxlm.train.plan``), the batch of each step read on the host (``train_batch``, with the raw
 margin on the augmented side) and placed (``device_batch``). Timed runs alternate between the
 sides (``benchmarks/_harness.py``); the line gives the medians and the ratio on/off of the
-step time.
+step time, and the edit compiled on its own (what the augmented step adds, measured apart from
+the step's own noise on a busy machine).
 
 Usage:
   python benchmarks/augment_cost.py [--recipes lstm,transformer] [--steps 20] [--repeats 5]
@@ -55,6 +56,30 @@ def _runner(config, corpus):
     return run
 
 
+def _edit_only(config, corpus):
+    """A function that runs only the augmenting edit of ``n`` steps' batches (compiled)."""
+    import jax
+
+    from jaxlm.data import augment, batching
+
+    spec = augment.from_config(config.data)
+    vocab = corpus.tokenizer.vocab_size
+    tables = augment.tables(config.data, corpus.train, corpus.tokenizer, vocab)
+    streams = batching.make_streams(corpus.train, config.data.batch_size)
+    host = batching.train_batch(streams, 0, config.data.seq_len, config.seed, spec.extra)
+    batch = {k: jax.numpy.asarray(v) for k, v in host.items()}
+    edit = jax.jit(lambda key, batch, tables: augment.apply(spec, key, batch, tables))
+    box = {"step": 0}
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            out = edit(jax.random.PRNGKey(box["step"]), batch, tables)
+            box["step"] += 1
+        jax.block_until_ready(out)
+
+    return run
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     _harness.add_common_args(p, steps=20)
@@ -83,16 +108,17 @@ def main() -> None:
             on.data.augment[op] = args.rate
         on.data.augment.unit = args.unit
         corpus = data.load_corpus(off.data)
-        times = _harness.time_alternating(
-            {"off": _runner(off, corpus), "on": _runner(on, corpus)}, args
-        )
-        t_off, t_on = (np.median(times[s][:, 0]) for s in ("off", "on"))
+        sides = {"off": _runner(off, corpus), "on": _runner(on, corpus)}
+        sides["edit"] = _edit_only(on, corpus)
+        times = _harness.time_alternating(sides, args)
+        t_off, t_on, t_edit = (np.median(times[s][:, 0]) for s in ("off", "on", "edit"))
         ratios = times["on"][:, 0] / times["off"][:, 0]
         b, t = off.data.batch_size, off.data.seq_len
         print(
             f"{recipe:12s} B={b} T={t} margin {augment.margin(on.data)}: off "
             f"{t_off * 1e3:7.1f} ms/step | on {t_on * 1e3:7.1f} ms/step | on/off "
-            f"{t_on / t_off:.3f} (runs {ratios.min():.3f}-{ratios.max():.3f})"
+            f"{t_on / t_off:.3f} (runs {ratios.min():.3f}-{ratios.max():.3f}) | the edit alone "
+            f"{t_edit * 1e3:.2f} ms ({t_edit / t_off:.2%} of a step)"
         )
 
 

@@ -35,7 +35,9 @@ with the other source, compile the same program.
 masked: the batch gets a ``mask`` whose zeros leave those targets out of the loss. The default
 margin (``extra=-1``, :func:`margin`) is sized so that this is rare: the deletions' mean plus
 five standard deviations (with ``unit="word"`` the variance of words 8 tokens long). A margin
-set by hand (``extra >= 0``) is used as it is.
+set by hand (``extra >= 0``) is used as it is. The next window starts where it would without
+edits, so a recurrent model that carries its state reads, after a window with deletions, a few
+tokens it saw already (after insertions, it skips a few): the edits move text, not windows.
 
 **Whole words** (``unit="word"``): a token starts a word when its first byte is blank (a
 space, a tab, a line end: byte-level BPE's ``"Ġthe"``, a char tokenizer's ``" "``) or it has

@@ -19,6 +19,7 @@ from jaxlm.data.subword import SubwordTokenizer
 from jaxlm.data.tokenizers import ByteTokenizer, CharTokenizer, WordTokenizer
 from jaxlm.errors import ConfigError
 from jaxlm.search.population import train_population
+from jaxlm.train import hparams
 from jaxlm.train import plan as plan_lib
 from jaxlm.train.evaluate import Evaluator
 from jaxlm.train.loop import train_and_evaluate
@@ -236,6 +237,21 @@ def test_rates_of_zero_leave_the_program_and_the_batch_as_they_were():
         a = batching.train_batch(streams, step, 32, 0)
         b = batching.train_batch(streams, step, 32, 0, extra=augment.margin(off.data))
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_runs_that_differ_only_in_rates_share_one_program():
+    configs = [
+        smoke(**{"data.augment.delete": d, "data.augment.swap": s, "data.augment.extra": 24})
+        for d, s in ((0.1, 0.05), (0.3, 0.2))
+    ]
+    assert hparams.fields_in_force(configs[0])[-2:] == ("data.augment.delete", "data.augment.swap")
+    assert float(hparams.from_config(configs[1])["data.augment.delete"]) == pytest.approx(0.3)
+    texts = []
+    for config in configs:
+        plan = plan_lib.make_plan(config, vocab_size=40)
+        with jax.set_mesh(plan.mesh):
+            texts.append(_program(plan_lib.compile_step(plan, config).as_text()))
+    assert texts[0] == texts[1]
 
 
 def test_a_raw_window_extends_the_same_window():
