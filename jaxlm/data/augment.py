@@ -345,7 +345,17 @@ def edit(
     Returns:
       ``(inputs, targets, mask)`` ``[B, T]``; ``mask`` is 0 on targets past the edited text
       (deletions ate the whole margin), else 1.
+
+    Raises:
+      ValueError: a table the edits need is not in ``hparams``.
     """
+    missing = [n for n, on in ((CDF, spec.draws), (WORD_START, spec.words)) if on]
+    missing = [n for n in missing if n not in hparams]
+    if missing:
+        raise ValueError(
+            f"augmentation needs its tables {missing} among the step's hyperparameters "
+            "(jaxlm.data.augment.tables; jaxlm.train.plan.run_step binds them)"
+        )
     rate = {op: hparams.get(f"data.augment.{op}", getattr(spec, op)) for op in spec.ops}
     b, length = raw.shape
     names = ("parity", *OPS, "draw_insert", "draw_replace")

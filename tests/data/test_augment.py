@@ -105,6 +105,13 @@ def test_replacement_keeps_the_length_and_draws_from_the_source():
         assert all(row[j] in (j + 1, SOURCE) for j in range(41))  # in place, or the source's
 
 
+def test_a_missing_table_is_named():
+    spec = augment.Augment(seq_len=4, insert=0.1, swap=0.1, unit="word")
+    wanted = r"tables \['data.augment.cdf', 'data.augment.word_start'\]"
+    with pytest.raises(ValueError, match=wanted):
+        augment.edit(spec, jax.random.PRNGKey(0), jnp.zeros((1, 5), jnp.int32), {})
+
+
 def test_drawn_tokens_follow_the_unigram_distribution_or_the_uniform_one():
     tokens = np.array([3] * 50 + [5] * 30 + [8] * 20)
     cdf = augment.unigram_cdf(tokens, 10)
