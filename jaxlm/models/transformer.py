@@ -203,6 +203,9 @@ class Block(nn.Module):
         if self.positions == "rotary":
             q, k = rotary(q, positions), rotary(k, positions)
         if cache is None:
+            # Kept only when a caller collects "intermediates" (jaxlm.explain's attention maps);
+            # otherwise a no-op that leaves the program unchanged.
+            self.sow("intermediates", "queries_keys", (q, k))
             rate = 0.0 if deterministic else self.attention_dropout
             rng = self.make_rng("dropout") if is_on(rate) else None
             att = causal_attention(q, k, v, dropout_rate=rate, dropout_rng=rng)
@@ -324,8 +327,26 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, tokens_BxT: jax.Array, carry: Cache | None = None, *, deterministic: bool = True
+        self,
+        tokens_BxT: jax.Array,
+        carry: Cache | None = None,
+        *,
+        deterministic: bool = True,
+        embedded: jax.Array | None = None,
     ) -> tuple[jax.Array, Cache | None, dict[str, jax.Array]]:
+        """Runs the model over a window (or appends it to the cache in ``carry``).
+
+        Args:
+          tokens_BxT: int token ids.
+          carry: None in training, or the decoding cache (:meth:`initial_carry`).
+          deterministic: False in training (dropout).
+          embedded: ``[B, T, E]`` token embeddings that replace the lookup of ``tokens_BxT``
+            (positions are still added): what :mod:`jaxlm.explain` differentiates and
+            interpolates. None (the default) leaves the program as it is.
+
+        Returns:
+          ``(logits_BxTxV, new_carry, aux)``.
+        """
         if self.embed_dim % self.num_heads:
             raise ValueError(
                 f"Transformer: embed_dim={self.embed_dim} does not divide into "
@@ -347,7 +368,7 @@ class Transformer(nn.Module):
             param_dtype=self.param_dtype,
             name="embed",
         )
-        x = embed(tokens_BxT)
+        x = embed(tokens_BxT) if embedded is None else embedded.astype(self.dtype)
         if self.positions == "learned":
             table = self.param(
                 "pos_embed",

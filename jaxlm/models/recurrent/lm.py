@@ -127,8 +127,27 @@ class RecurrentLM(nn.Module):
 
     @nn.compact
     def __call__(
-        self, tokens_BxT: jax.Array, carry: Carry, *, deterministic: bool = True
+        self,
+        tokens_BxT: jax.Array,
+        carry: Carry,
+        *,
+        deterministic: bool = True,
+        embedded: jax.Array | None = None,
     ) -> tuple[jax.Array, Carry, dict[str, jax.Array]]:
+        """Runs the model over a window.
+
+        Args:
+          tokens_BxT: int token ids.
+          carry: the state at the window start (:meth:`initial_carry`).
+          deterministic: False in training (dropout, weight-drop, AR/TAR).
+          embedded: ``[B, T, E]`` inputs in embedding space that replace the lookup of
+            ``tokens_BxT`` (embedding dropout does not apply to them): what
+            :mod:`jaxlm.explain` differentiates and interpolates. None (the default) leaves
+            the program as it is.
+
+        Returns:
+          ``(logits_BxTxV, new_carry, aux)``.
+        """
         init = uniform_init(self.init_scale)
         n = len(self.hidden_sizes)
         weight_drop = _per_layer(self.weight_drop, n, "weight_drop")
@@ -153,7 +172,9 @@ class RecurrentLM(nn.Module):
                 jnp.ones((self.vocab_size,), jnp.float32), deterministic=False
             )
             table = table * row_scale[:, None].astype(table.dtype)
-        if is_on(p_in) and not deterministic:
+        if embedded is not None:  # given in embedding space (jaxlm.explain)
+            x, first = self._locked_dropout(embedded.astype(self.dtype), p_in, deterministic), {}
+        elif is_on(p_in) and not deterministic:
             x = self._locked_dropout(
                 jnp.take(table, tokens_BxT, axis=0, mode="clip").astype(self.dtype),
                 p_in,
