@@ -375,6 +375,18 @@ def _tree_norm(a: PyTree) -> jax.Array:
     return jnp.sqrt(_tree_dot(a, a))
 
 
+def _chunked(fn, xs: PyTree, chunk: int) -> PyTree:
+    """``jax.lax.map(fn, xs, batch_size=chunk)`` with the rows padded to a whole number of
+    chunks (repeating the last), so the body is compiled once, not again for a remainder."""
+    rows = jax.tree.leaves(xs)[0].shape[0]
+    if rows <= chunk:
+        return jax.vmap(fn)(xs)
+    padded = -(-rows // chunk) * chunk
+    xs = jax.tree.map(lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], padded - rows, 0)]), xs)
+    out = jax.lax.map(fn, xs, batch_size=chunk)
+    return jax.tree.map(lambda a: a[:rows], out)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "kind", "chunk"))
 def _integrated(
     model,
@@ -432,7 +444,7 @@ def _integrated(
         jnp.repeat(con, s),
         jnp.repeat(has_con, s),
     )
-    outs = jax.lax.map(lambda args: one(*args), flat, batch_size=min(chunk, n * s))
+    outs = _chunked(lambda args: one(*args), flat, chunk)
     outs = [o.reshape(n, s, *o.shape[1:]) for o in outs]
     ig_tok, ig_carry, gxi, gxi_carry, norm, carry_norm, vals = outs
     return (
@@ -480,7 +492,7 @@ def _occlusion(
     def occluded(i):
         return scores(jnp.where((jnp.arange(t) == i)[:, None], base_emb, emb), carry)
 
-    per_token = jax.lax.map(occluded, jnp.arange(t), batch_size=min(chunk, t))  # [T, N]
+    per_token = _chunked(occluded, jnp.arange(t), chunk)  # [T, N]
     carry_drop = full - scores(emb, zero_carry) if with_carry else jnp.zeros_like(full)
     return full[None] - per_token, carry_drop, full
 
