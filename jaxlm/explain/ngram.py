@@ -285,6 +285,7 @@ def attribute_ngram(
             attrs["occlusion"] = occ
         results.append(TargetAttribution(r.position, tok, r.contrast, full, None, attrs, {}))
     options = {key: v for key, v in opts.items() if key not in ("carry", "counts")}
+    options["ngram_order"] = model.order
     return Explanation(
         tokens=tokens,
         start=0,
