@@ -88,7 +88,7 @@ def randomisation_check(
 
     trained = attribute(model, params, tokens, targets, method=method, **options)
     ids = jnp.asarray(trained.tokens, jnp.int32)[None]
-    fresh = model.init(jax.random.key(seed), ids, model.initial_carry(1))["params"]
+    fresh = jax.jit(model.init)(jax.random.key(seed), ids, model.initial_carry(1))["params"]
     again = [Target(t.position, t.token, t.contrast) for t in trained.targets]
     other = attribute(model, fresh, tokens, again, method=method, **options)
     rho, rho_abs = [], []
