@@ -119,6 +119,11 @@ def _methods(spec: str | None, ngram: bool, everything: bool) -> tuple[str, ...]
     for m in out:
         if m not in METHODS:
             raise ExplainError(f"--method: unknown {m!r}; expected {', '.join(METHODS)} or all")
+        if ngram and m != "occlusion":
+            raise ExplainError(
+                f"--method: {m} needs gradients; an n-gram model has none (use "
+                "--method=occlusion; its back-off paths come with every explanation)"
+            )
     return out
 
 
@@ -163,10 +168,7 @@ def explain_run(args: argparse.Namespace) -> dict[str, Any]:
     if contrast is not None and target is None:
         raise ExplainError("--contrast: needs --target (explain the target rather than it)")
     last = Target(-1, target, contrast)
-    if everything:
-        targets = [Target(t, int(ids[t + 1])) for t in range(len(ids) - 1)] + [last]
-    else:
-        targets = [last]
+    targets = ["all", last] if everything else [last]
     options = dict(score=args.score, steps=args.steps, baseline=baseline, top_k=args.top_k)
     if args.window is not None:
         options["window"] = args.window

@@ -198,8 +198,10 @@ def attribute(
       params: the model's parameters (None for an n-gram model).
       tokens: ``[T]`` int token ids of the text, ``T >= 1``.
       targets: what to explain: None (the top token after the text), an int (that token after
-        the text), a :class:`Target`, a list of them, or ``"all"`` (the actual next token at
-        every position, and the top token after the text).
+        the text), a :class:`Target`, a list of them, ``"all"`` (the actual next token at
+        every position, and the top token after the text), or ``["all", Target(-1, ...)]``
+        (the actual next tokens, then the given targets). Positions count in the window
+        explained (a longer text's last tokens, see ``window``).
       method: one of :data:`METHODS` or a sequence of them (an n-gram model supports only
         ``"occlusion"``; its back-off paths come with every explanation).
       **options: ``score`` ("logprob" or "logit", default "logprob"); ``steps`` (integrated
@@ -309,6 +311,11 @@ def resolve_targets(targets: Any, length: int, tokens: np.ndarray) -> list[Targe
         if targets != "all":
             raise ValueError(f"targets: unknown {targets!r}; expected 'all', a token or Targets")
         out = [Target(t, int(tokens[t + 1])) for t in range(length - 1)] + [Target(length - 1)]
+    elif isinstance(targets, list | tuple) and targets and isinstance(targets[0], str):
+        if targets[0] != "all":
+            raise ValueError(f"targets: unknown {targets[0]!r}; expected 'all'")
+        rest = [t if isinstance(t, Target) else Target(*t) for t in targets[1:]]
+        out = [Target(t, int(tokens[t + 1])) for t in range(length - 1)] + rest
     elif isinstance(targets, int | np.integer):
         out = [Target(length - 1, int(targets))]
     elif isinstance(targets, Target):
