@@ -85,7 +85,7 @@ function panel(){
     h += '<table id="attr"><tr><th>#</th><th>token</th><th>attribution</th></tr>';
     const order = a.map((v, i) => i).sort((x, y) => Math.abs(a[y]) - Math.abs(a[x])).slice(0, 12);
     order.forEach(i => { h += `<tr><td>${i}</td><td><code>${show(JSON.stringify(D.tokens[i].text))}</code></td><td>${bar(a[i], scale)}</td></tr>`; });
-    if (tg.carry[method] !== undefined) h += `<tr><td>-</td><td>state before the window</td><td>${bar(tg.carry[method], scale)}</td></tr>`;
+    if (tg.carry[method] !== undefined && D.start > 0) h += `<tr><td>-</td><td>state before the window</td><td>${bar(tg.carry[method], scale)}</td></tr>`;
     h += '</table>';
   } else if (sel > 0) {
     h += '<p class="muted">No attribution was computed for this prediction.</p>';
@@ -118,4 +118,7 @@ if (D.attention) {
 } else { document.getElementById('attn').style.display = 'none'; }
 const last = D.targets.length ? D.targets[D.targets.length - 1].predicts_index : null;
 if (last !== null) { sel = last; view = 'attribution'; }
+// #token=I in the address selects token I (N: the prediction after the text)
+const asked = location.hash.match(/token=(\d+)/);
+if (asked && +asked[1] <= N) { sel = +asked[1]; view = byIndex[sel] ? 'attribution' : 'surprisal'; }
 sync();
