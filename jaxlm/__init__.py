@@ -11,7 +11,8 @@ The names most programs need are here; each lives in its module (``jaxlm.train``
 
 The subpackages are attributes too: ``jaxlm.transforms`` (optax transforms), ``jaxlm.models``,
 ``jaxlm.data``, ``jaxlm.optim``, ``jaxlm.checkpoints``, ``jaxlm.train``, ``jaxlm.runtime``,
-``jaxlm.jobs`` (the job balancer), ``jaxlm.search`` (hyperparameter search).
+``jaxlm.jobs`` (the job balancer), ``jaxlm.search`` (hyperparameter search), ``jaxlm.explain``
+(why a model predicted a token).
 """
 
 from typing import TYPE_CHECKING
@@ -53,6 +54,7 @@ _SUBPACKAGES = (
     "config",
     "data",
     "errors",
+    "explain",
     "jobs",
     "losses",
     "models",
