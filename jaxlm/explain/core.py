@@ -430,8 +430,9 @@ def _integrated(
 ):
     """Integrated gradients (and the gradient at the input) of N targets in one program.
 
-    ``alphas``/``weights`` are the S quadrature nodes on [0, 1]; the last node is 1 with weight
-    0, so its gradient (at the input itself) gives gradient x input and saliency.
+    ``alphas``/``weights`` are the S quadrature nodes on [0, 1], with 0 first and 1 last at
+    weight 0: the first row's score is the baseline's, and the last row's gradient (at the input
+    itself) gives gradient x input and saliency.
 
     Returns:
       ``ig [N, T]``, ``ig_carry [N]``, ``grad_dot_input [N, T]``, ``gxi_carry [N]``,
@@ -647,8 +648,10 @@ def _attribute_neural(
     grad_methods = [m for m in methods if m in ("ig", "gxi", "saliency")]
     if grad_methods:
         if "ig" in methods:
+            # 0 and 1 with weight 0: the scores at the baseline and at the input, exactly
             alphas, weights = gauss_legendre(int(opts["steps"]))
-            alphas, weights = np.append(alphas, 1.0), np.append(weights, 0.0)
+            alphas = np.concatenate([[0.0], alphas, [1.0]]).astype(np.float32)
+            weights = np.concatenate([[0.0], weights, [0.0]]).astype(np.float32)
         else:  # only the gradient at the input
             alphas, weights = np.ones(1, np.float32), np.zeros(1, np.float32)
         outs = _integrated(
