@@ -92,7 +92,7 @@ def attention_maps(model: Any, params: Any, tokens: Any) -> Attention:
     Example:
       >>> from jaxlm.models import Transformer
       >>> model = Transformer(vocab_size=7, embed_dim=8, num_layers=2, num_heads=2, max_len=8)
-      >>> params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+      >>> params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
       >>> a = attention_maps(model, params, jnp.array([1, 2, 3, 4]))
       >>> a.maps.shape, np.allclose(a.maps.sum(-1), 1), np.allclose(a.rollout.sum(-1), 1)
       ((2, 2, 4, 4), True, True)

@@ -228,7 +228,8 @@ def attribute(
       >>> from jaxlm.models import RecurrentLM
       >>> model = RecurrentLM(vocab_size=11, embed_dim=8, hidden_sizes=(16,))
       >>> tokens = jnp.array([1, 2, 3, 4])
-      >>> params = model.init(jax.random.key(0), tokens[None], model.initial_carry(1))["params"]
+      >>> init = jax.jit(model.init)  # compiled once, not op by op
+      >>> params = init(jax.random.key(0), tokens[None], model.initial_carry(1))["params"]
       >>> e = attribute(model, params, tokens, Target(-1, token=5), method=("ig", "gxi"), steps=32)
       >>> e.targets[0].attributions["ig"].shape, abs(e.targets[0].completeness_gap) < 0.01
       ((4,), True)
