@@ -450,6 +450,9 @@ _MODEL_RANGES: dict[str, _Range] = {
         "a number in [0, 1), or one per layer",
         lambda v: _BELOW_ONE.ok(v) or (_is_seq(v) and all(map(_BELOW_ONE.ok, v))),
     ),
+    "gate_dropout_forget": _BELOW_ONE,
+    "gate_dropout_output": _BELOW_ONE,
+    "gate_dropout_update": _BELOW_ONE,
     "ar": _NON_NEGATIVE,
     "tar": _NON_NEGATIVE,
     "init_scale": _POSITIVE,
@@ -564,12 +567,29 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
                     f"config.model.discount: {d} is outside [0, {limit}] for {m.method} "
                     f"(value {i + 1} of {tuple(m.discount)})"
                 )
-    elif name in RECURRENT and _is_seq(m.weight_drop) and len(m.weight_drop) != len(m.hidden_sizes):
-        raise ConfigError(
-            f"config.model.weight_drop: {len(m.weight_drop)} values for the "
-            f"{len(m.hidden_sizes)} layers of config.model.hidden_sizes={tuple(m.hidden_sizes)}; "
-            "give one value, or one per layer"
-        )
+    elif name in RECURRENT:
+        if _is_seq(m.weight_drop) and len(m.weight_drop) != len(m.hidden_sizes):
+            raise ConfigError(
+                f"config.model.weight_drop: {len(m.weight_drop)} values for the "
+                f"{len(m.hidden_sizes)} layers of config.model.hidden_sizes="
+                f"{tuple(m.hidden_sizes)}; give one value, or one per layer"
+            )
+        _check_gate_dropout(name, m)
+
+
+def _check_gate_dropout(cell: str, m: ml_collections.ConfigDict) -> None:
+    """Gate dropout on a gate the cell has: an LSTM's three, a GRU's candidate, no Elman one."""
+    from jaxlm.models.recurrent import CELLS, GATES
+
+    can = CELLS[cell].gate_dropouts
+    for gate in GATES:
+        rate = m.get(f"gate_dropout_{gate}", 0.0)
+        if rate and gate not in can:
+            raise ConfigError(
+                f"config.model.gate_dropout_{gate}={rate}: a {cell} cell has no {gate} gate "
+                f"to drop (gate dropout applies to: {', '.join(can) or 'none'} for {cell}; "
+                "forget, output and update for lstm); set it to 0"
+            )
 
 
 def _check_parallel(config: ml_collections.ConfigDict) -> None:

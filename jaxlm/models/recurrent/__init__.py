@@ -25,16 +25,19 @@ from jaxlm.models.recurrent.kernels import (
 )
 from jaxlm.models.recurrent.layers import (
     CELLS,
+    GATES,
     ElmanLayer,
     GRULayer,
     LSTMLayer,
     RecurrentLayer,
+    gate_mask,
     uniform_init,
 )
 from jaxlm.models.recurrent.lm import RecurrentLM
 
 __all__ = [
     "CELLS",
+    "GATES",
     "ElmanLayer",
     "GRULayer",
     "LSTMLayer",
@@ -44,5 +47,6 @@ __all__ = [
     "recurrence",
     "recurrent_layer",
     "reference_layer",
+    "gate_mask",
     "uniform_init",
 ]

@@ -27,8 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxlm.models.common import Dropout
-from jaxlm.models.recurrent.kernels import mm, recurrence, recurrent_layer
+from jaxlm.models.common import Dropout, is_on
+from jaxlm.models.recurrent.kernels import GateMasks, mm, recurrence, recurrent_layer
 
 Carry = Any
 Dtype = Any
@@ -53,6 +53,31 @@ def uniform_init(scale: float) -> nn.initializers.Initializer:
     return init
 
 
+GATES = ("forget", "output", "update")
+"""The gates that gate dropout may drop, in :data:`~.kernels.GateMasks` order."""
+
+
+def gate_mask(key: jax.Array, rate: float | jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """One scaled dropout mask: 0 with chance ``rate``, else ``1 / (1 - rate)``, float32.
+
+    Args:
+      key: a PRNG key.
+      rate: the drop probability in [0, 1), a Python number or a traced scalar.
+      shape: ``[B, H]`` (one mask for the window) or ``[T, B, H]`` (one per step).
+
+    Returns:
+      The mask; its mean is 1 in expectation.
+
+    Example:
+      >>> m = gate_mask(jax.random.key(0), 0.5, (4, 8))
+      >>> sorted(set(m.ravel().tolist())) == [0.0, 2.0]
+      True
+    """
+    keep = 1.0 - rate
+    kept = jax.random.bernoulli(key, keep, shape)
+    return jnp.where(kept, 1.0 / jnp.asarray(keep, jnp.float32), 0.0).astype(jnp.float32)
+
+
 class RecurrentLayer(nn.Module):
     """One recurrent layer over a window, ``[B, T, I] -> [B, T, H]``: parameters, weight-drop
     and the scan over time; :class:`LSTMLayer`, :class:`GRULayer` and :class:`ElmanLayer` set
@@ -65,6 +90,18 @@ class RecurrentLayer(nn.Module):
       dtype: compute dtype of the matrix products; the state (an LSTM's cell too) stays
         float32.
       param_dtype: storage dtype of the parameters.
+      gate_dropout_forget: dropout on the forget gate's activation in training (LSTM):
+        ``c_t = d(f) c_{t-1} + i g``.
+      gate_dropout_output: dropout on the output gate's activation (LSTM):
+        ``h_t = d(o) tanh(c_t)``.
+      gate_dropout_update: dropout on the update, the cell candidate: ``c_t = f c_{t-1} +
+        i d(g)`` (LSTM), ``h_t = (1 - z) d(n) + z h_{t-1}`` (GRU): Semeniuta et al. 2016's
+        recurrent dropout without memory loss. Every gate rate drops with inverted scaling
+        (kept values times ``1 / (1 - p)``), from the ``dropout`` rng; a traced rate is
+        always on (:func:`~jaxlm.models.common.is_on`). A cell without the gate
+        (:attr:`gate_dropouts`) refuses a rate that is on.
+      locked_gates: True: one mask per window and sequence, shared over its time steps;
+        False: a fresh mask at every step.
 
     Example:
       >>> layer = LSTMLayer(8)  # or GRULayer(8), ElmanLayer(8)
@@ -79,13 +116,39 @@ class RecurrentLayer(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
+    gate_dropout_forget: float = 0.0
+    gate_dropout_output: float = 0.0
+    gate_dropout_update: float = 0.0
+    locked_gates: bool = True
+
     cell: ClassVar[str] = "rnn"
     num_gates: ClassVar[int] = 1
     hh_bias: ClassVar[bool] = False
+    gate_dropouts: ClassVar[tuple[str, ...]] = ()  # the gates of GATES this cell can drop
 
     def initial_carry(self, batch_size: int) -> Carry:
         """Zero hidden state, float32 ``[B, H]``."""
         return jnp.zeros((batch_size, self.hidden_size), jnp.float32)
+
+    def _gate_masks(self, batch: int, steps: int, deterministic: bool) -> GateMasks:
+        """The window's gate dropout masks (:data:`~.kernels.GateMasks`), None when none is on
+        or in evaluation."""
+        rates = (self.gate_dropout_forget, self.gate_dropout_output, self.gate_dropout_update)
+        for gate, rate in zip(GATES, rates, strict=True):
+            if is_on(rate) and gate not in self.gate_dropouts:
+                can = ", ".join(self.gate_dropouts) or "none"
+                raise ValueError(
+                    f"gate_dropout_{gate}: a {self.cell} layer has no {gate} gate to drop "
+                    f"(it can drop: {can}); set it to 0"
+                )
+        if deterministic or not any(map(is_on, rates)):
+            return None
+        key = self.make_rng("dropout")
+        shape = (batch, self.hidden_size) if self.locked_gates else (steps, batch, self.hidden_size)
+        return tuple(
+            gate_mask(jax.random.fold_in(key, j), rate, shape) if is_on(rate) else None
+            for j, rate in enumerate(rates)
+        )
 
     @nn.compact
     def __call__(
@@ -102,7 +165,7 @@ class RecurrentLayer(nn.Module):
           x_BxTxI: the input ``[B, T, I]``, or int token ids ``[B, T]`` when ``embedding`` is
             given.
           carry: the state at the start of the window (see ``initial_carry``).
-          deterministic: False in training (weight-drop).
+          deterministic: False in training (weight-drop, gate dropout).
           embedding: ``[V, I]``: the input is ``embedding[x_BxTxI]``. When V is at most half
             the window's B*T tokens, the input projection is then a lookup into the ``[V, G]``
             table ``embedding @ ih/kernel``: the same products, computed once per vocabulary
@@ -139,17 +202,18 @@ class RecurrentLayer(nn.Module):
         w_ih, b_ih = ih["kernel"].astype(self.dtype), ih["bias"].astype(jnp.float32)
         w_hh = kernel.astype(self.dtype)
         hb = hh["bias"].astype(jnp.float32) if self.hh_bias else None
+        masks = self._gate_masks(x_BxTxI.shape[0], x_BxTxI.shape[1], deterministic)
         # Time-major inside: the scan walks the leading axis.
         if embedding is None:
             x_TxBxI = jnp.swapaxes(x_BxTxI, 0, 1).astype(self.dtype)
-            h_TxBxH, carry = recurrent_layer(self.cell, x_TxBxI, w_ih, b_ih, w_hh, hb, carry)
+            h_TxBxH, carry = recurrent_layer(self.cell, x_TxBxI, w_ih, b_ih, w_hh, hb, carry, masks)
         elif 2 * embedding.shape[0] <= x_BxTxI.size:
             table = mm(embedding.astype(self.dtype), w_ih)  # [V, G] float32
             xw_TxBxG = jnp.take(table, x_BxTxI.T, axis=0, mode="clip")
-            h_TxBxH, carry = recurrence(self.cell, xw_TxBxG, b_ih, w_hh, hb, carry)
+            h_TxBxH, carry = recurrence(self.cell, xw_TxBxG, b_ih, w_hh, hb, carry, masks)
         else:
             x_TxBxI = jnp.take(embedding, x_BxTxI.T, axis=0, mode="clip").astype(self.dtype)
-            h_TxBxH, carry = recurrent_layer(self.cell, x_TxBxI, w_ih, b_ih, w_hh, hb, carry)
+            h_TxBxH, carry = recurrent_layer(self.cell, x_TxBxI, w_ih, b_ih, w_hh, hb, carry, masks)
         return jnp.swapaxes(h_TxBxH, 0, 1), carry
 
 
@@ -164,6 +228,7 @@ class LSTMLayer(RecurrentLayer):
 
     cell: ClassVar[str] = "lstm"
     num_gates: ClassVar[int] = 4
+    gate_dropouts: ClassVar[tuple[str, ...]] = GATES
 
     def initial_carry(self, batch_size: int) -> tuple[jax.Array, jax.Array]:
         """Zero ``(c, h)``, float32 ``[B, H]`` each."""
@@ -178,7 +243,9 @@ class GRULayer(RecurrentLayer):
     Follows ``torch.nn.GRU``: ``r = σ(x W_ir + b_ir + h W_hr + b_hr)``, ``z`` likewise,
     ``n = tanh(x W_in + b_in + r * (h W_hn + b_hn))``, ``h' = (1 - z) * n + z * h``.
     Parameters: ``ih/kernel`` ``[I, 3H]``, ``ih/bias`` ``[3H]``, ``hh/kernel`` ``[H, 3H]``,
-    ``hh/bias`` ``[3H]``; gate order (reset, update, new).
+    ``hh/bias`` ``[3H]``; gate order (reset, update, new). Of the gate dropouts only
+    ``gate_dropout_update`` applies, to the candidate ``n`` (Semeniuta et al.'s GRU form);
+    note that torch's "update gate" is ``z``, which is not dropped.
 
     Attributes and example: see :class:`RecurrentLayer`.
     """
@@ -186,6 +253,9 @@ class GRULayer(RecurrentLayer):
     cell: ClassVar[str] = "gru"
     num_gates: ClassVar[int] = 3
     hh_bias: ClassVar[bool] = True
+    # Only the update (candidate) maps: a GRU has no output gate, and its update gate z both
+    # keeps and replaces the state, so a dropped z is not a dropped forget gate.
+    gate_dropouts: ClassVar[tuple[str, ...]] = ("update",)
 
 
 class ElmanLayer(RecurrentLayer):

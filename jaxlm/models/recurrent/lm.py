@@ -1,7 +1,9 @@
 """The recurrent language model: an embedding, stacked recurrent layers and a softmax.
 
 The AWD-LSTM regularizers (Merity et al. 2017, https://arxiv.org/abs/1708.02182) are switches
-of :class:`RecurrentLM`: embedding dropout, locked dropout, weight-drop, AR and TAR.
+of :class:`RecurrentLM`: embedding dropout, locked dropout, weight-drop, AR and TAR; so is
+dropout on an LSTM's forget, output and update gates (Semeniuta et al. 2016,
+https://arxiv.org/abs/1603.05118, for the update).
 """
 
 from __future__ import annotations
@@ -55,11 +57,19 @@ class RecurrentLM(nn.Module):
       hidden_dropout: locked dropout between recurrent layers (AWD-LSTM ``dropouth``); < 0:
         same as ``dropout``.
       locked_dropout: True: one dropout mask per sequence, shared over time (Gal and
-        Ghahramani; AWD-LSTM); False: a fresh mask at every time step (Zaremba et al.).
+        Ghahramani; AWD-LSTM); False: a fresh mask at every time step (Zaremba et al.). The
+        gate dropouts follow it too.
       embed_dropout: drops whole rows of the embedding matrix (a word is dropped everywhere it
         appears in the batch), remaining rows scaled by ``1 / (1 - p)``.
       weight_drop: DropConnect on each layer's ``hh/kernel``, one mask per window; a float for
         every layer or one value per layer.
+      gate_dropout_forget: dropout on every LSTM layer's forget gate activation,
+        ``c_t = d(f) c_{t-1} + i g`` (a kept ``f`` is scaled by ``1 / (1 - p)`` and may
+        exceed 1).
+      gate_dropout_output: dropout on the output gate, ``h_t = d(o) tanh(c_t)``.
+      gate_dropout_update: dropout on the update (the cell candidate), ``c_t = f c_{t-1} +
+        i d(g)``: Semeniuta et al.'s recurrent dropout without memory loss. A GRU takes this
+        one only, on its candidate ``n``; an Elman RNN none (see :class:`RecurrentLayer`).
       ar: activation regularization, ``ar * mean(dropped last-layer output ** 2)``, returned
         in ``aux["reg_loss"]`` in training.
       tar: temporal activation regularization, ``tar * mean((h_t - h_{t-1}) ** 2)`` on the
@@ -91,6 +101,9 @@ class RecurrentLM(nn.Module):
     locked_dropout: bool = True
     embed_dropout: float = 0.0
     weight_drop: float | Sequence[float] = 0.0
+    gate_dropout_forget: float = 0.0
+    gate_dropout_output: float = 0.0
+    gate_dropout_update: float = 0.0
     ar: float = 0.0
     tar: float = 0.0
     tie_embeddings: bool = False
@@ -193,6 +206,10 @@ class RecurrentLM(nn.Module):
                 weight_drop[i],
                 self.dtype,
                 self.param_dtype,
+                gate_dropout_forget=self.gate_dropout_forget,
+                gate_dropout_output=self.gate_dropout_output,
+                gate_dropout_update=self.gate_dropout_update,
+                locked_gates=self.locked_dropout,
                 name=f"layers_{i}",
             )(x, carry[i], deterministic=deterministic, **(first if i == 0 else {}))
             new_carry.append(c)
