@@ -195,6 +195,9 @@ OUT_OF_RANGE = {
     "model.hidden_dropout": [1.0],
     "model.embed_dropout": [1.0],
     "model.weight_drop": [1.0, (0.5, 1.0)],
+    "model.gate_dropout_forget": [1.0, -0.1],
+    "model.gate_dropout_output": [1.0],
+    "model.gate_dropout_update": [1.5],
     "model.ar": [-1.0],
     "model.tar": [-1.0],
     "model.init_scale": [0.0],
@@ -290,6 +293,17 @@ def test_every_field_out_of_range_is_refused_by_name(model):
             "lstm",
             {"weight_drop": (0.5,)},
             r"config.model.weight_drop: 1 values for the 2 layers",
+        ),
+        (
+            "gru",
+            {"gate_dropout_forget": 0.2},
+            r"config.model.gate_dropout_forget=0.2: a gru cell has no forget gate to drop "
+            r"\(gate dropout applies to: update for gru",
+        ),
+        (
+            "rnn",
+            {"gate_dropout_update": 0.2},
+            r"config.model.gate_dropout_update=0.2: a rnn cell has no update gate .*none for rnn",
         ),
         (
             "ngram",
