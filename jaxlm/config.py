@@ -464,6 +464,7 @@ _MODEL_RANGES: dict[str, _Range] = {
     "attention_dropout": _BELOW_ONE,
     "norm": _one_of("layernorm", "rmsnorm"),
     "positions": _one_of("learned", "rotary"),
+    "init_scheme": _one_of("gpt2", "normal"),  # jaxlm.models.transformer.INIT_SCHEMES
     # the n-gram model
     "order": _POSITIVE_INT,
     "discount": _tuple_of(_NON_NEGATIVE, "() or discounts >= 0"),

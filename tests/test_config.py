@@ -208,6 +208,7 @@ OUT_OF_RANGE = {
     "model.attention_dropout": [1.0],
     "model.norm": ["batchnorm"],
     "model.positions": ["alibi"],
+    "model.init_scheme": ["xavier", "GPT2"],
     "model.order": [0],
     "model.method": ["witten_bell"],
     "model.discount": [(-0.5,)],

@@ -2,7 +2,8 @@
 
 Pre-norm blocks (LayerNorm or RMSNorm), learned or rotary positions, a GELU MLP, tied or separate
 output embeddings, dropout on the embeddings, on each residual branch and on the attention
-probabilities, optional rematerialisation of each block. Attention runs through
+probabilities, optional rematerialisation of each block, GPT-2's initialisation (or plain
+normal(0.02) everywhere, ``init_scheme="normal"``). Attention runs through
 ``jax.nn.dot_product_attention`` with a causal mask, so GPUs get the fused kernel where one
 exists; on CPU (and wherever attention dropout is on) the training window's causal attention is
 the same maths written out in causal blocks (:func:`causal_attention`), which XLA's CPU backend
@@ -156,6 +157,28 @@ def _norm(kind: str, name: str, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
     raise ValueError(f"Transformer.norm: unknown norm {kind!r}; expected layernorm or rmsnorm")
 
 
+INIT_SCHEMES = ("gpt2", "normal")
+
+
+def residual_out_std(init_scheme: str, num_layers: int) -> float:
+    """The initial standard deviation of the residual output projections (``attn_out``,
+    ``mlp_proj``): GPT-2 scales them by depth so that the residual stream's variance does not
+    grow with the ``2 x num_layers`` branches added to it; "normal" does not.
+
+    Args:
+      init_scheme: one of :data:`INIT_SCHEMES`.
+      num_layers: the number of blocks.
+
+    Returns:
+      0.02 / sqrt(2 x num_layers) for "gpt2", 0.02 for "normal".
+
+    Example:
+      >>> residual_out_std("gpt2", 8), residual_out_std("normal", 8)
+      (0.005, 0.02)
+    """
+    return 0.02 / math.sqrt(2 * num_layers) if init_scheme == "gpt2" else 0.02
+
+
 class Block(nn.Module):
     """One pre-norm Transformer block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``.
 
@@ -259,6 +282,10 @@ class Transformer(nn.Module):
       positions: "learned" or "rotary".
       tie_embeddings: the output layer reuses the token embedding matrix.
       remat: recompute each block's activations in the backward pass to save memory.
+      init_scheme: "gpt2" (the default): every weight matrix and embedding normal(0.02), the
+        residual output projections ``attn_out`` and ``mlp_proj`` normal(0.02 / sqrt(2 x
+        num_layers)) (Radford et al. 2019, as in nanoGPT), biases and norms 0 and 1; "normal":
+        normal(0.02) everywhere, with no depth scaling (the ablation).
       dtype: compute dtype.
       param_dtype: parameter dtype.
       output_dtype: dtype of the returned logits (the loss upcasts to float32 either way).
@@ -288,6 +315,7 @@ class Transformer(nn.Module):
     positions: str = "learned"
     tie_embeddings: bool = True
     remat: bool = False
+    init_scheme: str = "gpt2"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     output_dtype: Dtype = jnp.float32
@@ -356,6 +384,11 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"Transformer.positions: unknown {self.positions!r}; expected learned or rotary"
             )
+        if self.init_scheme not in INIT_SCHEMES:
+            raise ValueError(
+                f"Transformer.init_scheme: unknown {self.init_scheme!r}; expected one of "
+                f"{INIT_SCHEMES}"
+            )
         t = tokens_BxT.shape[1]
         if carry is None and t > self.max_len and self.positions == "learned":
             raise ValueError(f"Transformer: window {t} exceeds max_len={self.max_len}")
@@ -391,7 +424,7 @@ class Transformer(nn.Module):
                 attention_dropout=self.attention_dropout,
                 norm=self.norm,
                 positions=self.positions,
-                out_init_std=0.02 / math.sqrt(2 * self.num_layers),
+                out_init_std=residual_out_std(self.init_scheme, self.num_layers),
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"blocks_{i}",

@@ -289,3 +289,51 @@ def test_attention_dropout_maps_to_gpt2_attn_pdrop():
     model = {"name": "transformer", "embed_dim": 16, "num_layers": 1, "num_heads": 2}
     assert gpt2.hf_config_from_model({**model, "attention_dropout": 0.3}, 10)["attn_pdrop"] == 0.3
     assert gpt2.hf_config_from_model(model, 10)["attn_pdrop"] == 0.0
+
+
+@pytest.mark.parametrize("scheme", ["gpt2", "normal"])
+def test_initial_standard_deviations_follow_the_init_scheme(scheme):
+    # 3 blocks of width 128: the smallest kernel (attn_out, 16k weights) estimates its std to
+    # about 0.6%, so 3% separates 0.02 from GPT-2's 0.02 / sqrt(6) = 0.0082 with room.
+    layers = 3
+    model = Transformer(
+        vocab_size=500,
+        embed_dim=128,
+        num_layers=layers,
+        num_heads=4,
+        max_len=64,
+        tie_embeddings=False,
+        init_scheme=scheme,
+    )
+    params = jax.jit(model.init)(jax.random.key(0), TOKENS, None)["params"]
+    residual = 0.02 / np.sqrt(2 * layers) if scheme == "gpt2" else 0.02
+    want = {"embed/embedding": 0.02, "pos_embed": 0.02, "head/kernel": 0.02}
+    for i in range(layers):
+        block = f"blocks_{i}"
+        want |= {f"{block}/qkv/kernel": 0.02, f"{block}/mlp_fc/kernel": 0.02}
+        want |= {f"{block}/attn_out/kernel": residual, f"{block}/mlp_proj/kernel": residual}
+    flat = {
+        "/".join(k.key for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(params)
+    }
+    for name, std in want.items():
+        w = np.asarray(flat[name])
+        np.testing.assert_allclose(w.std(), std, rtol=0.03, err_msg=name)
+        assert abs(w.mean()) < 0.1 * std, name
+    # Every kernel and embedding is one of the above; biases start at 0, norm scales at 1.
+    kernels = {k for k in flat if k.endswith(("kernel", "embedding", "pos_embed"))}
+    assert kernels == set(want)
+    for name, value in flat.items():
+        if name.endswith("bias"):
+            assert not np.any(np.asarray(value)), name
+        elif name.endswith("scale"):
+            np.testing.assert_array_equal(value, 1.0)
+
+
+def test_gpt2_init_is_the_default_and_unknown_schemes_are_refused():
+    assert Transformer(vocab_size=V).init_scheme == "gpt2"
+    from jaxlm.config import _MODEL_RANGES
+    from jaxlm.models.transformer import INIT_SCHEMES
+
+    assert all(_MODEL_RANGES["init_scheme"].ok(s) for s in INIT_SCHEMES)  # config agrees
+    with pytest.raises(ValueError, match="Transformer.init_scheme: unknown 'xavier'"):
+        jax.eval_shape(_model(init_scheme="xavier").init, jax.random.key(0), TOKENS, None)
