@@ -27,14 +27,14 @@ def _runner(config, corpus):
     """A function that trains ``n`` steps of ``config`` as the training loop does."""
     import jax
 
-    from jaxlm import sharding
-    from jaxlm.data import augment, batching
+    from jaxlm import data, sharding
+    from jaxlm.data import augment
     from jaxlm.train import plan as plan_lib
 
     vocab = corpus.tokenizer.vocab_size
     plan = plan_lib.make_plan(config, vocab)
-    streams = batching.make_streams(corpus.train, config.data.batch_size)
-    extra = augment.margin(config.data)
+    length = config.data.seq_len + augment.margin(config.data)
+    windows = data.train_data(config, corpus, length=length)  # as the training loop reads
     with jax.set_mesh(plan.mesh):
         compiled = plan_lib.compile_step(plan, config)
         tables = augment.tables(config.data, corpus.train, corpus.tokenizer, vocab)
@@ -45,10 +45,7 @@ def _runner(config, corpus):
     def run(n: int) -> None:
         with jax.set_mesh(plan.mesh):
             for _ in range(n):
-                host = batching.train_batch(
-                    streams, box["step"], config.data.seq_len, config.seed, extra
-                )
-                batch = sharding.device_batch(host, plan.mesh)
+                batch = sharding.device_batch(windows.batch(box["step"]), plan.mesh)
                 box["state"], metrics = step_fn(box["state"], batch)
                 box["step"] += 1
             jax.block_until_ready((box["state"], metrics))
@@ -66,7 +63,8 @@ def _edit_only(config, corpus):
     vocab = corpus.tokenizer.vocab_size
     tables = augment.tables(config.data, corpus.train, corpus.tokenizer, vocab)
     streams = batching.make_streams(corpus.train, config.data.batch_size)
-    host = batching.train_batch(streams, 0, config.data.seq_len, config.seed, spec.extra)
+    t = config.data.seq_len
+    host = batching.train_batch(streams, 0, t, config.seed, length=t + spec.extra)
     batch = {k: jax.numpy.asarray(v) for k, v in host.items()}
     edit = jax.jit(lambda key, batch, tables: augment.apply(spec, key, batch, tables))
     box = {"step": 0}

@@ -90,6 +90,20 @@ def _data() -> ml_collections.ConfigDict:
     d.seq_len = 128
     d.eval_batch_size = 32
     d.augment = _augment()
+    # Training windows: "streams" (B contiguous streams, the state carried between windows),
+    # "random" (each window at a random offset, drawn from (seed, step)), or "auto": random when
+    # train.carry_state is False (the Transformer), streams otherwise. See docs/data.md.
+    d.windows = "auto"
+    # Several corpora in one run: "[name=]corpus[:path]:weight,..." e.g.
+    # "builtin:0.3,shakespeare=text_files:data/input.txt:0.7" (replaces corpus and path). The
+    # first source (or mixture_target) is the target: its validation loss is the run's.
+    d.mixture = ""
+    d.mixture_target = ""  # a source's name; "": the first
+    d.resample = ml_collections.ConfigDict()
+    d.resample.kind = "none"  # "none", "bootstrap" (units drawn with replacement), "upsample"
+    d.resample.unit = "line"  # bootstrap: "line" or "document" (blank-line separated)
+    d.resample.factor = 1  # upsample: repeat the training split this many times, new offsets
+    d.resample.temperature = 1.0  # mixtures: source probabilities p_i ∝ weight_i^(1/τ)
     return d
 
 
@@ -384,6 +398,11 @@ _RANGES: dict[str, _Range] = {
     "data.augment.extra": _Range(
         "an integer >= -1 (-1: sized from the deletion rate)", lambda v: _is_int(v) and v >= -1
     ),
+    "data.windows": _one_of("auto", "streams", "random"),  # jaxlm.data.batching.WINDOW_MODES
+    "data.resample.kind": _one_of("none", "bootstrap", "upsample"),
+    "data.resample.unit": _one_of("line", "document"),
+    "data.resample.factor": _POSITIVE_INT.means("1: no repetition"),
+    "data.resample.temperature": _POSITIVE,
     "optimizer.learning_rate": _POSITIVE,
     "optimizer.warmup_steps": _COUNT,
     "optimizer.end_lr_fraction": _FRACTION,

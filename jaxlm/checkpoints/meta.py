@@ -59,6 +59,7 @@ RESUMABLE_WITHIN_CLASS = {
 # its default for new runs. Such a run resumes as it was trained unless the field is set.
 LEGACY_VALUES = {
     "optimizer.decay_mask": "all",  # weight decay on every parameter, as before the mask
+    "data.windows": "streams",  # every model read contiguous streams before random windows
 }
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
+from jaxlm.data import batching
 from jaxlm.data.tokenizers import SUBWORD, decode_utf8, strip_bom, train_tokenizer
 from jaxlm.data.words import count_words
 from jaxlm.errors import CorpusError
 
-__all__ = ["Corpus", "CorpusError", "load_corpus", "corpus_splits"]
+__all__ = ["Corpus", "CorpusError", "load_corpus", "corpus_splits", "train_data"]
 
 
 @dataclasses.dataclass
@@ -150,3 +151,37 @@ def _log_subword(tokenizer, label: str, train_bytes: int) -> None:
             f"Trained a {tokenizer.kind} tokenizer of {tokenizer.vocab_size:,} tokens on "
             f"{label}'s training split ({train_bytes:,} bytes) in {tokenizer.train_seconds:.2f} s"
         )
+
+
+def train_data(
+    config: ml_collections.ConfigDict, corpus: Corpus, *, length: int | None = None
+) -> batching.TrainData:
+    """The training windows of a run over its corpus (every source of a mixture).
+
+    The mode is ``config.data.windows`` ("auto": random windows for models that carry no
+    state between windows, ``config.train.carry_state`` False; contiguous streams otherwise).
+
+    Args:
+      config: the run config (``data``, ``train.carry_state``, ``seed``).
+      corpus: from :func:`load_corpus`.
+      length: the columns of a window (default ``config.data.seq_len``; ``T + extra`` for raw
+        windows that on-device edits cut back to T).
+
+    Returns:
+      A :class:`~jaxlm.data.batching.TrainData`; ``.batch(step)`` is a pure function of
+      (seed, step).
+
+    Raises:
+      CorpusError: a source too short for a window.
+    """
+    d = config.data
+    mode = batching.window_mode(d.get("windows", "streams"), config.train.carry_state)
+    return batching.make_train_data(
+        (corpus.train,),
+        mode=mode,
+        batch_size=d.batch_size,
+        seq_len=d.seq_len,
+        seed=config.seed,
+        names=(f"{corpus.name} train split",),
+        length=length,
+    )

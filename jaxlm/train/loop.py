@@ -277,8 +277,9 @@ def _run(
     run_folder.prepare(workdir, config, corpus.tokenizer)
     plan = plan_lib.make_plan(config, corpus.tokenizer.vocab_size)  # the mesh fits the batch
     mesh, setup, shardings = plan.mesh, plan.setup, plan.shardings
-    streams = batching.make_streams(corpus.train, config.data.batch_size)
-    batching.check_trainable(streams, config.data.seq_len, f"{corpus.name} train split")
+    extra = augment.margin(config.data)  # 0 unless the step augments its windows
+    windows = data.train_data(config, corpus, length=config.data.seq_len + extra)
+    log(f"Training windows: {_describe(windows)}")
     train_state = _initial_state(config, setup, shardings, mgr, start, corpus.tokenizer)
     _log_start(config, train_state, corpus, mesh)
     progress = Progress(step=int(jax.device_get(train_state.step)), num_steps=t.num_steps)
@@ -290,11 +291,8 @@ def _run(
     )
     run = _Run(config, workdir, mgr, mon, corpus, evaluator, shardings)
 
-    extra = augment.margin(config.data)  # 0 unless the step augments its windows
-
     def batch_at(step: int) -> dict[str, jax.Array]:
-        batch = batching.train_batch(streams, step, config.data.seq_len, config.seed, extra)
-        return sharding.device_batch(batch, mesh)
+        return sharding.device_batch(windows.batch(step), mesh)
 
     with jax.set_mesh(mesh):
         compiled = plan_lib.compile_step(plan, config)  # once, ahead of the first step
@@ -434,6 +432,12 @@ def _log_start(config, train_state, corpus, mesh) -> None:
             f"Augmenting training windows on the device: {rates} (unit {spec.unit}, source "
             f"{config.data.augment.source}), {spec.extra} raw tokens of margin"
         )
+
+
+def _describe(windows: data.batching.TrainData) -> str:
+    if windows.mode == "random":
+        return "random offsets over the whole training stream, drawn from (seed, step)"
+    return "contiguous streams (the state carried from window to window)"
 
 
 def _sample(model: Any, params: Any, tokenizer: Any, config: ml_collections.ConfigDict) -> str:

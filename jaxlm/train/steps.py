@@ -33,6 +33,14 @@ Batch = dict[str, jax.Array]
 Hyper = Callable[[Mapping[str, Any]], tuple[Any, optax.GradientTransformation, Any, Any]]
 
 
+def _rows(reset: jax.Array, carry: jax.Array) -> jax.Array:
+    """``reset`` shaped to broadcast over a carry leaf: a scalar as it is, one flag per row
+    (the streams of a mixture, whose sources start epochs apart) as ``[B, 1, ...]``."""
+    if reset.ndim == 0:
+        return reset
+    return reset.reshape(reset.shape + (1,) * (carry.ndim - 1))
+
+
 def make_train_step(
     model: Any,
     tx: optax.GradientTransformation,
@@ -94,7 +102,9 @@ def make_train_step(
 
     def step(state, batch, model, tx, schedule, label_smoothing):
         reset = jnp.logical_or(batch["reset"], not carry_state)
-        carry = jax.tree.map(lambda c: jnp.where(reset, jnp.zeros_like(c), c), state.carry)
+        carry = jax.tree.map(
+            lambda c: jnp.where(_rows(reset, c), jnp.zeros_like(c), c), state.carry
+        )
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
         def loss_fn(params):

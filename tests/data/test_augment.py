@@ -242,7 +242,7 @@ def test_rates_of_zero_leave_the_program_and_the_batch_as_they_were():
     streams = batching.make_streams(np.arange(5000), 8)
     for step in (0, 7, 300):
         a = batching.train_batch(streams, step, 32, 0)
-        b = batching.train_batch(streams, step, 32, 0, extra=augment.margin(off.data))
+        b = batching.train_batch(streams, step, 32, 0, length=32 + augment.margin(off.data))
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -263,9 +263,10 @@ def test_runs_that_differ_only_in_rates_share_one_program():
 
 def test_a_raw_window_extends_the_same_window():
     streams = batching.make_streams(np.arange(5000), 8)
-    for step in (0, 9, 17):  # 17: an epoch's last window, whose margin wraps
+    # 16: the last window of the first epoch, which holds one window less with the margin
+    for step in (0, 9, 16):
         a = batching.train_batch(streams, step, 32, 0)
-        b = batching.train_batch(streams, step, 32, 0, extra=20)
+        b = batching.train_batch(streams, step, 32, 0, length=52)
         assert b["inputs"].shape == (8, 52)
         np.testing.assert_array_equal(a["inputs"], b["inputs"][:, :32])
         np.testing.assert_array_equal(a["targets"], b["targets"][:, :32])
