@@ -374,7 +374,8 @@ _SHRINK = _real("a number in (0, 1]", lambda v: 0 < v <= 1)  # a factor on the l
 # Every field's range, by its dotted name: checked first, whatever the model. What this table
 # leaves out is checked elsewhere or has no range: names are looked up where they are defined
 # (model.name and model.method, optimizer.name, .schedule and .decay_mask, finetune.strategy,
-# precision, data.tokenizer and .corpus: _check_model, _check_optimizer, _check_data), so is
+# precision, data.tokenizer and .corpus: _check_model, _check_optimizer, _check_data; data.mixture
+# and .mixture_target: _check_mixture), so is
 # data.path against data.corpus and data.tokenizer_path (and vocab_size's least value) against
 # data.tokenizer; init_from is checked by the run; booleans and free text (name, data.data_dir,
 # train.sample_prompt) have no wrong values. tests/test_config.py walks every
@@ -525,6 +526,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_parallel(config)
     _check_optimizer(config)
     _check_data(config.data)
+    _check_mixture(config)
 
 
 def _ranged(config: ml_collections.ConfigDict) -> Iterator[tuple[str, Any, _Range]]:
@@ -706,6 +708,18 @@ def _check_tokenizer(data: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.data.tokenizer_path: {path} {where} (relative paths are taken from "
             f"{Path.cwd()}); expected a folder with {wanted}"
+        )
+
+
+def _check_mixture(config: ml_collections.ConfigDict) -> None:
+    """A mixture's entries (weights, corpora, files there and not empty) and its target."""
+    from jaxlm.data.mixture import check_mixture
+
+    check_mixture(config.data, config.train.carry_state)
+    if config.data.get("mixture") and config.model.name == "ngram":
+        raise ConfigError(
+            "config.data.mixture: an n-gram model is counted on one corpus; set "
+            "config.data.corpus and config.data.path instead"
         )
 
 

@@ -1,8 +1,10 @@
 """Corpora through TFDS (no TensorFlow), tokenizers and batching.
 
-``load_corpus(config.data)`` is the one entry point: it prepares the corpus as a TFDS
-array_record dataset (once), reads the splits back through TFDS data sources, and tokenizes them
-into flat int32 arrays.
+``load_corpus(config.data)`` is the one entry point: it prepares the corpus (each corpus of a
+mixture, :mod:`jaxlm.data.mixture`) as a TFDS array_record dataset (once), reads the splits back
+through TFDS data sources, resamples the training split where ``config.data.resample`` asks
+(:mod:`jaxlm.data.resample`), and tokenizes them into flat int32 arrays with one tokenizer;
+``train_data(config, corpus)`` gives the training windows (:mod:`jaxlm.data.batching`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,23 @@ __all__ = ["Corpus", "CorpusError", "load_corpus", "corpus_splits", "train_data"
 
 
 @dataclasses.dataclass
+class Source:
+    """One corpus of a mixture, tokenized: its splits, text counts and share of the windows."""
+
+    name: str
+    prob: float  # p_i: the probability of a window from it (config.data.resample.temperature)
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    counts: dict[str, dict[str, int]]
+    target: bool = False
+
+    def split(self, name: str) -> np.ndarray:
+        """The token array of ``name`` ("train", "validation" or "test")."""
+        return {"train": self.train, "validation": self.validation, "test": self.test}[name]
+
+
+@dataclasses.dataclass
 class Corpus:
     """A tokenized corpus: one flat int32 array per split, and its tokenizer."""
 
@@ -33,6 +52,9 @@ class Corpus:
     # Per split, the text's ``bytes`` and ``words`` (jaxlm.data.words.count_words): what
     # losses per byte and per word divide by, whatever the tokenizer.
     counts: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    # A mixture's sources, the target's among them (its splits are the fields above); empty
+    # for one corpus.
+    sources: tuple[Source, ...] = ()
 
     def split(self, name: str) -> np.ndarray:
         """The token array of ``name`` ("train", "validation" or "test")."""
@@ -53,24 +75,28 @@ def corpus_splits(data: ml_collections.ConfigDict) -> tuple[dict[str, bytes], st
     Returns:
       ``(parts, label)``: bytes per split and a readable corpus name.
     """
+    return _splits(data.corpus, data.path, data.split, data.tokenizer)
+
+
+def _splits(corpus: str, path: str, split, tokenizer: str) -> tuple[dict[str, bytes], str]:
     from jaxlm.data import builders  # TFDS is imported only when a corpus is read
 
-    utf8 = data.tokenizer in ("char", "word")
-    if data.corpus == "builtin":
-        return builders.split_bytes(builders.builtin_text(), data.split, "builtin"), "builtin"
-    if data.corpus != "text_files":
+    utf8 = tokenizer in ("char", "word")
+    if corpus == "builtin":
+        return builders.split_bytes(builders.builtin_text(), split, "builtin"), "builtin"
+    if corpus != "text_files":
         raise CorpusError(
-            f"config.data.corpus: unknown corpus {data.corpus!r}; expected builtin or text_files"
+            f"config.data.corpus: unknown corpus {corpus!r}; expected builtin or text_files"
         )
-    if not data.path:
+    if not path:
         raise CorpusError("config.data.path: empty; text_files needs a file or a folder")
-    path = Path(data.path).expanduser()
-    if path.is_dir():
-        files = builders.find_split_files(path)
-        parts = {split: _file_bytes(f, utf8) for split, f in files.items()}
-        return parts, path.resolve().name
-    whole = _file_bytes(path, utf8)
-    return builders.split_bytes(whole, data.split, str(path)), path.stem
+    where = Path(path).expanduser()
+    if where.is_dir():
+        files = builders.find_split_files(where)
+        parts = {name: _file_bytes(f, utf8) for name, f in files.items()}
+        return parts, where.resolve().name
+    whole = _file_bytes(where, utf8)
+    return builders.split_bytes(whole, split, str(where)), where.stem
 
 
 def _file_bytes(path: Path, utf8: bool) -> bytes:
@@ -87,17 +113,26 @@ def _file_bytes(path: Path, utf8: bool) -> bytes:
     return text
 
 
-def load_corpus(data: ml_collections.ConfigDict, tokenizer=None) -> Corpus:
+def load_corpus(data: ml_collections.ConfigDict, tokenizer=None, *, seed: int = 0) -> Corpus:
     """Prepares, reads back and tokenizes the corpus that ``config.data`` names.
+
+    A mixture (``config.data.mixture``) reads every source and trains one tokenizer on their
+    training texts joined; the corpus's splits are then the target's, and ``sources`` holds
+    every source's. The training split (never validation or test) is resampled where
+    ``config.data.resample`` says so, after the tokenizer is trained on the text as it is.
 
     Args:
       data: the ``data`` section of a config (corpus, path, split, tokenizer, vocab_size,
-        min_count, tokenizer_path, data_dir).
+        min_count, tokenizer_path, data_dir, mixture, resample).
       tokenizer: reuse this tokenizer (e.g. the one saved in a workdir) instead of training one
         on the training split.
+      seed: the run's seed, which bootstrap and upsampling draw from.
 
     Returns:
       A :class:`Corpus`.
+
+    Raises:
+      CorpusError: a corpus that cannot be read (a mixture's source named).
 
     Example:
       >>> import tempfile
@@ -110,32 +145,92 @@ def load_corpus(data: ml_collections.ConfigDict, tokenizer=None) -> Corpus:
       >>> corpus.tokenizer.decode(corpus.train[:22])
       'The "assert" statement'
     """
-    from jaxlm.data import builders
+    from jaxlm.data import builders, mixture
 
-    parts, label = corpus_splits(data)
-    builder = builders.prepare(parts, label, data.data_dir or None)
-    texts = {split: builders.read_split(builder, split) for split in builders.SPLITS}
-    if data.tokenizer in ("char", "word"):
-        texts = {split: decode_utf8(t, f"{label} {split}") for split, t in texts.items()}
+    specs = mixture.parse_mixture(data.get("mixture", ""))
+    if specs:
+        entries = [
+            (s.name, s.corpus, s.path, f"config.data.mixture: source {s.name!r}: ") for s in specs
+        ]
+    else:
+        entries = [("", data.corpus, data.path, "")]
+    read = []  # (label, texts) per source
+    for name, corpus, path, where in entries:
+        try:
+            parts, label = _splits(corpus, path, data.split, data.tokenizer)
+            builder = builders.prepare(parts, label, data.data_dir or None)
+            texts = {split: builders.read_split(builder, split) for split in builders.SPLITS}
+            if data.tokenizer in ("char", "word"):
+                texts = {split: decode_utf8(t, f"{label} {split}") for split, t in texts.items()}
+        except CorpusError as e:
+            raise CorpusError(f"{where}{e}") from None
+        read.append((name or label, texts))
     if tokenizer is None:
+        train_texts = [texts["train"] for _, texts in read]
+        joined = train_texts[0] if len(read) == 1 else _join(train_texts)
         tokenizer = train_tokenizer(
             data.tokenizer,
-            texts["train"],
+            joined,
             vocab_size=data.vocab_size,
             min_count=data.min_count,
             tokenizer_path=data.get("tokenizer_path", ""),
         )
         if data.tokenizer in SUBWORD:
-            _log_subword(tokenizer, label, len(texts["train"]))
-    arrays = {split: tokenizer.encode(t) for split, t in texts.items()}
-    for split, arr in arrays.items():
-        if len(arr) < 2:
-            raise CorpusError(f"{label}: the {split} split has {len(arr)} tokens; need at least 2")
-    counts = {
-        split: {"bytes": len(t.encode() if isinstance(t, str) else t), "words": count_words(t)}
-        for split, t in texts.items()
-    }
-    return Corpus(name=label, tokenizer=tokenizer, counts=counts, **arrays)
+            label = read[0][0] if len(read) == 1 else "the mixture"
+            _log_subword(tokenizer, label, len(joined))
+    sources = []
+    for i, (label, texts) in enumerate(read):
+        texts = dict(texts, train=_resample_text(texts["train"], data, seed, i))
+        arrays = {split: tokenizer.encode(t) for split, t in texts.items()}
+        for split, arr in arrays.items():
+            if len(arr) < 2:
+                raise CorpusError(
+                    f"{entries[i][3]}{label}: the {split} split has {len(arr)} tokens; need at "
+                    "least 2"
+                )
+        arrays["train"] = _upsample(arrays["train"], data, seed, i)
+        counts = {
+            split: {"bytes": len(t.encode() if isinstance(t, str) else t), "words": count_words(t)}
+            for split, t in texts.items()
+        }
+        sources.append((label, arrays, counts))
+    if not specs:
+        label, arrays, counts = sources[0]
+        return Corpus(name=label, tokenizer=tokenizer, counts=counts, **arrays)
+    target = mixture.target_index(specs, data.get("mixture_target", ""))
+    resample = data.get("resample")
+    probs = mixture.probabilities(
+        [s.weight for s in specs], resample.temperature if resample is not None else 1.0
+    )
+    mix = tuple(
+        Source(label, float(p), counts=counts, target=i == target, **arrays)
+        for i, ((label, arrays, counts), p) in enumerate(zip(sources, probs, strict=True))
+    )
+    label, arrays, counts = sources[target]
+    return Corpus(name=label, tokenizer=tokenizer, counts=counts, sources=mix, **arrays)
+
+
+def _join(texts: list):
+    """Training texts joined by a newline (of their type), to train one tokenizer on."""
+    return ("\n" if isinstance(texts[0], str) else b"\n").join(texts)
+
+
+def _resample_text(text, data: ml_collections.ConfigDict, seed: int, source: int):
+    from jaxlm.data import resample
+
+    r = data.get("resample")
+    if r is None or r.kind != "bootstrap":
+        return text
+    return resample.bootstrap(text, r.unit, seed, source)
+
+
+def _upsample(tokens: np.ndarray, data: ml_collections.ConfigDict, seed: int, source: int):
+    from jaxlm.data import resample
+
+    r = data.get("resample")
+    if r is None or r.kind != "upsample":
+        return tokens
+    return resample.upsample(tokens, r.factor, data.seq_len, seed, source)
 
 
 def _log_subword(tokenizer, label: str, train_bytes: int) -> None:
@@ -176,12 +271,22 @@ def train_data(
     """
     d = config.data
     mode = batching.window_mode(d.get("windows", "streams"), config.train.carry_state)
-    return batching.make_train_data(
-        (corpus.train,),
+    if corpus.sources:
+        tokens = tuple(s.train for s in corpus.sources)
+        names = tuple(f"config.data.mixture: source {s.name!r} train split" for s in corpus.sources)
+        probs = tuple(s.prob for s in corpus.sources)
+    else:
+        tokens, names, probs = (corpus.train,), (f"{corpus.name} train split",), (1.0,)
+    data = batching.make_train_data(
+        tokens,
         mode=mode,
         batch_size=d.batch_size,
         seq_len=d.seq_len,
         seed=config.seed,
-        names=(f"{corpus.name} train split",),
+        names=names,
+        probs=probs,
         length=length,
     )
+    if corpus.sources:  # the sources' own names, for logs and metrics
+        data = dataclasses.replace(data, names=tuple(s.name for s in corpus.sources))
+    return data

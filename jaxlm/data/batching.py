@@ -230,10 +230,7 @@ def random_batch(
       (np.True_, np.True_)
     """
     rng = np.random.default_rng([_RANDOM_TAG, seed, int(step)])
-    if len(sources) == 1:
-        source = np.zeros(batch_size, np.int64)
-    else:
-        source = rng.choice(len(sources), size=batch_size, p=probs)
+    source = _draw_sources(rng, probs, batch_size)
     highs = np.array([len(t) - length for t in sources], np.int64)  # starts in [0, high)
     starts = rng.integers(0, highs[source])
     if len(sources) == 1:
@@ -243,6 +240,13 @@ def random_batch(
         batch = cut_windows(np.concatenate(sources), base[source] + starts, length)
     batch["reset"] = np.asarray(True)
     return batch, source
+
+
+def _draw_sources(rng: np.random.Generator, probs: np.ndarray, batch_size: int) -> np.ndarray:
+    """Each window's source, drawn first from a step's generator (nothing drawn for one)."""
+    if len(probs) == 1:
+        return np.zeros(batch_size, np.int64)
+    return rng.choice(len(probs), size=batch_size, p=probs)
 
 
 def share_streams(probs: np.ndarray, batch_size: int) -> np.ndarray:
@@ -299,8 +303,12 @@ class TrainData:
         return self._batch(step)[0]
 
     def sources(self, step: int) -> np.ndarray:
-        """The source index of each of the step's B windows."""
-        return self._batch(step)[1]
+        """The source index of each of the step's B windows (nothing cut)."""
+        if self.mode == "random":
+            rng = np.random.default_rng([_RANDOM_TAG, self.seed, int(step)])
+            return _draw_sources(rng, self.probs, self.batch_size)
+        rows = [s.inputs_BxN.shape[0] for s in self.streams]
+        return np.repeat(np.arange(len(rows)), rows)
 
     def _batch(self, step: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         if self.mode == "random":

@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxlm import checkpoints, data, monitor, sharding, state, transforms
 from jaxlm.config import validate
-from jaxlm.data import augment, batching
+from jaxlm.data import augment
 from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.errors import ConfigError, NonFiniteLoss, WriteError
 from jaxlm.sampling import generate
@@ -273,23 +273,28 @@ def _run(
             return run_folder.print_finished(workdir, final)
     mon.total_steps = t.num_steps
     mon.status("starting", start.latest or 0)
-    corpus = data.load_corpus(config.data, start.tokenizer)
+    corpus = data.load_corpus(config.data, start.tokenizer, seed=config.seed)
     run_folder.prepare(workdir, config, corpus.tokenizer)
     plan = plan_lib.make_plan(config, corpus.tokenizer.vocab_size)  # the mesh fits the batch
     mesh, setup, shardings = plan.mesh, plan.setup, plan.shardings
     extra = augment.margin(config.data)  # 0 unless the step augments its windows
     windows = data.train_data(config, corpus, length=config.data.seq_len + extra)
     log(f"Training windows: {_describe(windows)}")
+    mixture = _mixture_shares(windows, corpus, t.num_steps)
+    if mixture:
+        log(_mixture_line(mixture, windows, corpus, t.num_steps))
     train_state = _initial_state(config, setup, shardings, mgr, start, corpus.tokenizer)
     _log_start(config, train_state, corpus, mesh)
     progress = Progress(step=int(jax.device_get(train_state.step)), num_steps=t.num_steps)
     progress.state = train_state
     ending.progress = progress
     mon.keep_metrics_until(progress.step, log=log)  # rows a dead run wrote past its checkpoint
+    if mixture and progress.step == 0:  # once, at a fresh start (a resumed run has the row)
+        mon.write(0, mixture, "mixture")
     evaluator = Evaluator(
         setup.model, mesh, batch_size=config.data.eval_batch_size, seq_len=config.data.seq_len
     )
-    run = _Run(config, workdir, mgr, mon, corpus, evaluator, shardings)
+    run = _Run(config, workdir, mgr, mon, corpus, evaluator, shardings, mixture)
 
     def batch_at(step: int) -> dict[str, jax.Array]:
         return sharding.device_batch(windows.batch(step), mesh)
@@ -336,6 +341,7 @@ class _Run(NamedTuple):
     corpus: data.Corpus
     evaluator: Evaluator
     shardings: Any
+    mixture: dict[str, float]  # each source's probability and realised share; {} for one corpus
 
 
 def _hooks(run: _Run, preemption: Preemption, user: list[Hook]) -> list[Hook]:
@@ -357,9 +363,7 @@ def _hooks(run: _Run, preemption: Preemption, user: list[Hook]) -> list[Hook]:
         donate_argnums=0,
     )
     evaluation = Evaluation(
-        lambda params, windows: run.evaluator(
-            params, run.corpus.validation, windows, run.corpus.counts.get("validation")
-        ),
+        lambda params, windows: _evaluate(run, params, "validation", windows),
         every_steps=t.eval_every,
         max_windows=t.eval_steps,
         feedback=feedback,
@@ -394,9 +398,8 @@ def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -
         return final
     mon.status("evaluating", progress.step)
     params = transforms.averaged_params(progress.state.opt_state, progress.state.params)
-    counts = run.corpus.counts
-    val = run.evaluator(params, run.corpus.validation, counts=counts.get("validation"))
-    test = run.evaluator(params, run.corpus.test, counts=counts.get("test"))
+    val = _evaluate(run, params, "validation")
+    test = _evaluate(run, params, "test")
     mon.write(progress.step, val, "validation")
     mon.write(progress.step, test, "test")
     sample = _sample(model, params, run.corpus.tokenizer, run.config)
@@ -405,11 +408,64 @@ def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -
         reason = f"{preemption.name} during the final evaluation at step {progress.step}"
         mon.status(_signal_state(preemption), progress.step, stop_reason=reason)
         raise Preempted(f"{reason}; checkpoint saved in {where}", preemption.signum)
+    extra.update(_per_source(val, test, run.mixture))
     final = run_folder.final_report(progress.step, val, test, sample=sample, **extra)
     mon.status("finished" if stop is None else "stopped", progress.step, final=final, eta=0.0)
     run_folder.print_final(final, run.corpus.tokenizer.unit)
     log(f"Sample:\n{sample}")
     return final
+
+
+def _evaluate(run: _Run, params: Any, split: str, max_windows: int = 0) -> dict[str, float]:
+    """The target corpus's loss over a split (the run's), with a mixture's loss per source
+    as ``loss/<source>`` (and ``bits/<source>``)."""
+    corpus = run.corpus
+    results = run.evaluator(params, corpus.split(split), max_windows, corpus.counts.get(split))
+    for source in corpus.sources:
+        if source.target:
+            own = results
+        else:
+            own = run.evaluator(params, source.split(split), max_windows, source.counts.get(split))
+        results[f"loss/{source.name}"], results[f"bits/{source.name}"] = own["loss"], own["bits"]
+    return results
+
+
+def _per_source(val: dict, test: dict, mixture: dict[str, float]) -> dict[str, float]:
+    """The final report's per-source figures: ``validation_loss/<source>``, ``test_loss/...``
+    and the mixture's probabilities and realised shares."""
+    out = {}
+    for split, results in (("validation", val), ("test", test)):
+        out.update({f"{split}_{k}": v for k, v in results.items() if k.startswith("loss/")})
+    out.update({f"mixture_{k}": v for k, v in mixture.items()})
+    return out
+
+
+def _mixture_shares(windows: Any, corpus: data.Corpus, num_steps: int) -> dict[str, float]:
+    """``probability/<source>`` and ``realised/<source>`` (its share of the
+    windows of the run's steps, drawn as training will draw them); {} for one corpus."""
+    if not corpus.sources:
+        return {}
+    realised = windows.realised(num_steps)
+    out = {f"probability/{s.name}": s.prob for s in corpus.sources}
+    out.update(
+        {f"realised/{s.name}": float(r) for s, r in zip(corpus.sources, realised, strict=True)}
+    )
+    return out
+
+
+def _mixture_line(mixture: dict[str, float], windows: Any, corpus: data.Corpus, steps: int) -> str:
+    how = "windows drawn by weight" if windows.mode == "random" else "streams shared by weight"
+    parts = [
+        f"{s.name} {s.prob:.3f} (realised {mixture[f'realised/{s.name}']:.3f}, "
+        f"{len(s.train):,} training tokens)"
+        for s in corpus.sources
+    ]
+    target = next(s.name for s in corpus.sources if s.target)
+    return (
+        f"Mixture of {len(parts)} corpora, {how} over {steps:,} steps x "
+        f"{windows.batch_size} windows: {', '.join(parts)}; target (the run's validation "
+        f"loss): {target}"
+    )
 
 
 def _signal_state(preemption: Preemption) -> str:

@@ -126,8 +126,7 @@ def compile_step(plan: Plan, config: ml_collections.ConfigDict) -> jax.stages.Co
       >>> compiled.memory_analysis().temp_size_in_bytes  # doctest: +SKIP
       2219140
     """
-    extra = augment.margin(config.data)
-    batch = abstract_batch(config.data.batch_size, config.data.seq_len, plan.mesh, extra)
+    batch = _abstract_batch(config, plan.mesh)
     tables = augment.table_shapes(config.data, plan.setup.model.vocab_size)
     values = {**hparams.from_config(config), **tables}
     shapes = hparams.abstract(values, sharding.replicated(plan.mesh))
@@ -141,6 +140,17 @@ def compile_step(plan: Plan, config: ml_collections.ConfigDict) -> jax.stages.Co
         shapes,
         augment.from_config(config.data),
     )
+
+
+def _abstract_batch(config: ml_collections.ConfigDict, mesh: Any, *, raw: bool = True) -> dict:
+    """The step's batch shapes: raw windows with augmentation's margin (``raw``, what the
+    step is fed) or the T-long windows the model sees after the edits; per-row resets for a
+    mixture's streams."""
+    from jaxlm.data.mixture import resets_per_row
+
+    row_reset = resets_per_row(config.data, config.train.carry_state)
+    d, extra = config.data, augment.margin(config.data) if raw else 0
+    return abstract_batch(d.batch_size, d.seq_len, mesh, extra, row_reset=row_reset)
 
 
 def run_step(
@@ -306,7 +316,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, Any]:
     plan = make_plan(config, corpus.tokenizer.vocab_size)
     with jax.set_mesh(plan.mesh):
         compiled = compile_step(plan, config)
-        batch = abstract_batch(config.data.batch_size, config.data.seq_len, plan.mesh)
+        batch = _abstract_batch(config, plan.mesh, raw=False)  # what the model sees
         activations = saved_activation_bytes(plan.setup, batch, config.train.label_smoothing)
     rep = dict(report(config, plan, compiled), activation_bytes=activations)
     for line in report_lines(rep):

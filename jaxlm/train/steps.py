@@ -316,7 +316,7 @@ def compile_train_step(
 
 
 def abstract_batch(
-    batch_size: int, seq_len: int, mesh: Any, extra: int = 0
+    batch_size: int, seq_len: int, mesh: Any, extra: int = 0, *, row_reset: bool = False
 ) -> dict[str, jax.ShapeDtypeStruct]:
     """A training batch's shapes, dtypes and shardings, as ``device_batch`` places them.
 
@@ -326,10 +326,12 @@ def abstract_batch(
       mesh: the device mesh; None: no shardings.
       extra: the raw tokens an augmenting step reads past the window
         (:func:`jaxlm.data.augment.margin`).
+      row_reset: one reset flag per row (a mixture's streams,
+        :func:`jaxlm.data.mixture.resets_per_row`) instead of one for the batch.
 
     Returns:
       ``inputs`` and ``targets`` int32 ``[B, T + extra]`` split over "data", ``reset`` a
-      replicated bool.
+      replicated bool (or ``[B]`` split over "data").
 
     Example:
       >>> batch = abstract_batch(8, 32, sharding.make_mesh())
@@ -339,7 +341,10 @@ def abstract_batch(
     split = None if mesh is None else sharding.batch_sharding(mesh)
     rows = jax.ShapeDtypeStruct((batch_size, seq_len + extra), jnp.int32, sharding=split)
     whole = None if mesh is None else sharding.replicated(mesh)
-    reset = jax.ShapeDtypeStruct((), jnp.bool_, sharding=whole)
+    if row_reset:
+        reset = jax.ShapeDtypeStruct((batch_size,), jnp.bool_, sharding=split)
+    else:
+        reset = jax.ShapeDtypeStruct((), jnp.bool_, sharding=whole)
     return {"inputs": rows, "targets": rows, "reset": reset}
 
 
