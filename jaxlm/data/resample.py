@@ -29,7 +29,7 @@ import re
 import numpy as np
 
 _TAG = 0x424F4F54  # keeps these draws apart from the windows'
-_DOCUMENT_BREAK = r"\n[ \t\r]*\n"
+_DOCUMENT_BREAK = r"\n(?:[ \t\r]*\n)+"  # one blank line or more
 
 
 def units(text: str | bytes, unit: str) -> tuple[list, str | bytes]:
@@ -49,7 +49,7 @@ def units(text: str | bytes, unit: str) -> tuple[list, str | bytes]:
     elif unit == "document":
         sep = newline * 2
         parts = re.split(_DOCUMENT_BREAK.encode() if binary else _DOCUMENT_BREAK, text)
-        parts = [part.rstrip(newline) for part in parts]
+        parts = [part.strip(newline) for part in parts]
     else:
         raise ValueError(f"unit: {unit!r}; expected line or document")
     return [part for part in parts if part], sep
