@@ -41,15 +41,26 @@ AUGMENT = {
     "data.augment.swap": 0.1,
     "data.augment.unit": "word",
 }
+# A mixture's second source, for the variants that name {proxy}.
+PROXY = "".join(f"To be or not to be, line {i}: that is the question.\n" for i in range(400))
 
 
 @pytest.mark.parametrize(
     "schedule, variant",
-    [("cosine", {}), ("plateau", {}), ("cosine", AUGMENT)],
-    ids=["cosine", "plateau", "augment"],
+    [
+        ("cosine", {}),
+        ("plateau", {}),
+        # augmented raw windows from streams given to two sources by weight, each source with
+        # its own epochs and resets (one case for both, to keep the suite short)
+        ("cosine", {**AUGMENT, "data.mixture": "builtin:0.4,proxy=text_files:{proxy}:0.6"}),
+    ],
+    ids=["cosine", "plateau", "augment+mixture"],
 )
 def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule, variant):
     # plateau: the optimizer state also depends on validation losses seen along the way.
+    (tmp_path / "proxy.txt").write_text(PROXY)
+    proxy = tmp_path / "proxy.txt"
+    variant = {k: v.format(proxy=proxy) if isinstance(v, str) else v for k, v in variant.items()}
     config = smoke(
         **{
             "train.num_steps": 40,
@@ -83,6 +94,9 @@ def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule, variant
 
     assert resumed["validation_loss"] == straight["validation_loss"]
     assert resumed["test_loss"] == straight["test_loss"]
+    for key in straight:  # a mixture's per-source losses and proportions too
+        if "/" in key:
+            assert resumed[key] == straight[key], key
     a, b = final_params(tmp_path / "straight"), final_params(tmp_path / "resumed")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
