@@ -268,6 +268,15 @@ def train_data(
 
     Raises:
       CorpusError: a source too short for a window.
+
+    Example:
+      >>> from jaxlm.config import load_config
+      >>> corpus = Corpus(np.arange(5000) % 50, np.arange(99), np.arange(99), None, "toy")
+      >>> windows = train_data(load_config("transformer:smoke"), corpus)
+      >>> windows.mode, windows.batch(0)["inputs"].shape
+      ('random', (8, 32))
+      >>> train_data(load_config("lstm:smoke"), corpus).mode
+      'streams'
     """
     d = config.data
     mode = batching.window_mode(d.get("windows", "streams"), config.train.carry_state)

@@ -140,6 +140,10 @@ def target_index(sources: tuple[SourceSpec, ...], target: str) -> int:
 
     Raises:
       ConfigError: no source has that name.
+
+    Example:
+      >>> target_index(parse_mixture("builtin:1,ts=text_files:a.txt:2"), "ts")
+      1
     """
     if not target:
         return 0
@@ -161,6 +165,15 @@ def check_mixture(data, carry_state: bool) -> None:
 
     Raises:
       ConfigError: naming the field or the entry, before any work.
+
+    Example:
+      >>> from jaxlm.config import base_config
+      >>> data = base_config().data
+      >>> data.mixture = "builtin:0.5,text_files:no/such/file.txt:0.5"
+      >>> check_mixture(data, carry_state=True)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      jaxlm.errors.ConfigError: config.data.mixture: entry 2 'text_files:no/such/file.txt:0.5': ...
     """
     spec, target = data.get("mixture", ""), data.get("mixture_target", "")
     resample = data.get("resample")
@@ -218,7 +231,15 @@ def _blank(path: Path) -> bool:
 
 def resets_per_row(data, carry_state: bool) -> bool:
     """Whether training batches carry one reset flag per row: a mixture in streams mode,
-    whose sources' streams start their epochs at different steps."""
+    whose sources' streams start their epochs at different steps.
+
+    Example:
+      >>> from jaxlm.config import base_config
+      >>> data = base_config().data
+      >>> data.mixture = "builtin:1,again=builtin:1"
+      >>> resets_per_row(data, carry_state=True), resets_per_row(data, carry_state=False)
+      (True, False)
+    """
     from jaxlm.data.batching import window_mode
 
     spec = data.get("mixture", "")

@@ -365,10 +365,9 @@ def _train(config, configs, members, fields, workdir, mgr, pbt, prune, on_eval, 
     if latest is not None:
         _, meta = checkpoints.newest_readable_meta(mgr)
         tokenizer = tokenizer_from_json(meta["tokenizer"])
-    corpus = data.load_corpus(config.data, tokenizer)
+    corpus = data.load_corpus(config.data, tokenizer, seed=config.seed)
     setup = state.build(config, corpus.tokenizer.vocab_size)
-    streams = batching.make_streams(corpus.train, config.data.batch_size)
-    batching.check_trainable(streams, config.data.seq_len, f"{corpus.name} train split")
+    windows = data.train_data(config, corpus)  # the windows a solo run of the config reads
 
     def fresh() -> dict:
         one = setup.init()
@@ -417,7 +416,7 @@ def _train(config, configs, members, fields, workdir, mgr, pbt, prune, on_eval, 
     done_here = 0
     with open(metrics_file, "a") as rows:
         while step < t.num_steps:
-            batch = batching.train_batch(streams, step, config.data.seq_len, config.seed)
+            batch = windows.batch(step)
             pop, _ = train_step(pop, {k: jnp.asarray(v) for k, v in batch.items()})
             step += 1
             done_here += 1
