@@ -58,3 +58,16 @@ def test_make_meta_records_the_format():
     meta = ck.make_meta(smoke(), {"kind": "byte"}, averaged_from=["a"])
     assert meta["format"] == ck.FORMAT_VERSION and meta["averaged_from"] == ["a"]
     assert meta["config"]["model"]["hidden_sizes"] == [64, 64]
+
+
+def test_a_transformer_saved_before_random_windows_resumes_with_streams():
+    saved = ck.config_json(load_config("transformer:smoke"))
+    for field in ("windows", "mixture", "mixture_target", "resample"):
+        del saved["data"][field]
+    current = load_config("transformer:smoke")  # auto: random windows for a new run
+    resumed = ck.resume_config(saved, current)
+    assert resumed.data.windows == "streams" and current.data.windows == "auto"
+    assert ck.run_config(saved).data.windows == "streams"
+    assert ck.incompatible_fields(saved, current) == []
+    # A checkpoint that has the field resumes with its own value.
+    assert ck.resume_config(ck.config_json(current), current).data.windows == "auto"
