@@ -475,9 +475,11 @@ def _signal_state(preemption: Preemption) -> str:
 def _log_start(config, train_state, corpus, mesh) -> None:
     n_params = sum(x.size for x in jax.tree.leaves(train_state.params))
     tokenizer = corpus.tokenizer
+    n_train = sum(len(s.train) for s in corpus.sources) or len(corpus.train)
+    sources = f" in {len(corpus.sources)} corpora" if corpus.sources else ""
     log(
         f"{config.name}: {config.model.name} with {n_params:,} parameters, {tokenizer.kind} "
-        f"vocabulary {tokenizer.vocab_size:,}, {len(corpus.train):,} training tokens, "
+        f"vocabulary {tokenizer.vocab_size:,}, {n_train:,} training tokens{sources}, "
         f"{jax.device_count()} device(s) in {jax.process_count()} process(es), mesh "
         f"{dict(mesh.shape)}"
     )
