@@ -285,6 +285,13 @@ class TrainData:
       names: the sources' names.
       probs: each source's probability (random mode) or share of the streams (streams mode).
       length: the columns of a window (T, or ``T + extra``).
+
+    Example:
+      >>> mix = make_train_data((np.arange(500), np.arange(1000, 3000)), mode="streams",
+      ...                       batch_size=4, seq_len=8, seed=0, names=("a", "b"),
+      ...                       probs=(0.25, 0.75))
+      >>> mix.sources(0).tolist(), mix.batch(0)["reset"].tolist()  # one stream for "a"
+      ([0, 1, 1, 1], [True, True, True, True])
     """
 
     mode: str
