@@ -8,7 +8,7 @@ nothing but read a longer window. Evaluation is never augmented (the eval step k
 this module).
 
 **Windows keep length T.** The batch carries ``T + 1 + extra`` raw tokens per row
-(:func:`jaxlm.data.batching.train_batch` with ``extra``; the inputs and targets ``[B, T +
+(:func:`jaxlm.data.train_data` with ``length=T + extra``: the inputs and targets ``[B, T +
 extra]``), the step edits them and cuts the result to ``T`` inputs and their ``T`` next tokens
 (the targets are the next tokens of the *edited* sequence). The edits, in order, all vectorised
 over the window (no loop over positions):
