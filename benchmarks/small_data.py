@@ -121,6 +121,8 @@ def main() -> None:
     p.add_argument("--source", type=Path, default=SHAKESPEARE)
     p.add_argument("--json", type=Path, help="also write the results here")
     args = p.parse_args()
+    if not args.source.is_file():
+        p.error(f"--source: {args.source} is not a file; give Tiny Shakespeare's input.txt")
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = small_split(args.source, Path(tmp) / "ts_small", args.fraction)

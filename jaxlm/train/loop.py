@@ -420,12 +420,16 @@ def _evaluate(run: _Run, params: Any, split: str, max_windows: int = 0) -> dict[
     """The target corpus's loss over a split (the run's), with a mixture's loss per source
     as ``loss/<source>`` (and ``bits/<source>``)."""
     corpus = run.corpus
-    results = run.evaluator(params, corpus.split(split), max_windows, corpus.counts.get(split))
+    results = run.evaluator(
+        params, corpus.split(split), max_windows, counts=corpus.counts.get(split)
+    )
     for source in corpus.sources:
         if source.target:
             own = results
         else:
-            own = run.evaluator(params, source.split(split), max_windows, source.counts.get(split))
+            own = run.evaluator(
+                params, source.split(split), max_windows, counts=source.counts.get(split)
+            )
         results[f"loss/{source.name}"], results[f"bits/{source.name}"] = own["loss"], own["bits"]
     return results
 
