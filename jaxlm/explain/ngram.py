@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from jaxlm.models.ngram import NGramCounts, NGramModel
+from jaxlm.models.ngram.counts import find_row
 
 LOG2 = math.log(2.0)
 
@@ -135,16 +136,8 @@ def _context_positions(model: NGramModel, tokens: Sequence[int], position: int) 
 
 def _count(counts: NGramCounts, words: Sequence[int]) -> int:
     """The raw count of an n-gram in the count tables (0 when never seen)."""
-    m = counts.vocab_size + 1
-    row = int(words[0])
-    for j, w in enumerate(words[1:], 2):
-        key = row * m + int(w)
-        table = counts.keys[j - 1]
-        i = int(np.searchsorted(table, key))
-        if i >= len(table) or table[i] != key:
-            return 0
-        row = i
-    return int(counts.counts[len(words) - 1][row])
+    row = find_row(counts.keys, counts.vocab_size, words)
+    return 0 if row < 0 else int(counts.counts[len(words) - 1][row])
 
 
 def backoff_path(
@@ -174,7 +167,7 @@ def backoff_path(
     steps = []
     for n in range(len(ctx) + 1, 0, -1):
         c = tuple(ctx[len(ctx) - (n - 1) :]) if n > 1 else ()
-        row = model._row([*c, token])  # noqa: SLF001 - the model's own lookup, one n-gram
+        row = find_row(model.keys, model.vocab_size, [*c, token])
         step_counts: dict[str, Any] = {}
         if counts is not None:
             step_counts = {
@@ -188,7 +181,7 @@ def backoff_path(
             break
         back = 0.0
         if c:
-            crow = model._row(c)  # noqa: SLF001
+            crow = find_row(model.keys, model.vocab_size, c)
             if crow >= 0:
                 back = float(model.log_backoffs[n - 2][crow])
         steps.append(NGramStep(n, c, False, None, back, **step_counts))

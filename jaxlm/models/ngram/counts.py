@@ -127,6 +127,37 @@ class NGramCounts:
         return self.vocab_size
 
 
+def find_row(keys: list[np.ndarray], vocab_size: int, words: Any) -> int:
+    """The row of an n-gram in its order's sorted trie table, or -1 if it is not there.
+
+    The tables are :class:`NGramCounts`'s ``keys`` (and an ``NGramModel``'s, laid out alike):
+    order ``n``'s keys are ``prefix_row * (V + 1) + word``, so the lookup walks the orders.
+
+    Args:
+      keys: the per-order key tables.
+      vocab_size: ``V``.
+      words: the n-gram's ids, oldest first (``<s>`` is ``V``).
+
+    Returns:
+      The row in order ``len(words)``'s table, or -1.
+
+    Example:
+      >>> c = count_ngrams(np.array([0, 1, 0, 1]), vocab_size=2, order=2)
+      >>> int(c.counts[1][find_row(c.keys, 2, [0, 1])]), find_row(c.keys, 2, [1, 1])
+      (2, -1)
+    """
+    m = vocab_size + 1
+    row = int(words[0])
+    for j, w in enumerate(words[1:], 2):
+        key = row * m + int(w)
+        table = keys[j - 1]
+        i = int(np.searchsorted(table, key))
+        if i >= len(table) or table[i] != key:
+            return -1
+        row = i
+    return row
+
+
 def count_ngrams(
     tokens: Any,
     vocab_size: int,

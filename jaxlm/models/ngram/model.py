@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlm.models.ngram.counts import check_tokens, pad
+from jaxlm.models.ngram.counts import check_tokens, find_row, pad
 
 
 @dataclasses.dataclass
@@ -189,16 +189,7 @@ class NGramModel:
 
     def _row(self, words: Sequence[int]) -> int:
         """Row of an n-gram (given as word ids) in its order's table, or -1 if not stored."""
-        m = self.vocab_size + 1
-        row = int(words[0])
-        for j, w in enumerate(words[1:], 2):
-            key = row * m + int(w)
-            table = self.keys[j - 1]
-            i = int(np.searchsorted(table, key))
-            if i >= len(table) or table[i] != key:
-                return -1
-            row = i
-        return row
+        return find_row(self.keys, self.vocab_size, words)
 
     def next_log_probs(self, context: Sequence[int]) -> np.ndarray:
         """``log p(w | context)`` for every token ``w`` of the vocabulary.
