@@ -235,9 +235,13 @@ def random_batch(
     starts = rng.integers(0, highs[source])
     if len(sources) == 1:
         batch = cut_windows(sources[0], starts, length)
-    else:
-        base = np.concatenate([[0], np.cumsum([len(t) for t in sources])[:-1]])
-        batch = cut_windows(np.concatenate(sources), base[source] + starts, length)
+    else:  # each source's windows cut from it in place (no copy of the sources per step)
+        shape = (batch_size, length)
+        batch = {"inputs": np.empty(shape, np.int32), "targets": np.empty(shape, np.int32)}
+        for i, tokens in enumerate(sources):
+            rows = np.flatnonzero(source == i)
+            for key, cut in cut_windows(tokens, starts[rows], length).items():
+                batch[key][rows] = cut
     batch["reset"] = np.asarray(True)
     return batch, source
 
