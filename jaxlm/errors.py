@@ -64,6 +64,11 @@ class SearchError(JaxlmError, ValueError):
     the message names the file, field or value and what was expected."""
 
 
+class RunsError(JaxlmError, ValueError):
+    """A run folder, metric or option the runs tools (``jaxlm.runs``) cannot use: a missing
+    folder, a folder holding no runs, an unknown metric name; the message names it."""
+
+
 class WriteError(JaxlmError, OSError):
     """A file of the run folder that cannot be written: a full disk, a lost mount, no permission.
 

@@ -4,7 +4,8 @@
 ``finished``, ``stopped``, ``preempted`` (SIGTERM), ``interrupted`` (Ctrl-C) or ``failed`` (with
 the error). While a run is alive a heartbeat thread rewrites it every few seconds (time, pid,
 host), so a run killed without a word (SIGKILL, power loss) is told from a live one by
-:func:`run_state`: its state says "running" but its heartbeat stopped.
+:func:`run_state`: its state says "running" but its heartbeat stopped ("crashed"); and one that
+lives but makes no progress (``step_time``, when its step last moved, too old) is "stalled".
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from jaxlm.errors import WriteError
 
 STATUS_FILE = "status.json"
@@ -31,6 +30,8 @@ ACTIVE_STATES = ("starting", "running", "evaluating", "building")
 
 
 def _is_writer() -> bool:
+    import jax  # here: reading a status (python -m jaxlm.runs) needs no JAX
+
     return jax.process_index() == 0
 
 
@@ -88,6 +89,7 @@ class Monitor:
             "step": 0,
             "total_steps": total_steps,
             "eta_seconds": None,
+            "step_time": time.time(),  # when the step last moved: a stall is judged by it
         }
         self._lock = threading.Lock()  # the heartbeat thread writes status.json too
         self._written = False  # until then status.json is the previous run's
@@ -176,6 +178,8 @@ class Monitor:
             self._status.update(fields)
             if eta is not None:  # else the last one stands
                 self._status["eta_seconds"] = eta
+            if step != self._status["step"]:
+                self._status["step_time"] = time.time()
             self._status.update(state=state, step=step, total_steps=self.total_steps)
             self._write_status()
             self._written = True
@@ -313,23 +317,34 @@ def _unreadable(path: Path, why: str, log: Callable[[str], None] | None) -> None
     return None
 
 
-def run_state(status: dict[str, Any] | None, *, now: float | None = None) -> str:
+def run_state(
+    status: dict[str, Any] | None,
+    *,
+    now: float | None = None,
+    stall_after: float | None = None,
+) -> str:
     """What a status says, with a run that died without a word told from a live one.
 
     A status in an active state (``running``, ``evaluating``...) whose writer is gone (its
-    pid no longer exists on this host, or no heartbeat for three intervals) is ``"dead"``; a
-    missing or unreadable status is ``"unknown"``.
+    pid no longer exists on this host, or no heartbeat for three intervals) is ``"crashed"``;
+    a live ``running`` one whose step has not moved for ``stall_after`` seconds is
+    ``"stalled"``; a missing or unreadable status is ``"unknown"``.
 
     Args:
       status: from :func:`read_status`.
       now: the time to judge heartbeats by (default: now).
+      stall_after: seconds without a step (``step_time``, else ``updated``) after which a live
+        running run is stalled; None: never.
 
     Returns:
       The state.
 
     Example:
       >>> run_state({"state": "running", "pid": 2**22 + 1, "host": _HOST, "heartbeat": 0.0})
-      'dead'
+      'crashed'
+      >>> beat = {"state": "running", "heartbeat": 100.0, "step_time": 10.0}
+      >>> run_state(beat, now=101.0), run_state(beat, now=101.0, stall_after=60)
+      ('running', 'stalled')
       >>> run_state({"state": "finished"}), run_state(None)
       ('finished', 'unknown')
     """
@@ -340,11 +355,19 @@ def run_state(status: dict[str, Any] | None, *, now: float | None = None) -> str
         return state
     if status.get("host") == _HOST and isinstance(status.get("pid"), int):
         if not _alive(status["pid"]):
-            return "dead"
+            return "crashed"
     beat = status.get("heartbeat", status.get("updated"))
     now = time.time() if now is None else now
     if not isinstance(beat, int | float) or now - beat > 3 * HEARTBEAT_SECONDS + 5:
-        return "dead"
+        return "crashed"
+    moved = status.get("step_time", status.get("updated"))
+    if (
+        state == "running"
+        and stall_after is not None
+        and isinstance(moved, int | float)
+        and now - moved > stall_after
+    ):
+        return "stalled"
     return state
 
 

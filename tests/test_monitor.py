@@ -58,16 +58,16 @@ def test_heartbeat_refreshes_the_status_while_open_and_stops_at_close(tmp_path):
     last = read_status(tmp_path)["heartbeat"]
     time.sleep(0.1)
     assert read_status(tmp_path)["heartbeat"] == last
-    # Judged later, a status whose heartbeat stopped belongs to a dead run.
-    assert run_state(read_status(tmp_path), now=last + 3600) == "dead"
+    # Judged later, a status whose heartbeat stopped belongs to a crashed run.
+    assert run_state(read_status(tmp_path), now=last + 3600) == "crashed"
 
 
-def test_a_running_status_of_a_process_that_is_gone_is_dead(tmp_path):
+def test_a_running_status_of_a_process_that_is_gone_is_crashed(tmp_path):
     gone = subprocess.Popen(["true"])
     gone.wait()
     status = {"state": "running", "pid": gone.pid, "host": socket.gethostname()}
     status["heartbeat"] = time.time()
-    assert run_state(status) == "dead"
+    assert run_state(status) == "crashed"
     assert run_state({**status, "pid": os.getpid()}) == "running"
     assert run_state({**status, "state": "failed"}) == "failed"
 
