@@ -73,6 +73,9 @@ def base_config(model: str = "lstm") -> ml_collections.ConfigDict:
     c.train.sample_prompt = "The "
     c.train.sample_temperature = 0.8
     c.train.label_smoothing = 0.0
+    # Write report.html at the end (python -m jaxlm.runs report): about a second, most of it
+    # importing matplotlib. The monitoring switch; smoke runs (tests) leave it off.
+    c.train.report = True
     return c
 
 
@@ -269,6 +272,7 @@ def shrink_to_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.eval_steps = 20
     c.train.checkpoint_every = 30
     c.train.sample_tokens = 40
+    c.train.report = False  # matplotlib's import alone would double a smoke run's final second
     c.optimizer.warmup_steps = 10
     return c
 

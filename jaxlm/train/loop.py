@@ -395,6 +395,7 @@ def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -
         final = {"step": progress.step, **extra}
         mon.status("stopped", progress.step, final=final)
         log(f"Stopped at step {progress.step}: {stop.reason}")
+        run_folder.write_report(run.workdir, run.config)
         return final
     mon.status("evaluating", progress.step)
     params = transforms.averaged_params(progress.state.opt_state, progress.state.params)
@@ -410,9 +411,11 @@ def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -
         raise Preempted(f"{reason}; checkpoint saved in {where}", preemption.signum)
     extra.update(_per_source(val, test, run.mixture))
     final = run_folder.final_report(progress.step, val, test, sample=sample, **extra)
+    run_folder.save_sample(run.workdir, sample)
     mon.status("finished" if stop is None else "stopped", progress.step, final=final, eta=0.0)
     run_folder.print_final(final, run.corpus.tokenizer.unit)
     log(f"Sample:\n{sample}")
+    run_folder.write_report(run.workdir, run.config)
     return final
 
 

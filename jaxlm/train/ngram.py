@@ -90,6 +90,7 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
     finally:
         mon.close()
     run_folder.print_final(final, tok.unit)
+    run_folder.write_report(workdir, config)
     return final
 
 

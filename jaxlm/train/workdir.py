@@ -3,11 +3,13 @@ the final report, and what a second run of a finished one prints.
 
 Files (see :mod:`jaxlm.checkpoints.layout`): ``config.json`` and ``tokenizer.json`` at the start,
 ``metrics.jsonl``, ``tensorboard/`` and ``status.json`` as the run goes (:mod:`jaxlm.monitor`),
-and the model: ``checkpoints/`` or ``model.npz``.
+the model: ``checkpoints/`` or ``model.npz``; at the end ``sample.txt`` (the generated text) and
+``report.html`` (:mod:`jaxlm.runs.report`, unless ``config.train.report`` is off).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +118,58 @@ def print_finished(workdir: Path, final: dict[str, Any]) -> dict[str, Any]:
     for key, value in final.items():
         log(f"  {key}: {value}")
     return final
+
+
+SAMPLE_FILE = "sample.txt"
+REPORT_FILE = "report.html"
+
+
+def save_sample(workdir: Path, sample: str) -> None:
+    """Writes the generated sample to ``sample.txt`` (process 0; none when it is empty).
+
+    A write that fails is said and ignored: the sample is in ``status.json``'s final metrics
+    too, and the run has finished.
+    """
+    if jax.process_index() != 0 or not sample:
+        return
+    try:
+        (workdir / SAMPLE_FILE).write_text(sample)
+    except OSError as e:
+        log(f"Could not write {workdir / SAMPLE_FILE}: {e}")
+
+
+def report_enabled(config: ml_collections.ConfigDict) -> bool:
+    """Whether the run writes ``report.html``: ``config.monitor.report`` where the config has
+    that switch, else ``config.train.report`` (on unless the config turns it off).
+
+    Example:
+      >>> from jaxlm.config import load_config
+      >>> report_enabled(load_config("lstm")), report_enabled(load_config("lstm:smoke"))
+      (True, False)
+    """
+    section = config.get("monitor")
+    if section is not None and "report" in section:
+        return bool(section.report)
+    return bool(config.train.get("report", True))
+
+
+def write_report(workdir: Path, config: ml_collections.ConfigDict) -> Path | None:
+    """Writes the run's ``report.html`` at its end (process 0), when the config asks for it.
+
+    Never fails the run: an error is one line, and the run's files stand as they are.
+
+    Returns:
+      The page, or None when none was written.
+    """
+    if jax.process_index() != 0 or not report_enabled(config):
+        return None
+    t0 = time.perf_counter()
+    try:
+        from jaxlm.runs.report import write_report as write
+
+        path = write(workdir, warn=lambda _: None)  # damaged files: the run said so itself
+    except Exception as e:  # a report is a convenience: never a failed run
+        log(f"Could not write {workdir / REPORT_FILE}: {type(e).__name__}: {e}")
+        return None
+    log(f"Report: {path} ({time.perf_counter() - t0:.1f}s)")
+    return path
