@@ -234,6 +234,7 @@ EXEMPT = {
             "optimizer.centralize",
             "optimizer.skip_nonfinite",
             "train.carry_state",
+            "train.report",
             "model.locked_dropout",
             "model.tie_embeddings",
             "model.remat",
