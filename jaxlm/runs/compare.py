@@ -71,29 +71,38 @@ def _cell(value: Any) -> str:
         if not math.isfinite(value):
             return str(value)
         return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.5g}"
+    if value == "":
+        return '""'
     return value if isinstance(value, str) else json.dumps(value)
 
 
 def render(runs: Sequence[Run], width: int | None = None) -> str:
     """The comparison as two tables (config differences, final metrics) fitting ``width``.
 
-    Runs past what fits are dropped from the right, values truncated with ``~``.
+    The key column keeps its width (up to half the line); the runs share the rest, their
+    values truncated with ``~``; runs past what fits at 8 characters each are dropped from the
+    right.
     """
     width = terminal_width() if width is None else width
     data = comparison(runs)
-    header = ["", *data["runs"]]
-    priority = [0, 0, *range(1, len(runs))]  # the first two runs stay
     out = []
-    sections = (("config differences", data["config"]), ("final metrics", data["final"]))
+    sections = (("config", data["config"]), ("final", data["final"]))
     for title, table in sections:
+        heading = "config differences" if title == "config" else "final metrics"
         if not table:
-            out.append(f"{title}: none")
+            out.append(f"{heading}: none")
             continue
         rows = [[key, *(_cell(v) for v in values)] for key, values in table.items()]
-        cols = len(header)
-        budget = max(8, (width - 2 * (cols - 1)) // cols)
-        rows = [[c if len(c) <= budget else c[: budget - 1] + "~" for c in r] for r in rows]
-        out.append(f"{title}:")
-        out.extend(fit([title.split()[0], *header[1:]], rows, priority, width, shrink=0))
+        key_width = min(max(len(title), *(len(r[0]) for r in rows)), max(8, width // 2))
+        budget = max(8, (width - key_width - 2 * len(runs)) // max(1, len(runs)))
+        rows = [[_cut(r[0], key_width), *(_cut(c, budget) for c in r[1:])] for r in rows]
+        header = [title, *(_cut(n, budget) for n in data["runs"])]
+        priority = [0, 0, *range(1, len(runs))]  # the first run stays
+        out.append(f"{heading}:")
+        out.extend(fit(header, rows, priority, width, shrink=0))
         out.append("")
     return "\n".join(out).rstrip()
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "~"
