@@ -12,7 +12,7 @@ reference. Trial ``i`` features fault kind ``i % 5``, so any five trials in a ro
 - ``sigkill`` / ``sigterm``: the signal at a random moment: after the process started, after
   its first training step, while a checkpoint is being written (an ``.orbax-checkpoint-tmp``
   folder exists) or just after a new one appeared. Once SIGKILLed, ``status.json`` must not
-  pass for a live run (:func:`jaxlm.monitor.run_state` says ``"dead"``); SIGTERMed, it must
+  pass for a live run (:func:`jaxlm.monitor.run_state` says ``"crashed"``); SIGTERMed, it must
   exit 143 with one line on stderr naming the step, ``status.json`` "preempted" at that step
   and a checkpoint of it that verifies. (A SIGTERM in the first ~0.1 s, before Python runs
   jaxlm's handler, kills with -15: accepted when sent in the first 0.5 s and the process wrote
