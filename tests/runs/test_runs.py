@@ -355,3 +355,28 @@ def test_watch_once_clears_and_draws(pair, capsys):
     assert main(["watch", str(pair[0].parent), "--once"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("\x1b[2J\x1b[H") and "finished" in out
+
+
+def test_a_report_that_fails_never_fails_the_run(pair, monkeypatch, capsys):
+    import ml_collections
+
+    from jaxlm.runs import report
+    from jaxlm.train import workdir
+
+    config = smoke(**{"train.report": True})
+    assert workdir.write_report(pair[0], config) == pair[0] / "report.html"
+    assert "Report: " in capsys.readouterr().out
+
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    assert workdir.write_report(pair[1], config) is None
+    assert capsys.readouterr().out == (
+        f"Could not write {pair[1] / 'report.html'}: OSError: No space left on device\n"
+    )
+    # A monitoring section's switch wins over train.report.
+    config.unlock()
+    config.monitor = ml_collections.ConfigDict({"report": False})
+    assert not workdir.report_enabled(config)
+    assert workdir.write_report(pair[1], config) is None and not capsys.readouterr().out
