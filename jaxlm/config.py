@@ -114,13 +114,16 @@ def _augment() -> ml_collections.ConfigDict:
     # On-device augmentation of training windows (jaxlm.data.augment, docs/data.md): each rate
     # 0 is off; all 0 (the default) leaves the compiled step and the batches as they were.
     a = ml_collections.ConfigDict()
-    a.replace = 0.0  # each token replaced by one drawn from the source, with this probability
+    a.replace = 0.0  # each token (or word) replaced by one drawn from the source, with this prob.
     a.delete = 0.0  # each token (or word) deleted with this probability
-    a.insert = 0.0  # a token drawn from the source inserted before each token with this prob.
+    a.insert = 0.0  # one drawn from the source inserted before each token (or word), this prob.
     a.swap = 0.0  # each token (or word) exchanged with a neighbour with this probability
     a.source = "unigram"  # replacing and inserted tokens: "unigram" (the training split's
-    # token frequencies) or "uniform" (every id of the vocabulary alike)
-    a.unit = "token"  # "word": delete and swap whole words (replace and insert stay per token)
+    # token frequencies) or "uniform" (every id of the vocabulary alike); words: the same over
+    # the word table (the training split's word counts, or every word of the table alike)
+    a.unit = "token"  # "word": every edit acts on whole words (a word: its blank, then the rest)
+    a.word_table = 4096  # unit="word": the table of words drawn holds the split's K most frequent
+    a.word_tokens = 16  # ... of at most this many tokens (a shape: fixed across corpora)
     a.extra = -1  # raw tokens read past the window for deletions to eat; -1: sized from delete
     return a
 
@@ -400,6 +403,8 @@ _RANGES: dict[str, _Range] = {
     "data.augment.swap": _BELOW_ONE,
     "data.augment.source": _one_of("unigram", "uniform"),
     "data.augment.unit": _one_of("token", "word"),
+    "data.augment.word_table": _POSITIVE_INT,
+    "data.augment.word_tokens": _POSITIVE_INT,
     "data.augment.extra": _Range(
         "an integer >= -1 (-1: sized from the deletion rate)", lambda v: _is_int(v) and v >= -1
     ),

@@ -139,6 +139,8 @@ OUT_OF_RANGE = {
     "data.augment.source": ["zipf"],
     "data.augment.unit": ["sentence"],
     "data.augment.extra": [-2, 1.5],
+    "data.augment.word_table": [0, 2.5],
+    "data.augment.word_tokens": [0],
     "data.windows": ["contiguous"],
     "data.mixture": ["builtin:0", "builtin", "builtin:0.5,nowhere.txt:0.5", ("builtin:1",)],
     "data.mixture_target": ["nowhere"],

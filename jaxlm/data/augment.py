@@ -91,6 +91,9 @@ UNITS = ("token", "word")
 TAG = 0x61756721  # the fold of the run's key that augmentation draws from ("aug!")
 CDF = "data.augment.cdf"  # the step arguments (in hparams) that hold the tables
 WORD_START = "data.augment.word_start"
+WORDS = "data.augment.words"  # unit="word" drawing: the table of words as token sequences,
+WORD_LENGTHS = "data.augment.word_lengths"  # their lengths in tokens,
+WORD_CDF = "data.augment.word_cdf"  # and the source's CDF over them
 WORD_VARIANCE_TOKENS = 8  # the default margin's word length (tokens) for unit="word"
 
 
@@ -121,13 +124,21 @@ class Augment:
 
     @property
     def draws(self) -> bool:
-        """Whether tokens are drawn from the source (replace or insert is on)."""
+        """Whether units are drawn from the source (replace or insert is on)."""
         return self.replace > 0 or self.insert > 0
 
     @property
     def words(self) -> bool:
-        """Whether the word tables are read (whole words, and delete or swap on)."""
-        return self.unit == "word" and (self.delete > 0 or self.swap > 0)
+        """Whether the word-start table is read (whole words, and an edit on)."""
+        return self.unit == "word" and bool(self.ops)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The names of the tables the edits read (:func:`tables` makes them)."""
+        names = [WORD_START] * self.words
+        if self.draws:
+            names += [WORDS, WORD_LENGTHS, WORD_CDF] if self.unit == "word" else [CDF]
+        return tuple(names)
 
 
 def is_on(data: ml_collections.ConfigDict) -> bool:
@@ -165,9 +176,29 @@ def auto_margin(seq_len: int, delete: float, unit: str = "token") -> int:
     return n - need
 
 
+def shrink_rate(delete: float, replace: float, unit: str = "token") -> float:
+    """The fraction of tokens the edits may remove, for the margin: deletion's, and with
+    ``unit="word"`` replacement's too (a replaced word's tokens go, and the word drawn for it
+    may be one token long: the margin counts none of its tokens, so that it holds whatever
+    lengths the table has).
+
+    Insertions are left out: they only lengthen the text, and they come last of the edits that
+    change its length (after the replacements), so the tokens they push past the cut are never
+    needed again and cannot run the window short.
+
+    Example:
+      >>> shrink_rate(0.1, 0.2), round(shrink_rate(0.1, 0.2, "word"), 4)
+      (0.1, 0.28)
+    """
+    if unit != "word":
+        return delete
+    return 1 - (1 - delete) * (1 - replace)
+
+
 def margin(data: ml_collections.ConfigDict) -> int:
     """The raw tokens a training batch carries past ``T + 1``: 0 when augmentation is off,
-    ``extra`` when set (>= 0), else :func:`auto_margin` of the deletion rate.
+    ``extra`` when set (>= 0), else :func:`auto_margin` of :func:`shrink_rate` (deletion's
+    rate; with whole words, deletion's and replacement's together).
 
     Args:
       data: the config's ``data`` section.
@@ -182,11 +213,17 @@ def margin(data: ml_collections.ConfigDict) -> int:
       0
       >>> data.augment.delete = 0.1; margin(data)  # T = 128
       36
+      >>> data.augment.replace = 0.1; margin(data)  # token replacements keep the length
+      36
+      >>> data.augment.unit = "word"; margin(data)  # whole words: a replaced one may shrink
+      144
     """
     if not is_on(data):
         return 0
     a = data.augment
-    return a.extra if a.extra >= 0 else auto_margin(data.seq_len, a.delete, a.unit)
+    if a.extra >= 0:
+        return a.extra
+    return auto_margin(data.seq_len, shrink_rate(a.delete, a.replace, a.unit), a.unit)
 
 
 def from_config(data: ml_collections.ConfigDict) -> Augment | None:
@@ -262,11 +299,111 @@ def word_tables(tokenizer: Any, vocab_size: int) -> np.ndarray:
     return np.array([not p or p[:1].isspace() for p in pieces], np.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class WordTable:
+    """The words drawn for ``unit="word"`` insertions and replacements: the training split's
+    most frequent words, each as the token sequence it was written with, padded.
+
+    A word is a token that starts one (:func:`word_tables`) and the tokens after it up to the
+    next start, so it carries the blank before it (``"Ġthe"``, or ``" "``, ``"t"``, ``"h"``,
+    ``"e"``): spliced in before a word start, it leaves the text spaced as it was.
+
+    Attributes:
+      tokens: int32 ``[K, max_tokens]``: row ``k`` is word ``k``'s tokens, then zeros.
+      lengths: int32 ``[K]``: its length (0: a row of the padding, when the split has fewer
+        than ``K`` words).
+      counts: int64 ``[K]``: its occurrences in the split (most frequent first).
+      total: the split's words (of any length, rarer ones included): ``counts.sum() / total``
+        is the share of the split's words the table holds.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    counts: np.ndarray
+    total: int
+
+    def cdf(self, source: str = "unigram") -> np.ndarray:
+        """The source's cumulative distribution over the table's rows, float32 ``[K]``:
+        ``"unigram"`` by count, ``"uniform"`` alike over the words (never the padding).
+
+        Example:
+          >>> t = WordTable(np.zeros((3, 1), np.int32), np.array([1, 1, 0]), np.array([3, 1, 0]), 4)
+          >>> t.cdf().tolist(), t.cdf("uniform").tolist()
+          ([0.75, 1.0, 1.0], [0.5, 1.0, 1.0])
+        """
+        weight = self.counts if source == "unigram" else (self.lengths > 0)
+        cdf = np.cumsum(weight, dtype=np.float64) / max(weight.sum(), 1)
+        return cdf.astype(np.float32)
+
+
+def word_table(tokens: np.ndarray, word_start: np.ndarray, size: int, max_tokens: int) -> WordTable:
+    """The ``size`` most frequent words of a token array of at most ``max_tokens`` tokens
+    (longer ones are counted in ``total`` but not kept), on the host, vectorised.
+
+    A token array's first tokens before its first word start are no whole word and are left
+    out. Ties in count are broken by the words' tokens, the same way on every run.
+
+    Args:
+      tokens: ``[N]`` token ids (the training split).
+      word_start: :func:`word_tables` of the tokenizer.
+      size: K, the table's rows.
+      max_tokens: its columns.
+
+    Returns:
+      A :class:`WordTable`.
+
+    Example:
+      >>> from jaxlm.data.tokenizers import CharTokenizer
+      >>> tok = CharTokenizer.train(" the cat the the cat\\n")
+      >>> ids = tok.encode(" the cat the the cat\\n")
+      >>> t = word_table(ids, word_tables(tok, tok.vocab_size), 2, 4)
+      >>> [tok.decode(row[:n]) for row, n in zip(t.tokens, t.lengths)], t.counts.tolist(), t.total
+      ([' the', ' cat'], [3, 2], 6)
+    """
+    tokens = np.asarray(tokens).reshape(-1).astype(np.int32)
+    starts = np.flatnonzero(np.asarray(word_start)[tokens] > 0.5)
+    lengths = np.diff(np.append(starts, len(tokens)))
+    short = lengths <= max_tokens
+    first, lengths = starts[short], lengths[short]
+    padded = np.concatenate([tokens, np.zeros(max_tokens, np.int32)])
+    column = np.arange(max_tokens)
+    keys, counts = [], []
+    for at in range(0, len(first), _CHUNK):  # a few MB of rows at a time
+        f, n = first[at : at + _CHUNK], lengths[at : at + _CHUNK]
+        words = np.where(column < n[:, None], padded[f[:, None] + column], 0)
+        unique, count = np.unique(_as_keys(np.column_stack([n, words])), return_counts=True)
+        keys.append(unique)
+        counts.append(count)
+    if keys:  # the chunks' words merged
+        unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+        count = np.bincount(inverse.reshape(-1), weights=np.concatenate(counts))
+    else:
+        unique, count = _as_keys(np.zeros((0, max_tokens + 1), np.int32)), np.zeros(0)
+    order = np.argsort(-count, kind="stable")[:size]
+    rows = np.zeros((size, max_tokens + 1), np.int32)
+    rows[: len(order)] = unique[order].view(np.int32).reshape(-1, max_tokens + 1)
+    kept = np.zeros(size, np.int64)
+    kept[: len(order)] = count[order]
+    return WordTable(rows[:, 1:], rows[:, 0].copy(), kept, len(starts))
+
+
+_CHUNK = 1 << 18
+
+
+def _as_keys(rows: np.ndarray) -> np.ndarray:
+    """Rows of int32 as one opaque key each (``np.unique`` sorts them as bytes)."""
+    rows = np.ascontiguousarray(rows, np.int32)
+    return rows.view(np.dtype((np.void, rows.shape[1] * 4))).reshape(-1)
+
+
 def tables(
     data: ml_collections.ConfigDict, train_tokens: np.ndarray, tokenizer: Any, vocab_size: int
 ) -> dict[str, np.ndarray]:
     """The arrays the augmenting step takes with its hyperparameters (:mod:`jaxlm.train.hparams`):
-    the source's CDF (when replace or insert is on) and the word tables (``unit="word"``).
+    with ``unit="token"``, the source's CDF over the vocabulary (when replace or insert is on);
+    with ``unit="word"``, the word-start table, and when drawing, the :class:`WordTable` of
+    the training split (``data.augment.word_table`` words of at most ``word_tokens`` tokens)
+    with the source's CDF over it.
 
     Args:
       data: the config's ``data`` section.
@@ -275,7 +412,7 @@ def tables(
       vocab_size: V.
 
     Returns:
-      ``{name: float32 [V]}``; empty when augmentation is off or needs none.
+      ``{name: array}`` as :attr:`Augment.tables` names them; empty when augmentation is off.
 
     Example:
       >>> from jaxlm.config import base_config
@@ -283,24 +420,55 @@ def tables(
       >>> data.augment.replace = 0.1
       >>> tables(data, np.array([1, 1, 2]), None, 3)[CDF].astype(float).round(3).tolist()
       [0.0, 0.667, 1.0]
+      >>> from jaxlm.data.tokenizers import CharTokenizer
+      >>> tok = CharTokenizer.train(" a b a\\n")
+      >>> data.augment.unit = "word"
+      >>> out = tables(data, tok.encode(" a b a\\n"), tok, tok.vocab_size)
+      >>> [name.split(".")[-1] for name in out], out[WORDS].shape  # (word_table, word_tokens)
+      (['word_start', 'words', 'word_lengths', 'word_cdf'], (4096, 16))
+      >>> out[WORD_CDF][:4].round(3).tolist()  # " a" twice, " b" and "\\n" once
+      [0.5, 0.75, 1.0, 1.0]
     """
     spec = from_config(data)
     out: dict[str, np.ndarray] = {}
     if spec is None:
         return out
-    if spec.draws:
-        uniform = data.augment.source == "uniform"
-        out[CDF] = uniform_cdf(vocab_size) if uniform else unigram_cdf(train_tokens, vocab_size)
+    a = data.augment
     if spec.words:
         out[WORD_START] = word_tables(tokenizer, vocab_size)
+    if spec.draws and spec.unit == "word":
+        table = word_table(train_tokens, out[WORD_START], a.word_table, a.word_tokens)
+        out[WORDS], out[WORD_LENGTHS] = table.tokens, table.lengths
+        out[WORD_CDF] = table.cdf(a.source)
+    elif spec.draws:
+        uniform = a.source == "uniform"
+        out[CDF] = uniform_cdf(vocab_size) if uniform else unigram_cdf(train_tokens, vocab_size)
     return out
 
 
 def table_shapes(data: ml_collections.ConfigDict, vocab_size: int) -> dict[str, np.ndarray]:
-    """Zero arrays in the shapes of :func:`tables` (to compile the step from shapes alone)."""
+    """Zero arrays in the shapes and dtypes of :func:`tables` (to compile the step from shapes
+    alone: they depend on the config and V, not on the corpus).
+
+    Example:
+      >>> from jaxlm.config import base_config
+      >>> data = base_config().data
+      >>> data.augment.insert, data.augment.unit = 0.1, "word"
+      >>> {k: (v.shape, v.dtype.name) for k, v in table_shapes(data, 50).items()}[WORDS]
+      ((4096, 16), 'int32')
+    """
     spec = from_config(data)
-    names = [] if spec is None else [CDF] * spec.draws + [WORD_START] * spec.words
-    return {name: np.zeros(vocab_size, np.float32) for name in names}
+    if spec is None:
+        return {}
+    k, n = data.augment.word_table, data.augment.word_tokens
+    shapes = {
+        CDF: np.zeros(vocab_size, np.float32),
+        WORD_START: np.zeros(vocab_size, np.float32),
+        WORDS: np.zeros((k, n), np.int32),
+        WORD_LENGTHS: np.zeros(k, np.int32),
+        WORD_CDF: np.zeros(k, np.float32),
+    }
+    return {name: shapes[name] for name in spec.tables}
 
 
 def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
@@ -340,17 +508,16 @@ def edit(
       key: a PRNG key.
       raw: ``[B, L]`` int token ids, ``L >= T + 1``.
       hparams: traced rates (``data.augment.<op>``; absent: the spec's) and the tables
-        (:data:`CDF` when drawing, :data:`WORD_START` for words).
+        :attr:`Augment.tables` names (:func:`tables`).
 
     Returns:
       ``(inputs, targets, mask)`` ``[B, T]``; ``mask`` is 0 on targets past the edited text
-      (deletions ate the whole margin), else 1.
+      (deletions, or whole words replaced by shorter ones, ate the whole margin), else 1.
 
     Raises:
       ValueError: a table the edits need is not in ``hparams``.
     """
-    missing = [n for n, on in ((CDF, spec.draws), (WORD_START, spec.words)) if on]
-    missing = [n for n in missing if n not in hparams]
+    missing = [n for n in spec.tables if n not in hparams]
     if missing:
         raise ValueError(
             f"augmentation needs its tables {missing} among the step's hyperparameters "
@@ -363,12 +530,18 @@ def edit(
     u = {op: jax.random.uniform(keys[op], (b, length)) for op in spec.ops}
     parity = jax.random.bernoulli(keys["parity"], 0.5, (b,)).astype(jnp.int32)
     draws = {}
-    if spec.draws:
-        cdf = jnp.asarray(hparams[CDF], jnp.float32)
+    if spec.draws:  # a token, or a row of the word table, drawn for each position
+        word = spec.unit == "word"
+        cdf = jnp.asarray(hparams[WORD_CDF if word else CDF], jnp.float32)
         for op in ("insert", "replace"):
             if op in spec.ops:
                 v = jax.random.uniform(keys[f"draw_{op}"], (b, length)) * cdf[-1]
-                draws[op] = jnp.minimum(jnp.searchsorted(cdf, v, side="right"), cdf.shape[0] - 1)
+                drawn = jnp.minimum(jnp.searchsorted(cdf, v, side="right"), cdf.shape[0] - 1)
+                if word:  # the word's tokens [B, L, max_tokens] and length [B, L]
+                    words = jnp.asarray(hparams[WORDS], jnp.int32)
+                    lengths = jnp.asarray(hparams[WORD_LENGTHS], jnp.int32)
+                    drawn = (words[drawn], lengths[drawn])
+                draws[op] = drawn
     word_start = jnp.asarray(hparams[WORD_START]) if spec.words else None
 
     def row(tokens, u, parity, draws):
@@ -380,27 +553,61 @@ def edit(
 
 
 def _edit_row(tokens, u, parity, draws, rate, ops, word_start):
-    """One row's edits: ``(tokens [L], valid [L])``; valid is a prefix."""
+    """One row's edits: ``(tokens [L], valid [L])``; valid is a prefix.
+
+    Whole words (``word_start`` given) are replaced before the insertions (a replacement may
+    shorten the text; the insertions, last, only push tokens past the end); single tokens are
+    replaced last, in place.
+    """
     length = tokens.shape[0]
-    j = jnp.arange(length)
     valid = jnp.ones(length, bool)
+    words = word_start is not None
     if "swap" in ops:
         tokens = _swap(tokens, _starts(tokens, word_start), u["swap"], parity, rate["swap"])
     if "delete" in ops:
         unit = jnp.cumsum(_starts(tokens, word_start)) - 1
         keep = u["delete"][unit] >= rate["delete"]
-        place = jnp.where(keep, jnp.cumsum(keep) - 1, length)
-        tokens = jnp.zeros_like(tokens).at[place].set(tokens, mode="drop")
-        valid = j < keep.sum()
-    if "insert" in ops:
-        ins = valid & (u["insert"] < rate["insert"])
-        place = j + jnp.cumsum(ins)  # token j's place after the insertions up to it
-        out = jnp.zeros_like(tokens).at[jnp.where(valid, place, length)].set(tokens, mode="drop")
-        tokens = out.at[jnp.where(ins, place - 1, length)].set(draws["insert"], mode="drop")
-        valid = j < valid.sum() + ins.sum()
-    if "replace" in ops:
+        tokens, valid = _splice(tokens, keep)
+    if "replace" in ops and words:  # each word's tokens out, a drawn word's in at its start
+        starts = _starts(tokens, word_start)
+        hit = valid & (u["replace"][jnp.cumsum(starts) - 1] < rate["replace"])
+        new, new_length = draws["replace"]
+        tokens, valid = _splice(tokens, valid & ~hit, hit & starts, new, new_length)
+    if "insert" in ops:  # before a token, or before a word (a token that starts one)
+        at = valid & (u["insert"] < rate["insert"])
+        if words:
+            new, new_length = draws["insert"]
+            at = at & (word_start[tokens] > 0.5)  # not inside the window's first, cut word
+        else:
+            new, new_length = draws["insert"][:, None], jnp.ones(length, jnp.int32)
+        tokens, valid = _splice(tokens, valid, at, new, new_length)
+    if "replace" in ops and not words:
         tokens = jnp.where(valid & (u["replace"] < rate["replace"]), draws["replace"], tokens)
     return tokens, valid
+
+
+def _splice(tokens, keep, at=None, new=None, new_length=None):
+    """Tokens kept and drawn ones spliced in, compacted to the front: position ``j`` gives
+    ``new[j, :new_length[j]]`` where ``at[j]``, then ``tokens[j]`` where ``keep[j]``.
+
+    Each position's output count is summed (cumsum) to its place, and the tokens scattered
+    there; what lands past ``L`` is dropped. Deletion is ``keep`` alone, insertion ``keep``
+    of the valid tokens with ``at``, and a whole-word replacement ``keep`` without the
+    replaced words' tokens, ``at`` their starts.
+
+    Returns:
+      ``(tokens [L], valid [L])``: the spliced text, zeros after it, and where it is.
+    """
+    length = tokens.shape[0]
+    grow = jnp.zeros(length, jnp.int32) if at is None else jnp.where(at, new_length, 0)
+    count = grow + keep
+    first = jnp.cumsum(count) - count  # position j's first place
+    out = jnp.zeros_like(tokens).at[jnp.where(keep, first + grow, length)].set(tokens, mode="drop")
+    if at is not None:
+        i = jnp.arange(new.shape[1])
+        place = jnp.where(i < grow[:, None], first[:, None] + i, length)
+        out = out.at[place].set(new, mode="drop")
+    return out, jnp.arange(length) < count.sum()
 
 
 def _starts(tokens, word_start):

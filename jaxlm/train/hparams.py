@@ -149,7 +149,8 @@ def from_config(config: ml_collections.ConfigDict, fields: Sequence[str] | None 
 
 
 def abstract(hparams: Mapping[str, Any], sharding: Any = None) -> HParams:
-    """``hparams`` as ``jax.ShapeDtypeStruct`` s (float32 scalars), to compile from shapes.
+    """``hparams`` as ``jax.ShapeDtypeStruct`` s, to compile from shapes: float32, or int32
+    for integer arrays (the augmentation's word table, :func:`jaxlm.data.augment.tables`).
 
     Args:
       hparams: from :func:`from_config` (or a population's, with a leading member axis).
@@ -157,9 +158,17 @@ def abstract(hparams: Mapping[str, Any], sharding: Any = None) -> HParams:
 
     Returns:
       The same keys, abstract.
+
+    Example:
+      >>> {k: v.dtype.name for k, v in abstract({"a": 0.5, "b": np.zeros(3, np.int32)}).items()}
+      {'a': 'float32', 'b': 'int32'}
     """
+
+    def dtype(v: Any) -> Any:
+        return jnp.int32 if np.issubdtype(np.asarray(v).dtype, np.integer) else jnp.float32
+
     return {
-        k: jax.ShapeDtypeStruct(np.shape(v), jnp.float32, sharding=sharding)
+        k: jax.ShapeDtypeStruct(np.shape(v), dtype(v), sharding=sharding)
         for k, v in hparams.items()
     }
 
