@@ -4,6 +4,7 @@ evaluation that is never augmented."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -222,6 +223,103 @@ def test_word_tables_mark_word_starts_for_each_tokenizer():
     assert augment.word_tables(word, word.vocab_size).all()
 
 
+# Whole-word insertion and replacement: the window's words are all distinct and none is in the
+# table, which is built from another text (cat 3 times, dog twice, emu once), so each word of an
+# edited window says where it came from.
+WINDOW = (
+    " alpha beta gamma delta epsilon zeta theta iota kappa lambda omicron sigma upsilon omega"
+    " aleph gimel daleth zayin tsadi resh"
+)
+TABLE_TEXT = " cat dog cat emu cat dog"
+TABLE_SHARE = {"cat": 3 / 6, "dog": 2 / 6, "emu": 1 / 6}
+
+
+@functools.cache
+def _tokenizer(kind: str):
+    if kind == "char":
+        return CharTokenizer.train(WINDOW + TABLE_TEXT)
+    if kind == "byte":
+        return ByteTokenizer()
+    return SubwordTokenizer.train_bpe((WINDOW + TABLE_TEXT) * 20, 280)  # words of 1-4 tokens
+
+
+def _word_draws(kind: str, rows: int, extra: int = 0, source: str = "unigram", **rates):
+    """Rows of ``WINDOW`` repeated, ``T = 100`` (and ``extra``) tokens, edited with whole words
+    drawn from the table of ``TABLE_TEXT``: each row's edited text as its words, the targets and
+    the mask. The tables are padded to 300 ids, so the tokenizers share one compiled edit."""
+    tok = _tokenizer(kind)
+    start = np.zeros(300, np.float32)
+    start[: tok.vocab_size] = augment.word_tables(tok, tok.vocab_size)
+    table = augment.word_table(tok.encode(TABLE_TEXT * 10), start, 8, 6)
+    hp = {
+        augment.WORD_START: start,
+        augment.WORDS: table.tokens,
+        augment.WORD_LENGTHS: table.lengths,
+        augment.WORD_CDF: table.cdf(source),
+    }
+    spec = augment.Augment(seq_len=100, extra=extra, unit="word", **rates)
+    ids = np.asarray(tok.encode(WINDOW * 8))[: 101 + extra]
+    out = _jitted_edit(spec, jax.random.PRNGKey(0), jnp.asarray(np.tile(ids, (rows, 1))), hp)
+    inputs, targets, mask = (np.asarray(x) for x in out)
+    words = [tok.decode(np.array(r)).split() for r in _edited(inputs, targets, mask)]
+    return words, targets, mask
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
+def test_whole_words_are_replaced_by_whole_table_words_at_the_rate(kind):
+    rows, _, mask = _word_draws(kind, 512, replace=0.3)
+    original = (WINDOW * 8).split()
+    drawn = []
+    for words in rows:
+        complete = words[:-1]  # the last word may be cut where the window ends
+        assert len(words) <= len(original)  # one word for one word
+        for k, word in enumerate(complete):
+            assert word == original[k] or word in TABLE_SHARE, (k, word)  # in place, or drawn
+        drawn += [w for w in complete if w in TABLE_SHARE]
+    realised = len(drawn) / sum(len(words) - 1 for words in rows)
+    assert abs(realised - 0.3) < 0.02, realised
+    share = {w: drawn.count(w) / len(drawn) for w in TABLE_SHARE}  # the words' unigram
+    assert all(abs(share[w] - TABLE_SHARE[w]) < 0.03 for w in TABLE_SHARE), share
+
+
+@pytest.mark.parametrize("kind", ["char", "byte", "bpe"])
+def test_whole_table_words_are_inserted_between_the_words(kind):
+    rows, _, mask = _word_draws(kind, 512, source="uniform", insert=0.2)
+    assert mask.min() == 1  # insertions only lengthen
+    original = (WINDOW * 8).split()
+    inserted, kept = [], 0
+    for words in rows:
+        complete = words[:-1]
+        others = [w for w in complete if w not in TABLE_SHARE]
+        assert others == original[: len(others)]  # every original word, in order, whole
+        inserted += [w for w in complete if w in TABLE_SHARE]
+        kept += len(others)
+    assert abs(len(inserted) / kept - 0.2) < 0.02, len(inserted) / kept  # per original word
+    share = {w: inserted.count(w) / len(inserted) for w in TABLE_SHARE}
+    assert all(abs(share[w] - 1 / 3) < 0.03 for w in TABLE_SHARE), share  # uniform
+
+
+def test_shorter_replacing_words_run_a_window_short_and_the_tail_is_masked():
+    # No margin, and every table word shorter than every window word: a row with a
+    # replacement ends before T + 1 tokens unless its insertions make up for it.
+    rows, targets, mask = _word_draws("char", 64, replace=0.2, insert=0.1)
+    assert np.all(np.diff(mask, axis=1) <= 0)  # a prefix of ones
+    short = mask.min(axis=1) == 0
+    assert 0 < short.sum() < 64
+    assert np.all(targets[mask == 0] == 0) and np.all(targets[mask > 0] != 0)  # 0: <unk>
+    slots = (WINDOW * 8)[:101].split()  # the raw window's words (101 chars), the last cut
+    for words in (w for w, s in zip(rows, short, strict=True) if s):
+        # The whole edited text is there: each raw word or a table word in its place, the
+        # insertions between, none lost to the insertions' extra tokens.
+        others = [w for w in words if w not in TABLE_SHARE]
+        assert others == [w for w in slots if w in others] and len(words) >= len(slots)
+        assert words[-1] in (slots[-1], *TABLE_SHARE)
+    # The default margin counts replaced words as deleted: no row runs short.
+    extra = augment.auto_margin(100, augment.shrink_rate(0.0, 0.2, "word"), "word")
+    _, _, mask = _word_draws("char", 64, extra=extra, replace=0.2, insert=0.1)
+    assert mask.min() == 1
+
+
 def _program(hlo: str) -> str:
     """Compiled HLO without its source locations (their tables' order varies with tracing)."""
     body = hlo[hlo.index("\n\n", hlo.index("StackFrames")) :] if "StackFrames" in hlo else hlo
@@ -249,11 +347,19 @@ def test_rates_of_zero_leave_the_program_and_the_batch_as_they_were():
 
 
 def test_runs_that_differ_only_in_rates_share_one_program():
+    # Whole words, every edit on: the word table's shape is the config's, not the corpus's.
     configs = [
-        smoke(**{"data.augment.delete": d, "data.augment.swap": s, "data.augment.extra": 24})
-        for d, s in ((0.1, 0.05), (0.3, 0.2))
+        smoke(
+            **{
+                **{f"data.augment.{op}": r for op in augment.OPS},
+                "data.augment.delete": d,
+                "data.augment.extra": 24,
+                "data.augment.unit": "word",
+            }
+        )
+        for d, r in ((0.1, 0.05), (0.3, 0.2))
     ]
-    assert hparams.fields_in_force(configs[0])[-2:] == ("data.augment.delete", "data.augment.swap")
+    assert hparams.fields_in_force(configs[0])[-4:] == hparams.DATA_FIELDS
     assert float(hparams.from_config(configs[1])["data.augment.delete"]) == pytest.approx(0.3)
     texts = []
     for config in configs:
