@@ -20,44 +20,58 @@ over the window (no loop over positions):
    length: a permutation, scattered).
 2. **delete**: each unit is dropped with probability ``delete``; the kept tokens are compacted
    to the front (their new place is the running count of kept tokens, scattered).
-3. **insert**: before each token a token drawn from the source is inserted with probability
-   ``insert`` (token ``j`` moves to ``j`` plus the insertions up to it; the new tokens fill the
-   slots left before them).
-4. **replace**: each token of the result is replaced by a drawn one with probability
-   ``replace`` (the length is kept).
+3. **replace** (words): each word is replaced by a drawn word with probability ``replace``:
+   its tokens are dropped and the drawn word's tokens, of any length, put in at its start.
+4. **insert**: before each unit a drawn unit (a token, or a word before a word) is inserted
+   with probability ``insert``.
+5. **replace** (tokens): each token of the result is replaced by a drawn one with probability
+   ``replace``, in place.
+
+Deletion, insertion and word replacement are one splice (``_splice``): each position gives the
+tokens drawn for it (when it gets some) and then its own token (when it is kept); the running
+sum of these counts is each one's place, and the tokens are scattered there.
 
 Drawn tokens come from the training split's unigram distribution (``source="unigram"``) or
 uniformly from the vocabulary (``"uniform"``), sampled by inverse CDF from a table ``[V]`` that
 enters the step as an argument (:func:`tables`), not as a constant: runs on other corpora, or
-with the other source, compile the same program.
+with the other source, compile the same program. Drawn words come from a :class:`WordTable`,
+the training split's ``word_table`` most frequent words of at most ``word_tokens`` tokens as
+token sequences (padded, built once on the host by :func:`word_table`), by the words' counts
+(``"unigram"``) or alike (``"uniform"``); it too is a step argument, of the config's shape.
 
-**When deletions exhaust the margin** (fewer than ``T + 1`` tokens left), the missing tail is
-masked: the batch gets a ``mask`` whose zeros leave those targets out of the loss. The default
-margin (``extra=-1``, :func:`margin`) is sized so that this is rare: the deletions' mean plus
-five standard deviations (with ``unit="word"`` the variance of words 8 tokens long). A margin
-set by hand (``extra >= 0``) is used as it is. The next window starts where it would without
-edits, so a recurrent model that carries its state reads, after a window with deletions, a few
-tokens it saw already (after insertions, it skips a few): the edits move text, not windows.
+**When the edits exhaust the margin** (fewer than ``T + 1`` tokens left), the missing tail is
+masked: the batch gets a ``mask`` whose zeros leave those targets out of the loss. Deletions
+shorten the text, and so may whole words replaced by shorter ones; insertions only lengthen
+it, and come after both, so the tokens they push past the end are never needed (the mask
+counts the tokens they add). The default margin (``extra=-1``, :func:`margin`) is sized so
+that running short is rare: the mean of the tokens left plus five standard deviations, where
+tokens are lost at :func:`shrink_rate` (deletion's rate; with words, a replaced word's tokens
+count as lost too) and words have the variance of words 8 tokens long. A margin set by hand
+(``extra >= 0``) is used as it is. The next window starts where it would without edits, so a
+recurrent model that carries its state reads, after a window with deletions, a few tokens it
+saw already (after insertions, it skips a few): the edits move text, not windows.
 
 **Whole words** (``unit="word"``): a token starts a word when its first byte is blank (a
 space, a tab, a line end: byte-level BPE's ``"Ġthe"``, a char tokenizer's ``" "``) or it has
 no bytes (the byte tokenizer's special tokens); :func:`word_tables` computes this per token id
 from the tokenizer's bytes (as :mod:`jaxlm.data.words` reads them), and the step looks it up
 per position. So each word carries the blank before it (a line's first word its line end):
-deleting one leaves the text around it spaced as it was, and neighbours swap whole. The
-window's first token starts a word too. Deletion and swap act on whole words; replacement and
-insertion stay per token (drawing whole words of several tokens would need a table of words as
-token sequences: not done). The word tokenizer's tokens are words already.
+deleting one leaves the text around it spaced as it was, neighbours swap whole, and a drawn
+word (which carries its blank too) goes in before a word start, never inside a word. The
+window's first token starts a unit too (for deletion, swap and replacement; no word is
+inserted before it unless it starts a word). A replaced word's blank goes with it: a line's
+first word replaced by a word that followed a space joins the two lines. The word tokenizer's
+tokens are words already (its table: single tokens).
 
 The rates may be traced step arguments (:mod:`jaxlm.train.hparams`: a hyperparameter search
 varies them without compiling again); a rate of exactly 0 leaves its edit out of the program,
 and with all four at 0 the step, the batch and the data order are what they were without this
-module. The default margin depends on the deletion rate (a shape): fix ``extra`` to share one
-program across deletion rates.
+module. The default margin depends on the deletion rate (and with words, the replacement rate:
+a shape): fix ``extra`` to share one program across those rates.
 
 What this adds to the field's tools: nlpaug and EDA (Wei and Zou 2019) edit strings on the
 host, a sentence at a time, in Python; here the same four edits run on token ids inside the
-compiled step, for any tokenizer, at a few percent of a step's time
+compiled step, for any tokenizer, on tokens or whole words, at a few percent of a step's time
 (``benchmarks/augment_cost.py``).
 
 Example:
@@ -106,7 +120,7 @@ class Augment:
       seq_len: T, the window the step trains on.
       extra: raw tokens past ``T + 1`` the batch carries (:func:`margin`).
       replace, delete, insert, swap: the rates; 0 leaves the edit out of the program.
-      unit: ``"token"`` or ``"word"`` (delete and swap whole words).
+      unit: ``"token"`` or ``"word"`` (every edit acts on whole words).
     """
 
     seq_len: int
