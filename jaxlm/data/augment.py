@@ -98,6 +98,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxlm.errors import CorpusError
+
 OPS = ("swap", "delete", "insert", "replace")  # in the order they apply
 FIELDS = tuple(f"data.augment.{op}" for op in ("replace", "delete", "insert", "swap"))
 SOURCES = ("unigram", "uniform")
@@ -428,6 +430,9 @@ def tables(
     Returns:
       ``{name: array}`` as :attr:`Augment.tables` names them; empty when augmentation is off.
 
+    Raises:
+      CorpusError: whole words are drawn and the training split has none short enough.
+
     Example:
       >>> from jaxlm.config import base_config
       >>> data = base_config().data
@@ -452,6 +457,12 @@ def tables(
         out[WORD_START] = word_tables(tokenizer, vocab_size)
     if spec.draws and spec.unit == "word":
         table = word_table(train_tokens, out[WORD_START], a.word_table, a.word_tokens)
+        if not table.lengths.any():
+            raise CorpusError(
+                f"config.data.augment.word_tokens={a.word_tokens}: the training split has no "
+                f"word of at most that many tokens (of {table.total:,} words) to insert or "
+                "replace with; raise it, or use unit=token"
+            )
         out[WORDS], out[WORD_LENGTHS] = table.tokens, table.lengths
         out[WORD_CDF] = table.cdf(a.source)
     elif spec.draws:

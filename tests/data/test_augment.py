@@ -18,7 +18,7 @@ from jaxlm.config import validate
 from jaxlm.data import augment, batching, load_corpus
 from jaxlm.data.subword import SubwordTokenizer
 from jaxlm.data.tokenizers import ByteTokenizer, CharTokenizer, WordTokenizer
-from jaxlm.errors import ConfigError
+from jaxlm.errors import ConfigError, CorpusError
 from jaxlm.search.population import train_population
 from jaxlm.train import hparams
 from jaxlm.train import plan as plan_lib
@@ -318,6 +318,35 @@ def test_shorter_replacing_words_run_a_window_short_and_the_tail_is_masked():
     extra = augment.auto_margin(100, augment.shrink_rate(0.0, 0.2, "word"), "word")
     _, _, mask = _word_draws("char", 64, extra=extra, replace=0.2, insert=0.1)
     assert mask.min() == 1
+
+
+def test_the_word_table_holds_the_most_frequent_short_words_in_any_chunking(monkeypatch):
+    tok = CharTokenizer.train(" a bb ccc dddddddd\n")
+    start = augment.word_tables(tok, tok.vocab_size)
+    text = " bb a ccc bb dddddddd bb a ccc a bb\n"  # bb 4, a 3, ccc 2, the 9-token word, \n
+    table = augment.word_table(tok.encode(text), start, 3, 5)
+    words = [tok.decode(row[:n]) for row, n in zip(table.tokens, table.lengths, strict=True)]
+    assert words == [" bb", " a", " ccc"] and table.counts.tolist() == [4, 3, 2]
+    assert table.total == 11 and table.lengths.tolist() == [3, 2, 4]
+    assert np.all(table.tokens[1, 2:] == 0)  # padded
+    np.testing.assert_allclose(table.cdf(), [4 / 9, 7 / 9, 1.0], rtol=1e-6)
+    monkeypatch.setattr(augment, "_CHUNK", 2)  # the chunks' counts merged: the same table
+    chunked = augment.word_table(tok.encode(text), start, 3, 5)
+    assert np.array_equal(chunked.tokens, table.tokens) and chunked.total == 11
+    assert chunked.counts.tolist() == [4, 3, 2]
+    big = augment.word_table(tok.encode(text), start, 8, 5)  # fewer words than rows
+    assert big.lengths.tolist()[4:] == [0] * 4 and big.cdf("uniform")[3:].tolist() == [1.0] * 5
+    word = WordTokenizer.train("a b a\nb c\n")
+    one = augment.word_table(word.encode("a b a\n"), augment.word_tables(word, 6), 4, 2)
+    assert set(one.lengths.tolist()) <= {0, 1}  # the word tokenizer's words: one token each
+
+
+def test_a_split_without_short_words_is_refused_by_name():
+    config = smoke(**{"data.augment.insert": 0.1, "data.augment.unit": "word"})
+    config.data.augment.word_tokens = 2
+    tok = CharTokenizer.train(" alpha beta")
+    with pytest.raises(CorpusError, match=r"config.data.augment.word_tokens=2: .* \(of 2 words\)"):
+        augment.tables(config.data, tok.encode(" alpha beta"), tok, tok.vocab_size)
 
 
 def _program(hlo: str) -> str:
