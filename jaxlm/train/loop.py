@@ -493,9 +493,16 @@ def _log_start(config, train_state, corpus, mesh) -> None:
     spec = augment.from_config(config.data)
     if spec is not None:
         rates = ", ".join(f"{op} {getattr(spec, op):g}" for op in spec.ops)
+        a = config.data.augment
+        words = (
+            f"; words drawn from the training split's {a.word_table:,} most frequent of at most "
+            f"{a.word_tokens} tokens"
+            if spec.draws and spec.unit == "word"
+            else ""
+        )
         log(
             f"Augmenting training windows on the device: {rates} (unit {spec.unit}, source "
-            f"{config.data.augment.source}), {spec.extra} raw tokens of margin"
+            f"{a.source}), {spec.extra} raw tokens of margin{words}"
         )
 
 
