@@ -1,12 +1,20 @@
-"""Sampling from a language model: temperature, top-k and top-p, seeded, for every model kind."""
+"""Sampling from a language model: temperature, top-k and top-p, seeded, for every model kind.
+
+Neural models decode inside ``lax.scan`` with their carried state; an n-gram model
+(:class:`~jaxlm.models.ngram.NGramModel`, which has no parameters) samples with numpy, its
+next-token distributions filtered by the same :func:`sample_logits`
+(:mod:`jaxlm.models.ngram.sampling`).
+"""
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def sample_logits(
@@ -52,13 +60,10 @@ def sample_logits(
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model", "num_tokens", "temperature", "top_k", "top_p")
-)
 def generate(
-    model: nn.Module,
-    params,
-    prompt_BxP: jax.Array,
+    model: Any,
+    params: Any,
+    prompt_BxP: Any,
     num_tokens: int,
     rng: jax.Array,
     *,
@@ -77,10 +82,15 @@ def generate(
     cropped to its last ``context_window`` tokens, as nanoGPT does: the cache serves while the
     sequence fits, then each token re-reads the window before it. So any ``num_tokens`` works.
 
+    An n-gram model (``params`` unused, None) continues each row as a sentence start followed
+    by the prompt, all rows in lockstep (:func:`jaxlm.models.ngram.sampling.sample`): the same
+    filters, through :func:`sample_logits`; at temperature 1 without filters it draws exactly
+    from the model without building the distributions.
+
     Args:
-      model: a jaxlm model (see :func:`jaxlm.models.get_model`).
-      params: its parameters.
-      prompt_BxP: int32 prompt ids, P >= 1.
+      model: a jaxlm model (see :func:`jaxlm.models.get_model`), or an n-gram model.
+      params: its parameters (None for an n-gram model).
+      prompt_BxP: int32 prompt ids, P >= 1 (an n-gram model also takes P = 0).
       num_tokens: how many tokens to draw, >= 1.
       rng: a PRNG key; the same key gives the same text.
       temperature: see :func:`sample_logits`.
@@ -97,7 +107,53 @@ def generate(
       >>> params = model.init(jax.random.key(0), prompt, model.initial_carry(1))["params"]
       >>> generate(model, params, prompt, 5, jax.random.key(1)).shape
       (1, 5)
+      >>> import numpy as np
+      >>> from jaxlm.models.ngram import build
+      >>> lm = build(np.array([2, 3, 0, 2, 4, 0, 3, 2, 4, 0]), vocab_size=5, order=3, eos_id=0)
+      >>> generate(lm, None, jnp.array([[2]]), 4, jax.random.key(0), temperature=0.0).tolist()
+      [[4, 0, 2, 4]]
     """
+    from jaxlm.models.ngram.model import NGramModel
+
+    if isinstance(model, NGramModel):
+        if num_tokens < 1:
+            raise ValueError(f"generate: num_tokens must be >= 1, got {num_tokens}")
+        out = model.sample(
+            np.asarray(prompt_BxP),
+            num_tokens,
+            rng,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+        )
+        return jnp.asarray(out)
+    return _generate(
+        model,
+        params,
+        prompt_BxP,
+        num_tokens,
+        rng,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "num_tokens", "temperature", "top_k", "top_p")
+)
+def _generate(
+    model: nn.Module,
+    params,
+    prompt_BxP: jax.Array,
+    num_tokens: int,
+    rng: jax.Array,
+    *,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> jax.Array:
+    """:func:`generate` for a neural model, compiled."""
     if num_tokens < 1:
         raise ValueError(f"generate: num_tokens must be >= 1, got {num_tokens}")
     draw = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -139,3 +195,51 @@ def _continue(model, params, prompt_BxP, keys, draw, max_length: int) -> jax.Arr
 
     (_, last), tokens = jax.lax.scan(step, (carry, first), keys[1:])
     return jnp.concatenate([tokens.T, last[:, None]], axis=1)
+
+
+def sample_text(
+    model: Any,
+    params: Any,
+    tokenizer: Any,
+    prompt: str,
+    num_tokens: int,
+    seed: int,
+    *,
+    temperature: float = 1.0,
+) -> str:
+    """The end-of-run sample: ``prompt`` and ``num_tokens`` tokens drawn after it, as text.
+
+    Args:
+      model: any model :func:`generate` takes (neural or n-gram).
+      params: its parameters (None for an n-gram model).
+      tokenizer: the run's tokenizer (``encode``/``decode``).
+      prompt: the text to continue; one token 0 when it encodes to nothing.
+      num_tokens: how many tokens to draw; 0 gives "".
+      seed: the PRNG seed (the run's).
+      temperature: see :func:`sample_logits`.
+
+    Returns:
+      The prompt followed by the decoded tokens.
+
+    Example:
+      >>> from jaxlm.data.tokenizers import CharTokenizer
+      >>> from jaxlm.models.ngram import build
+      >>> tok = CharTokenizer.train("abab abba ")
+      >>> lm = build(tok.encode("abab abba " * 3), tok.vocab_size, order=3)
+      >>> len(sample_text(lm, None, tok, "ab", 8, seed=0, temperature=0.8))
+      10
+    """
+    if not num_tokens:
+        return ""
+    ids = np.asarray(tokenizer.encode(prompt))
+    if len(ids) == 0:
+        ids = np.zeros(1, np.int32)
+    tokens = generate(
+        model,
+        params,
+        jnp.asarray(ids[None, :]),
+        num_tokens,
+        jax.random.PRNGKey(seed),
+        temperature=temperature,
+    )
+    return prompt + tokenizer.decode(np.asarray(tokens[0]))

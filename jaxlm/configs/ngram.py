@@ -35,6 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.path = "../shared/data/ptb"
         c.data.tokenizer = "word"
         c.model.order = 5
+        c.train.sample_prompt = "the "  # PTB is lower case (as configs/ptb.py)
+        c.train.sample_tokens = 50
     else:
         raise ConfigError(f"configs/ngram.py: unknown variant {arg!r}; expected smoke or ptb")
     c.lock()

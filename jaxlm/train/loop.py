@@ -16,16 +16,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from jaxlm import checkpoints, data, monitor, sharding, state, transforms
 from jaxlm.config import validate
 from jaxlm.data import augment
 from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.errors import ConfigError, NonFiniteLoss, WriteError
-from jaxlm.sampling import generate
+from jaxlm.sampling import sample_text
 from jaxlm.train import plan as plan_lib
 from jaxlm.train import workdir as run_folder
 from jaxlm.train.evaluate import Evaluator
@@ -514,17 +512,12 @@ def _describe(windows: data.batching.TrainData) -> str:
 
 def _sample(model: Any, params: Any, tokenizer: Any, config: ml_collections.ConfigDict) -> str:
     t = config.train
-    if not t.sample_tokens:
-        return ""
-    prompt = tokenizer.encode(t.sample_prompt)
-    if len(prompt) == 0:
-        prompt = np.zeros(1, np.int32)
-    tokens = generate(
+    return sample_text(
         model,
         params,
-        jnp.asarray(prompt[None, :]),
+        tokenizer,
+        t.sample_prompt,
         t.sample_tokens,
-        jax.random.PRNGKey(config.seed),
+        config.seed,
         temperature=t.sample_temperature,
     )
-    return t.sample_prompt + tokenizer.decode(np.asarray(tokens[0]))

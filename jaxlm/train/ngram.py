@@ -6,7 +6,8 @@ The same run folder, data and final report as the neural runs
 (:class:`~jaxlm.models.ngram.NGramLM`), scored with sums and counts
 (:func:`jaxlm.train.evaluate.summarize`), saved as ``model.npz`` (exact) and ``model.arpa``
 with their SHA-256 digests (``model.checksums.json``, written before the run is marked
-finished).
+finished). The end-of-run sample (``config.train.sample_*``) is printed and kept in the final
+report, as the neural runs do.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from jaxlm import data, monitor
 from jaxlm.checkpoints.checksums import ChecksumMismatch, check_model_files, write_model_checksums
 from jaxlm.checkpoints.layout import CONFIG_FILE, NGRAM_ARPA, NGRAM_MODEL
 from jaxlm.models import get_model
+from jaxlm.sampling import sample_text
 from jaxlm.train import workdir as run_folder
 from jaxlm.train.evaluate import summarize
 
@@ -68,6 +70,16 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
         test = summarize(*model.nll(corpus.test), **corpus.counts.get("test", {}))
         mon.write(0, val, "validation", echo=False)
         mon.write(0, test, "test", echo=False)
+        t = config.train
+        sample = sample_text(
+            model,
+            None,
+            tok,
+            t.sample_prompt,
+            t.sample_tokens,
+            config.seed,
+            temperature=t.sample_temperature,
+        )
         model.save(workdir / NGRAM_MODEL)
         if spec.write_arpa:
             from jaxlm.models.ngram import arpa
@@ -81,6 +93,7 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
             build_seconds=build_seconds,
             num_ngrams=model.num_ngrams,
             discounts=model.info["discounts"],
+            sample=sample,
         )
         mon.status("finished", 0, final=final)
     except BaseException as e:
@@ -90,6 +103,9 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
     finally:
         mon.close()
     run_folder.print_final(final, tok.unit)
+    if final.get("sample"):
+        run_folder.save_sample(workdir, final["sample"])
+        run_folder.log(f"Sample:\n{final['sample']}")
     run_folder.write_report(workdir, config)
     return final
 

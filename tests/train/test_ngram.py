@@ -67,6 +67,15 @@ def test_train_and_evaluate_saves_a_model_that_scores_the_reported_numbers(tmp_p
     from_arpa = arpa.read_arpa(run / "model.arpa", vocab=corpus.tokenizer.vocab, eos_id=0)
     np.testing.assert_allclose(from_arpa.score(corpus.test)[0], model.score(corpus.test)[0])
     assert out["discounts"][1] == [0.75] * 3
+    # The end-of-run sample, as the neural runs give it: the model's, seeded by the run's seed.
+    from jaxlm.sampling import sample_text
+
+    t = config.train
+    assert out["sample"].startswith(t.sample_prompt) and len(out["sample"].split()) > 10
+    assert out["sample"] == sample_text(
+        model, None, corpus.tokenizer, t.sample_prompt, t.sample_tokens, config.seed,
+        temperature=t.sample_temperature,
+    )  # fmt: skip
     # Re-running the finished run returns its numbers without rebuilding.
     mtime = (run / "model.npz").stat().st_mtime_ns
     assert train_and_evaluate(config, run) == out

@@ -223,6 +223,66 @@ class NGramModel:
             out[table[lo:hi] % m] = self.log_probs[length][lo:hi]
         return out
 
+    def next_log_probs_batch(self, contexts: Any) -> np.ndarray:
+        """:meth:`next_log_probs` for a batch of contexts at once, vectorised.
+
+        Args:
+          contexts: ``[B, L]`` ids, oldest first, left-padded with -1 where a context is shorter;
+            only the last ``N - 1`` columns are used.
+
+        Returns:
+          float64 ``[B, V]`` log-probabilities (nats).
+
+        Example:
+          >>> from jaxlm.models.ngram import build
+          >>> tokens = np.array([2, 3, 0, 2, 4, 0, 3, 2, 4, 0])  # 0 is <eos>
+          >>> model = build(tokens, vocab_size=5, order=3, eos_id=0, method="kneser_ney")
+          >>> np.exp(model.next_log_probs_batch([[-1, model.bos_id]])).round(3).tolist()
+          [[0.104, 0.006, 0.586, 0.252, 0.051]]
+        """
+        from jaxlm.models.ngram.sampling import next_log_probs_batch
+
+        return next_log_probs_batch(self, contexts)
+
+    def sample(
+        self,
+        prompt: Any,
+        num_tokens: int,
+        rng: Any = 0,
+        *,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+    ) -> np.ndarray:
+        """Continues ``B`` prompts by ``num_tokens`` sampled tokens, the streams in lockstep.
+
+        See :func:`jaxlm.models.ngram.sampling.sample` (:func:`jaxlm.sampling.generate` calls
+        it for n-gram models).
+
+        Args:
+          prompt: ``[B, P]`` int ids (``P`` may be 0).
+          num_tokens: tokens per stream, >= 1.
+          rng: a JAX PRNG key, an int seed or a ``np.random.Generator``.
+          temperature: divides the log-probabilities; 0 is greedy.
+          top_k: keep the k most probable tokens (0: all).
+          top_p: keep the smallest set reaching probability p (1: all).
+
+        Returns:
+          ``[B, num_tokens]`` int32 ids.
+
+        Example:
+          >>> from jaxlm.models.ngram import build
+          >>> tokens = np.array([2, 3, 0, 2, 4, 0, 3, 2, 4, 0])  # 0 is <eos>
+          >>> model = build(tokens, vocab_size=5, order=3, eos_id=0, method="kneser_ney")
+          >>> model.sample(np.zeros((3, 0), int), 5, rng=1).shape
+          (3, 5)
+        """
+        from jaxlm.models.ngram.sampling import sample
+
+        return sample(
+            self, prompt, num_tokens, rng, temperature=temperature, top_k=top_k, top_p=top_p
+        )
+
     # -- persistence ------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
