@@ -24,6 +24,61 @@ def read_arpa_lines(path) -> dict[tuple[str, ...], tuple[float, float | None]]:
     return out
 
 
+def reference_write_arpa(model, path, vocab=None) -> None:
+    """The writer before the vectorised one (one ``repr`` and one join per n-gram), kept to
+    check that the new one writes the same bytes."""
+    names = np.array(
+        arpa.arpa_names(vocab if vocab is not None else model.vocab, model.vocab_size,
+                        model.eos_id),
+        dtype=object,
+    )  # fmt: skip
+
+    def fmt(values):
+        out = np.where(np.isneginf(values), -99.0, values)
+        return [repr(x) if x != 0 else "0" for x in out.tolist()]
+
+    m = model.vocab_size + 1
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("\\data\\\n")
+        for n, count in enumerate(model.num_ngrams, 1):
+            f.write(f"ngram {n}={count}\n")
+        words = names
+        for n in range(1, model.order + 1):
+            key = model.keys[n - 1]
+            if n > 1:
+                words = words[key // m] + " " + names[key % m]
+            f.write(f"\n\\{n}-grams:\n")
+            probs = fmt(model.log_probs[n - 1] / arpa.LN10)
+            if n < model.order:
+                backs = fmt(model.log_backoffs[n - 1] / arpa.LN10)
+                lines = map("\t".join, zip(probs, words.tolist(), backs, strict=True))
+            else:
+                lines = map("\t".join, zip(probs, words.tolist(), strict=True))
+            f.write("\n".join(lines))
+            f.write("\n")
+        f.write("\n\\end\\\n")
+
+
+def assert_same_bytes_as_the_reference(model, tmp_path, vocab=None) -> None:
+    arpa.write_arpa(model, tmp_path / "new.arpa", vocab)
+    reference_write_arpa(model, tmp_path / "old.arpa", vocab)
+    assert (tmp_path / "new.arpa").read_bytes() == (tmp_path / "old.arpa").read_bytes()
+
+
+def test_values_are_written_as_repr_writes_them():
+    """Arrow's cast where it agrees with repr (fixed-notation fractions), repr elsewhere."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        -rng.random(20_000) * 7,
+        rng.standard_normal(20_000) * 10.0 ** rng.uniform(-8, 18, 20_000),
+        [0.0, -0.0, -np.inf, np.inf, np.nan, 1.0, -99.0, 1e-4, 9.999999999999999e-05, 1e9,
+         999999999.5, 1e16, 1.5e-7, -0.30103, 2.0**-60, 5e-324, 1 / 3],
+    ])  # fmt: skip
+    text = arpa._column(x).to_pylist()
+    want = ["-99.0" if v == -np.inf else "0" if v == 0 else repr(v) for v in x.tolist()]
+    assert text == want
+
+
 def test_arpa_file_holds_the_hand_computed_numbers(tmp_path):
     model = tiny_model(vocab=["<eos>", "a", "b", "c"])
     arpa.write_arpa(model, tmp_path / "tiny.arpa")
@@ -57,6 +112,7 @@ def test_arpa_round_trip_scores_identically(tmp_path, method, cutoffs):
         random_corpus(6, 3000, v, 0), v, 4, method=method, eos_id=0, cutoffs=cutoffs, vocab=vocab
     )
     arpa.write_arpa(model, tmp_path / "m.arpa")
+    assert_same_bytes_as_the_reference(model, tmp_path)
     test = random_corpus(7, 500, v, 0)
     want_lp, want_orders = model.score(test)
     for back in (arpa.read_arpa(tmp_path / "m.arpa", vocab=vocab, eos_id=0),
@@ -77,6 +133,7 @@ def test_arpa_round_trip_with_empty_orders(tmp_path, cutoffs):
     assert model.num_ngrams[-1] == 0
     arpa.write_arpa(model, tmp_path / "e.arpa")
     assert "ngram 3=0\n" in (tmp_path / "e.arpa").read_text()
+    assert_same_bytes_as_the_reference(model, tmp_path)
     for back in (arpa.read_arpa(tmp_path / "e.arpa", vocab=vocab, eos_id=0),
                  arpa.read_arpa(tmp_path / "e.arpa")):  # fmt: skip
         assert back.order == 3 and back.num_ngrams == model.num_ngrams
@@ -101,6 +158,8 @@ def test_arpa_escapes_whitespace_tokens(tmp_path):
     toks = np.array([3, 1, 3, 2, 4, 3, 1, 1, 3, 2, 3, 4])
     model = ngram.build(toks, 5, 3, method="kneser_ney", vocab=vocab)  # one stream, no </s>
     arpa.write_arpa(model, tmp_path / "c.arpa")
+    assert_same_bytes_as_the_reference(model, tmp_path)
+    assert_same_bytes_as_the_reference(ngram.build(toks, 5, 3), tmp_path)  # ids as names
     text = (tmp_path / "c.arpa").read_text()
     assert "\t<U+0020>\t" in text and "\t<U+000A>\t" in text
     back = arpa.read_arpa(tmp_path / "c.arpa", vocab=vocab)
@@ -120,6 +179,7 @@ def test_read_hand_written_arpa_backs_off_like_srilm(tmp_path):
     want = [-0.1, -0.4, -1.0, -0.30103 - 0.8, 0.0 - 0.5, -0.2 - 1.0]
     np.testing.assert_allclose(lp / math.log(10), want, rtol=1e-14)
     assert orders.tolist() == [2, 2, 1, 1, 1, 1]
+    assert_same_bytes_as_the_reference(model, tmp_path)  # read back: integers, -99, 0
     with pytest.raises(ValueError, match="'c' is not in the vocabulary"):
         (tmp_path / "bad.arpa").write_text("\\data\\\nngram 1=1\n\n\\1-grams:\n-1\tc\n\\end\\\n")
         arpa.read_arpa(tmp_path / "bad.arpa", vocab=["a"])
@@ -158,6 +218,8 @@ def test_kenlm_reads_our_ptb_arpa_and_agrees(ptb_5gram, tmp_path):
 
     model, ids, tok = ptb_5gram
     arpa.write_arpa(model, tmp_path / "ptb5.arpa")
+    reference_write_arpa(model, tmp_path / "old.arpa")
+    assert (tmp_path / "ptb5.arpa").read_bytes() == (tmp_path / "old.arpa").read_bytes()
     lm = kenlm.Model(str(tmp_path / "ptb5.arpa"))
     lines = (PTB / "ptb.test.txt").read_text().splitlines()
     log10_sum = sum(lm.score(line, bos=True, eos=True) for line in lines)
