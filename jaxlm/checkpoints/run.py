@@ -42,7 +42,8 @@ class Run(NamedTuple):
 
     Attributes:
       model: the flax module (call ``model.apply({"params": params}, tokens, carry)``), or for
-        an n-gram run the :class:`~jaxlm.models.ngram.NGramModel` itself.
+        an n-gram run the :class:`~jaxlm.models.ngram.NGramModel` itself (its arrays
+        memory-mapped from ``model.npz``).
       params: the parameters to evaluate with, numpy on the host (NT-ASGD's average once it
         started); None for an n-gram run.
       tokenizer: the run's tokenizer (None when it cannot be read: a GPT-2 converted from a
@@ -119,7 +120,8 @@ def _load_ngram_run(folder: Path) -> Run:
             f"{folder / CONFIG_FILE}: cannot read the run's config ({e})"
         ) from None
     check_model_files(folder)  # a damaged model is refused, not scored
-    model = NGramModel.load(folder / NGRAM_MODEL)
+    # memory-mapped: scoring reads the pages it searches, not the whole model
+    model = NGramModel.load(folder / NGRAM_MODEL, mmap=True)
     return Run(model, None, load_tokenizer(folder / TOKENIZER_FILE), config)
 
 

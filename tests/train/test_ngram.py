@@ -80,7 +80,11 @@ def test_train_and_evaluate_saves_a_model_that_scores_the_reported_numbers(tmp_p
     mtime = (run / "model.npz").stat().st_mtime_ns
     assert train_and_evaluate(config, run) == out
     assert (run / "model.npz").stat().st_mtime_ns == mtime
-    # Evaluated like any run (python -m jaxlm.evaluate --workdir=<the n-gram run>).
+    # Evaluated like any run (python -m jaxlm.evaluate --workdir=<the n-gram run>), from the
+    # memory-mapped model.
+    from jaxlm.checkpoints import load_run
+
+    assert isinstance(load_run(run).model.keys[2], np.memmap)
     for split in ("validation", "test"):
         r = evaluate_run(run, split=split)
         assert r["perplexity"] == pytest.approx(out[f"{split}_perplexity"], rel=1e-12)
@@ -168,11 +172,11 @@ def test_evaluate_refuses_a_model_that_is_not_the_one_saved(tiny_run, tmp_path):
     run = _copy(original, tmp_path)
     # Another valid model in its place (a zip with valid CRCs, other numbers): before the
     # digests, evaluate scored it and reported its numbers as the run's.
+    other = ngram.NGramModel.load(run / "model.npz")
+    other.log_probs = [lp - 0.1 for lp in other.log_probs]  # every one a tenth of a nat lower
+    other.save(run / "model.npz")  # the same layout and size
     with np.load(run / "model.npz") as z:
         arrays = dict(z)
-    for name in [k for k in arrays if k.startswith("log_probs_")]:
-        arrays[name] = arrays[name] - 0.1  # every probability a tenth of a nat lower
-    np.savez(run / "model.npz", **arrays)
     with pytest.raises(CheckpointError, match=f"{run / 'model.npz'}: .*SHA-256 differs"):
         evaluate_run(run)
     (run / "model.npz").unlink()
@@ -180,7 +184,7 @@ def test_evaluate_refuses_a_model_that_is_not_the_one_saved(tiny_run, tmp_path):
         evaluate_run(run)
     shutil.copy(original / "model.npz", run / "model.npz")
     assert evaluate_run(run)["perplexity"] == pytest.approx(out["validation_perplexity"])
-    # A run saved before jaxlm wrote digests is evaluated as it is.
+    # A run saved before jaxlm wrote digests (and aligned its arrays) is evaluated as it is.
     np.savez(run / "model.npz", **arrays)
     (run / "model.checksums.json").unlink()
     assert evaluate_run(run)["perplexity"] > out["validation_perplexity"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import struct
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -288,6 +290,10 @@ class NGramModel:
     def save(self, path: str | Path) -> None:
         """Writes the model to one ``.npz`` file (exact; for ARPA files see :mod:`.arpa`).
 
+        An uncompressed ``.npz`` that ``np.load`` reads, with each array's data aligned to 64
+        bytes in the file, so that :meth:`load` with ``mmap=True`` maps the arrays in place
+        (``np.savez`` packs them unaligned; numpy then copies a table for every search).
+
         Args:
           path: destination file.
 
@@ -308,28 +314,39 @@ class NGramModel:
             arrays[f"log_probs_{n}"] = self.log_probs[n - 1]
             if n < self.order:
                 arrays[f"log_backoffs_{n}"] = self.log_backoffs[n - 1]
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
+        with open(path, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+            for name, arr in arrays.items():
+                _write_aligned(z, f, f"{name}.npy", np.asarray(arr))
 
     @classmethod
-    def load(cls, path: str | Path) -> NGramModel:
+    def load(cls, path: str | Path, *, mmap: bool = False) -> NGramModel:
         """Reads a model that :meth:`save` wrote.
 
         Args:
           path: the ``.npz`` file.
+          mmap: map the arrays read-only from the file (``np.memmap``) instead of reading them:
+            scoring then reads only the pages it searches, so a model larger than memory can be
+            scored. Works for any uncompressed ``.npz`` (one written by ``np.savez`` before
+            :meth:`save` aligned its arrays too, but numpy copies unaligned tables to search).
 
         Returns:
           The model.
 
         Example:
-          >>> model = NGramModel.load("/tmp/model.npz")  # doctest: +SKIP
+          >>> model = NGramModel.load("/tmp/model.npz", mmap=True)  # doctest: +SKIP
         """
-        with np.load(path, allow_pickle=False) as z:
+        if mmap:
+            z = _mapped_npz(path)
             meta = json.loads(str(z["meta"]))
-            n_max = meta["order"]
-            keys = [z[f"keys_{n}"] for n in range(1, n_max + 1)]
-            log_probs = [z[f"log_probs_{n}"] for n in range(1, n_max + 1)]
-            log_backoffs = [z[f"log_backoffs_{n}"] for n in range(1, n_max)]
+        else:
+            z = np.load(path, allow_pickle=False)
+            meta = json.loads(str(z["meta"]))
+        n_max = meta["order"]
+        keys = [z[f"keys_{n}"] for n in range(1, n_max + 1)]
+        log_probs = [z[f"log_probs_{n}"] for n in range(1, n_max + 1)]
+        log_backoffs = [z[f"log_backoffs_{n}"] for n in range(1, n_max)]
+        if not mmap:
+            z.close()
         vocab = tuple(meta["vocab"]) if meta["vocab"] is not None else None
         return cls(
             n_max,
@@ -342,3 +359,57 @@ class NGramModel:
             vocab,
             meta["info"],
         )
+
+
+_ALIGN = 64  # bytes: numpy's own alignment of .npy data after the header
+_PAD_ID = 0xD935  # the zip extra-field id zipalign uses for padding
+
+
+def _write_aligned(z: zipfile.ZipFile, f: Any, name: str, arr: np.ndarray) -> None:
+    """One ``.npy`` member whose array data starts at a multiple of ``_ALIGN`` in the file.
+
+    The member's local header is 30 bytes, the name, the extra field (ours, then zipfile's
+    20-byte zip64 record); the ``.npy`` header is padded to 64 bytes by numpy. A padding
+    record in the extra field moves the data to the boundary."""
+    base = f.tell() + 30 + len(name.encode()) + 20
+    pad = -base % _ALIGN
+    if pad < 4:  # a record is at least its 4-byte id and size
+        pad += _ALIGN
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_STORED
+    info.extra = struct.pack("<HH", _PAD_ID, pad - 4) + bytes(pad - 4)
+    with z.open(info, "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, arr, allow_pickle=False)
+
+
+def _mapped_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """Every array of an uncompressed ``.npz``, memory-mapped read-only where it has data
+    (empty and 0-d arrays, and compressed members, are read)."""
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        for info in z.infolist():
+            name = info.filename.removesuffix(".npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                with z.open(info) as member:
+                    out[name] = np.lib.format.read_array(member, allow_pickle=False)
+                continue
+            f.seek(info.header_offset)
+            local = f.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise ValueError(f"{path}: member {info.filename} has no local zip header")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            if dtype.hasobject:
+                raise ValueError(f"{path}: {info.filename} holds Python objects")
+            if len(shape) == 0 or math.prod(shape) == 0:
+                f.seek(info.header_offset + 30 + name_len + extra_len)
+                out[name] = np.lib.format.read_array(f, allow_pickle=False)
+            else:
+                order = "F" if fortran else "C"
+                out[name] = np.memmap(path, dtype, "r", f.tell(), shape, order)
+    return out
