@@ -107,21 +107,39 @@ def arpa_names(vocab: Sequence[str] | None, vocab_size: int, eos_id: int | None)
     return names
 
 
+# Arrow writes |x| < 1e-4 as "0.0000ddd" down to 1e-6, then "d.ddde-7"; repr as "d.ddde-05".
+_SMALL = (
+    (r"^(-?)0\.0000([1-9])(\d+)$", r"\1\2.\3e-05"),
+    (r"^(-?)0\.0000([1-9])$", r"\1\2e-05"),
+    (r"^(-?)0\.00000([1-9])(\d+)$", r"\1\2.\3e-06"),
+    (r"^(-?)0\.00000([1-9])$", r"\1\2e-06"),
+    (r"e-(\d)$", r"e-0\1"),
+)
+
+
 def _column(values: np.ndarray) -> Any:
     """log10 values as ``repr`` writes them (the shortest decimal that reads back), 0 as
     ``0`` and -inf as ``-99.0``: an Arrow string array.
 
     Arrow's cast (double-conversion's shortest digits, in C++) gives ``repr``'s text wherever
     ``repr`` writes a fraction in fixed notation, ``1e-4 <= |x| < 1e16`` and not an integer
-    (checked here for ``|x| < 1e9``); the few other values (exponent forms, integers such as
-    ``-99.0``, zeros) are written by ``repr`` itself."""
+    (used for ``|x| < 1e9``); below ``1e-4`` the same digits in another layout, which
+    ``_SMALL``'s patterns turn into ``repr``'s exponent form (checked against ``repr`` down to
+    the subnormals); the few other values (integers such as ``-99.0``, zeros, larger numbers)
+    are written by ``repr`` itself."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     x = np.where(np.isneginf(values), _NEVER, np.asarray(values, np.float64))
     mag = np.abs(x)
-    other = ~((mag >= 1e-4) & (mag < 1e9) & (x != np.rint(x)))  # NaN, inf: repr too
+    small = (mag > 0) & (mag < 1e-4)
+    other = ~((mag >= 1e-4) & (mag < 1e9) & (x != np.rint(x))) & ~small  # NaN, inf: repr
     text = pc.cast(pa.array(x), pa.string())
+    if small.any():
+        tiny = pc.cast(pa.array(x[small]), pa.string())
+        for pattern, replacement in _SMALL:
+            tiny = pc.replace_substring_regex(tiny, pattern=pattern, replacement=replacement)
+        text = pc.replace_with_mask(text, pa.array(small), tiny)
     if other.any():
         fix = ["0" if v == 0 else repr(v) for v in x[other].tolist()]
         text = pc.replace_with_mask(text, pa.array(other), pa.array(fix, pa.string()))

@@ -66,13 +66,15 @@ def assert_same_bytes_as_the_reference(model, tmp_path, vocab=None) -> None:
 
 
 def test_values_are_written_as_repr_writes_them():
-    """Arrow's cast where it agrees with repr (fixed-notation fractions), repr elsewhere."""
+    """Arrow's cast where it agrees with repr (fixed-notation fractions), rewritten into repr's
+    exponent form below 1e-4 (subnormals included), repr itself elsewhere."""
     rng = np.random.default_rng(0)
     x = np.concatenate([
         -rng.random(20_000) * 7,
         rng.standard_normal(20_000) * 10.0 ** rng.uniform(-8, 18, 20_000),
+        rng.standard_normal(20_000) * 10.0 ** rng.uniform(-320, -4, 20_000),  # exponent forms
         [0.0, -0.0, -np.inf, np.inf, np.nan, 1.0, -99.0, 1e-4, 9.999999999999999e-05, 1e9,
-         999999999.5, 1e16, 1.5e-7, -0.30103, 2.0**-60, 5e-324, 1 / 3],
+         999999999.5, 1e16, 1.5e-7, 2e-6, -1e-5, 3.5e-10, -0.30103, 2.0**-60, 5e-324, 1 / 3],
     ])  # fmt: skip
     text = arpa._column(x).to_pylist()
     want = ["-99.0" if v == -np.inf else "0" if v == 0 else repr(v) for v in x.tolist()]
