@@ -1,10 +1,10 @@
 """Run configs: the fields every recipe shares, loading a recipe, and checking a config whole.
 
 A run config is an ``ml_collections.ConfigDict`` with sections ``data``, ``model``,
-``optimizer``, ``finetune``, ``parallel`` and ``train``. The ``model`` section holds the chosen
-model's own fields at its own defaults (:func:`jaxlm.models.model_defaults`: the model's class
-is the one place they are written). Recipes are Python files with ``get_config(arg=None)``;
-the shipped ones are in :mod:`jaxlm.configs`.
+``optimizer``, ``finetune``, ``parallel``, ``train`` and ``monitor``. The ``model`` section
+holds the chosen model's own fields at its own defaults (:func:`jaxlm.models.model_defaults`:
+the model's class is the one place they are written). Recipes are Python files with
+``get_config(arg=None)``; the shipped ones are in :mod:`jaxlm.configs`.
 """
 
 from __future__ import annotations
@@ -76,7 +76,20 @@ def base_config(model: str = "lstm") -> ml_collections.ConfigDict:
     # Write report.html at the end (python -m jaxlm.runs report): about a second, most of it
     # importing matplotlib. The monitoring switch; smoke runs (tests) leave it off.
     c.train.report = True
+    c.monitor = _monitor()
     return c
+
+
+def _monitor() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    # Diagnostics and resource metrics (docs/monitoring.md): per-parameter gradient, parameter
+    # and update norms computed by the compiled step, fetched every this many steps (0: off,
+    # and the step computes none)
+    m.diagnostics_every = 100
+    m.histograms_every = 500  # parameter histograms to TensorBoard, host side (0: off)
+    m.peak_flops = 0.0  # FLOP/s of one device for the MFU; 0: the table by device kind, or
+    # this CPU's measured matmul peak
+    return m
 
 
 def _data() -> ml_collections.ConfigDict:
@@ -460,6 +473,9 @@ _RANGES: dict[str, _Range] = {
     "train.sample_tokens": _COUNT,  # 0: no sample
     "train.sample_temperature": _NON_NEGATIVE,  # 0: greedy
     "train.label_smoothing": _BELOW_ONE,
+    "monitor.diagnostics_every": _COUNT.means("0: off"),
+    "monitor.histograms_every": _COUNT.means("0: off"),
+    "monitor.peak_flops": _NON_NEGATIVE.means("0: known by device kind or measured"),
 }
 
 # The model section's fields by name, for every model that has the field: a dropout rate is one

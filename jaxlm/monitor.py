@@ -131,15 +131,20 @@ class Monitor:
         *,
         echo: bool = True,
         eta: float | None = None,
+        status: bool = True,
     ) -> None:
         """Records metrics of one split at a step everywhere, and prints a line.
 
         Args:
           step: the training step they belong to.
           metrics: name to value.
-          split: ``train``, ``eval`` (evaluations during training), ``validation``, ``test``.
+          split: ``train``, ``eval`` (evaluations during training), ``validation``, ``test``;
+            ``diagnostics`` (per-parameter norms), ``time`` (checkpoint and final evaluation
+            seconds).
           echo: also print the line.
           eta: seconds of training left, shown on train lines and in ``status.json``.
+          status: also copy them into ``status.json`` as ``<split>_<name>`` (not the
+            per-parameter diagnostics: the status stays small).
         """
         if not self.enabled:
             return
@@ -155,16 +160,35 @@ class Monitor:
                 self._tb.add_scalar(f"{split}/{key}", value, step)
         if echo:
             print(self.format_line(step, metrics, split, eta), flush=True)
-        state = "running" if split in ("train", "eval") else self.state
-        self.status(state, step, eta=eta, **{f"{split}_{k}": v for k, v in metrics.items()})
+        if status:
+            state = "running" if split in ("train", "eval") else self.state
+            self.status(state, step, eta=eta, **{f"{split}_{k}": v for k, v in metrics.items()})
+
+    def histograms(self, step: int, arrays: dict[str, Any], prefix: str = "params") -> None:
+        """Writes a TensorBoard histogram of each array (``<prefix>/<name>``); nothing without
+        TensorBoard.
+
+        Args:
+          step: the training step.
+          arrays: numpy arrays by name (:func:`jaxlm.train.hooks.host_arrays`).
+          prefix: the tags' group.
+        """
+        if self._tb is None:
+            return
+        for name, values in arrays.items():
+            self._tb.add_histogram(f"{prefix}/{name}", values.astype("float32"), step)
 
     def format_line(
         self, step: int, metrics: dict[str, float], split: str, eta: float | None = None
     ) -> str:
-        """``[train] step 20/60 | loss 3.21 | ... | ETA 0:42``."""
+        """``[train] step 20/60 | loss 3.21 | ... | rss 512.0MiB | ETA 0:42`` (``*_bytes``
+        in MiB)."""
         parts = [f"[{split}] step {step}/{self.total_steps}"]
         for key, value in metrics.items():
-            parts.append(f"{key} {value:.4g}" if abs(value) < 1e4 else f"{key} {value:.0f}")
+            if key.endswith("_bytes"):
+                parts.append(f"{key[: -len('_bytes')]} {value / 2**20:.1f}MiB")
+            else:
+                parts.append(f"{key} {value:.4g}" if abs(value) < 1e4 else f"{key} {value:.0f}")
         if split == "train":
             parts.append(f"ETA {format_duration(eta if eta is not None else math.nan)}")
         return " | ".join(parts)
@@ -207,8 +231,8 @@ class Monitor:
         """Drops the rows of ``metrics.jsonl`` written after checkpoint ``step`` (by a run that
         went on past it before it died), so a resumed run writes each step once.
 
-        Kept: every row before ``step`` and the train and eval rows of ``step`` itself (written
-        before its checkpoint); a half-written last line is dropped too.
+        Kept: every row before ``step`` and the train, eval and diagnostics rows of ``step``
+        itself (written before its checkpoint); a half-written last line is dropped too.
 
         Args:
           step: the step the run resumes from.
@@ -224,7 +248,7 @@ class Monitor:
         for line in path.read_text().splitlines(keepends=True):
             row = _row(line)
             if row is not None and (
-                row["step"] < step or (row["step"] == step and row["split"] in ("train", "eval"))
+                row["step"] < step or (row["step"] == step and row["split"] in _BEFORE_SAVE)
             ):
                 kept.append(line)
             else:
@@ -253,6 +277,7 @@ class Monitor:
 
 
 _HOST = socket.gethostname()
+_BEFORE_SAVE = ("train", "eval", "diagnostics")  # the splits a step writes before its checkpoint
 
 
 def _row(line: str) -> dict[str, Any] | None:

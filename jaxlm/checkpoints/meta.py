@@ -23,6 +23,7 @@ from jaxlm.errors import CheckpointError, IncompatibleCheckpoint
 # Config fields that may change when a run resumes (they do not change shapes or meaning).
 RESUMABLE_CHANGES = (
     "train.",
+    "monitor.",  # what a run records about itself
     "optimizer.learning_rate",
     "optimizer.warmup_steps",
     "optimizer.end_lr_fraction",

@@ -10,6 +10,8 @@ optimizer), ask for a checkpoint (:meth:`Progress.request_save`) or end the run
 - :class:`Preemption`: SIGTERM or Ctrl-C checkpoints the step reached and stops;
 - :class:`MetricsBuffer`: fetches a log step's metrics one step late, checks for NaN, writes;
 - :class:`Evaluation`: the validation loss every ``train.eval_every`` steps;
+- :class:`Diagnostics`: per-parameter norms every ``monitor.diagnostics_every`` steps, parameter
+  histograms every ``monitor.histograms_every``;
 - the user's hooks (``train_and_evaluate(config, workdir, hooks=[...])``);
 - :class:`Checkpointer`: saves every ``train.checkpoint_every`` steps, at the end, on request.
 
@@ -298,6 +300,88 @@ class Evaluation(Hook):
         progress.state = state.replace(opt_state=self._feedback(state.opt_state, results["loss"]))
         self._write(progress.step, results)
         progress.evaluation = results
+
+
+class Diagnostics(Hook):
+    """Writes the per-parameter gradient, parameter and update norms the step computes
+    (:data:`jaxlm.train.steps.DIAGNOSTICS`) every ``every_steps`` steps, and histograms of the
+    parameters every ``histograms_every`` steps.
+
+    The norms are fetched at their step, before the next is dispatched: one wait for the device
+    per interval, so the row of a step is written before that step's checkpoint. The histograms
+    are the host's work (the parameters fetched, binned by the writer), paused out of the
+    training time. With several processes, parameters no process holds whole are left out.
+
+    Args:
+      write: ``write(step, values)`` records the norms by name (``grad_norm/<path>``...).
+      names: :func:`jaxlm.train.steps.diagnostic_names` of the parameters.
+      every_steps: the interval (``monitor.diagnostics_every``; 0: never).
+      histogram: ``histogram(step, arrays)`` records the parameters by path (numpy arrays).
+      histograms_every: its interval (``monitor.histograms_every``; 0: never).
+      chrono: paused while the histograms are made.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> rows = []
+      >>> hook = Diagnostics(lambda step, values: rows.append((step, values)),
+      ...                    ["grad_norm/w", "param_norm/w", "update_norm/w"], every_steps=2)
+      >>> progress = Progress(step=2, num_steps=4)
+      >>> progress.device_metrics = {"diagnostics": jnp.array([[0.5], [3.0], [0.1]])}
+      >>> hook.after_step(progress); rows[0][0], sorted(rows[0][1])
+      (2, ['grad_norm/w', 'param_norm/w', 'update_norm/w'])
+    """
+
+    def __init__(
+        self,
+        write: Callable[[int, dict[str, float]], None],
+        names: list[str],
+        *,
+        every_steps: int,
+        histogram: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+        histograms_every: int = 0,
+        chrono: Chrono | None = None,
+    ):
+        self._write, self._names, self._histogram = write, names, histogram
+        self.every_steps, self.histograms_every = every_steps, histograms_every
+        self._chrono = chrono
+
+    def after_step(self, progress: Progress) -> None:
+        metrics = progress.device_metrics or {}
+        if every(progress.step, self.every_steps) and "diagnostics" in metrics:
+            self.write_now(progress.step, metrics)
+        if self._histogram is not None and every(progress.step, self.histograms_every):
+            paused = self._chrono.paused() if self._chrono else contextlib.nullcontext()
+            with paused:
+                self._histogram(progress.step, host_arrays(progress.state.params))
+
+    def write_now(self, step: int, metrics: dict[str, Any]) -> None:
+        """Fetches a step's norms and writes them (waits for the step)."""
+        norms = np.asarray(jax.device_get(metrics["diagnostics"]), np.float64).reshape(-1)
+        self._write(step, dict(zip(self._names, norms.tolist(), strict=True)))
+
+
+def host_arrays(tree: Any) -> dict[str, np.ndarray]:
+    """The leaves of ``tree`` that this process holds whole, fetched, by path.
+
+    Args:
+      tree: device arrays (parameters).
+
+    Returns:
+      ``{path: numpy array}`` (with several processes, a leaf split over them is left out).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> host_arrays({"head": {"bias": jnp.zeros(2)}})
+      {'head/bias': array([0., 0.], dtype=float32)}
+    """
+    from jaxlm.tree import flatten
+
+    whole = {
+        path: leaf
+        for path, leaf in flatten(tree).items()
+        if getattr(leaf, "is_fully_addressable", True)
+    }
+    return {path: np.asarray(value) for path, value in jax.device_get(whole).items()}
 
 
 class Checkpointer(Hook):

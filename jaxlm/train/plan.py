@@ -109,6 +109,7 @@ def compile_step(plan: Plan, config: ml_collections.ConfigDict) -> jax.stages.Co
     Call it inside ``jax.set_mesh(plan.mesh)``, where the run steps. The step takes the run's
     continuous hyperparameters as its third argument (:mod:`jaxlm.train.hparams`), so runs
     that differ only in them compile the same program; :func:`run_step` binds them. With
+    ``config.monitor.diagnostics_every`` > 0 it returns the per-parameter norms too. With
     ``config.data.augment`` on, the step edits its windows (:mod:`jaxlm.data.augment`): the
     batch is ``T + extra`` wide and the augmentation's tables join the hyperparameters.
 
@@ -139,7 +140,20 @@ def compile_step(plan: Plan, config: ml_collections.ConfigDict) -> jax.stages.Co
         batch,
         shapes,
         augment.from_config(config.data),
+        diagnostics=diagnostics_every(config) > 0,
     )
+
+
+def diagnostics_every(config: ml_collections.ConfigDict) -> int:
+    """``config.monitor.diagnostics_every`` (0 for a config from before the field): the step
+    computes the per-parameter norms when it is positive (:mod:`jaxlm.train.steps`).
+
+    Example:
+      >>> from jaxlm.config import load_config
+      >>> diagnostics_every(load_config("lstm:smoke"))
+      100
+    """
+    return int(config.get("monitor", {}).get("diagnostics_every", 0))
 
 
 def _abstract_batch(config: ml_collections.ConfigDict, mesh: Any, *, raw: bool = True) -> dict:

@@ -29,6 +29,44 @@ from jaxlm.state import Setup, TrainState
 
 Batch = dict[str, jax.Array]
 
+DIAGNOSTICS = "diagnostics"  # the metrics' key of the per-parameter norms (a [3, leaves] array)
+NORMS = ("grad_norm", "param_norm", "update_norm")  # its rows
+
+
+def leaf_norms(tree: Any) -> jax.Array:
+    """The L2 norm of every leaf of ``tree``, in float32, in flattening order.
+
+    Args:
+      tree: parameters, gradients or updates.
+
+    Returns:
+      A ``[leaves]`` array; :func:`jaxlm.tree.tree_paths` names its entries.
+
+    Example:
+      >>> leaf_norms({"a": jnp.array([3.0, 4.0]), "b": jnp.ones((2, 2))}).tolist()
+      [5.0, 2.0]
+    """
+    leaves = jax.tree.leaves(tree)
+    return jnp.stack([jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)))) for x in leaves])
+
+
+def diagnostic_names(params: Any) -> list[str]:
+    """The names of :data:`DIAGNOSTICS`' entries: ``<norm>/<parameter path>``, row by row.
+
+    Args:
+      params: the parameters (or their abstract shapes).
+
+    Returns:
+      ``len(NORMS) * leaves`` names, e.g. ``grad_norm/layers_0/ih/kernel``.
+
+    Example:
+      >>> diagnostic_names({"head": {"bias": 0, "kernel": 0}})[:3]
+      ['grad_norm/head/bias', 'grad_norm/head/kernel', 'param_norm/head/bias']
+    """
+    from jaxlm.tree import tree_paths
+
+    return [f"{norm}/{path}" for norm in NORMS for path in tree_paths(params)]
+
 
 Hyper = Callable[[Mapping[str, Any]], tuple[Any, optax.GradientTransformation, Any, Any]]
 
@@ -51,6 +89,7 @@ def make_train_step(
     loss_scaling: bool = False,
     hyper: Hyper | None = None,
     augment: augment_lib.Augment | None = None,
+    diagnostics: bool = False,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """``train_step(state, batch) -> (state, metrics)``, pure, for ``jax.jit``.
 
@@ -71,11 +110,16 @@ def make_train_step(
         ``augment.step_key(state.rng, state.step)``: the batch then carries ``T + extra``
         inputs and targets, and ``hparams`` holds the augmentation's tables (and its traced
         rates). None: the batch is trained on as it is.
+      diagnostics: also return every parameter's gradient, parameter (after the update) and
+        update norms, ``metrics["diagnostics"]``, a ``[3, leaves]`` float32 array (rows
+        :data:`NORMS`, names :func:`diagnostic_names`). Reductions over what the step holds
+        anyway: computed every step, fetched by the host when it wants them.
 
     Returns:
       The step function. ``batch`` holds ``inputs``/``targets`` ``[B, T]`` and ``reset``;
       ``metrics`` holds ``loss`` (the plain log-likelihood per token), ``grad_norm``, ``lr``,
-      the model's aux terms and, for float16, the loss-scale state.
+      the model's aux terms, for float16 the loss-scale state and with ``diagnostics`` the
+      norms.
 
     Example:
       >>> from jaxlm.models import RecurrentLM
@@ -132,6 +176,11 @@ def make_train_step(
             **aux,  # e.g. reg_loss (AR/TAR) of recurrent models
             **precision.loss_scale_metrics(opt_state),  # float16: scale and skipped steps
         }
+        if diagnostics:
+            grad_norms = leaf_norms(grads)
+            if loss_scaling:
+                grad_norms = grad_norms / precision.loss_scale(state.opt_state)
+            metrics[DIAGNOSTICS] = jnp.stack([grad_norms, leaf_norms(params), leaf_norms(updates)])
         return new_state, metrics
 
     return train_step
@@ -248,6 +297,7 @@ def jit_train_step(
     *,
     hparams: bool = False,
     augment: augment_lib.Augment | None = None,
+    diagnostics: bool = False,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The run's train step, compiled once with explicit shardings and the state donated.
 
@@ -260,13 +310,15 @@ def jit_train_step(
       hparams: True: the step takes the continuous hyperparameters as its third argument
         (:func:`jaxlm.train.hparams.from_config`), replicated.
       augment: see :func:`make_train_step` (its tables come in ``hparams``).
+      diagnostics: see :func:`make_train_step`.
 
     Returns:
       ``step(state, batch) -> (state, metrics)`` (or ``step(state, batch, hparams)``),
       compiled at its first call; on several CPU devices or processes it waits for each step
       (:func:`serialised`).
     """
-    return serialised(_jit(setup, schedule, shardings, mesh, train, hparams, augment), mesh)
+    jitted = _jit(setup, schedule, shardings, mesh, train, hparams, augment, diagnostics)
+    return serialised(jitted, mesh)
 
 
 def compile_train_step(
@@ -278,6 +330,7 @@ def compile_train_step(
     batch: dict[str, jax.ShapeDtypeStruct],
     hparams: Mapping[str, jax.ShapeDtypeStruct] | None = None,
     augment: augment_lib.Augment | None = None,
+    diagnostics: bool = False,
 ) -> jax.stages.Compiled:
     """The train step of :func:`jit_train_step` compiled ahead of time, from shapes alone.
 
@@ -293,6 +346,7 @@ def compile_train_step(
         the step is then ``step(state, batch, hparams)``; None: ``step(state, batch)``.
       augment: see :func:`make_train_step` (``batch`` then from ``abstract_batch(...,
         extra=augment.extra)``, its tables among ``hparams``).
+      diagnostics: see :func:`make_train_step`.
 
     Returns:
       The compiled step.
@@ -310,7 +364,9 @@ def compile_train_step(
       True
     """
     target = sharding.abstract_on(setup.abstract, shardings)
-    jitted = _jit(setup, schedule, shardings, mesh, train, hparams is not None, augment)
+    jitted = _jit(
+        setup, schedule, shardings, mesh, train, hparams is not None, augment, diagnostics
+    )
     args = (target, batch) if hparams is None else (target, batch, dict(hparams))
     return jitted.lower(*args).compile()
 
@@ -390,6 +446,7 @@ def _jit(
     train: Any,
     hparams: bool = False,
     augment: augment_lib.Augment | None = None,
+    diagnostics: bool = False,
 ):
     """The ``jax.jit`` of the train step: explicit shardings, the state donated."""
     hyper = hyper_from_setup(setup, train) if hparams else None
@@ -403,6 +460,7 @@ def _jit(
             loss_scaling=setup.policy.needs_loss_scaling,
             hyper=hyper,
             augment=augment,
+            diagnostics=diagnostics,
         ),
         in_shardings=(shardings, None) + ((sharding.replicated(mesh),) if hparams else ()),
         out_shardings=(shardings, sharding.replicated(mesh)),
