@@ -10,12 +10,13 @@ temporary folder. Timed runs alternate between the sides (the machine is shared:
 both); the figures are medians over the repeats.
 
 A timed run of ``--steps`` steps rarely reaches a fetch at the default interval of 100, so the
-host's part is also timed on its own (``fetch+write ms``, the time of one fetch and write) and
-charged at one per interval, and so are the norms' reductions alone (``norms alone``, a
-program that computes only them: what they add to the step at most, fused or not): ``overhead`` is the median ratio of step times minus 1, plus that
-share. Target: under 3% on both configs. On a busy machine the timed ratio is noisy; the
-compiled programs' own counts (XLA's cost analysis: FLOPs and bytes accessed with the norms
-against without) say what the norms add to the step without noise.
+host's part is also timed on its own (``fetch+write ms``, one fetch and write) and charged at
+one per interval: ``overhead`` is the median ratio of step times minus 1, plus that share.
+Target: under 3% on both configs. On a busy machine the timed ratio is noisy, so two figures
+without that noise follow: the norms' reductions alone (``norms alone``, a program that
+computes only them: what they add to the step at most, fused or not) and the compiled
+programs' own counts (XLA's cost analysis, FLOPs and bytes accessed, with the norms against
+without).
 
 Usage::
 
