@@ -198,14 +198,18 @@ class MetricsBuffer(Hook):
     never waits for the host. The loss written is the mean over every step since the last log,
     each checked: a NaN or infinite loss raises :class:`~jaxlm.errors.NonFiniteLoss` unless
     non-finite updates are skipped. :meth:`sync` fetches everything at once, before an
-    evaluation or a save, so no NaN state is ever saved.
+    evaluation or a save, so no NaN state is ever saved. ``tokens_per_s`` and ``step_time_s``
+    are over training time alone, since the first step (:class:`Chrono`); the per-parameter
+    diagnostics are left to :class:`Diagnostics`.
 
     Args:
       write: ``write(step, metrics, eta)`` records a log line (``Monitor.write``).
-      chrono: gives tokens/s and the ETA.
+      chrono: gives tokens/s, the step time and the ETA.
       log_every: the logging interval (and the last step is logged).
       tokens_per_step: tokens in one training batch.
       skip_nonfinite: non-finite losses are expected (the optimizer skips those updates).
+      resources: ``resources(steps_per_second) -> metrics`` added to each line (memory, MFU:
+        :func:`jaxlm.train.resources.meter`).
     """
 
     def __init__(
@@ -216,10 +220,12 @@ class MetricsBuffer(Hook):
         log_every: int,
         tokens_per_step: int,
         skip_nonfinite: bool = False,
+        resources: Callable[[float | None], dict[str, float]] | None = None,
     ):
         self._write, self._chrono = write, chrono
         self.log_every, self.tokens_per_step = log_every, tokens_per_step
         self.skip_nonfinite = skip_nonfinite
+        self._resources = resources
         self._losses: list[Any] = []  # since the last log step, as device scalars
         self._pending: tuple[int, dict[str, Any], list[Any]] | None = None
 
@@ -241,11 +247,15 @@ class MetricsBuffer(Hook):
     def _flush(self, progress: Progress) -> None:
         step, metrics, losses = self._pending
         self._pending = None
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars = {k: v for k, v in metrics.items() if k != "diagnostics"}
+        values = {k: float(v) for k, v in jax.device_get(scalars).items()}
         values["loss"] = float(np.mean(self._finite(step, losses)))
         rate = self._chrono.steps_per_second(step)
         if rate is not None:
             values["tokens_per_s"] = rate * self.tokens_per_step
+            values["step_time_s"] = 1.0 / rate
+        if self._resources is not None:
+            values.update(self._resources(rate))
         self._write(step, values, self._chrono.eta_seconds(step, progress.num_steps))
         progress.metrics, progress.metrics_step = values, step
 
@@ -261,7 +271,8 @@ class MetricsBuffer(Hook):
 
 class Evaluation(Hook):
     """The validation loss every ``every_steps`` steps (not at the last: the final evaluation
-    covers the whole split), handed to the optimizer for reduce-on-plateau and NT-ASGD.
+    covers the whole split), handed to the optimizer for reduce-on-plateau and NT-ASGD; the
+    results hold the evaluation's wall time too (``seconds``).
 
     Args:
       evaluate: ``evaluate(params, max_windows) -> results`` over the validation split.
@@ -294,9 +305,11 @@ class Evaluation(Hook):
             return
         self._buffer.sync(progress)
         state = progress.state
+        t0 = time.perf_counter()
         with self._chrono.paused():
             params = transforms.averaged_params(state.opt_state, state.params)
             results = self._evaluate(params, self.max_windows)
+        results = {**results, "seconds": time.perf_counter() - t0}
         progress.state = state.replace(opt_state=self._feedback(state.opt_state, results["loss"]))
         self._write(progress.step, results)
         progress.evaluation = results
@@ -400,6 +413,8 @@ class Checkpointer(Hook):
       buffer: synced first, so no state with a NaN loss is saved.
       check: raises the error of a background save that failed (cheap: no waiting).
       failed: ``failed(step, error) -> exception`` to raise for the save of ``step``.
+      timed: ``timed(step, seconds)`` is told how long training stood still for each save
+        (waiting for the save before, starting this one; orbax writes in the background).
     """
 
     def __init__(
@@ -412,9 +427,10 @@ class Checkpointer(Hook):
         buffer: MetricsBuffer,
         check: Callable[[], None] = lambda: None,
         failed: Callable[[int, BaseException], BaseException] | None = None,
+        timed: Callable[[int, float], None] | None = None,
     ):
         self._save, self._wait, self._check = save, wait, check
-        self._failed = failed
+        self._failed, self._timed = failed, timed
         self.every_steps = every_steps
         self._chrono, self._buffer = chrono, buffer
         self._in_flight: int | None = None  # the step of the save that may still be running
@@ -425,6 +441,7 @@ class Checkpointer(Hook):
         if not (due or progress.save_requested or progress.stop is not None):
             return
         self._buffer.sync(progress)
+        t0 = time.perf_counter()
         with self._chrono.paused():
             # Orbax waits for the previous save before starting one: waiting here first
             # names a failure of it as that save's, not this one's.
@@ -433,6 +450,8 @@ class Checkpointer(Hook):
             self._guarded(self._save, progress.step, progress.state)
             if progress.stop is not None:
                 self._guarded(self._wait)
+        if self._timed is not None:
+            self._timed(progress.step, time.perf_counter() - t0)
         progress.save_requested = False
 
     def on_end(self, progress: Progress) -> None:

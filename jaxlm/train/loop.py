@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -25,17 +26,20 @@ from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.errors import ConfigError, NonFiniteLoss, WriteError
 from jaxlm.sampling import sample_text
 from jaxlm.train import plan as plan_lib
+from jaxlm.train import resources
 from jaxlm.train import workdir as run_folder
 from jaxlm.train.evaluate import Evaluator
 from jaxlm.train.hooks import (
     Checkpointer,
     Chrono,
+    Diagnostics,
     Evaluation,
     Hook,
     MetricsBuffer,
     Preemption,
     Progress,
 )
+from jaxlm.train.steps import diagnostic_names
 
 log = run_folder.log
 
@@ -299,8 +303,10 @@ def _run(
 
     with jax.set_mesh(mesh):
         compiled = plan_lib.compile_step(plan, config)  # once, ahead of the first step
-        for line in plan_lib.report_lines(plan_lib.report(config, plan, compiled)):
+        rep = plan_lib.report(config, plan, compiled)
+        for line in plan_lib.report_lines(rep):
             log(line)
+        run = run._replace(meter=_meter(config, rep), names=diagnostic_names(setup.abstract.params))
         vocab = corpus.tokenizer.vocab_size
         tables = augment.tables(config.data, corpus.train, corpus.tokenizer, vocab)
         train_step = plan_lib.run_step(plan, config, compiled, tables)
@@ -340,10 +346,32 @@ class _Run(NamedTuple):
     evaluator: Evaluator
     shardings: Any
     mixture: dict[str, float]  # each source's probability and realised share; {} for one corpus
+    meter: Callable[[float | None], dict[str, float]] | None = None  # memory and MFU per line
+    names: list[str] = []  # the step's diagnostics by name (steps.diagnostic_names)
+
+
+def _meter(config: ml_collections.ConfigDict, rep: dict[str, Any]) -> Callable:
+    """The resource metrics of each train line: memory, and for the Transformer the MFU of the
+    compiled step's FLOPs (XLA counts a recurrent model's scanned loop once, not per time
+    step, so its FLOPs would understate it)."""
+    if config.model.name != "transformer":
+        return resources.meter(None, None)
+    peak, whence = resources.device_peak(
+        config.precision, config.get("monitor", {}).get("peak_flops", 0.0)
+    )
+    if peak is None:
+        log(f"Model FLOPs utilisation: not reported, {whence}")
+    else:
+        log(
+            f"Model FLOPs utilisation: {rep['flops'] / 1e9:.3f} GFLOP per step per device "
+            f"against {peak / 1e12:.3g} TFLOP/s per device ({whence})"
+        )
+    return resources.meter(rep["flops"], peak)
 
 
 def _hooks(run: _Run, preemption: Preemption, user: list[Hook]) -> list[Hook]:
-    """The loop's hooks in order: chrono, preemption, metrics, evaluation, the user's, saving."""
+    """The loop's hooks in order: chrono, preemption, metrics, evaluation, diagnostics, the
+    user's, saving."""
     config, mon, mgr = run.config, run.mon, run.mgr
     t = config.train
     chrono = Chrono()
@@ -353,6 +381,7 @@ def _hooks(run: _Run, preemption: Preemption, user: list[Hook]) -> list[Hook]:
         log_every=t.log_every,
         tokens_per_step=config.data.batch_size * config.data.seq_len,
         skip_nonfinite=config.optimizer.skip_nonfinite,
+        resources=run.meter,
     )
     # Plateau and NT-ASGD transforms are driven by the validation loss (a no-op otherwise).
     feedback = jax.jit(
@@ -378,8 +407,23 @@ def _hooks(run: _Run, preemption: Preemption, user: list[Hook]) -> list[Hook]:
         buffer=buffer,
         check=mgr.check_for_errors,
         failed=lambda step, error: checkpoints.save_failed(mgr, step, error),
+        timed=lambda step, seconds: _write_time(mon, step, checkpoint_seconds=seconds),
     )
-    return [chrono, preemption, buffer, evaluation, *user, saver]
+    watch = config.get("monitor", {})
+    diagnostics = Diagnostics(
+        lambda step, values: mon.write(step, values, "diagnostics", echo=False, status=False),
+        run.names,
+        every_steps=watch.get("diagnostics_every", 0),
+        histogram=mon.histograms,
+        histograms_every=watch.get("histograms_every", 0),
+        chrono=chrono,
+    )
+    return [chrono, preemption, buffer, evaluation, diagnostics, *user, saver]
+
+
+def _write_time(mon: monitor.Monitor, step: int, **seconds: float) -> None:
+    """A ``time`` row: how long a checkpoint or the final evaluation took (not printed)."""
+    mon.write(step, seconds, "time", echo=False)
 
 
 def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -> dict[str, Any]:
@@ -397,8 +441,10 @@ def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -
         return final
     mon.status("evaluating", progress.step)
     params = transforms.averaged_params(progress.state.opt_state, progress.state.params)
+    t0 = time.perf_counter()
     val = _evaluate(run, params, "validation")
     test = _evaluate(run, params, "test")
+    _write_time(mon, progress.step, final_evaluation_seconds=time.perf_counter() - t0)
     mon.write(progress.step, val, "validation")
     mon.write(progress.step, test, "test")
     sample = _sample(model, params, run.corpus.tokenizer, run.config)
