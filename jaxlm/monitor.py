@@ -139,8 +139,8 @@ class Monitor:
           step: the training step they belong to.
           metrics: name to value.
           split: ``train``, ``eval`` (evaluations during training), ``validation``, ``test``;
-            ``diagnostics`` (per-parameter norms), ``time`` (checkpoint and final evaluation
-            seconds).
+            ``diagnostics`` (per-parameter norms), ``checkpoint`` (the seconds a save held
+            training up).
           echo: also print the line.
           eta: seconds of training left, shown on train lines and in ``status.json``.
           status: also copy them into ``status.json`` as ``<split>_<name>`` (not the
@@ -231,8 +231,8 @@ class Monitor:
         """Drops the rows of ``metrics.jsonl`` written after checkpoint ``step`` (by a run that
         went on past it before it died), so a resumed run writes each step once.
 
-        Kept: every row before ``step`` and the train, eval and diagnostics rows of ``step``
-        itself (written before its checkpoint); a half-written last line is dropped too.
+        Kept: every row before ``step`` and the train, eval, diagnostics and checkpoint rows of
+        ``step`` itself (written with its checkpoint); a half-written last line is dropped too.
 
         Args:
           step: the step the run resumes from.
@@ -277,7 +277,9 @@ class Monitor:
 
 
 _HOST = socket.gethostname()
-_BEFORE_SAVE = ("train", "eval", "diagnostics")  # the splits a step writes before its checkpoint
+# The splits of a step's rows written by the time its checkpoint is (the save's own row just
+# after it starts).
+_BEFORE_SAVE = ("train", "eval", "diagnostics", "checkpoint")
 
 
 def _row(line: str) -> dict[str, Any] | None:

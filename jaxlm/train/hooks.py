@@ -306,12 +306,13 @@ class Evaluation(Hook):
         self._buffer.sync(progress)
         state = progress.state
         t0 = time.perf_counter()
-        with self._chrono.paused():
+        with self._chrono.paused():  # the feedback and the writing too (its first call compiles)
             params = transforms.averaged_params(state.opt_state, state.params)
             results = self._evaluate(params, self.max_windows)
-        results = {**results, "seconds": time.perf_counter() - t0}
-        progress.state = state.replace(opt_state=self._feedback(state.opt_state, results["loss"]))
-        self._write(progress.step, results)
+            results = {**results, "seconds": time.perf_counter() - t0}
+            opt_state = self._feedback(state.opt_state, results["loss"])
+            self._write(progress.step, results)
+        progress.state = state.replace(opt_state=opt_state)
         progress.evaluation = results
 
 
@@ -321,9 +322,10 @@ class Diagnostics(Hook):
     parameters every ``histograms_every`` steps.
 
     The norms are fetched at their step, before the next is dispatched: one wait for the device
-    per interval, so the row of a step is written before that step's checkpoint. The histograms
-    are the host's work (the parameters fetched, binned by the writer), paused out of the
-    training time. With several processes, parameters no process holds whole are left out.
+    per interval, so the row of a step is written before that step's checkpoint. Writing them
+    and the histograms (the parameters fetched, binned by the writer) is the host's work,
+    paused out of the training time. With several processes, parameters no process holds
+    whole are left out.
 
     Args:
       write: ``write(step, values)`` records the norms by name (``grad_norm/<path>``...).
@@ -331,7 +333,7 @@ class Diagnostics(Hook):
       every_steps: the interval (``monitor.diagnostics_every``; 0: never).
       histogram: ``histogram(step, arrays)`` records the parameters by path (numpy arrays).
       histograms_every: its interval (``monitor.histograms_every``; 0: never).
-      chrono: paused while the histograms are made.
+      chrono: paused while the norms are written and the histograms made.
 
     Example:
       >>> import jax.numpy as jnp
@@ -361,11 +363,15 @@ class Diagnostics(Hook):
     def after_step(self, progress: Progress) -> None:
         metrics = progress.device_metrics or {}
         if every(progress.step, self.every_steps) and "diagnostics" in metrics:
-            self.write_now(progress.step, metrics)
+            jax.block_until_ready(metrics["diagnostics"])  # the step itself is training time
+            with self._paused():
+                self.write_now(progress.step, metrics)
         if self._histogram is not None and every(progress.step, self.histograms_every):
-            paused = self._chrono.paused() if self._chrono else contextlib.nullcontext()
-            with paused:
+            with self._paused():
                 self._histogram(progress.step, host_arrays(progress.state.params))
+
+    def _paused(self) -> contextlib.AbstractContextManager:
+        return self._chrono.paused() if self._chrono else contextlib.nullcontext()
 
     def write_now(self, step: int, metrics: dict[str, Any]) -> None:
         """Fetches a step's norms and writes them (waits for the step)."""
@@ -450,8 +456,8 @@ class Checkpointer(Hook):
             self._guarded(self._save, progress.step, progress.state)
             if progress.stop is not None:
                 self._guarded(self._wait)
-        if self._timed is not None:
-            self._timed(progress.step, time.perf_counter() - t0)
+            if self._timed is not None:
+                self._timed(progress.step, time.perf_counter() - t0)
         progress.save_requested = False
 
     def on_end(self, progress: Progress) -> None:

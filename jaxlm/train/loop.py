@@ -407,7 +407,7 @@ def _hooks(run: _Run, preemption: Preemption, user: list[Hook]) -> list[Hook]:
         buffer=buffer,
         check=mgr.check_for_errors,
         failed=lambda step, error: checkpoints.save_failed(mgr, step, error),
-        timed=lambda step, seconds: _write_time(mon, step, checkpoint_seconds=seconds),
+        timed=lambda step, seconds: mon.write(step, {"seconds": seconds}, "checkpoint", echo=False),
     )
     watch = config.get("monitor", {})
     diagnostics = Diagnostics(
@@ -421,9 +421,11 @@ def _hooks(run: _Run, preemption: Preemption, user: list[Hook]) -> list[Hook]:
     return [chrono, preemption, buffer, evaluation, diagnostics, *user, saver]
 
 
-def _write_time(mon: monitor.Monitor, step: int, **seconds: float) -> None:
-    """A ``time`` row: how long a checkpoint or the final evaluation took (not printed)."""
-    mon.write(step, seconds, "time", echo=False)
+def _timed(evaluate: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
+    """``evaluate(*args)``'s results with its wall time as ``seconds``."""
+    t0 = time.perf_counter()
+    results = evaluate(*args)
+    return {**results, "seconds": time.perf_counter() - t0}
 
 
 def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -> dict[str, Any]:
@@ -441,10 +443,8 @@ def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -
         return final
     mon.status("evaluating", progress.step)
     params = transforms.averaged_params(progress.state.opt_state, progress.state.params)
-    t0 = time.perf_counter()
-    val = _evaluate(run, params, "validation")
-    test = _evaluate(run, params, "test")
-    _write_time(mon, progress.step, final_evaluation_seconds=time.perf_counter() - t0)
+    val = _timed(_evaluate, run, params, "validation")
+    test = _timed(_evaluate, run, params, "test")
     mon.write(progress.step, val, "validation")
     mon.write(progress.step, test, "test")
     sample = _sample(model, params, run.corpus.tokenizer, run.config)
