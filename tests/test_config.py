@@ -195,6 +195,9 @@ OUT_OF_RANGE = {
     "train.sample_tokens": [-5],
     "train.sample_temperature": [-0.5, NAN],
     "train.label_smoothing": [1.0],
+    "monitor.diagnostics_every": [-1, 2.5],
+    "monitor.histograms_every": [-100, "often"],
+    "monitor.peak_flops": [-1.0, float("nan")],
     # The model section, by field name, whichever models have the field.
     "model.name": ["lstmm"],
     "model.embed_dim": [0],

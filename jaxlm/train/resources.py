@@ -107,7 +107,6 @@ def peak_flops(device_kind: str, half: bool) -> float | None:
     return None
 
 
-@functools.cache
 def cpu_matmul_peak(dtype: str = "float32", size: int = 512, seconds: float = 0.15) -> float:
     """This CPU's matmul FLOP/s, measured once per process: the best of repeated ``size`` x
     ``size`` products on the first CPU device (all its threads) for about ``seconds``.
@@ -124,6 +123,11 @@ def cpu_matmul_peak(dtype: str = "float32", size: int = 512, seconds: float = 0.
       >>> cpu_matmul_peak() > 1e8
       True
     """
+    return _measured_peak(str(dtype), int(size), float(seconds))
+
+
+@functools.cache
+def _measured_peak(dtype: str, size: int, seconds: float) -> float:
     cpu = jax.devices("cpu")[0]
     with jax.set_mesh(jax.sharding.Mesh(np.array([cpu]), ("one",))):  # whatever mesh is set
         x = jax.device_put(jnp.ones((size, size), dtype), cpu)
