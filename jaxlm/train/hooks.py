@@ -33,7 +33,7 @@ import contextlib
 import dataclasses
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -349,7 +349,7 @@ class Diagnostics(Hook):
     def __init__(
         self,
         write: Callable[[int, dict[str, float]], None],
-        names: list[str],
+        names: Sequence[str],
         *,
         every_steps: int,
         histogram: Callable[[int, dict[str, np.ndarray]], None] | None = None,

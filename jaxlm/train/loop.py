@@ -347,7 +347,7 @@ class _Run(NamedTuple):
     shardings: Any
     mixture: dict[str, float]  # each source's probability and realised share; {} for one corpus
     meter: Callable[[float | None], dict[str, float]] | None = None  # memory and MFU per line
-    names: list[str] = []  # the step's diagnostics by name (steps.diagnostic_names)
+    names: Sequence[str] = ()  # the step's diagnostics by name (steps.diagnostic_names)
 
 
 def _meter(config: ml_collections.ConfigDict, rep: dict[str, Any]) -> Callable:

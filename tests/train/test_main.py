@@ -41,8 +41,10 @@ def test_cli_smoke_run_trains_checkpoints_and_finishes(tmp_path):
     # Evaluations during training (eval_steps windows) and the final whole-split ones are
     # written apart, so the curve does not seem to jump at the end.
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    splits = [(r["split"], r["step"]) for r in rows if r["split"] != "train"]
+    splits = [(r["split"], r["step"]) for r in rows if r["split"] not in ("train", "checkpoint")]
     assert splits == [("eval", 30), ("validation", 60), ("test", 60)]
+    saves = [r["step"] for r in rows if r["split"] == "checkpoint"]  # how long each one took
+    assert saves == [30, 60]
     assert "Downloading" not in out.stdout  # TFDS's word: nothing is downloaded
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert again.returncode == 0 and "already finished at step 60" in again.stdout
