@@ -80,6 +80,7 @@ def main() -> int:
     if args.until_sigterm:
         stop = []
         signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+        print("waiting for SIGTERM", flush=True)  # a test may signal from here on
         deadline = time.time() + 60
         while not stop and time.time() < deadline:
             time.sleep(0.02)

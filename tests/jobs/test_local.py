@@ -40,10 +40,8 @@ def test_the_wrapper_records_the_exit_status_and_passes_sigterm_on(tmp_path):
     proc = subprocess.Popen(
         wrapper(lock, exit_file, *fake("--until_sigterm")), stdout=subprocess.PIPE, text=True
     )
-    deadline = time.time() + 20
-    while (not lock.exists() or not lock.read_text()) and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # the job installs its handler
+    lines = [proc.stdout.readline() for _ in range(2)]  # its attempt, then its handler's there
+    assert lines[-1] == "waiting for SIGTERM\n", lines
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 143 and json.loads(exit_file.read_text())["code"] == 143
