@@ -79,6 +79,9 @@ def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
+# Slow (25 s): a dead trial is told by test_trial.py::test_trial_liveness and a killed run's exact
+# resume by tests/train/test_loop.py; this runs both through the command line.
+@pytest.mark.slow
 def test_sigkill_mid_trial_then_same_command_finishes_it(tmp_path):
     study = tmp_path / "crash"
     cmd = search_cli(

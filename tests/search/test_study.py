@@ -197,6 +197,9 @@ def test_pruning_hook_stops_the_run_and_keeps_its_checkpoint(tmp_path):
     assert '"state": "stopped"' in (tmp_path / "run" / "status.json").read_text()
 
 
+# Slow: test_population.py::test_search_population_asks_n_trains_them_together_and_tells_n
+# trains a population of trials; this goes through the search driver's flag.
+@pytest.mark.slow
 def test_population_flag_trains_its_trials_in_one_population(tmp_path):
     space = {"optimizer.learning_rate": uniform(1e-3, 1e-2)}
     study = search(smoke(**TINY), space, tmp_path / "p", sampler="random", population=2, trials=2)

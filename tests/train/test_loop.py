@@ -130,6 +130,9 @@ class _StopWithoutEvaluating(hooks_lib.Hook):
             progress.request_stop(f"step {self.step}", evaluate=False)
 
 
+# Slow (21 s): restoring onto another mesh is tested by tests/checkpoints/tools/test_reshard.py
+# and each strategy's training by tests/test_sharding.py; this resumes a run across them.
+@pytest.mark.slow
 def test_a_checkpoint_saved_under_fsdp_resumes_under_fsdp_and_tensor(tmp_path):
     def config(strategy: str, data: int, model: int):
         return smoke(
