@@ -112,6 +112,36 @@ def _discount_tables(
     fallback: Sequence[float] | None,
 ) -> tuple[list[np.ndarray], list[int]]:
     """Per order, the discount for adjusted counts 0, 1, 2, 3+; and the orders that fell back."""
+    cocs = [count_of_counts(a) for a in adjusted] if method != "add_k" else []
+    return discount_tables(method, cocs, discount, order, fallback)
+
+
+def discount_tables(
+    method: str,
+    cocs: Sequence[np.ndarray],
+    discount: Any,
+    order: int,
+    fallback: Sequence[float] | None,
+) -> tuple[list[np.ndarray], list[int]]:
+    """Per order, the discount of adjusted counts 0, 1, 2, 3+, from the orders' counts of counts.
+
+    Args:
+      method: one of ``METHODS``.
+      cocs: per order, :func:`count_of_counts` of its adjusted counts (unused for ``"add_k"``
+        or with ``discount`` given).
+      discount: the user's discount(s), or None to estimate them (see :func:`estimate`).
+      order: the highest order ``N``.
+      fallback: the discounts of orders that cannot be estimated, or None to raise.
+
+    Returns:
+      ``(tables, fell_back)``: per order a float64 ``[4]`` table indexed by ``min(count, 3)``,
+      and the orders that took the fallback.
+
+    Example:
+      >>> tables, fell = discount_tables("kneser_ney", [np.array([0, 10, 5, 0, 0])], None, 1, None)
+      >>> tables[0].tolist(), fell
+      ([0.0, 0.5, 0.5, 0.5], [])
+    """
     if method == "add_k":
         if discount is not None:
             raise ValueError("add_k takes k, not discount")
@@ -119,7 +149,7 @@ def _discount_tables(
     tables, fell_back = [], []
     for n in range(1, order + 1):
         if discount is None:
-            coc = count_of_counts(adjusted[n - 1])
+            coc = cocs[n - 1]
             try:
                 if method == "modified_kneser_ney":
                     d = modified_kn_discounts(coc)
@@ -199,6 +229,77 @@ def _adjusted_counts(counts: NGramCounts, method: str) -> list[np.ndarray]:
     return adjusted
 
 
+def unigram_probs(a: np.ndarray, dtab: np.ndarray, extra: float) -> np.ndarray:
+    """The unigrams' interpolated probabilities: discounted counts mixed with ``1 / V``.
+
+    Args:
+      a: the ``V + 1`` adjusted unigram counts (``<s>``, the last, is 0).
+      dtab: the order's discount table (index ``min(count, 3)``).
+      extra: add-k's pseudo-count mass ``k V`` (0 for the other methods).
+
+    Returns:
+      float64 ``[V + 1]`` probabilities; ``<s>`` gets 0.
+
+    Example:
+      >>> unigram_probs(np.array([2, 1, 1, 0]), np.array([0.0, 0.5, 0.5, 0.5]), 0.0).tolist()
+      [0.5, 0.25, 0.25, 0.0]
+    """
+    v = len(a) - 1
+    disc = dtab[np.minimum(a, 3)]
+    total = float(a.sum()) + extra
+    if total <= 0:
+        raise ValueError("estimate: no unigram counts (empty training data)")
+    probs = (a - disc) / total + (float(disc.sum()) + extra) / total / v
+    probs[v] = 0.0
+    return probs
+
+
+def interpolate_order(
+    a: np.ndarray,
+    prefix: np.ndarray,
+    kept: np.ndarray,
+    lower: np.ndarray,
+    dtab: np.ndarray,
+    n_ctx: int,
+    extra: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One order's interpolated probabilities and its contexts' back-off weights.
+
+    The in-memory estimate calls it once per order; the memory-bounded one
+    (:mod:`jaxlm.models.ngram.chunked`) once per block of whole contexts, which gives the same
+    floats: every context's sums run over the same n-grams in the same order.
+
+    Args:
+      a: adjusted counts of the n-grams, sorted by context (``prefix``) as the tables are.
+      prefix: each n-gram's context row, counted from the first context of the block.
+      kept: the n-grams that survive the cut-offs (the rest move their mass to back-off).
+      lower: the next lower order's probability of each n-gram's suffix.
+      dtab: the order's discount table (index ``min(count, 3)``).
+      n_ctx: how many contexts the block covers (rows ``0 .. n_ctx - 1`` of ``prefix``).
+      extra: add-k's pseudo-count mass ``k V`` (0 for the other methods).
+
+    Returns:
+      ``(probs, gamma)``: float64 ``p(w|h)`` per n-gram, and ``gamma(h)`` per context (1 for a
+      context without n-grams).
+
+    Example:
+      >>> p, g = interpolate_order(np.array([2, 1]), np.array([0, 0]), np.array([True, True]),
+      ...                          np.array([0.5, 0.5]), np.array([0.0, 0.5, 0.5, 0.5]), 1, 0.0)
+      >>> p.tolist(), g.tolist()
+      ([0.6666666666666666, 0.3333333333333333], [0.3333333333333333])
+    """
+    disc = np.where(kept, dtab[np.minimum(a, 3)], 0.0)
+    moved = np.where(kept, 0.0, a.astype(np.float64))  # cut-off mass goes to back-off
+    denom = np.bincount(prefix, weights=a, minlength=n_ctx) + extra
+    num = np.bincount(prefix, weights=disc + moved, minlength=n_ctx) + extra
+    has = denom > 0
+    gamma = np.ones(n_ctx)
+    gamma[has] = num[has] / denom[has]
+    d = denom[prefix]
+    alpha = np.where(kept & (d > 0), (a - disc) / np.where(d > 0, d, 1.0), 0.0)
+    return alpha + gamma[prefix] * lower, gamma
+
+
 def _interpolate(
     counts: NGramCounts,
     adjusted: list[np.ndarray],
@@ -208,30 +309,19 @@ def _interpolate(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per order, the interpolated probability of every stored n-gram; per context order, the
     back-off weights. Unigrams mix with the uniform distribution over the V tokens."""
-    v, m = counts.vocab_size, counts.vocab_size + 1
-    a = adjusted[0]
-    disc = dtabs[0][np.minimum(a, 3)]
-    total = float(a.sum()) + extra
-    if total <= 0:
-        raise ValueError("estimate: no unigram counts (empty training data)")
-    probs = (a - disc) / total + (float(disc.sum()) + extra) / total / v
-    probs[v] = 0.0
-    all_probs, gammas = [probs], []
+    m = counts.vocab_size + 1
+    all_probs, gammas = [unigram_probs(adjusted[0], dtabs[0], extra)], []
     for n in range(2, counts.order + 1):
-        a = adjusted[n - 1]
-        prefix = counts.keys[n - 1] // m
-        kept = keep[n - 1]
-        disc = np.where(kept, dtabs[n - 1][np.minimum(a, 3)], 0.0)
-        moved = np.where(kept, 0.0, a.astype(np.float64))  # cut-off mass goes to back-off
-        n_ctx = len(counts.keys[n - 2])
-        denom = np.bincount(prefix, weights=a, minlength=n_ctx) + extra
-        num = np.bincount(prefix, weights=disc + moved, minlength=n_ctx) + extra
-        has = denom > 0
-        gamma = np.ones(n_ctx)
-        gamma[has] = num[has] / denom[has]
-        d = denom[prefix]
-        alpha = np.where(kept & (d > 0), (a - disc) / np.where(d > 0, d, 1.0), 0.0)
-        all_probs.append(alpha + gamma[prefix] * all_probs[-1][counts.suffix[n - 1]])
+        probs, gamma = interpolate_order(
+            adjusted[n - 1],
+            counts.keys[n - 1] // m,
+            keep[n - 1],
+            all_probs[-1][counts.suffix[n - 1]],
+            dtabs[n - 1],
+            len(counts.keys[n - 2]),
+            extra,
+        )
+        all_probs.append(probs)
         gammas.append(gamma)
     return all_probs, gammas
 
