@@ -48,7 +48,9 @@ def base_config(model: str = "lstm") -> ml_collections.ConfigDict:
     c.precision = "float32"
     c.init_from = ""
     c.data = _data()
-    c.model = ml_collections.ConfigDict({"name": model, **model_defaults(model)})
+    c.model = ml_collections.ConfigDict(
+        {"name": model, **{k: _any_type(v) for k, v in model_defaults(model).items()}}
+    )
     c.optimizer = _optimizer()
     c.finetune = _finetune()
 
@@ -330,6 +332,24 @@ def _tuple_of(item: _Range, expected: str, *, min_len: int = 0) -> _Range:
     return _Range(expected, lambda v: _is_seq(v) and len(v) >= min_len and all(map(item.ok, v)))
 
 
+def _any_type(default: Any) -> Any:
+    """A None default as a field that takes any type (``memory_limit``: bytes, "4GB" or a
+    fraction), so a locked config and ``--config.model.x=...`` can still set it."""
+    if default is None:
+        return ml_collections.FieldReference(None, field_type=object)
+    return default
+
+
+def _is_memory_limit(value: Any) -> bool:
+    from jaxlm.models.ngram.chunked import parse_memory_limit
+
+    try:
+        parse_memory_limit(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _one_of(*names: str) -> _Range:
     return _Range(f"one of {names}", lambda v: isinstance(v, str) and v in names)
 
@@ -518,6 +538,10 @@ _MODEL_RANGES: dict[str, _Range] = {
     "cutoffs": _Range(
         "() or counts >= 0, non-decreasing with the order and starting at 0", _is_cutoffs
     ),
+    "memory_limit": _Range(
+        "None (count in memory), bytes, '4GB' or a fraction of RAM in (0, 1]", _is_memory_limit
+    ),
+    "tmp_dir": _Range('a folder ("": the run folder)', lambda v: isinstance(v, str)),
 }
 
 

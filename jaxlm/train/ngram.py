@@ -63,7 +63,12 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
     try:
         mon.status("building", 0)
         t0 = time.perf_counter()
-        model = spec.fit(corpus.train, eos_id=getattr(tok, "eos_id", None), vocab=list(tok.vocab))
+        model = spec.fit(
+            corpus.train,
+            eos_id=getattr(tok, "eos_id", None),
+            vocab=list(tok.vocab),
+            scratch=workdir,
+        )
         build_seconds = time.perf_counter() - t0
         _log_built(model, spec, corpus, build_seconds)
         val = summarize(*model.nll(corpus.validation), **corpus.counts.get("validation", {}))
@@ -132,4 +137,10 @@ def _log_built(model: Any, spec: Any, corpus: data.Corpus, seconds: float) -> No
         f"{tok.kind} tokens, vocabulary {tok.vocab_size:,}) in {seconds:.2f} s; "
         f"n-grams per order {model.num_ngrams}; discounts {model.info['discounts']}"
         + (f" (orders {fell_back} use the fallback)" if fell_back else "")
+        + (
+            f"; counted in {model.info['memory']['chunks']} chunks within memory_limit="
+            f"{model.info['memory']['limit_bytes']:,} bytes"
+            if "memory" in model.info
+            else ""
+        )
     )

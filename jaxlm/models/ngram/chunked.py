@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxlm.errors import ConfigError
 from jaxlm.models.ngram.counts import check_tokens, pad
 from jaxlm.models.ngram.model import NGramModel
 from jaxlm.models.ngram.smoothing import (
@@ -215,9 +216,10 @@ def _window(
 
     Returns ``(seq, hist, tpos, s0)``: the window's padded symbols, histories and the padded
     position of each of its tokens (as :func:`pad` gives them), and the window's first token
-    (the chunk's own tokens are ``tpos[s - s0:]``). The window may start inside a sentence, where :func:`pad` puts a ``<s>`` that
-    is not there; no n-gram of the chunk's own tokens reaches it, since they all lie ``order - 1``
-    tokens or more into the window, and their histories only count as at least ``order - 1``.
+    (the chunk's own tokens are ``tpos[s - s0:]``). The window may start inside a sentence,
+    where :func:`pad` puts a ``<s>`` that is not there; no n-gram of the chunk's own tokens
+    reaches it, since they all lie ``order - 1`` tokens or more into the window, and their
+    histories only count as at least ``order - 1``.
     """
     s0 = max(0, s - (order - 1))
     window = np.asarray(tokens[s0:e])
@@ -342,8 +344,8 @@ def _ranges(length: int, size: int) -> list[tuple[int, int]]:
     return [(start, min(start + size, length)) for start in range(0, length, size)]
 
 
-def _too_small(budget: int, need: int, what: str) -> ValueError:
-    return ValueError(
+def _too_small(budget: int, need: int, what: str) -> ConfigError:
+    return ConfigError(
         f"memory_limit={budget} ({_size(budget)}) is too small: {what} needs at least "
         f"{need} bytes ({_size(need)}); raise config.model.memory_limit"
     )
@@ -394,8 +396,9 @@ def build_chunked(
       budget and the number of chunks the tokens were counted in.
 
     Raises:
-      ValueError: bad arguments (as :func:`~jaxlm.models.ngram.build`), or a budget too small to
-        make progress (the message names the smallest that would do for the step that failed).
+      ValueError: bad arguments (as :func:`~jaxlm.models.ngram.build`), or (a
+        :class:`~jaxlm.errors.ConfigError`) a budget too small to make progress: the message
+        names the smallest that would do for the step that failed.
 
     Example:
       >>> from jaxlm.models.ngram import build
@@ -593,8 +596,9 @@ def _estimate(
         log_backoffs.append(disk.memmap(f"logb{n - 1}", np.float64))
         num_kept.append(int(keep_here.sum()))
         new_row = np.cumsum(keep_here) - 1 if not keep_here.all() else None
-        del probs
-        probs = disk.read(f"probs{n}", np.float64) if n < order else None
+        probs = np.zeros(0)  # free the lower order's before reading this one's
+        if n < order:
+            probs = disk.read(f"probs{n}", np.float64)
         disk.remove(f"probs{n}", f"counts{n}")
         keep_prev = keep_here
     info = {

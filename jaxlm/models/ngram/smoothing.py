@@ -20,6 +20,7 @@ the back-off weight of their context, so every distribution still sums to 1.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -438,8 +439,14 @@ def build(
     eos_id: int | None = None,
     add_bos: bool = True,
     vocab: Sequence[str] | None = None,
+    memory_limit: Any = None,
+    tmp_dir: str | Path | None = None,
 ) -> NGramModel:
     """Counts and estimates an n-gram model in one call (:func:`count_ngrams` + :func:`estimate`).
+
+    With ``memory_limit`` it counts in chunks spilled to disk instead and streams the estimate
+    order by order (:func:`jaxlm.models.ngram.chunked.build_chunked`): the same model, bit for
+    bit, within the budget.
 
     Args:
       tokens: 1-D training ids in ``[0, vocab_size)``.
@@ -453,6 +460,8 @@ def build(
       eos_id: sentence-end id (``<eos>``), or None for one stream.
       add_bos: start each sentence from the ``<s>`` context.
       vocab: token strings (kept for ARPA export).
+      memory_limit: None: count in memory; else bytes, ``"4GB"`` or a fraction of RAM.
+      tmp_dir: where chunks spill under ``memory_limit`` (None: the system's temporary folder).
 
     Returns:
       :class:`NGramModel`.
@@ -465,6 +474,24 @@ def build(
       >>> round(model.perplexity(np.array([2, 4, 0])), 3)
       1.807
     """
+    if memory_limit is not None and memory_limit != "":
+        from jaxlm.models.ngram.chunked import build_chunked
+
+        return build_chunked(
+            tokens,
+            vocab_size,
+            order,
+            memory_limit=memory_limit,
+            tmp_dir=tmp_dir,
+            method=method,
+            discount=discount,
+            k=k,
+            cutoffs=cutoffs,
+            discount_fallback=discount_fallback,
+            eos_id=eos_id,
+            add_bos=add_bos,
+            vocab=vocab,
+        )
     counts = count_ngrams(tokens, vocab_size, order, eos_id=eos_id, add_bos=add_bos)
     return estimate(
         counts,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from jaxlm.models.ngram.chunked import parse_memory_limit
 from jaxlm.models.ngram.model import NGramModel
 from jaxlm.models.ngram.smoothing import METHODS, build
 
@@ -35,6 +37,10 @@ class NGramLM:
         () keeps all.
       add_bos: start each sentence from the ``<s>`` context.
       write_arpa: a run also saves the model as an ARPA file (read by the run, not by ``fit``).
+      memory_limit: None counts in memory (the fastest); else a budget (bytes, ``"4GB"``, or a
+        fraction of RAM in ``(0, 1]``) within which the counts are built in chunks spilled to
+        disk (:mod:`jaxlm.models.ngram.chunked`): the same model, bit for bit.
+      tmp_dir: where the chunks spill; ``""``: the run folder (``fit``'s ``scratch``).
 
     Raises:
       ValueError: ``method``, ``order`` or ``discount`` is invalid; the message names the
@@ -56,6 +62,8 @@ class NGramLM:
     cutoffs: tuple[int, ...] = ()
     add_bos: bool = True
     write_arpa: bool = True
+    memory_limit: Any = None
+    tmp_dir: str = ""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -65,9 +73,18 @@ class NGramLM:
         if not 1 <= self.order:
             raise ValueError(f"config.model.order: must be >= 1, got {self.order}")
         _config_discount(self.method, self.discount, self.order)
+        try:
+            parse_memory_limit(self.memory_limit)
+        except ValueError as e:
+            raise ValueError(f"config.model.{e}") from None
 
     def fit(
-        self, tokens: Any, *, eos_id: int | None = None, vocab: Sequence[str] | None = None
+        self,
+        tokens: Any,
+        *,
+        eos_id: int | None = None,
+        vocab: Sequence[str] | None = None,
+        scratch: str | Path | None = None,
     ) -> NGramModel:
         """Counts and estimates the model on training tokens.
 
@@ -75,6 +92,8 @@ class NGramLM:
           tokens: 1-D training ids in ``[0, vocab_size)``.
           eos_id: the sentence-end id (contexts restart after it), or None for one stream.
           vocab: token strings, kept with the model for ARPA files.
+          scratch: where chunks spill under a ``memory_limit`` when ``tmp_dir`` is ``""`` (a run
+            passes its folder); None: the system's temporary folder.
 
         Returns:
           :class:`~jaxlm.models.ngram.NGramModel`.
@@ -96,6 +115,8 @@ class NGramLM:
             eos_id=eos_id,
             add_bos=self.add_bos,
             vocab=vocab,
+            memory_limit=self.memory_limit,
+            tmp_dir=self.tmp_dir or scratch,
         )
 
 
