@@ -34,6 +34,7 @@ import argparse
 import collections
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -176,6 +177,7 @@ def child_ours(text: Path, arpa_path: Path, order: int, memory_limit: str, tmp: 
         tmp_dir=tmp,
     )
     t2 = time.perf_counter()
+    build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     arpa.write_arpa(model, arpa_path)
     t3 = time.perf_counter()
     return {
@@ -185,6 +187,7 @@ def child_ours(text: Path, arpa_path: Path, order: int, memory_limit: str, tmp: 
         "tokens": int(len(ids)),
         "num_ngrams": model.num_ngrams,
         "chunks": model.info["memory"]["chunks"],
+        "build_peak_mb": build_peak,
     }
 
 
@@ -302,7 +305,7 @@ def main() -> None:
 
 def _median(runs: list[dict]) -> dict:
     out = dict(runs[-1])
-    for key in ("seconds", "peak_mb", "tokenize_s", "build_s", "arpa_s"):
+    for key in ("seconds", "peak_mb", "build_peak_mb", "tokenize_s", "build_s", "arpa_s"):
         if key in out:
             out[key] = statistics.median(r[key] for r in runs)
     out["runs"] = len(runs)
@@ -312,10 +315,12 @@ def _median(runs: list[dict]) -> dict:
 def _table(rows: list[dict], args: argparse.Namespace, budget: int) -> None:
     print(
         f"\n{args.order}-grams, text to ARPA, memory_limit={args.memory_limit} ({budget:,} bytes;"
-        f" lmplz -S {budget}b); median of {args.repeats}; peak RSS of each child process"
+        f" lmplz -S {budget}b); median of {args.repeats}; peak RSS of each child process (build MB:"
+        " ours up to the end of the build, before the ARPA file)"
     )
     head = (
-        f"{'tokens':>11} {'ours s':>8} {'(tok/build/arpa)':>18} {'ours MB':>8} {'chunks':>6} "
+        f"{'tokens':>11} {'ours s':>8} {'(tok/build/arpa)':>18} {'ours MB':>8} {'build MB':>8} "
+        f"{'chunks':>6} "
         f"{'lmplz s':>8} {'lmplz MB':>9} {'ours/lmplz':>10}  n-grams (ours | lmplz)"
     )
     print(head)
@@ -324,7 +329,7 @@ def _table(rows: list[dict], args: argparse.Namespace, budget: int) -> None:
         phases = f"{o['tokenize_s']:.1f}/{o['build_s']:.1f}/{o['arpa_s']:.1f}"
         line = (
             f"{r['tokens']:>11,} {o['seconds']:>8.1f} {phases:>18} {o['peak_mb']:>8.0f} "
-            f"{o['chunks']:>6}"
+            f"{o['build_peak_mb']:>8.0f} {o['chunks']:>6}"
         )
         if k:
             line += (
