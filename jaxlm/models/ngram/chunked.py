@@ -254,21 +254,36 @@ def _count_order(
             prev[tpos] = disk.read(f"ids{n - 1}", np.int64, s0, e - s0)
         pos = own[hist[own] >= n - 1]
         keys = prev[pos - 1] * m + seq[pos]
-        uniq, first, inverse, cnt = np.unique(
-            keys, return_index=True, return_inverse=True, return_counts=True
-        )
-        inv = np.full(len(own), -1, np.int64)
+        uniq, inverse, cnt = _unique(keys)
+        suffix = np.empty(len(uniq), np.int64)
+        suffix[inverse] = prev[pos]  # every occurrence of an n-gram has the same suffix
+        inv = np.full(len(own), -1, np.int32)  # chunk-local indices fit in 32 bits
         inv[hist[own] >= n - 1] = inverse
         for name, arr in (
             (f"run{c}.keys", uniq),
-            (f"run{c}.counts", cnt.astype(np.int64)),
-            (f"run{c}.suffix", prev[pos[first]]),
+            (f"run{c}.counts", cnt),
+            (f"run{c}.suffix", suffix),
             (f"run{c}.inv", inv),
         ):
             disk.touch(name)
             disk.append(name, arr)
         lengths.append(len(uniq))
     return lengths
+
+
+def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_inverse=True, return_counts=True)`` with one unstable sort
+    (no first indices are needed, so no stable sort)."""
+    order = np.argsort(keys)
+    sk = keys[order]
+    new = np.empty(len(sk), bool)
+    new[:1] = True
+    np.not_equal(sk[1:], sk[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    inverse = np.empty(len(sk), np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    counts = np.diff(np.append(starts, len(sk)))
+    return sk[starts], inverse, counts.astype(np.int64)
 
 
 def _merge(disk: _Disk, lengths: list[int], n: int, budget: int) -> int:
@@ -333,7 +348,7 @@ def _sweep_ids(disk: _Disk, bounds: list[tuple[int, int]], n: int, keep: bool) -
         disk.touch(f"ids{n}")
     for c in range(len(bounds)):
         if keep:
-            inv = disk.read(f"run{c}.inv", np.int64)
+            inv = disk.read(f"run{c}.inv", np.int32)
             rows = disk.read(f"run{c}.map", np.int64)
             disk.append(f"ids{n}", np.where(inv >= 0, rows[np.maximum(inv, 0)], -1))
         disk.remove(f"run{c}.inv", f"run{c}.map")
@@ -437,7 +452,7 @@ def build_chunked(
         raise ValueError(f"vocab_size {vocab_size} and {num} tokens overflow int64 keys")
     cut = _cutoff_list(cutoffs, order)
     fixed = 8 * m * 8  # the unigram columns
-    chunk = (budget - fixed) // TOKEN_BYTES
+    chunk = min((budget - fixed) // TOKEN_BYTES, 2**31 - 1)  # run.inv holds int32 indices
     if chunk < MIN_CHUNK:
         raise _too_small(budget, fixed + MIN_CHUNK * TOKEN_BYTES, f"counting {MIN_CHUNK} tokens")
     bounds = _chunks(num, chunk)
