@@ -10,7 +10,7 @@ import pytest
 from jaxlm.config import load_config, validate
 from jaxlm.errors import ConfigError
 from jaxlm.models import ngram
-from jaxlm.models.ngram import chunked
+from jaxlm.models.ngram import arpa, chunked
 from jaxlm.models.ngram.spec import NGramLM
 from tests.models.ngram import helpers
 from tests.models.ngram.helpers import HAS_PTB, random_corpus
@@ -105,7 +105,14 @@ def test_fit_spills_to_the_scratch_folder_and_cleans_up(tmp_path):
     model = lm.fit(tokens, eos_id=0, scratch=tmp_path)
     assert model.info["memory"]["chunks"] > 1
     assert list(tmp_path.iterdir()) == []
-    assert_same_model(model, NGramLM(vocab_size=20, order=3).fit(tokens, eos_id=0))
+    want = NGramLM(vocab_size=20, order=3).fit(tokens, eos_id=0)
+    assert_same_model(model, want)
+    # the memory-mapped tables save and write as ARPA like in-memory ones
+    model.save(tmp_path / "m.npz")
+    assert_same_model(ngram.NGramModel.load(tmp_path / "m.npz"), want)
+    arpa.write_arpa(model, tmp_path / "got.arpa")
+    arpa.write_arpa(want, tmp_path / "want.arpa")
+    assert (tmp_path / "got.arpa").read_bytes() == (tmp_path / "want.arpa").read_bytes()
 
 
 @pytest.mark.skipif(not HAS_PTB, reason="needs ../shared/data/ptb")
