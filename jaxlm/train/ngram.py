@@ -138,7 +138,7 @@ def _log_built(model: Any, spec: Any, corpus: data.Corpus, seconds: float) -> No
         f"n-grams per order {model.num_ngrams}; discounts {model.info['discounts']}"
         + (f" (orders {fell_back} use the fallback)" if fell_back else "")
         + (
-            f"; counted in {model.info['memory']['chunks']} chunks within memory_limit="
+            f"; counted in {model.info['memory']['chunks']} chunk(s) within memory_limit="
             f"{model.info['memory']['limit_bytes']:,} bytes"
             if "memory" in model.info
             else ""
