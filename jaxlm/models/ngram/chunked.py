@@ -350,7 +350,10 @@ def _sweep_ids(disk: _Disk, bounds: list[tuple[int, int]], n: int, keep: bool) -
         if keep:
             inv = disk.read(f"run{c}.inv", np.int32)
             rows = disk.read(f"run{c}.map", np.int64)
-            disk.append(f"ids{n}", np.where(inv >= 0, rows[np.maximum(inv, 0)], -1))
+            if len(rows) == 0:  # a chunk without n-grams of this order
+                disk.append(f"ids{n}", np.full(len(inv), -1, np.int64))
+            else:
+                disk.append(f"ids{n}", np.where(inv >= 0, rows[np.maximum(inv, 0)], -1))
         disk.remove(f"run{c}.inv", f"run{c}.map")
 
 

@@ -70,6 +70,16 @@ def test_budget_too_small_names_the_smallest_that_works(tmp_path):
     assert_same_model(got, ngram.build(tokens, 30, 3, eos_id=0))
 
 
+def test_a_chunk_without_ngrams_of_an_order(tmp_path):
+    # the third chunk holds only one-token sentences: no bigram but <s> <eos>, no trigrams
+    rng = random_corpus(7, 3 * chunked.MIN_CHUNK, 20, 0)
+    tokens = np.concatenate([rng[:-1], [0], np.zeros(chunked.MIN_CHUNK, np.int32), rng])
+    budget = 64 * 21 + chunked.MIN_CHUNK * chunked.TOKEN_BYTES  # chunks of MIN_CHUNK tokens
+    got = ngram.build(tokens, 20, 4, eos_id=0, memory_limit=budget, tmp_dir=tmp_path)
+    assert got.info["memory"]["chunks"] == 7
+    assert_same_model(got, ngram.build(tokens, 20, 4, eos_id=0))
+
+
 def test_parse_memory_limit():
     ram = chunked.physical_memory()
     assert chunked.parse_memory_limit(None) is None
