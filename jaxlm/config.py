@@ -91,6 +91,29 @@ def _monitor() -> ml_collections.ConfigDict:
     m.histograms_every = 500  # parameter histograms to TensorBoard, host side (0: off)
     m.peak_flops = 0.0  # FLOP/s of one device for the MFU; 0: the table by device kind, or
     # this CPU's measured matmul peak
+    # ---- Health checks and alerts (jaxlm.train.health, docs/monitoring.md) ----
+    m.nonfinite = "fail"  # a NaN/inf training loss: "fail" (stop, say why) or "warn" (an event)
+    m.spike_factor = 0.0  # > 0: a loss above this times its moving average is a spike; 0: off
+    # "warn" (an event), "skip" (the step's update is not applied) or "rollback" (restore the
+    # last checkpoint, skip the offending steps' windows and go on; recorded in the workdir)
+    m.spike_policy = "warn"
+    m.grad_factor = 0.0  # > 0: a gradient norm above this times its moving average; 0: off
+    m.grad_policy = "warn"  # "warn", "skip" or "rollback", as spike_policy
+    m.spike_warmup = 50  # steps averaged before either check flags anything
+    m.spike_decay = 0.99  # the moving averages' decay per step
+    m.spike_max_consecutive = 10  # flagged steps in a row after which the level is the new normal
+    m.max_rollbacks = 5  # rollbacks a run may make before it fails
+    m.stall_seconds = 1800.0  # no step finished for this long (outside evaluation and
+    # saving): the run is "stalled" (status.json, an event); 0: no watchdog
+    m.gate_every = 0  # LSTMs: the share of saturated gates on a held batch every this many
+    # steps; 0: off
+    m.gate_saturation = 0.01  # a sigmoid gate below this or above 1 - this is saturated (the
+    # cell candidate's tanh: |tanh| above 1 - this)
+    m.gate_warn_fraction = 0.5  # warn when a layer's share of saturated gates exceeds this
+    m.on_event = "none"  # "command": run monitor.command on a failure, crash, stall or spike
+    m.command = ""  # a shell command; the event is in its environment (JAXLM_EVENT, ...)
+    m.inject = ""  # testing aid: faults at steps, "nan@K,spike@K,sleep@K:SECONDS"
+    # ---- end of health checks ----
     return m
 
 
@@ -496,6 +519,21 @@ _RANGES: dict[str, _Range] = {
     "monitor.diagnostics_every": _COUNT.means("0: off"),
     "monitor.histograms_every": _COUNT.means("0: off"),
     "monitor.peak_flops": _NON_NEGATIVE.means("0: known by device kind or measured"),
+    # health checks (monitor.inject: _check_monitor)
+    "monitor.nonfinite": _one_of("fail", "warn"),
+    "monitor.spike_factor": _NON_NEGATIVE.means("0: off; e.g. 3"),
+    "monitor.spike_policy": _one_of("warn", "skip", "rollback"),
+    "monitor.grad_factor": _NON_NEGATIVE.means("0: off; e.g. 10"),
+    "monitor.grad_policy": _one_of("warn", "skip", "rollback"),
+    "monitor.spike_warmup": _COUNT,
+    "monitor.spike_decay": _BELOW_ONE,
+    "monitor.spike_max_consecutive": _POSITIVE_INT,
+    "monitor.max_rollbacks": _COUNT,
+    "monitor.stall_seconds": _NON_NEGATIVE.means("0: no watchdog"),
+    "monitor.gate_every": _COUNT.means("0: off"),
+    "monitor.gate_saturation": _real("a number in (0, 0.5)", lambda v: 0 < v < 0.5),
+    "monitor.gate_warn_fraction": _FRACTION,
+    "monitor.on_event": _one_of("none", "command"),
 }
 
 # The model section's fields by name, for every model that has the field: a dropout rate is one
@@ -576,6 +614,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _check_optimizer(config)
     _check_data(config.data)
     _check_mixture(config)
+    _check_monitor(config)
 
 
 def _ranged(config: ml_collections.ConfigDict) -> Iterator[tuple[str, Any, _Range]]:
@@ -770,6 +809,63 @@ def _check_mixture(config: ml_collections.ConfigDict) -> None:
             "config.data.mixture: an n-gram model is counted on one corpus; set "
             "config.data.corpus and config.data.path instead"
         )
+
+
+def _check_monitor(config: ml_collections.ConfigDict) -> None:
+    """The health checks: an alert command to run, gates only an LSTM has, faults to inject."""
+    m = config.get("monitor")
+    if m is None:  # a config from before the section
+        return
+    if m.on_event == "command" and not str(m.command).strip():
+        raise ConfigError(
+            'config.monitor.command: empty, but config.monitor.on_event is "command"; give a '
+            'shell command, e.g. \'notify-send "$JAXLM_EVENT" "$JAXLM_MESSAGE"\''
+        )
+    if m.gate_every and config.model.name != "lstm":
+        raise ConfigError(
+            f"config.monitor.gate_every={m.gate_every}: saturated gates are measured for LSTMs; "
+            f"this model is {config.model.name!r}: set it to 0"
+        )
+    try:
+        parse_inject(m.inject)
+    except ValueError as e:
+        raise ConfigError(f"config.monitor.inject: {e}") from None
+
+
+INJECTABLE = ("nan", "spike", "sleep")
+
+
+def parse_inject(spec: str) -> tuple[tuple[str, int, float], ...]:
+    """``config.monitor.inject``, a testing aid, as ``(fault, step, seconds)`` triples.
+
+    ``nan@K`` makes step K's loss (and gradients) NaN, ``spike@K`` multiplies them by 100,
+    ``sleep@K:S`` sleeps S seconds on the host after step K (a stall). The faults are pure
+    functions of the step, so a resumed run meets them where the uninterrupted one did; a run
+    without any compiles the step it always did.
+
+    Args:
+      spec: comma-separated faults; "" for none.
+
+    Returns:
+      The faults (``seconds`` 0 but for sleeps).
+
+    Raises:
+      ValueError: a fault that is not one of these.
+
+    Example:
+      >>> parse_inject("spike@12,sleep@3:0.5")
+      (('spike', 12, 0.0), ('sleep', 3, 0.5))
+    """
+    out = []
+    for part in filter(None, (p.strip() for p in str(spec).split(","))):
+        m = re.fullmatch(r"(\w+)@(\d+)(?::(\d+(?:\.\d*)?))?", part)
+        if not m or m[1] not in INJECTABLE or int(m[2]) < 1 or (m[3] is None) != (m[1] != "sleep"):
+            raise ValueError(
+                f"{part!r} is not a fault; expected nan@STEP, spike@STEP or sleep@STEP:SECONDS "
+                "(steps from 1), comma-separated"
+            )
+        out.append((m[1], int(m[2]), float(m[3] or 0.0)))
+    return tuple(out)
 
 
 def _check_data(data: ml_collections.ConfigDict) -> None:

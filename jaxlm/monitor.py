@@ -1,11 +1,14 @@
 """Metric writers (console, JSONL, TensorBoard), run status and progress; process 0 writes.
 
-``status.json`` says what a run is doing: ``starting``, ``running``, ``evaluating``, then
-``finished``, ``stopped``, ``preempted`` (SIGTERM), ``interrupted`` (Ctrl-C) or ``failed`` (with
-the error). While a run is alive a heartbeat thread rewrites it every few seconds (time, pid,
-host), so a run killed without a word (SIGKILL, power loss) is told from a live one by
-:func:`run_state`: its state says "running" but its heartbeat stopped ("crashed"); and one that
-lives but makes no progress (``step_time``, when its step last moved, too old) is "stalled".
+``status.json`` says what a run is doing: ``starting``, ``running``, ``evaluating``
+(``stalled`` while no step finishes, :mod:`jaxlm.train.health`), then ``finished``,
+``stopped``, ``preempted`` (SIGTERM), ``interrupted`` (Ctrl-C) or ``failed`` (with the error).
+Health events (:meth:`Monitor.event`) are rows of ``metrics.jsonl`` with split ``event`` and a
+list ``events`` in ``status.json``. While a run is alive a heartbeat thread rewrites the status
+every few seconds (time, pid, host), so a run killed without a word (SIGKILL, power loss) is
+told from a live one by :func:`run_state`: its state says "running" but its heartbeat stopped
+("crashed"); and one that lives but makes no progress (``step_time``, when its step last moved,
+too old) is "stalled".
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from jaxlm.errors import WriteError
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.jsonl"
 HEARTBEAT_SECONDS = 10.0
-ACTIVE_STATES = ("starting", "running", "evaluating", "building")
+ACTIVE_STATES = ("starting", "running", "evaluating", "building", "stalled")
+EVENT_SPLIT = "event"  # metrics.jsonl rows of health events: {"step", "split": "event", "event"}
+MAX_STATUS_EVENTS = 100  # status.json keeps the newest this many events
 
 
 def _is_writer() -> bool:
@@ -95,6 +100,7 @@ class Monitor:
         self._written = False  # until then status.json is the previous run's
         self._stop_beating = threading.Event()
         self._beat: threading.Thread | None = None
+        self.alert: Callable[[dict[str, Any]], None] | None = None  # told every event
         if not self.enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +184,48 @@ class Monitor:
         for name, values in arrays.items():
             self._tb.add_histogram(f"{prefix}/{name}", values.astype("float32"), step)
 
+    def event(self, step: int, name: str, message: str, **fields: Any) -> dict[str, Any]:
+        """Records a health event: a ``metrics.jsonl`` row ``{"step", "split": "event",
+        "event", "message", ...}``, an entry of ``status.json``'s ``events``, one printed line,
+        and the alert (:mod:`jaxlm.alerts`) when one is set. Safe from another thread.
+
+        Args:
+          step: the step it belongs to.
+          name: the event (``loss_spike``, ``stall``, ``failure``...).
+          message: one line for people.
+          **fields: more JSON values for the row.
+
+        Returns:
+          The row.
+
+        Example:
+          >>> import tempfile
+          >>> mon = Monitor(tempfile.mkdtemp(), total_steps=100, tensorboard=False)
+          >>> _ = mon.event(12, "loss_spike", "loss 310 above 3 x its average")
+          [event] step 12: loss_spike: loss 310 above 3 x its average
+          >>> read_status(mon.workdir)["events"][0]["event"]
+          'loss_spike'
+        """
+        row = {"step": step, "split": EVENT_SPLIT, "event": name, "message": message, **fields}
+        row["time"] = time.time()
+        if self.enabled:
+            line = json.dumps(row, default=str)
+            with self._lock:
+                try:
+                    with open(self.workdir / METRICS_FILE, "a") as f:
+                        f.write(line + "\n")
+                except OSError as e:
+                    raise WriteError.of(self.workdir / METRICS_FILE, e) from e
+                events = self._status.setdefault("events", [])
+                events.append(row)
+                del events[:-MAX_STATUS_EVENTS]
+                self._write_status()
+                self._written = True
+            print(f"[event] step {step}: {name}: {message}", flush=True)
+        if self.alert is not None:
+            self.alert(row)
+        return row
+
     def format_line(
         self, step: int, metrics: dict[str, float], split: str, eta: float | None = None
     ) -> str:
@@ -231,8 +279,10 @@ class Monitor:
         """Drops the rows of ``metrics.jsonl`` written after checkpoint ``step`` (by a run that
         went on past it before it died), so a resumed run writes each step once.
 
-        Kept: every row before ``step`` and the train, eval, diagnostics and checkpoint rows of
-        ``step`` itself (written with its checkpoint); a half-written last line is dropped too.
+        Kept: every row before ``step`` and the train, eval, diagnostics, checkpoint and event
+        rows of ``step`` itself (written with its checkpoint), and the rollback events whatever
+        their step (they record the steps skipped, :mod:`jaxlm.train.health`); a half-written
+        last line is dropped too. The events kept become ``status.json``'s ``events``.
 
         Args:
           step: the step the run resumes from.
@@ -244,15 +294,21 @@ class Monitor:
         path = self.workdir / METRICS_FILE
         if not self.enabled or not path.exists():
             return 0
-        kept, dropped = [], 0
+        kept, dropped, events = [], 0, []
         for line in path.read_text().splitlines(keepends=True):
             row = _row(line)
             if row is not None and (
-                row["step"] < step or (row["step"] == step and row["split"] in _BEFORE_SAVE)
+                row["step"] < step
+                or (row["step"] == step and row["split"] in _BEFORE_SAVE)
+                or (row["split"] == EVENT_SPLIT and row.get("action") == "rollback")
             ):
                 kept.append(line)
+                if row["split"] == EVENT_SPLIT:
+                    events.append(row)
             else:
                 dropped += 1
+        with self._lock:
+            self._status["events"] = events[-MAX_STATUS_EVENTS:]
         if dropped:
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_text("".join(kept))
@@ -279,7 +335,7 @@ class Monitor:
 _HOST = socket.gethostname()
 # The splits of a step's rows written by the time its checkpoint is (the save's own row just
 # after it starts).
-_BEFORE_SAVE = ("train", "eval", "diagnostics", "checkpoint")
+_BEFORE_SAVE = ("train", "eval", "diagnostics", "checkpoint", EVENT_SPLIT)
 
 
 def _row(line: str) -> dict[str, Any] | None:

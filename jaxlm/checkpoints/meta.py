@@ -34,6 +34,7 @@ RESUMABLE_CHANGES = (
     "data.data_dir",
     "data.tokenizer_path",  # a resumed run uses the tokenizer its checkpoint holds
     "parallel.",  # restore reshards onto this run's mesh
+    "monitor.",  # health checks and alerts (the spike guard's on/off: below)
     "name",
 )
 
@@ -54,6 +55,9 @@ RESUMABLE_WITHIN_CLASS = {
     "optimizer.clip_norm": lambda v: bool(v),
     "optimizer.schedule": lambda v: v == "plateau",
     "precision": _loss_scaled,
+    # the spike guard (jaxlm.transforms.spikes) wraps the optimizer when either check is on
+    "monitor.spike_factor": lambda v: bool(v),
+    "monitor.grad_factor": lambda v: bool(v),
 }
 
 # What a field means in a checkpoint written before the field existed, where that differs from
@@ -218,7 +222,8 @@ def _differences(saved: dict, current: ml_collections.ConfigDict) -> tuple[list[
     defaults = _flatten(config_json(base_config(current.model.name)))
     diffs, adopted = [], {}
     for key in sorted(set(old) | set(new)):
-        if key.startswith(RESUMABLE_CHANGES) or old.get(key) == new.get(key):
+        within = RESUMABLE_WITHIN_CLASS.get(key)
+        if old.get(key) == new.get(key) or (key.startswith(RESUMABLE_CHANGES) and not within):
             continue
         # A field newer than the checkpoint, left at its default: no reason to refuse. Where
         # the default changed behaviour, the run resumes with the old one.
@@ -226,7 +231,6 @@ def _differences(saved: dict, current: ml_collections.ConfigDict) -> tuple[list[
             if key in LEGACY_VALUES:
                 adopted[key] = LEGACY_VALUES[key]
             continue
-        within = RESUMABLE_WITHIN_CLASS.get(key)
         if within and key in old and key in new and within(old[key]) == within(new[key]):
             continue
         diffs.append(f"{key}: {old.get(key, '<absent>')!r} -> {new.get(key, '<absent>')!r}")

@@ -37,6 +37,28 @@ DECAY_MASKS = ("weights", "all")
 EMBEDDING_PATTERNS = (r"(^|/)embed/embedding$", r"(^|/)pos_embed$")
 
 
+def _guarded(
+    tx: optax.GradientTransformation, m: ml_collections.ConfigDict | None, hp: Mapping[str, Any]
+) -> optax.GradientTransformation:
+    """``tx`` inside the spike guard when ``config.monitor`` checks loss or gradient spikes."""
+    if m is None or not (m.spike_factor or m.grad_factor):
+        return tx
+
+    def factor(name: str) -> Any:  # traced when the check is on (jaxlm.train.hparams)
+        return hp.get(f"monitor.{name}", m[name]) if m[name] else 0.0
+
+    return transforms.guard_spikes(
+        tx,
+        loss_factor=factor("spike_factor"),
+        grad_factor=factor("grad_factor"),
+        warmup=m.spike_warmup,
+        decay=m.spike_decay,
+        skip_loss=m.spike_policy == "skip",
+        skip_grad=m.grad_policy == "skip",
+        max_consecutive=m.spike_max_consecutive,
+    )
+
+
 def build_schedule(
     opt: ml_collections.ConfigDict, num_steps: int, peak: Any = None
 ) -> optax.Schedule:
@@ -288,6 +310,7 @@ def build_optimizer(
         ).gradient_transformation()
     elif skip:
         tx = optax.apply_if_finite(tx, opt.max_nonfinite)
+    tx = _guarded(tx, config.get("monitor"), hp)
     if params is not None and hparams is None:
         jax.eval_shape(tx.init, params)
     return tx

@@ -92,6 +92,9 @@ class Progress:
         ``perplexity``, ``tokens``), else None.
       stop: set by :meth:`request_stop`: the loop ends after this step.
       save_requested: set by :meth:`request_save`: checkpoint this step.
+      skipped: steps whose windows are not trained on (a rollback's,
+        :mod:`jaxlm.train.health`): the step index advances past them without an update, and
+        ``device_metrics`` is None after them.
 
     Example:
       >>> progress = Progress(step=30, num_steps=100, evaluation={"loss": 1.2})
@@ -110,6 +113,7 @@ class Progress:
     evaluation: dict[str, float] | None = None
     stop: Stop | None = None
     save_requested: bool = False
+    skipped: frozenset[int] = frozenset()
 
     def request_stop(self, reason: str, *, evaluate: bool = True) -> None:
         """Ends the run after this step: it is checkpointed, then evaluated unless told not.
@@ -163,6 +167,7 @@ class Chrono(Hook):
         self._clock = clock
         self._start: tuple[float, int] | None = None
         self._paused = 0.0
+        self._pause_start: float | None = None
 
     def after_step(self, progress: Progress) -> None:
         if self._start is None:
@@ -173,10 +178,19 @@ class Chrono(Hook):
     def paused(self) -> Iterator[None]:
         """Time spent inside the block does not count as training time."""
         t0 = self._clock()
+        self._pause_start = t0
         try:
             yield
         finally:
             self._paused += self._clock() - t0
+            self._pause_start = None
+
+    def training_clock(self) -> float:
+        """A clock in seconds that stands still while paused (evaluating, saving): what the
+        stall watchdog measures (:class:`jaxlm.train.health.Watchdog`)."""
+        now = self._clock()
+        inside = 0.0 if self._pause_start is None else now - self._pause_start
+        return now - self._paused - inside
 
     def steps_per_second(self, step: int) -> float | None:
         """Training steps per second from the first timed step to ``step`` (None before)."""
@@ -191,25 +205,36 @@ class Chrono(Hook):
         return None if rate is None else (num_steps - step) / rate
 
 
+# Per-step metrics the buffer fetches for every step (not just log steps), for the checks.
+WATCHED = ("loss", "grad_norm", "loss_spike", "grad_spike")
+# Flags of one step, not written on the log lines.
+FLAGS = ("loss_spike", "grad_spike")
+
+
 class MetricsBuffer(Hook):
     """Writes the train metrics of every ``log_every``-th step, fetched one step late.
 
     A log step's metrics are fetched after the next step has been dispatched, so the device
     never waits for the host. The loss written is the mean over every step since the last log,
     each checked: a NaN or infinite loss raises :class:`~jaxlm.errors.NonFiniteLoss` unless
-    non-finite updates are skipped. :meth:`sync` fetches everything at once, before an
-    evaluation or a save, so no NaN state is ever saved. ``tokens_per_s`` and ``step_time_s``
-    are over training time alone, since the first step (:class:`Chrono`); the per-parameter
-    diagnostics are left to :class:`Diagnostics`.
+    non-finite losses are tolerated, and ``check`` sees every step's :data:`WATCHED` values
+    once (the health checks, :mod:`jaxlm.train.health`). :meth:`sync` fetches everything at
+    once, before an evaluation or a save, so no NaN state (and no state past a spike that
+    rolls back) is ever saved. Steps the run skips (``progress.device_metrics`` None) have no
+    metrics. ``tokens_per_s`` and ``step_time_s`` are over training time alone, since the first
+    step (:class:`Chrono`); the per-parameter diagnostics are left to :class:`Diagnostics`.
 
     Args:
       write: ``write(step, metrics, eta)`` records a log line (``Monitor.write``).
       chrono: gives tokens/s, the step time and the ETA.
       log_every: the logging interval (and the last step is logged).
       tokens_per_step: tokens in one training batch.
-      skip_nonfinite: non-finite losses are expected (the optimizer skips those updates).
+      skip_nonfinite: non-finite losses are tolerated (the optimizer skips those updates, or
+        ``config.monitor.nonfinite`` is "warn"): no error.
       resources: ``resources(steps_per_second) -> metrics`` added to each line (memory, MFU:
         :func:`jaxlm.train.resources.meter`).
+      check: ``check([(step, {name: float}), ...])`` for the steps fetched, in order, each
+        once; it may raise (a rollback).
     """
 
     def __init__(
@@ -221,35 +246,44 @@ class MetricsBuffer(Hook):
         tokens_per_step: int,
         skip_nonfinite: bool = False,
         resources: Callable[[float | None], dict[str, float]] | None = None,
+        check: Callable[[list[tuple[int, dict[str, float]]]], None] | None = None,
     ):
         self._write, self._chrono = write, chrono
         self.log_every, self.tokens_per_step = log_every, tokens_per_step
         self.skip_nonfinite = skip_nonfinite
         self._resources = resources
-        self._losses: list[Any] = []  # since the last log step, as device scalars
-        self._pending: tuple[int, dict[str, Any], list[Any]] | None = None
+        self._check = check
+        self._steps: list[tuple[int, dict[str, Any]]] = []  # since the last log step (device)
+        self._pending: tuple[int, dict[str, Any], list] | None = None
+        self._last: dict[str, Any] | None = None  # the last trained step's metrics
+        self._checked = -1  # the last step the checks have seen
 
     def after_step(self, progress: Progress) -> None:
-        self._losses.append(progress.device_metrics["loss"])
+        metrics = progress.device_metrics
+        if metrics is not None:
+            self._steps.append((progress.step, {k: metrics[k] for k in WATCHED if k in metrics}))
+            self._last = metrics
         if self._pending is not None:  # the step after a log step has been dispatched
             self._flush(progress)
-        if every(progress.step, self.log_every) or progress.step == progress.num_steps:
-            self._pending = (progress.step, progress.device_metrics, self._losses)
-            self._losses = []
+        due = every(progress.step, self.log_every) or progress.step == progress.num_steps
+        if due and self._steps:  # (a skipped step with nothing since has nothing to log)
+            self._pending = (progress.step, self._last, self._steps)
+            self._steps = []
 
     def sync(self, progress: Progress) -> None:
         """Writes the pending log step now and checks every loss since (before eval or save)."""
         if self._pending is not None:
             self._flush(progress)
-        if self._losses:
-            self._finite(progress.step, self._losses)
+        if self._steps:
+            self._fetch(self._steps)
 
     def _flush(self, progress: Progress) -> None:
-        step, metrics, losses = self._pending
+        step, metrics, rows = self._pending
         self._pending = None
-        scalars = {k: v for k, v in metrics.items() if k != "diagnostics"}
+        losses = self._fetch(rows)
+        scalars = {k: v for k, v in metrics.items() if k not in FLAGS and k != "diagnostics"}
         values = {k: float(v) for k, v in jax.device_get(scalars).items()}
-        values["loss"] = float(np.mean(self._finite(step, losses)))
+        values["loss"] = float(np.mean(losses))
         rate = self._chrono.steps_per_second(step)
         if rate is not None:
             values["tokens_per_s"] = rate * self.tokens_per_step
@@ -259,14 +293,24 @@ class MetricsBuffer(Hook):
         self._write(step, values, self._chrono.eta_seconds(step, progress.num_steps))
         progress.metrics, progress.metrics_step = values, step
 
-    def _finite(self, last_step: int, losses: list[Any]) -> np.ndarray:
-        """The losses of the steps up to ``last_step`` as numpy (one fetch); raises on NaN."""
-        values = np.asarray(jax.device_get(losses), np.float64).reshape(-1)
-        bad = np.flatnonzero(~np.isfinite(values))
-        if bad.size and not self.skip_nonfinite:
-            step = last_step - len(values) + 1 + int(bad[0])
-            raise NonFiniteLoss(f"training loss is {values[bad[0]]} at step {step}", step=step)
-        return values
+    def _fetch(self, rows: list[tuple[int, dict[str, Any]]]) -> np.ndarray:
+        """The losses of ``rows`` as numpy (one fetch); new steps are checked (NaN raises)."""
+        fetched = jax.device_get([values for _, values in rows])
+        losses = np.asarray([f["loss"] for f in fetched], np.float64).reshape(-1)
+        new = [
+            (step, {k: float(v) for k, v in f.items()})
+            for (step, _), f in zip(rows, fetched, strict=True)
+            if step > self._checked
+        ]
+        if not new:
+            return losses
+        self._checked = new[-1][0]
+        for step, values in new:
+            if not np.isfinite(values["loss"]) and not self.skip_nonfinite:
+                raise NonFiniteLoss(f"training loss is {values['loss']} at step {step}", step=step)
+        if self._check is not None:
+            self._check(new)
+        return losses
 
 
 class Evaluation(Hook):

@@ -72,7 +72,9 @@ DATA_FIELDS = (
     "data.augment.insert",
     "data.augment.swap",
 )
-CONTINUOUS = OPTIMIZER_FIELDS + TRAIN_FIELDS + MODEL_FIELDS + DATA_FIELDS
+# The spike guard's factors (jaxlm.transforms.spikes): traced where the config switches them on.
+MONITOR_FIELDS = ("monitor.spike_factor", "monitor.grad_factor")
+CONTINUOUS = OPTIMIZER_FIELDS + TRAIN_FIELDS + MODEL_FIELDS + DATA_FIELDS + MONITOR_FIELDS
 # Rates that must stay below 1 (a perturbation or a search may not reach it).
 RATES = (
     TRAIN_FIELDS

@@ -17,16 +17,18 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
-from jaxlm import checkpoints, data, monitor, sharding, state, transforms
-from jaxlm.config import validate
+from jaxlm import alerts, checkpoints, data, monitor, sharding, state, transforms
+from jaxlm.config import parse_inject, validate
 from jaxlm.data import augment
 from jaxlm.data.tokenizers import tokenizer_from_json
 from jaxlm.errors import ConfigError, NonFiniteLoss, WriteError
 from jaxlm.sampling import sample_text
+from jaxlm.train import health, resources
 from jaxlm.train import plan as plan_lib
-from jaxlm.train import resources
+from jaxlm.train import steps as steps_lib
 from jaxlm.train import workdir as run_folder
 from jaxlm.train.evaluate import Evaluator
 from jaxlm.train.hooks import (
@@ -99,7 +101,7 @@ def train_and_evaluate(
             raise ConfigError(f"config.init_from: {e}") from None
     workdir = checkpoints.absolute(workdir)
     with _sole_writer(workdir):
-        _report_previous(workdir)
+        crashed = _report_previous(workdir)
         if config.model.name == "ngram":
             from jaxlm.train.ngram import train_ngram
 
@@ -121,7 +123,7 @@ def train_and_evaluate(
         ):
             mgr = checkpoints.manager(workdir, config.train.keep_checkpoints)
             cleanup.push(_closer(mgr))
-            return _run(config, workdir, mgr, mon, preemption, list(hooks), ending)
+            return _run(config, workdir, mgr, mon, preemption, list(hooks), ending, crashed)
 
 
 def _sole_writer(workdir: Path) -> contextlib.AbstractContextManager:
@@ -131,15 +133,19 @@ def _sole_writer(workdir: Path) -> contextlib.AbstractContextManager:
     return checkpoints.exclusive(workdir, log=log)
 
 
-def _report_previous(workdir: Path) -> None:
-    """Says so when the last run here died without a word (its status still says running)."""
+def _report_previous(workdir: Path) -> str | None:
+    """Says so when the last run here died without a word (its status still says running);
+    returns that line (the run records it as a ``crash`` event), else None."""
     status = monitor.read_status(workdir, log=log)
     if status is not None and status["state"] in monitor.ACTIVE_STATES:
-        log(
+        line = (
             f"The previous run in {workdir} (pid {status.get('pid')} on host "
             f"{status.get('host')}) ended without a word at step {status.get('step')} (killed?): "
             "going on from its checkpoints"
         )
+        log(line)
+        return line
+    return None
 
 
 class _Ending:
@@ -171,6 +177,8 @@ def _ending(mon: monitor.Monitor) -> Iterator[_Ending]:
         else:
             state, error = "failed", f"{type(e).__name__}: {e}"
         with contextlib.suppress(Exception):  # a full disk: the error itself says so
+            if state == "failed":
+                mon.event(step, "failure", error.splitlines()[0])
             mon.status(state, step, error=error)
         raise
 
@@ -243,19 +251,38 @@ def _loop(
     batch_at: Callable[[int], dict[str, jax.Array]],
     hooks: Sequence[Hook],
 ) -> None:
-    """Steps until the last step or a stop, calling every hook after each step."""
+    """Steps until the last step or a stop, calling every hook after each step; a skipped
+    step (``progress.skipped``) advances the state's step without an update."""
     for hook in hooks:
         hook.on_start(progress)
     while progress.step < progress.num_steps and progress.stop is None:
-        progress.state, progress.device_metrics = train_step(
-            progress.state, batch_at(progress.step)
-        )
+        if progress.step + 1 in progress.skipped:
+            progress.state = _advance(progress.state, batch_at(progress.step))
+            progress.device_metrics = None
+        else:
+            progress.state, progress.device_metrics = train_step(
+                progress.state, batch_at(progress.step)
+            )
         progress.step += 1
         progress.metrics = progress.metrics_step = progress.evaluation = None
         for hook in hooks:
             hook.after_step(progress)
     for hook in hooks:
         hook.on_end(progress)
+
+
+def _advance(train_state: state.TrainState, batch: dict[str, jax.Array]) -> state.TrainState:
+    """A skipped step: the state's step moves on, nothing else does (the carry is reset when
+    the skipped window starts a new epoch, as the step would have done)."""
+    step = jax.device_put(train_state.step + 1, train_state.step.sharding)
+    reset = batch["reset"]
+    carry = jax.tree.map(
+        lambda c: jax.device_put(
+            jnp.where(steps_lib._rows(reset, c), jnp.zeros_like(c), c), c.sharding
+        ),
+        train_state.carry,
+    )
+    return train_state.replace(step=step, carry=carry)
 
 
 def _run(
@@ -266,9 +293,11 @@ def _run(
     preemption: Preemption,
     hooks: list[Hook],
     ending: _Ending,
+    crashed: str | None = None,
 ) -> dict[str, Any]:
     start = _check_workdir(config, workdir, mgr)
     config, t = start.config, start.config.train
+    mon.alert = alerts.from_config(config.get("monitor"), workdir, log)
     if start.latest is not None and start.latest >= t.num_steps:
         final = run_folder.finished(workdir)
         if final is not None:
@@ -289,8 +318,13 @@ def _run(
     _log_start(config, train_state, corpus, mesh)
     progress = Progress(step=int(jax.device_get(train_state.step)), num_steps=t.num_steps)
     progress.state = train_state
+    progress.skipped = health.read_skips(workdir)
     ending.progress = progress
     mon.keep_metrics_until(progress.step, log=log)  # rows a dead run wrote past its checkpoint
+    if progress.skipped:
+        log(f"Skipping the windows of steps {sorted(progress.skipped)} ({health.SKIPS_FILE})")
+    if crashed:
+        mon.event(progress.step, "crash", crashed)
     if mixture and progress.step == 0:  # once, at a fresh start (a resumed run has the row)
         mon.write(0, mixture, "mixture")
     evaluator = Evaluator(
@@ -311,15 +345,62 @@ def _run(
         tables = augment.tables(config.data, corpus.train, corpus.tokenizer, vocab)
         train_step = plan_lib.run_step(plan, config, compiled, tables)
         mon.status("running", progress.step)
-        loop_hooks = _hooks(run, preemption, hooks)
-        try:
-            _loop(progress, train_step, batch_at, loop_hooks)
-        except NonFiniteLoss as e:
-            raise NonFiniteLoss(_nonfinite_message(e, mgr), step=e.step) from None
-        except WriteError:
-            loop_hooks[-1].raise_failed_save()  # a full disk: the failed save says more
-            raise
+        rollbacks = 0
+        while True:
+            loop_hooks = _hooks(run, preemption, hooks, setup.model)
+            try:
+                _loop(progress, train_step, batch_at, loop_hooks)
+                break
+            except health.Rollback as r:
+                rollbacks += 1
+                _rollback(run, progress, r, rollbacks, setup, corpus.tokenizer)
+            except NonFiniteLoss as e:
+                raise NonFiniteLoss(_nonfinite_message(e, mgr), step=e.step) from None
+            except WriteError:
+                loop_hooks[-1].raise_failed_save()  # a full disk: the failed save says more
+                raise
+            finally:
+                for hook in loop_hooks:
+                    if isinstance(hook, health.Watchdog):
+                        hook.close()
         return _finish(run, progress, setup.model, preemption)
+
+
+def _rollback(
+    run: _Run,
+    progress: Progress,
+    request: health.Rollback,
+    count: int,
+    setup: state.Setup,
+    tokenizer: Any,
+) -> None:
+    """Restores the last checkpoint (or the initial state) and records the flagged step as
+    skipped, durably, before anything else (:mod:`jaxlm.train.health`)."""
+    limit = run.config.monitor.max_rollbacks
+    if count > limit:
+        raise health.TooManyRollbacks(
+            f"{request}; this is rollback {count} of this run, over config.monitor.max_rollbacks"
+            f"={limit}: lower config.optimizer.learning_rate or raise the spike factor"
+        )
+    run.mgr.wait_until_finished()
+    latest = run.mgr.latest_step()
+    if latest is not None and latest >= request.step:  # the buffer checks before every save
+        raise AssertionError(f"checkpoint {latest} was saved past a flagged step {request.step}")
+    progress.skipped = health.record_skip(run.workdir, request.step, str(request))
+    start = _Start(run.config, tokenizer, latest)
+    progress.state = _initial_state(run.config, setup, run.shardings, run.mgr, start, tokenizer)
+    progress.step = int(jax.device_get(progress.state.step))
+    progress.stop, progress.save_requested = None, False
+    run.mon.keep_metrics_until(progress.step, log=log)
+    run.mon.event(
+        request.step,
+        request.event,
+        f"{request.message}: rolled back to step {progress.step}, skipping step "
+        f"{request.step}'s windows",
+        action="rollback",
+        restored=progress.step,
+        skipped=sorted(progress.skipped),
+    )
 
 
 def _nonfinite_message(e: NonFiniteLoss, mgr: Any) -> str:
@@ -369,19 +450,27 @@ def _meter(config: ml_collections.ConfigDict, rep: dict[str, Any]) -> Callable:
     return resources.meter(rep["flops"], peak)
 
 
-def _hooks(run: _Run, preemption: Preemption, user: list[Hook]) -> list[Hook]:
-    """The loop's hooks in order: chrono, preemption, metrics, evaluation, diagnostics, the
-    user's, saving."""
+def _hooks(run: _Run, preemption: Preemption, user: list[Hook], model: Any) -> list[Hook]:
+    """The loop's hooks in order: chrono, the stall watchdog, preemption, metrics (with the
+    health checks), evaluation, diagnostics, the gate check, the user's, saving."""
     config, mon, mgr = run.config, run.mon, run.mgr
-    t = config.train
+    t, m = config.train, config.monitor
     chrono = Chrono()
+    checks = health.StepChecks(
+        mon.event,
+        spike_policy=m.spike_policy,
+        grad_policy=m.grad_policy,
+        spike_factor=m.spike_factor,
+        grad_factor=m.grad_factor,
+    )
     buffer = MetricsBuffer(
         lambda step, values, eta: mon.write(step, values, "train", eta=eta),
         chrono,
         log_every=t.log_every,
         tokens_per_step=config.data.batch_size * config.data.seq_len,
-        skip_nonfinite=config.optimizer.skip_nonfinite,
+        skip_nonfinite=config.optimizer.skip_nonfinite or m.nonfinite == "warn",
         resources=run.meter,
+        check=checks,
     )
     # Plateau and NT-ASGD transforms are driven by the validation loss (a no-op otherwise).
     feedback = jax.jit(
@@ -409,16 +498,24 @@ def _hooks(run: _Run, preemption: Preemption, user: list[Hook]) -> list[Hook]:
         failed=lambda step, error: checkpoints.save_failed(mgr, step, error),
         timed=lambda step, seconds: mon.write(step, {"seconds": seconds}, "checkpoint", echo=False),
     )
-    watch = config.get("monitor", {})
     diagnostics = Diagnostics(
         lambda step, values: mon.write(step, values, "diagnostics", echo=False, status=False),
         run.names,
-        every_steps=watch.get("diagnostics_every", 0),
+        every_steps=m.diagnostics_every,
         histogram=mon.histograms,
-        histograms_every=watch.get("histograms_every", 0),
+        histograms_every=m.histograms_every,
         chrono=chrono,
     )
-    return [chrono, preemption, buffer, evaluation, diagnostics, *user, saver]
+    first: list[Hook] = [chrono]
+    if m.stall_seconds:
+        first.append(_watchdog(mon, chrono, m.stall_seconds))
+    faults = parse_inject(m.inject)
+    if any(kind == "sleep" for kind, _, _ in faults):
+        first.append(health.Faults(faults))
+    extra: list[Hook] = []
+    if m.gate_every:
+        extra.append(_gate_check(run, model, chrono))
+    return [*first, preemption, buffer, evaluation, diagnostics, *extra, *user, saver]
 
 
 def _timed(evaluate: Callable[..., dict[str, float]], *args: Any) -> dict[str, float]:
@@ -426,6 +523,37 @@ def _timed(evaluate: Callable[..., dict[str, float]], *args: Any) -> dict[str, f
     t0 = time.perf_counter()
     results = evaluate(*args)
     return {**results, "seconds": time.perf_counter() - t0}
+
+
+def _watchdog(mon: monitor.Monitor, chrono: Chrono, seconds: float) -> health.Watchdog:
+    """The stall watchdog: ``status.json`` says "stalled" and a ``stall`` event fires."""
+
+    def stalled(step: int, idle: float) -> None:
+        mon.event(step, "stall", f"no step finished for {idle:.0f} s (limit {seconds:g} s)")
+        mon.status("stalled", step, stalled=True)
+
+    def resumed(step: int, stalled_for: float) -> None:
+        mon.event(step, "stall_over", f"steps finish again after {stalled_for:.0f} s")
+        mon.status("running", step, stalled=False)
+
+    return health.Watchdog(seconds, chrono, stalled, resumed)
+
+
+def _gate_check(run: _Run, model: Any, chrono: Chrono) -> health.GateSaturation:
+    """Saturated LSTM gates on the validation split's first windows, every gate_every steps."""
+    m, d = run.config.monitor, run.config.data
+    tokens = health.held_tokens(run.corpus.split("validation"), d.eval_batch_size, d.seq_len)
+    held = sharding.device_batch({"inputs": tokens}, run.evaluator.mesh)["inputs"]
+    eps = m.gate_saturation
+    measure = jax.jit(lambda params, tokens: health.gate_saturation(model, params, tokens, eps))
+    return health.GateSaturation(
+        lambda params: measure(params, held),
+        every_steps=m.gate_every,
+        warn_fraction=m.gate_warn_fraction,
+        write=lambda step, shares: run.mon.write(step, shares, "gates", echo=False),
+        event=run.mon.event,
+        chrono=chrono,
+    )
 
 
 def _finish(run: _Run, progress: Progress, model: Any, preemption: Preemption) -> dict[str, Any]:

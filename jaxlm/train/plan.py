@@ -21,7 +21,7 @@ import ml_collections
 from jax.sharding import Mesh, PartitionSpec
 
 from jaxlm import data, optim, sharding, state
-from jaxlm.config import validate
+from jaxlm.config import parse_inject, validate
 from jaxlm.data import augment
 from jaxlm.errors import ConfigError
 from jaxlm.train import hparams
@@ -141,6 +141,7 @@ def compile_step(plan: Plan, config: ml_collections.ConfigDict) -> jax.stages.Co
         shapes,
         augment.from_config(config.data),
         diagnostics=diagnostics_every(config) > 0,
+        inject=parse_inject(config.monitor.inject) if "monitor" in config else (),
     )
 
 

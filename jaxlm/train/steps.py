@@ -15,7 +15,7 @@ serves it).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -26,6 +26,7 @@ from jaxlm import losses, precision, runtime, sharding
 from jaxlm.data import augment as augment_lib
 from jaxlm.models.common import is_on
 from jaxlm.state import Setup, TrainState
+from jaxlm.transforms import spikes
 
 Batch = dict[str, jax.Array]
 
@@ -90,6 +91,7 @@ def make_train_step(
     hyper: Hyper | None = None,
     augment: augment_lib.Augment | None = None,
     diagnostics: bool = False,
+    inject: Sequence[tuple[str, int, float]] = (),
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """``train_step(state, batch) -> (state, metrics)``, pure, for ``jax.jit``.
 
@@ -114,12 +116,17 @@ def make_train_step(
         update norms, ``metrics["diagnostics"]``, a ``[3, leaves]`` float32 array (rows
         :data:`NORMS`, names :func:`diagnostic_names`). Reductions over what the step holds
         anyway: computed every step, fetched by the host when it wants them.
+      inject: a testing aid (:func:`jaxlm.config.parse_inject`): ``("nan", k, _)`` makes the
+        loss of step k (the update from ``state.step == k - 1``) NaN, ``("spike", k, _)``
+        multiplies it by 100 (its gradients too); host faults (``sleep``) are ignored here.
+        Empty: the program has no trace of it.
 
     Returns:
       The step function. ``batch`` holds ``inputs``/``targets`` ``[B, T]`` and ``reset``;
       ``metrics`` holds ``loss`` (the plain log-likelihood per token), ``grad_norm``, ``lr``,
-      the model's aux terms, for float16 the loss-scale state and with ``diagnostics`` the
-      norms.
+      the model's aux terms, for float16 the loss-scale state, with the spike guard
+      (:func:`jaxlm.transforms.guard_spikes`, which is handed the loss) its flags, and with
+      ``diagnostics`` the norms.
 
     Example:
       >>> from jaxlm.models import RecurrentLM
@@ -151,14 +158,21 @@ def make_train_step(
         )
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
+        fault = _fault(inject, state.step)
+
         def loss_fn(params):
-            loss, out = _loss(model, params, carry, batch, dropout_key, label_smoothing)
+            loss, (new_carry, nll, aux) = _loss(
+                model, params, carry, batch, dropout_key, label_smoothing
+            )
+            if fault is not None:
+                loss, nll = loss * fault, nll * fault
             if loss_scaling:
                 loss = loss * precision.loss_scale(state.opt_state)
-            return loss, out
+            return loss, (new_carry, nll, aux)
 
         (_, (new_carry, nll, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        extra = {"loss": nll} if spikes.wants_loss(state.opt_state) else {}
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(
             step=state.step + 1,
@@ -175,6 +189,7 @@ def make_train_step(
             "lr": jnp.asarray(schedule(state.step), jnp.float32),
             **aux,  # e.g. reg_loss (AR/TAR) of recurrent models
             **precision.loss_scale_metrics(opt_state),  # float16: scale and skipped steps
+            **spikes.spike_metrics(opt_state),  # the spike guard's flags
         }
         if diagnostics:
             grad_norms = leaf_norms(grads)
@@ -184,6 +199,17 @@ def make_train_step(
         return new_state, metrics
 
     return train_step
+
+
+def _fault(inject: Sequence[tuple[str, int, float]], step: jax.Array) -> jax.Array | None:
+    """The factor on the loss of the update from ``step`` (a testing aid), None for none."""
+    factor = None
+    for kind, k, _ in inject:
+        value = {"nan": jnp.nan, "spike": 100.0}.get(kind)
+        if value is not None:
+            base = jnp.ones((), jnp.float32) if factor is None else factor
+            factor = jnp.where(step + 1 == k, jnp.float32(value), base)
+    return factor
 
 
 def hyper_from_setup(setup: Setup, train: Any) -> Hyper:
@@ -298,6 +324,7 @@ def jit_train_step(
     hparams: bool = False,
     augment: augment_lib.Augment | None = None,
     diagnostics: bool = False,
+    inject: Sequence[tuple[str, int, float]] = (),
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The run's train step, compiled once with explicit shardings and the state donated.
 
@@ -311,13 +338,14 @@ def jit_train_step(
         (:func:`jaxlm.train.hparams.from_config`), replicated.
       augment: see :func:`make_train_step` (its tables come in ``hparams``).
       diagnostics: see :func:`make_train_step`.
+      inject: faults for tests (:func:`make_train_step`).
 
     Returns:
       ``step(state, batch) -> (state, metrics)`` (or ``step(state, batch, hparams)``),
       compiled at its first call; on several CPU devices or processes it waits for each step
       (:func:`serialised`).
     """
-    jitted = _jit(setup, schedule, shardings, mesh, train, hparams, augment, diagnostics)
+    jitted = _jit(setup, schedule, shardings, mesh, train, hparams, augment, diagnostics, inject)
     return serialised(jitted, mesh)
 
 
@@ -331,6 +359,7 @@ def compile_train_step(
     hparams: Mapping[str, jax.ShapeDtypeStruct] | None = None,
     augment: augment_lib.Augment | None = None,
     diagnostics: bool = False,
+    inject: Sequence[tuple[str, int, float]] = (),
 ) -> jax.stages.Compiled:
     """The train step of :func:`jit_train_step` compiled ahead of time, from shapes alone.
 
@@ -365,7 +394,7 @@ def compile_train_step(
     """
     target = sharding.abstract_on(setup.abstract, shardings)
     jitted = _jit(
-        setup, schedule, shardings, mesh, train, hparams is not None, augment, diagnostics
+        setup, schedule, shardings, mesh, train, hparams is not None, augment, diagnostics, inject
     )
     args = (target, batch) if hparams is None else (target, batch, dict(hparams))
     return jitted.lower(*args).compile()
@@ -447,6 +476,7 @@ def _jit(
     hparams: bool = False,
     augment: augment_lib.Augment | None = None,
     diagnostics: bool = False,
+    inject: Sequence[tuple[str, int, float]] = (),
 ):
     """The ``jax.jit`` of the train step: explicit shardings, the state donated."""
     hyper = hyper_from_setup(setup, train) if hparams else None
@@ -461,6 +491,7 @@ def _jit(
             hyper=hyper,
             augment=augment,
             diagnostics=diagnostics,
+            inject=tuple(inject),
         ),
         in_shardings=(shardings, None) + ((sharding.replicated(mesh),) if hparams else ()),
         out_shardings=(shardings, sharding.replicated(mesh)),

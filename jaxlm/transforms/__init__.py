@@ -36,6 +36,7 @@ from jaxlm.transforms.schedules import (
     step_decay_per_epoch,
     warmup_cosine,
 )
+from jaxlm.transforms.spikes import SpikeGuardState, guard_spikes, spike_metrics, wants_loss
 from jaxlm.transforms.validation import (
     NTASGDState,
     PlateauState,
@@ -46,6 +47,10 @@ from jaxlm.transforms.validation import (
 )
 
 __all__ = [
+    "SpikeGuardState",
+    "guard_spikes",
+    "spike_metrics",
+    "wants_loss",
     "GradualUnfreezeState",
     "NTASGDState",
     "PlateauState",
