@@ -92,6 +92,8 @@ def test_bad_field_values_are_named(tmp_path, field, value, message):
         ({"finetune.strategy": "most"}, "config.finetune.strategy: unknown strategy 'most'"),
         ({"optimizer.decay_mask": "none"}, "config.optimizer.decay_mask: 'none'"),
         ({"precision": "float8"}, "config.precision: unknown dtype 'float8'"),
+        ({"monitor.on_event": "command"}, "config.monitor.command: empty, but"),
+        ({"monitor.inject": "spike@x"}, "config.monitor.inject: 'spike@x' is not a fault"),
         ({"init_from": "runs/never"}, "config.init_from: .*runs/never does not exist"),
         (
             {"data.corpus": "text_files", "data.path": "/no/such/ptb"},
@@ -198,6 +200,21 @@ OUT_OF_RANGE = {
     "monitor.diagnostics_every": [-1, 2.5],
     "monitor.histograms_every": [-100, "often"],
     "monitor.peak_flops": [-1.0, float("nan")],
+    "monitor.nonfinite": ["skip"],
+    "monitor.spike_factor": [-1.0, NAN],
+    "monitor.spike_policy": ["rewind"],
+    "monitor.grad_factor": [-0.5],
+    "monitor.grad_policy": ["ignore"],
+    "monitor.spike_warmup": [-1],
+    "monitor.spike_decay": [1.0],
+    "monitor.spike_max_consecutive": [0],
+    "monitor.max_rollbacks": [-1],
+    "monitor.stall_seconds": [-1.0, INF],
+    "monitor.gate_every": [-1],
+    "monitor.gate_saturation": [0.0, 0.5],
+    "monitor.gate_warn_fraction": [1.5],
+    "monitor.on_event": ["email"],
+    "monitor.inject": ["nan", "spike@0", "sleep@3", "nan@3:1", "boom@2"],
     # The model section, by field name, whichever models have the field.
     "model.name": ["lstmm"],
     "model.embed_dim": [0],
@@ -236,6 +253,7 @@ EXEMPT = {
     "init_from": "a checkpoint path: the run checks it, right after validate",
     "data.data_dir": "a folder, created when missing",
     "train.sample_prompt": "free text",
+    "monitor.command": "a shell command (checked against monitor.on_event: below)",
     **dict.fromkeys(
         [
             "optimizer.centralize",

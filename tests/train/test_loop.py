@@ -17,8 +17,8 @@ import pytest
 from jaxlm import checkpoints as ck
 from jaxlm import monitor, state
 from jaxlm.checkpoints.tools import saved_shardings
+from jaxlm.train import health
 from jaxlm.train import hooks as hooks_lib
-from jaxlm.train import steps
 from jaxlm.train.evaluate import Evaluator
 from jaxlm.train.loop import train_and_evaluate
 from tests.helpers import final_params, smoke, train_losses
@@ -26,6 +26,10 @@ from tests.helpers import final_params, smoke, train_losses
 
 class Killed(Exception):
     pass
+
+
+def _rows_json(workdir) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _rows(workdir) -> list[tuple[int, str]]:
@@ -41,6 +45,13 @@ AUGMENT = {
     "data.augment.swap": 0.1,
     "data.augment.unit": "word",
 }
+# rollback: a spike injected at step 15 (jaxlm.train.health).
+ROLLBACK = {
+    "monitor.spike_factor": 3.0,
+    "monitor.spike_policy": "rollback",
+    "monitor.spike_warmup": 5,
+    "monitor.inject": "spike@15",
+}
 # A mixture's second source, for the variants that name {proxy}.
 PROXY = "".join(f"To be or not to be, line {i}: that is the question.\n" for i in range(400))
 
@@ -53,8 +64,11 @@ PROXY = "".join(f"To be or not to be, line {i}: that is the question.\n" for i i
         # augmented raw windows from streams given to two sources by weight, each source with
         # its own epochs and resets (one case for both, to keep the suite short)
         ("cosine", {**AUGMENT, "data.mixture": "builtin:0.4,proxy=text_files:{proxy}:0.6"}),
+        # a loss spike at step 15, rolled back to step 10 with step 15's windows skipped: the
+        # killed run rolls back before it dies, the resumed one skips step 15 from the record
+        ("cosine", ROLLBACK),
     ],
-    ids=["cosine", "plateau", "augment+mixture"],
+    ids=["cosine", "plateau", "augment+mixture", "spike-rollback"],
 )
 def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule, variant):
     # plateau: the optimizer state also depends on validation losses seen along the way.
@@ -102,6 +116,14 @@ def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule, variant
         np.testing.assert_array_equal(x, y)
     tail = [loss for step, loss in train_losses(tmp_path / "straight") if step > 10]
     assert tail == [loss for step, loss in train_losses(tmp_path / "resumed") if step > 10]
+    if variant is ROLLBACK:  # both ran without step 15's windows, and say so
+        for run in ("straight", "resumed"):
+            assert health.read_skips(tmp_path / run) == {15}
+            events = [r for r in _rows_json(tmp_path / run) if r["split"] == "event"]
+            assert [(r["step"], r["event"], r["restored"]) for r in events] == [
+                (15, "loss_spike", 10)
+            ]
+        assert max(tail) < 10  # the x100 spike never reached a log line
 
 
 def test_one_and_four_devices_give_the_same_losses(tmp_path):
@@ -274,7 +296,7 @@ def test_damaged_newest_checkpoint_falls_back_and_says_so(tmp_path, monkeypatch,
 
 
 def test_nan_between_log_lines_is_caught_before_a_save(tmp_path, monkeypatch):
-    # Logs at 20 and 40, saves at 15 and 30; the loss (and state) go NaN from step 22 on.
+    # Logs at 20 and 40, saves at 15 and 30; the loss (and then the state) NaN at step 22.
     config = smoke(
         **{
             "train.num_steps": 40,
@@ -282,24 +304,9 @@ def test_nan_between_log_lines_is_caught_before_a_save(tmp_path, monkeypatch):
             "train.eval_every": 100,
             "train.checkpoint_every": 15,
             "train.sample_tokens": 0,
+            "monitor.inject": "nan@22",
         }
     )
-    real_make = steps.make_train_step
-
-    def poisoned(*args, **kwargs):
-        step_fn = real_make(*args, **kwargs)
-
-        def train_step(state, batch, *hparams):
-            state, metrics = step_fn(state, batch, *hparams)
-            bad = state.step >= 22
-            params = jax.tree.map(lambda p: jax.numpy.where(bad, jax.numpy.nan, p), state.params)
-            return state.replace(params=params), dict(
-                metrics, loss=jax.numpy.where(bad, jax.numpy.nan, metrics["loss"])
-            )
-
-        return train_step
-
-    monkeypatch.setattr(steps, "make_train_step", poisoned)
     closed = []
     real_close = monitor.Monitor.close
     monkeypatch.setattr(
@@ -311,6 +318,8 @@ def test_nan_between_log_lines_is_caught_before_a_save(tmp_path, monkeypatch):
     assert ck.manager(tmp_path, read_only=True).all_steps() == [15]
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["state"] == "failed" and status["step"] == 22
+    (failure,) = status["events"]  # the failure is an event too (and alerts, when asked)
+    assert failure["event"] == "failure" and "at step 22" in failure["message"]
 
 
 def test_float16_run_uses_dynamic_loss_scaling(tmp_path):
@@ -402,6 +411,8 @@ def test_a_status_that_cannot_be_believed_is_said_so_and_the_checkpoints_decide(
     if "running" in status:
         assert f"The previous run in {workdir} (pid {gone.pid}" in out
         assert "ended without a word at step 2" in out
+        events = monitor.read_status(workdir)["events"]
+        assert [(e["step"], e["event"]) for e in events] == [(3, "crash")]
     else:
         assert f"Ignoring {workdir / 'status.json'}" in out
     assert final["step"] == 3 and math.isfinite(final["test_loss"])
