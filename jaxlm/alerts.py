@@ -56,13 +56,14 @@ class Alerter:
         self._threads: list[threading.Thread] = []
 
     def __call__(self, row: dict[str, Any]) -> None:
-        """Starts the command for one event row (``event``, ``step``, ``message``, ...)."""
+        """Starts the command for one event row (``event``, ``step``, ``message``, ...; a
+        ``workdir`` in the row replaces the alerter's: the job balancer's alerts)."""
         if not self.command:
             return
         env = dict(
             os.environ,
             JAXLM_EVENT=str(row.get("event", "")),
-            JAXLM_WORKDIR=str(self.workdir),
+            JAXLM_WORKDIR=str(row.get("workdir") or self.workdir),
             JAXLM_STEP=str(row.get("step", "")),
             JAXLM_MESSAGE=str(row.get("message", "")),
             JAXLM_EVENT_JSON=json.dumps(row, default=str),

@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="the Ray cluster (--backend=ray; default: a local one)")
     p.add_argument("--gpu_memory", help="memory of each GPU of the Ray cluster, e.g. 80GiB")
     p.add_argument("--until_done", action="store_true", help="stop when no job is left")
+    p.add_argument(
+        "--alert_command",
+        help="a shell command run when a job fails or crashes ($JAXLM_EVENT, $JAXLM_WORKDIR, "
+        "$JAXLM_MESSAGE in its environment; see docs/monitoring.md)",
+    )
     p.add_argument("--poll", type=float, default=1.0, help="seconds between looks (default 1)")
     p.add_argument("--gpus_per_job", type=int, default=1, help="GPUs of a job (default 1)")
     p.add_argument("--cores_per_job", type=int, default=1, help="cores of a CPU job (default 1)")
@@ -192,6 +197,7 @@ def _run(args: argparse.Namespace) -> int:
         policy=policy,
         poll=args.poll,
         log=lambda line: print(line, flush=True),
+        alert_command=args.alert_command,
     )
     records = balancer.run(until_done=args.until_done)
     failed = [r.id for r in records.values() if r.state == "failed"]

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from jaxlm.alerts import Alerter
 from jaxlm.errors import JobError
 from jaxlm.jobs.balancer import Placement, Policy, Running, Unplaceable
 from jaxlm.jobs.inventory import Device, Inventory
@@ -54,6 +55,10 @@ class Balancer:
       poll: seconds between steps.
       cancel_grace: seconds a cancelled job has to stop after its SIGTERM before SIGKILL.
       log: where progress lines go (default: printed).
+      alert_command: a shell command run (in the background, :class:`jaxlm.alerts.Alerter`)
+        when a job fails for good (``JAXLM_EVENT=failure``) or an attempt vanished without a
+        status (``crash``); ``JAXLM_WORKDIR`` is the job's workdir, ``JAXLM_MESSAGE`` names
+        the job and why.
 
     Example:
       >>> import tempfile
@@ -78,6 +83,7 @@ class Balancer:
         poll: float = 1.0,
         cancel_grace: float = 60.0,
         log: Callable[[str], None] | None = print,
+        alert_command: str | None = None,
     ):
         self.folder = Path(queue).absolute()
         self.journal = Journal(self.folder)
@@ -85,6 +91,7 @@ class Balancer:
         self.poll = poll
         self.cancel_grace = cancel_grace
         self._log = log
+        self._alert = Alerter(alert_command, self.folder, self._say) if alert_command else None
         inv = inventory if isinstance(inventory, Inventory) else Inventory(inventory)
         if backend == "local":
             self.backend: Any = LocalBackend(self.folder, inv, self.policy)
@@ -212,6 +219,16 @@ class Balancer:
             }
         )
         first = verdict.message.splitlines()[0] if verdict.message else verdict.outcome
+        if self._alert is not None and (verdict.state == "failed" or verdict.outcome == "lost"):
+            self._alert(
+                {
+                    "event": "failure" if verdict.state == "failed" else "crash",
+                    "step": "",
+                    "message": f"job {record.id} attempt {attempt.number}: {first}",
+                    "job": record.id,
+                    "workdir": str(_workdir(record)),
+                }
+            )
         if verdict.retry is not None:
             self._say(f"job {record.id}: attempt {attempt.number} {first}; queued again")
         elif verdict.state == "finished":
@@ -375,6 +392,16 @@ class Balancer:
             self._stop.set()
 
         return signal.signal(signal.SIGTERM, stop)
+
+
+def _workdir(record: JobRecord) -> Path:
+    """Where a job's run writes (its folder relative to the job's own working folder), or
+    the job's log folder for a plain command."""
+    job = record.job
+    if not job.workdir:
+        return Path.cwd()
+    folder = Path(job.workdir).expanduser()
+    return folder if folder.is_absolute() else Path(job.cwd or Path.cwd()) / folder
 
 
 def _order(job_id: str) -> tuple[int, str]:

@@ -109,13 +109,19 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_workdir(tmp_path):
     assert log.count("=== attempt") == 2
 
 
-def test_a_failed_job_is_recorded_with_the_tail_of_its_log(tmp_path):
-    queue = tmp_path / "q"
+def test_a_failed_job_is_recorded_with_the_tail_of_its_log_and_alerted(tmp_path):
+    queue, alerts = tmp_path / "q", tmp_path / "alerts.txt"
     job_id = submit(Job(command=fake("--exit", 3), memory_bytes=GiB), queue=queue)
-    record = balance(queue, gpus(tmp_path, 16))[job_id]
+    command = f'echo "$JAXLM_EVENT|$JAXLM_MESSAGE" > {alerts}'
+    record = balance(queue, gpus(tmp_path, 16), alert_command=command)[job_id]
     assert record.state == "failed" and record.exit_code == 3 and record.history == ["failed"]
     assert record.message.splitlines()[0] == "exit 3: line 2 of the output"
     assert "line 0 of the output" in record.message  # the tail, not only the last line
+    deadline = time.monotonic() + 20  # the alert runs in the background
+    while not (alerts.exists() and alerts.read_text().endswith("\n")):
+        assert time.monotonic() < deadline, "no alert"
+        time.sleep(0.05)
+    assert alerts.read_text() == f"failure|job {job_id} attempt 1: exit 3: line 2 of the output\n"
 
 
 def test_a_job_too_big_for_every_gpu_fails_at_once(tmp_path):
