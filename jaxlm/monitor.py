@@ -187,7 +187,8 @@ class Monitor:
     def event(self, step: int, name: str, message: str, **fields: Any) -> dict[str, Any]:
         """Records a health event: a ``metrics.jsonl`` row ``{"step", "split": "event",
         "event", "message", ...}``, an entry of ``status.json``'s ``events``, one printed line,
-        and the alert (:mod:`jaxlm.alerts`) when one is set. Safe from another thread.
+        and the alert (:mod:`jaxlm.alerts`) when one is set; process 0 writes and alerts. Safe
+        from another thread.
 
         Args:
           step: the step it belongs to.
@@ -222,8 +223,8 @@ class Monitor:
                 self._write_status()
                 self._written = True
             print(f"[event] step {step}: {name}: {message}", flush=True)
-        if self.alert is not None:
-            self.alert(row)
+            if self.alert is not None:  # (process 0's: one alert per event)
+                self.alert(row)
         return row
 
     def format_line(

@@ -7,11 +7,14 @@ optimizer), ask for a checkpoint (:meth:`Progress.request_save`) or end the run
 (:meth:`Progress.request_stop`: early stopping, pruning). The loop's own hooks, in order:
 
 - :class:`Chrono`: training time only, paused during evaluation and saving (tokens/s, ETA);
+- the stall watchdog (:class:`jaxlm.train.health.Watchdog`, ``monitor.stall_seconds``);
 - :class:`Preemption`: SIGTERM or Ctrl-C checkpoints the step reached and stops;
-- :class:`MetricsBuffer`: fetches a log step's metrics one step late, checks for NaN, writes;
+- :class:`MetricsBuffer`: fetches a log step's metrics one step late, checks for NaN, hands
+  every step's loss and spike flags to the health checks (:mod:`jaxlm.train.health`), writes;
 - :class:`Evaluation`: the validation loss every ``train.eval_every`` steps;
 - :class:`Diagnostics`: per-parameter norms every ``monitor.diagnostics_every`` steps, parameter
   histograms every ``monitor.histograms_every``;
+- the LSTM gate check (:class:`jaxlm.train.health.GateSaturation`, ``monitor.gate_every``);
 - the user's hooks (``train_and_evaluate(config, workdir, hooks=[...])``);
 - :class:`Checkpointer`: saves every ``train.checkpoint_every`` steps, at the end, on request.
 
