@@ -7,7 +7,9 @@ For each recipe, two runs of the same model side by side in one process: the gua
 the optimizer state). Each side steps as ``python -m jaxlm.train`` does: the step compiled ahead
 of time (``jaxlm.train.plan``), each step's batch read on the host and placed. Timed runs
 alternate between the sides (``benchmarks/_harness.py``); the line gives the medians and the
-ratio on/off of the step time.
+ratio on/off of the step time, and of the process CPU time per step (steadier on a shared
+machine). Run it from the repository root with the tree on the path
+(``PYTHONPATH=. python benchmarks/spike_guard_cost.py``).
 
 Usage:
   python benchmarks/spike_guard_cost.py [--recipes lstm,transformer] [--steps 20] [--repeats 5]
@@ -68,10 +70,12 @@ def main() -> None:
             {"off": _runner(off, corpus), "on": _runner(on, corpus)}, args
         )
         t_off, t_on = (np.median(times[k][:, 0]) for k in ("off", "on"))
+        c_off, c_on = (np.median(times[k][:, 1]) for k in ("off", "on"))
         ratios = times["on"][:, 0] / times["off"][:, 0]
         print(
             f"{recipe:11s} guard off {t_off * 1e3:7.1f} ms/step | on {t_on * 1e3:7.1f} ms/step | "
-            f"on/off {t_on / t_off:.3f} (runs {ratios.min():.3f}-{ratios.max():.3f})",
+            f"on/off {t_on / t_off:.3f} (runs {ratios.min():.3f}-{ratios.max():.3f}) | "
+            f"process CPU on/off {c_on / c_off:.3f}",
             flush=True,
         )
 
