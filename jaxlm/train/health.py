@@ -331,8 +331,9 @@ def gate_saturation(
       >>> from jaxlm.models import RecurrentLM
       >>> model = RecurrentLM(vocab_size=7, embed_dim=4, hidden_sizes=(5,), init_scale=3.0)
       >>> tokens = jnp.arange(12).reshape(2, 6) % 7
-      >>> params = model.init(jax.random.key(0), tokens, model.initial_carry(2))["params"]
-      >>> shares = gate_saturation(model, params, tokens)
+      >>> init = jax.jit(model.init)
+      >>> params = init(jax.random.key(0), tokens, model.initial_carry(2))["params"]
+      >>> shares = jax.jit(lambda p: gate_saturation(model, p, tokens))(params)
       >>> sorted(shares)[:2], 0.0 <= float(shares["layers_0"]) <= 1.0
       (['layers_0', 'layers_0/cell'], True)
     """

@@ -177,7 +177,7 @@ def test_saturated_gate_shares_match_a_hand_computation():
     sizes, eps = (6, 5), 0.01
     model = RecurrentLM(vocab_size=11, embed_dim=8, hidden_sizes=sizes, init_scale=2.0)
     tokens = np.random.default_rng(0).integers(0, 11, (3, 9)).astype(np.int32)
-    params = model.init(jax.random.key(1), tokens, model.initial_carry(3))["params"]
+    params = jax.jit(model.init)(jax.random.key(1), tokens, model.initial_carry(3))["params"]
     shares = jax.jit(lambda p, t: health.gate_saturation(model, p, t, eps))(params, tokens)
     edge = {"input": np.log(99), "forget": np.log(99), "cell": np.arctanh(0.99)}
     edge["output"] = edge["input"]
