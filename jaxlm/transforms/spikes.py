@@ -72,7 +72,7 @@ def guard_spikes(
     Args:
       inner: the optimizer to guard.
       loss_factor: a loss above this times its moving average is a spike; 0: not checked
-        (a Python 0, not a traced one).
+        (a Python 0 leaves the check out of the program; a traced 0 switches it off).
       grad_factor: the same for the gradient's global norm.
       warmup: normal steps averaged before anything is flagged.
       decay: the moving averages' decay per normal step, in [0, 1).
@@ -125,10 +125,13 @@ def guard_spikes(
         armed = state.count >= warmup
         loss_spike = jnp.zeros((), bool)
         grad_spike = jnp.zeros((), bool)
+        # (a traced factor of 0 is off too: a population's member without the check)
         if check_loss:
-            loss_spike = armed & (loss > loss_factor * state.loss_avg / correction)
+            bar = loss_factor * state.loss_avg / correction
+            loss_spike = armed & (loss_factor > 0) & (loss > bar)
         if check_grad:
-            grad_spike = armed & (norm > grad_factor * state.grad_avg / correction)
+            bar = grad_factor * state.grad_avg / correction
+            grad_spike = armed & (grad_factor > 0) & (norm > bar)
         flagged = loss_spike | grad_spike
         consecutive = jnp.where(flagged, state.consecutive + 1, 0)
         give_in = consecutive > max_consecutive  # a new level: take it, average afresh

@@ -92,6 +92,9 @@ def test_traced_factors_under_jit_and_what_the_step_reports():
     assert spike_metrics(state) == pytest.approx(
         {"loss_spike": 1.0, "grad_spike": 0.0, "skipped_spikes": 1.0}
     )
+    # A traced factor of 0 is off (a population member without the check), not "any loss".
+    off = guard_spikes(optax.sgd(1.0), loss_factor=jnp.float32(0.0), warmup=1, skip_loss=True)
+    assert not any(bool(s.loss_spike) for _, s in _run(off, [1.0, 3.0, 9.0]))
     # Without a loss (another caller of update) nothing is checked or averaged.
     _, same = tx.update(GRAD, state, PARAMS)
     assert int(same.count) == int(state.count)
