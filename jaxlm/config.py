@@ -75,15 +75,15 @@ def base_config(model: str = "lstm") -> ml_collections.ConfigDict:
     c.train.sample_prompt = "The "
     c.train.sample_temperature = 0.8
     c.train.label_smoothing = 0.0
-    # Write report.html at the end (python -m jaxlm.runs report): about a second, most of it
-    # importing matplotlib. The monitoring switch; smoke runs (tests) leave it off.
-    c.train.report = True
     c.monitor = _monitor()
     return c
 
 
 def _monitor() -> ml_collections.ConfigDict:
     m = ml_collections.ConfigDict()
+    # Write report.html at the end (python -m jaxlm.runs report): about a second, most of it
+    # importing matplotlib; smoke runs (tests) leave it off.
+    m.report = True
     # Diagnostics and resource metrics (docs/monitoring.md): per-parameter gradient, parameter
     # and update norms computed by the compiled step, fetched every this many steps (0: off,
     # and the step computes none)
@@ -313,7 +313,7 @@ def shrink_to_smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.eval_steps = 20
     c.train.checkpoint_every = 30
     c.train.sample_tokens = 40
-    c.train.report = False  # matplotlib's import alone would double a smoke run's final second
+    c.monitor.report = False  # matplotlib's import alone would double a smoke run's final second
     c.optimizer.warmup_steps = 10
     return c
 

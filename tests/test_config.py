@@ -259,7 +259,7 @@ EXEMPT = {
             "optimizer.centralize",
             "optimizer.skip_nonfinite",
             "train.carry_state",
-            "train.report",
+            "monitor.report",
             "model.locked_dropout",
             "model.tie_embeddings",
             "model.remat",

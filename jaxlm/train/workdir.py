@@ -4,7 +4,7 @@ the final report, and what a second run of a finished one prints.
 Files (see :mod:`jaxlm.checkpoints.layout`): ``config.json`` and ``tokenizer.json`` at the start,
 ``metrics.jsonl``, ``tensorboard/`` and ``status.json`` as the run goes (:mod:`jaxlm.monitor`),
 the model: ``checkpoints/`` or ``model.npz``; at the end ``sample.txt`` (the generated text) and
-``report.html`` (:mod:`jaxlm.runs.report`, unless ``config.train.report`` is off).
+``report.html`` (:mod:`jaxlm.runs.report`, unless ``config.monitor.report`` is off).
 """
 
 from __future__ import annotations
@@ -139,18 +139,15 @@ def save_sample(workdir: Path, sample: str) -> None:
 
 
 def report_enabled(config: ml_collections.ConfigDict) -> bool:
-    """Whether the run writes ``report.html``: ``config.monitor.report`` where the config has
-    that switch, else ``config.train.report`` (on unless the config turns it off).
+    """Whether the run writes ``report.html``: ``config.monitor.report`` (on where a config
+    predates the switch).
 
     Example:
       >>> from jaxlm.config import load_config
       >>> report_enabled(load_config("lstm")), report_enabled(load_config("lstm:smoke"))
       (True, False)
     """
-    section = config.get("monitor")
-    if section is not None and "report" in section:
-        return bool(section.report)
-    return bool(config.train.get("report", True))
+    return bool(config.get("monitor", {}).get("report", True))
 
 
 def write_report(workdir: Path, config: ml_collections.ConfigDict) -> Path | None:

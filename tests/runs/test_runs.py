@@ -82,7 +82,7 @@ def five(tmp_path_factory):
     try:
         # The finished run writes its report and sample (on for it; smoke runs leave it off).
         train_and_evaluate(
-            _config(**{"train.report": True, "train.sample_tokens": 40}), root / "finished"
+            _config(**{"monitor.report": True, "train.sample_tokens": 40}), root / "finished"
         )
         with pytest.raises(RuntimeError, match="injected fault"):
             train_and_evaluate(_config(), root / "failed", hooks=[_Fault()])
@@ -358,12 +358,10 @@ def test_watch_once_clears_and_draws(pair, capsys):
 
 
 def test_a_report_that_fails_never_fails_the_run(pair, monkeypatch, capsys):
-    import ml_collections
-
     from jaxlm.runs import report
     from jaxlm.train import workdir
 
-    config = smoke(**{"train.report": True})
+    config = smoke(**{"monitor.report": True})
     assert workdir.write_report(pair[0], config) == pair[0] / "report.html"
     assert "Report: " in capsys.readouterr().out
 
@@ -375,8 +373,6 @@ def test_a_report_that_fails_never_fails_the_run(pair, monkeypatch, capsys):
     assert capsys.readouterr().out == (
         f"Could not write {pair[1] / 'report.html'}: OSError: No space left on device\n"
     )
-    # A monitoring section's switch wins over train.report.
-    config.unlock()
-    config.monitor = ml_collections.ConfigDict({"report": False})
+    config.monitor.report = False
     assert not workdir.report_enabled(config)
     assert workdir.write_report(pair[1], config) is None and not capsys.readouterr().out
