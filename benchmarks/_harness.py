@@ -229,3 +229,34 @@ def profile(ours: Runner, folder: str, top: int = 25) -> str:
     for name, ms in total.most_common(top):
         lines.append(f"{ms:9.2f} {calls[name] / 3:10.0f}  {name}")
     return "\n".join(lines)
+
+
+def trainer(config: Any, corpus: Any) -> Runner:
+    """A runner that trains ``n`` steps of ``config`` as the training loop does: its windows (with
+    augmentation's raw margin and tables when the config asks), its compiled step."""
+    import jax
+
+    from jaxlm import data, sharding
+    from jaxlm.data import augment
+    from jaxlm.train import plan as plan_lib
+
+    vocab = corpus.tokenizer.vocab_size
+    plan = plan_lib.make_plan(config, vocab)
+    length = config.data.seq_len + augment.margin(config.data)
+    windows = data.train_data(config, corpus, length=length)  # as the training loop reads
+    with jax.set_mesh(plan.mesh):
+        compiled = plan_lib.compile_step(plan, config)
+        tables = augment.tables(config.data, corpus.train, corpus.tokenizer, vocab)
+        step_fn = plan_lib.run_step(plan, config, compiled, tables)
+        state = jax.jit(plan.setup.init, out_shardings=plan.shardings)()
+    box = {"state": state, "step": 0}
+
+    def run(n: int) -> None:
+        with jax.set_mesh(plan.mesh):
+            for _ in range(n):
+                batch = sharding.device_batch(windows.batch(box["step"]), plan.mesh)
+                box["state"], metrics = step_fn(box["state"], batch)
+                box["step"] += 1
+            jax.block_until_ready((box["state"], metrics))
+
+    return run

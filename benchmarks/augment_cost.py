@@ -23,36 +23,6 @@ import argparse
 import _harness
 
 
-def _runner(config, corpus):
-    """A function that trains ``n`` steps of ``config`` as the training loop does."""
-    import jax
-
-    from jaxlm import data, sharding
-    from jaxlm.data import augment
-    from jaxlm.train import plan as plan_lib
-
-    vocab = corpus.tokenizer.vocab_size
-    plan = plan_lib.make_plan(config, vocab)
-    length = config.data.seq_len + augment.margin(config.data)
-    windows = data.train_data(config, corpus, length=length)  # as the training loop reads
-    with jax.set_mesh(plan.mesh):
-        compiled = plan_lib.compile_step(plan, config)
-        tables = augment.tables(config.data, corpus.train, corpus.tokenizer, vocab)
-        step_fn = plan_lib.run_step(plan, config, compiled, tables)
-        state = jax.jit(plan.setup.init, out_shardings=plan.shardings)()
-    box = {"state": state, "step": 0}
-
-    def run(n: int) -> None:
-        with jax.set_mesh(plan.mesh):
-            for _ in range(n):
-                batch = sharding.device_batch(windows.batch(box["step"]), plan.mesh)
-                box["state"], metrics = step_fn(box["state"], batch)
-                box["step"] += 1
-            jax.block_until_ready((box["state"], metrics))
-
-    return run
-
-
 def _edit_only(config, corpus):
     """A function that runs only the augmenting edit of ``n`` steps' batches (compiled)."""
     import jax
@@ -106,7 +76,7 @@ def main() -> None:
             on.data.augment[op] = args.rate
         on.data.augment.unit = args.unit
         corpus = data.load_corpus(off.data)
-        sides = {"off": _runner(off, corpus), "on": _runner(on, corpus)}
+        sides = {"off": _harness.trainer(off, corpus), "on": _harness.trainer(on, corpus)}
         sides["edit"] = _edit_only(on, corpus)
         times = _harness.time_alternating(sides, args)
         t_off, t_on, t_edit = (np.median(times[s][:, 0]) for s in ("off", "on", "edit"))

@@ -23,32 +23,6 @@ import argparse
 import _harness
 
 
-def _runner(config, corpus):
-    """A function that trains ``n`` steps of ``config`` as the training loop does."""
-    import jax
-
-    from jaxlm import data, sharding
-    from jaxlm.train import plan as plan_lib
-
-    plan = plan_lib.make_plan(config, corpus.tokenizer.vocab_size)
-    windows = data.train_data(config, corpus)
-    with jax.set_mesh(plan.mesh):
-        compiled = plan_lib.compile_step(plan, config)
-        step_fn = plan_lib.run_step(plan, config, compiled)
-        state = jax.jit(plan.setup.init, out_shardings=plan.shardings)()
-    box = {"state": state, "step": 0}
-
-    def run(n: int) -> None:
-        with jax.set_mesh(plan.mesh):
-            for _ in range(n):
-                batch = sharding.device_batch(windows.batch(box["step"]), plan.mesh)
-                box["state"], metrics = step_fn(box["state"], batch)
-                box["step"] += 1
-            jax.block_until_ready((box["state"], metrics))
-
-    return run
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     _harness.add_common_args(p, steps=20)
@@ -67,7 +41,7 @@ def main() -> None:
         on.monitor.update({**guard, "spike_policy": "skip", "grad_policy": "skip"})
         corpus = data.load_corpus(off.data, seed=off.seed)
         times = _harness.time_alternating(
-            {"off": _runner(off, corpus), "on": _runner(on, corpus)}, args
+            {"off": _harness.trainer(off, corpus), "on": _harness.trainer(on, corpus)}, args
         )
         t_off, t_on = (np.median(times[k][:, 0]) for k in ("off", "on"))
         c_off, c_on = (np.median(times[k][:, 1]) for k in ("off", "on"))

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from jaxlm.errors import ConfigError
-from jaxlm.models.ngram.counts import check_tokens, pad
+from jaxlm.models.ngram.counts import check_shape, check_tokens, pad
 from jaxlm.models.ngram.model import NGramModel
 from jaxlm.models.ngram.smoothing import (
     _KN_METHODS,
@@ -436,12 +436,7 @@ def build_chunked(
         raise ValueError(f"unknown n-gram method {method!r}; expected one of {METHODS}")
     if method == "add_k" and not k > 0:
         raise ValueError(f"add_k needs k > 0, got {k}")
-    if order < 1:
-        raise ValueError(f"order must be >= 1, got {order}")
-    if vocab_size < 1:
-        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
-    if eos_id is not None and not 0 <= eos_id < vocab_size:
-        raise ValueError(f"eos_id {eos_id} is outside the vocabulary [0, {vocab_size})")
+    check_shape(order, vocab_size, eos_id)
     if vocab is not None and len(vocab) != vocab_size:
         raise ValueError(f"vocab has {len(vocab)} entries, the counts' vocab_size is {vocab_size}")
     tokens = check_tokens(tokens, vocab_size, "count_ngrams tokens")

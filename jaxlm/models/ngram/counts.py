@@ -158,6 +158,17 @@ def find_row(keys: list[np.ndarray], vocab_size: int, words: Any) -> int:
     return row
 
 
+def check_shape(order: int, vocab_size: int, eos_id: int | None) -> None:
+    """Refuses an order below 1, an empty vocabulary or a sentence end outside it (ValueError),
+    for the in-memory and the chunked counts alike."""
+    if order < 1:
+        raise ValueError(f"order must be >= 1, got {order}")
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    if eos_id is not None and not 0 <= eos_id < vocab_size:
+        raise ValueError(f"eos_id {eos_id} is outside the vocabulary [0, {vocab_size})")
+
+
 def count_ngrams(
     tokens: Any,
     vocab_size: int,
@@ -183,12 +194,7 @@ def count_ngrams(
       >>> c.counts[0].tolist()  # <eos>, 1, 2, <s>
       [2, 2, 1, 2]
     """
-    if order < 1:
-        raise ValueError(f"order must be >= 1, got {order}")
-    if vocab_size < 1:
-        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
-    if eos_id is not None and not 0 <= eos_id < vocab_size:
-        raise ValueError(f"eos_id {eos_id} is outside the vocabulary [0, {vocab_size})")
+    check_shape(order, vocab_size, eos_id)
     tokens = check_tokens(tokens, vocab_size, "count_ngrams tokens").reshape(-1)
     if tokens.size == 0:
         raise ValueError("count_ngrams: the training token array is empty")
