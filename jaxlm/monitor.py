@@ -107,7 +107,8 @@ class Monitor:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+            # A deep queue: its writer thread never keeps a step waiting (and see _board).
+            self._tb = SummaryWriter(str(self.workdir / "tensorboard"), max_queue=1000)
         if heartbeat:
             self._beat = threading.Thread(
                 target=self._heartbeat, args=(heartbeat,), name="jaxlm-heartbeat", daemon=True
@@ -161,9 +162,9 @@ class Monitor:
                 f.write(row + "\n")
         except OSError as e:
             raise WriteError.of(self.workdir / METRICS_FILE, e) from e
-        if self._tb is not None:
-            for key, value in metrics.items():
-                self._tb.add_scalar(f"{split}/{key}", value, step)
+        for key, value in metrics.items():
+            if (board := self._board()) is not None:
+                board.add_scalar(f"{split}/{key}", value, step)
         if echo:
             print(self.format_line(step, metrics, split, eta), flush=True)
         if status:
@@ -179,10 +180,30 @@ class Monitor:
           arrays: numpy arrays by name (:func:`jaxlm.train.hooks.host_arrays`).
           prefix: the tags' group.
         """
-        if self._tb is None:
-            return
         for name, values in arrays.items():
-            self._tb.add_histogram(f"{prefix}/{name}", values.astype("float32"), step)
+            if (board := self._board()) is not None:
+                board.add_histogram(f"{prefix}/{name}", values.astype("float32"), step)
+
+    def _board(self) -> Any:
+        """The TensorBoard writer while its thread lives, else None (said once).
+
+        tensorboardX writes from a thread that dies on its first failed write (a full disk)
+        and then leaves every later event waiting forever on a full queue: the run would hang
+        where it should go on to its own error. So once the thread is gone the run stops
+        writing TensorBoard events; ``metrics.jsonl`` holds them all.
+        """
+        if self._tb is None:
+            return None
+        worker = getattr(getattr(self._tb.file_writer, "event_writer", None), "_worker", None)
+        if worker is None or worker.is_alive():
+            return self._tb
+        self._tb = None
+        print(
+            f"TensorBoard events in {self.workdir / 'tensorboard'} stopped: its writer failed "
+            "(a full disk?); metrics.jsonl has every metric",
+            flush=True,
+        )
+        return None
 
     def event(self, step: int, name: str, message: str, **fields: Any) -> dict[str, Any]:
         """Records a health event: a ``metrics.jsonl`` row ``{"step", "split": "event",
@@ -325,7 +346,7 @@ class Monitor:
         if self._beat is not None:
             self._beat.join()
             self._beat = None
-        if self._tb is not None:
+        if self._board() is not None:
             tb, self._tb = self._tb, None
             try:
                 tb.close()

@@ -55,6 +55,7 @@ def test_console_scripts_point_at_the_command_lines():
         "jaxlm-checkpoint": "jaxlm.checkpoints.__main__:main",
         "jaxlm-search": "jaxlm.search.__main__:run",
         "jaxlm-explain": "jaxlm.explain.__main__:run",
+        "jaxlm-runs": "jaxlm.runs.__main__:run",
     }
     for value in scripts.values():
         module, _, function = value.partition(":")

@@ -1,5 +1,5 @@
-"""The Python snippets of the README, docs/finetuning.md, docs/jobs.md and docs/data.md run as
-written, from a fresh folder."""
+"""The Python snippets of the README (both), docs/finetuning.md, docs/jobs.md and docs/data.md
+run as written, from a fresh folder."""
 
 from __future__ import annotations
 
@@ -15,13 +15,25 @@ def python_blocks(page: str) -> list[str]:
 
 
 def test_the_readme_snippet_trains_and_loads_a_run(tmp_path, monkeypatch):
-    (snippet,) = python_blocks("README.md")
+    snippet, _ = python_blocks("README.md")
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(snippet, namespace)
     assert namespace["final"]["step"] == 60 and (tmp_path / "runs/smoke/status.json").is_file()
     assert namespace["config"].name == "lstm_smoke" and namespace["tokenizer"].kind == "char"
     assert set(namespace["params"]) == {"embed", "head", "layers_0", "layers_1"}
+
+
+def test_the_readme_ngram_snippet_samples_from_a_saved_run(tmp_path, monkeypatch, capsys):
+    from jaxlm import load_config, train_and_evaluate
+
+    _, snippet = python_blocks("README.md")
+    monkeypatch.chdir(tmp_path)
+    train_and_evaluate(load_config("ngram:smoke"), tmp_path / "runs/ngram_smoke")  # its comment
+    capsys.readouterr()
+    exec(snippet, {})
+    text = capsys.readouterr().out
+    assert len(text.strip()) > 20  # the 40 tokens that continue "The "
 
 
 def test_the_fine_tuning_snippets_run(tmp_path, monkeypatch):

@@ -81,6 +81,8 @@ def test_defaults_by_name():
         "cutoffs": (),
         "add_bos": True,
         "write_arpa": True,
+        "memory_limit": None,
+        "tmp_dir": "",
     }
 
 
