@@ -107,6 +107,8 @@ class Monitor:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
+            _quiet_board_failures()
+
             # A deep queue: its writer thread never keeps a step waiting (and see _board).
             self._tb = SummaryWriter(str(self.workdir / "tensorboard"), max_queue=1000)
         if heartbeat:
@@ -370,6 +372,23 @@ def _row(line: str) -> dict[str, Any] | None:
         return None
     ok = isinstance(row, dict) and isinstance(row.get("step"), int) and "split" in row
     return row if ok else None
+
+
+def _quiet_board_failures() -> None:
+    """Keeps the traceback of tensorboardX's writer thread, dying on a failed write, off stderr:
+    :meth:`Monitor._board` says it in one line, and the run's own error stays the only one.
+    Installed once; every other thread's exception goes to the hook there was."""
+    previous = threading.excepthook
+    if getattr(previous, "_jaxlm", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        board = type(args.thread).__module__.startswith("tensorboardX")
+        if not (board and issubclass(args.exc_type, OSError)):
+            previous(args)
+
+    hook._jaxlm = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
 
 
 def read_status(workdir: str | Path, log: Callable[[str], None] | None = None) -> dict | None:
