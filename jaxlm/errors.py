@@ -8,6 +8,8 @@ bug and keeps its traceback.
 
 from __future__ import annotations
 
+import signal
+
 
 class JaxlmError(Exception):
     """An expected error; the message says what to fix."""
@@ -137,3 +139,17 @@ def _size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+class Preempted(Exception):
+    """Raised after a SIGTERM or a Ctrl-C: the state was checkpointed and the run can be
+    resumed.
+
+    Attributes:
+      signum: the signal (``signal.SIGTERM`` or ``signal.SIGINT``); the command line exits
+        with ``128 + signum``.
+    """
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = signum

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
@@ -34,10 +35,19 @@ EVENT_SPLIT = "event"  # metrics.jsonl rows of health events: {"step", "split": 
 MAX_STATUS_EVENTS = 100  # status.json keeps the newest this many events
 
 
-def _is_writer() -> bool:
-    import jax  # here: reading a status (python -m jaxlm.runs) needs no JAX
+def is_writer() -> bool:
+    """Whether this process writes the run's files: process 0 of a run of several.
 
-    return jax.process_index() == 0
+    JAX is not imported here (reading a status, ``python -m jaxlm.runs``, or an n-gram run needs
+    none): a process that has not imported it has not joined a run of several, so it is the
+    only one.
+
+    Example:
+      >>> is_writer()
+      True
+    """
+    jax = sys.modules.get("jax")
+    return jax is None or jax.process_index() == 0
 
 
 def format_duration(seconds: float) -> str:
@@ -87,7 +97,7 @@ class Monitor:
     ):
         self.workdir = Path(workdir)
         self.total_steps = total_steps
-        self.enabled = _is_writer()
+        self.enabled = is_writer()
         self._tb = None
         self._status: dict[str, Any] = {
             "state": "starting",

@@ -9,12 +9,14 @@ next-token distributions filtered by the same :func:`sample_logits`
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    import flax.linen as nn
 
 
 def sample_logits(
@@ -229,6 +231,12 @@ def sample_text(
       >>> len(sample_text(lm, None, tok, "ab", 8, seed=0))
       10
     """
+    from jaxlm.models.ngram.model import NGramModel
+
+    if isinstance(model, NGramModel):  # numpy, seeded by the int
+        from jaxlm.models.ngram.sampling import sample_text as ngram_text
+
+        return ngram_text(model, tokenizer, prompt, num_tokens, seed, temperature=temperature)
     if not num_tokens:
         return ""
     ids = np.asarray(tokenizer.encode(prompt))

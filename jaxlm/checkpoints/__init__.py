@@ -24,42 +24,9 @@ Example:
   []
 """
 
-from jaxlm.checkpoints.checksums import ChecksumMismatch, tree_checksums, verify
-from jaxlm.checkpoints.integrity import Verified, verify_run
-from jaxlm.checkpoints.layout import (
-    FORMAT_VERSION,
-    absolute,
-    checkpoint_dir,
-    is_ngram_run,
-    last_checkpoints,
-    list_steps,
-    resolve,
-    step_of,
-)
-from jaxlm.checkpoints.lock import exclusive, holder
-from jaxlm.checkpoints.meta import (
-    config_json,
-    incompatible_fields,
-    make_meta,
-    read_meta,
-    resume_config,
-    run_config,
-)
-from jaxlm.checkpoints.read import load_state, metadata_tree, restore_sharded
-from jaxlm.checkpoints.run import Run, VocabMapping, load_pretrained, load_run
-from jaxlm.checkpoints.store import (
-    SaveFailed,
-    StructureMismatch,
-    latest_intact_step,
-    manager,
-    newest_readable_meta,
-    restore,
-    restore_latest_intact,
-    save,
-    save_failed,
-    write_checkpoint,
-)
-from jaxlm.errors import CheckpointError, IncompatibleCheckpoint, WorkdirBusy
+from typing import TYPE_CHECKING
+
+from jaxlm._lazy import attach
 
 __all__ = [
     "FORMAT_VERSION",
@@ -104,3 +71,94 @@ __all__ = [
     "verify_run",
     "write_checkpoint",
 ]
+_SUBMODULES = ("checksums", "integrity", "layout", "lock", "meta", "read", "run", "store", "tools")
+_HOME = {
+    **dict.fromkeys(
+        ["ChecksumMismatch", "tree_checksums", "verify"], "jaxlm.checkpoints.checksums"
+    ),
+    **dict.fromkeys(["Verified", "verify_run"], "jaxlm.checkpoints.integrity"),
+    **dict.fromkeys(
+        [
+            "FORMAT_VERSION",
+            "absolute",
+            "checkpoint_dir",
+            "is_ngram_run",
+            "last_checkpoints",
+            "list_steps",
+            "resolve",
+            "step_of",
+        ],
+        "jaxlm.checkpoints.layout",
+    ),
+    **dict.fromkeys(["exclusive", "holder"], "jaxlm.checkpoints.lock"),
+    **dict.fromkeys(
+        [
+            "config_json",
+            "incompatible_fields",
+            "make_meta",
+            "read_meta",
+            "resume_config",
+            "run_config",
+        ],
+        "jaxlm.checkpoints.meta",
+    ),
+    **dict.fromkeys(["load_state", "metadata_tree", "restore_sharded"], "jaxlm.checkpoints.read"),
+    **dict.fromkeys(
+        ["Run", "VocabMapping", "load_pretrained", "load_run"], "jaxlm.checkpoints.run"
+    ),
+    **dict.fromkeys(
+        [
+            "SaveFailed",
+            "StructureMismatch",
+            "latest_intact_step",
+            "manager",
+            "newest_readable_meta",
+            "restore",
+            "restore_latest_intact",
+            "save",
+            "save_failed",
+            "write_checkpoint",
+        ],
+        "jaxlm.checkpoints.store",
+    ),
+    **dict.fromkeys(["CheckpointError", "IncompatibleCheckpoint", "WorkdirBusy"], "jaxlm.errors"),
+}
+__getattr__, __dir__ = attach(__name__, _HOME, _SUBMODULES)
+
+if TYPE_CHECKING:
+    from jaxlm.checkpoints.checksums import ChecksumMismatch, tree_checksums, verify
+    from jaxlm.checkpoints.integrity import Verified, verify_run
+    from jaxlm.checkpoints.layout import (
+        FORMAT_VERSION,
+        absolute,
+        checkpoint_dir,
+        is_ngram_run,
+        last_checkpoints,
+        list_steps,
+        resolve,
+        step_of,
+    )
+    from jaxlm.checkpoints.lock import exclusive, holder
+    from jaxlm.checkpoints.meta import (
+        config_json,
+        incompatible_fields,
+        make_meta,
+        read_meta,
+        resume_config,
+        run_config,
+    )
+    from jaxlm.checkpoints.read import load_state, metadata_tree, restore_sharded
+    from jaxlm.checkpoints.run import Run, VocabMapping, load_pretrained, load_run
+    from jaxlm.checkpoints.store import (
+        SaveFailed,
+        StructureMismatch,
+        latest_intact_step,
+        manager,
+        newest_readable_meta,
+        restore,
+        restore_latest_intact,
+        save,
+        save_failed,
+        write_checkpoint,
+    )
+    from jaxlm.errors import CheckpointError, IncompatibleCheckpoint, WorkdirBusy

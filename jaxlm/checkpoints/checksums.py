@@ -22,21 +22,21 @@ digests instead (:func:`file_digest`), kept in ``model.checksums.json`` beside t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.checkpoints.layout import NGRAM_CHECKSUMS
 from jaxlm.errors import CheckpointError
-from jaxlm.runtime.backend import serialise_steps
-from jaxlm.tree import flatten
+
+if TYPE_CHECKING:  # JAX is imported where a state is summed: an n-gram run never needs it
+    import jax
 
 _MIX = 0x9E3779B1  # the golden-ratio step: positions spread over all 32 bits
 _SEED = 0x2545F491  # the second sum starts from other words
@@ -113,6 +113,9 @@ def _host_checksum(x: np.ndarray) -> list[int]:
 
 
 def _device_words(x: jax.Array) -> jax.Array:
+    import jax
+    import jax.numpy as jnp
+
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
     if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
@@ -124,6 +127,9 @@ def _device_words(x: jax.Array) -> jax.Array:
 
 
 def _device_checksum(x: jax.Array) -> jax.Array:
+    import jax
+    import jax.numpy as jnp
+
     words = _device_words(x)
     # The flat position of every element, built from iotas: the array is never reshaped, so
     # a sharded array stays where it is.
@@ -139,7 +145,11 @@ def _device_checksum(x: jax.Array) -> jax.Array:
 # share a compilation, so a checkpoint of a deep model compiles a few small programs once,
 # instead of one with every array in it at every tree it meets (a restored state's arrays
 # differ from a fresh one's in being committed to their devices).
-_device_checksum_jit = jax.jit(_device_checksum)
+@functools.cache
+def _device_checksum_jit() -> Any:
+    import jax
+
+    return jax.jit(_device_checksum)
 
 
 def tree_checksums(tree: Any) -> dict[str, list[int]]:
@@ -154,19 +164,25 @@ def tree_checksums(tree: Any) -> dict[str, list[int]]:
 
     Example:
       >>> a = tree_checksums({"w": np.arange(4, dtype=np.float32)})
+      >>> import jax.numpy as jnp
       >>> a == tree_checksums({"w": jnp.arange(4, dtype=jnp.float32)})  # host and device agree
       True
       >>> a == tree_checksums({"w": np.array([0, 1, 2, 3.0000002], np.float32)})  # one bit
       False
     """
+    import jax
+
+    from jaxlm.runtime.backend import serialise_steps
+    from jaxlm.tree import flatten
+
     flat = flatten(tree)
     on_device = {k: v for k, v in flat.items() if isinstance(v, jax.Array)}
     out = {k: _host_checksum(v) for k, v in flat.items() if k not in on_device}
     if on_device:
         if serialise_steps():  # several CPU devices: one sum (and its collectives) at a time
-            sums = [jax.device_get(_device_checksum_jit(x)) for x in on_device.values()]
+            sums = [jax.device_get(_device_checksum_jit()(x)) for x in on_device.values()]
         else:
-            sums = jax.device_get([_device_checksum_jit(x) for x in on_device.values()])
+            sums = jax.device_get([_device_checksum_jit()(x) for x in on_device.values()])
         out.update({k: [int(s[0]), int(s[1])] for k, s in zip(on_device, sums, strict=True)})
     return {k: out[k] for k in flat}
 

@@ -278,10 +278,10 @@ def _example_texts(records: list[bytes]) -> bytes | None:
     pos = pos + len(key) - 1  # the value's tag (0x12, field 2)
     if not (field(0x12) and field(0x0A) and field(0x0A)):  # value, bytes_list, value
         return None
-    marks = np.zeros(len(buf) + 1, np.int64)
-    np.add.at(marks, pos, 1)
-    np.add.at(marks, end, -1)
-    return buf[np.cumsum(marks)[: len(buf)] > 0].tobytes()
+    # Each text runs from its offset to its record's end: slices, not a mask over the buffer
+    # (a fresh process pays for every page of a buffer-sized array it touches).
+    starts = (pos - (end - size)).tolist()
+    return b"".join([r[s:] for r, s in zip(records, starts, strict=True)])
 
 
 def _varints(buf: np.ndarray, at: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:

@@ -12,24 +12,29 @@ are), which :func:`model_defaults` reads, so a config only names what it changes
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import flax.linen as nn
-
-from jaxlm.models.ngram import NGramLM
-from jaxlm.models.recurrent import CELLS, ElmanLayer, GRULayer, LSTMLayer, RecurrentLM
-from jaxlm.models.transformer import Transformer
-from jaxlm.precision import Policy
+from jaxlm._lazy import attach
 
 if TYPE_CHECKING:
+    import flax.linen as nn
     import ml_collections
 
-RECURRENT = tuple(sorted(CELLS))
-_CLASSES: dict[str, type] = {
-    **dict.fromkeys(RECURRENT, RecurrentLM),
-    "ngram": NGramLM,
-    "transformer": Transformer,
+    from jaxlm.models.ngram import NGramLM
+    from jaxlm.models.recurrent import ElmanLayer, GRULayer, LSTMLayer, RecurrentLM
+    from jaxlm.models.transformer import Transformer
+    from jaxlm.precision import Policy
+
+# The recurrent cells (``jaxlm.models.recurrent.CELLS``; a test keeps the two equal).
+RECURRENT = ("gru", "lstm", "rnn")
+# Model name -> the module and class that build it, imported when first asked for: the n-gram
+# path (numpy only) never imports flax or JAX.
+_CLASSES: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(RECURRENT, ("jaxlm.models.recurrent", "RecurrentLM")),
+    "ngram": ("jaxlm.models.ngram", "NGramLM"),
+    "transformer": ("jaxlm.models.transformer", "Transformer"),
 }
 MODELS = tuple(sorted(_CLASSES))
 # Constructor arguments that are not config fields: the vocabulary comes from the tokenizer, the
@@ -48,16 +53,27 @@ __all__ = [
     "get_model",
     "model_defaults",
 ]
+__getattr__, __dir__ = attach(
+    __name__,
+    {
+        **dict.fromkeys(["ElmanLayer", "GRULayer", "LSTMLayer", "RecurrentLM"],
+                        "jaxlm.models.recurrent"),
+        "NGramLM": "jaxlm.models.ngram",
+        "Transformer": "jaxlm.models.transformer",
+    },
+    ("common", "ngram", "recurrent", "transformer"),
+)  # fmt: skip
 
 
 def _model_class(name: str) -> type:
     """The class that builds model ``name``, or the registry's error."""
     try:
-        return _CLASSES[name]
+        module, attr = _CLASSES[name]
     except KeyError:
         raise ValueError(
             f"config.model.name: unknown model {name!r}; expected one of {sorted(MODELS)}"
         ) from None
+    return getattr(importlib.import_module(module), attr)
 
 
 def model_defaults(name: str) -> dict[str, Any]:
@@ -81,7 +97,7 @@ def model_defaults(name: str) -> dict[str, Any]:
       'modified_kneser_ney'
     """
     cls = _model_class(name)
-    skip = _NOT_CONFIG | ({"cell"} if cls is RecurrentLM else set())
+    skip = _NOT_CONFIG | ({"cell"} if name in RECURRENT else set())
     return {
         f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
         for f in dataclasses.fields(cls)
@@ -145,11 +161,14 @@ def get_model(
         raise ValueError(f"config.model.name: missing; expected one of {sorted(MODELS)}")
     cls = _model_class(name)
     fields = _fields(name, dict(model_config.items()))
-    if cls is NGramLM:
-        return NGramLM(vocab_size=vocab_size, **fields)
-    if cls is RecurrentLM:
+    if name == "ngram":
+        return cls(vocab_size=vocab_size, **fields)
+    if name in RECURRENT:
         fields["cell"] = name
-    policy = policy or Policy()
+    if policy is None:
+        from jaxlm.precision import Policy
+
+        policy = Policy()
     return cls(
         vocab_size=vocab_size,
         **fields,

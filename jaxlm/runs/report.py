@@ -104,6 +104,8 @@ def _curves(run: Run, curves: dict[str, plot.Series]) -> str:
     lr = [("learning rate", curves["train_lr"])] if curves.get("train_lr") else []
     if not loss and not lr:
         return '<p class="muted">No training metrics were logged.</p>'
+    if all(len(series) < 2 for _, series in loss + lr):  # an n-gram run: one evaluation
+        return '<p class="muted">One evaluation, no curve: its numbers are below.</p>'
     marks = [e["step"] for e in run.events if isinstance(e.get("step"), int)]
     png = _draw(
         [("loss", loss), (plot.TITLES["train_lr"], lr)],

@@ -15,9 +15,9 @@ switches are in one file:
 
 from __future__ import annotations
 
-from jaxlm.runtime.backend import async_checkpointing, on_cpu, serialise_steps, single_cpu_device
-from jaxlm.runtime.heap import keep_freed_memory
-from jaxlm.runtime.xla import compiler_options, onednn_available
+from typing import TYPE_CHECKING
+
+from jaxlm._lazy import attach
 
 __all__ = [
     "async_checkpointing",
@@ -28,3 +28,25 @@ __all__ = [
     "serialise_steps",
     "single_cpu_device",
 ]
+__getattr__, __dir__ = attach(
+    __name__,
+    {
+        **dict.fromkeys(
+            ["async_checkpointing", "on_cpu", "serialise_steps", "single_cpu_device"],
+            "jaxlm.runtime.backend",
+        ),
+        "keep_freed_memory": "jaxlm.runtime.heap",  # before JAX starts: imports no JAX
+        **dict.fromkeys(["compiler_options", "onednn_available"], "jaxlm.runtime.xla"),
+    },
+    ("backend", "heap", "xla"),
+)
+
+if TYPE_CHECKING:
+    from jaxlm.runtime.backend import (
+        async_checkpointing,
+        on_cpu,
+        serialise_steps,
+        single_cpu_device,
+    )
+    from jaxlm.runtime.heap import keep_freed_memory
+    from jaxlm.runtime.xla import compiler_options, onednn_available

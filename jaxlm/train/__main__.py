@@ -97,13 +97,41 @@ def main(argv: list[str]) -> None:
         from jaxlm.runtime import keep_freed_memory
 
         keep_freed_memory()
-    from jaxlm import sharding
-    from jaxlm.errors import JaxlmError
+    from jaxlm.errors import JaxlmError, Preempted
 
     if not FLAGS.verbose:
         _quiet_orbax_errors()
     config = FLAGS.config
-    try:  # first: JAX must not have started its backends before it joins the others
+    dry = FLAGS.dry_run or FLAGS.dry_run_json
+    # An n-gram run on one process is counted with numpy: it never starts JAX (nor imports it).
+    counted = config.model.name == "ngram" and not (dry or FLAGS.coordinator or FLAGS.num_processes)
+    if not counted:
+        _join_others()
+    from jaxlm.train import workdir
+
+    try:
+        if dry:
+            _dry_run(config, FLAGS.dry_run_json)
+            return
+        if counted:
+            from jaxlm.train.ngram import run_ngram as run
+        else:
+            from jaxlm.train.loop import train_and_evaluate as run
+        run(config, FLAGS.workdir or workdir.default_workdir(config))
+    except Preempted as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except JaxlmError as e:
+        _expected(e)
+
+
+def _join_others() -> None:
+    """Joins the other processes of a run of several (the flags, or srun/mpirun's
+    environment); first, before JAX starts its backends."""
+    from jaxlm import sharding
+    from jaxlm.errors import JaxlmError
+
+    try:
         joined = sharding.start_distributed(
             FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id
         )
@@ -111,18 +139,6 @@ def main(argv: list[str]) -> None:
         _expected(e)
     if joined:
         print(f"Joined a run of several processes through {joined}", flush=True)
-    from jaxlm.train import loop, workdir
-
-    try:
-        if FLAGS.dry_run or FLAGS.dry_run_json:
-            _dry_run(config, FLAGS.dry_run_json)
-            return
-        loop.train_and_evaluate(config, FLAGS.workdir or workdir.default_workdir(config))
-    except loop.Preempted as e:
-        print(e, file=sys.stderr)
-        sys.exit(128 + e.signum)
-    except JaxlmError as e:
-        _expected(e)
 
 
 def _expected(e: BaseException) -> None:

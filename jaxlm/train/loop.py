@@ -24,7 +24,7 @@ from jaxlm import alerts, checkpoints, data, monitor, sharding, state, transform
 from jaxlm.config import parse_inject, validate
 from jaxlm.data import augment
 from jaxlm.data.tokenizers import tokenizer_from_json
-from jaxlm.errors import ConfigError, NonFiniteLoss, WriteError
+from jaxlm.errors import NonFiniteLoss, Preempted, WriteError
 from jaxlm.sampling import sample_text
 from jaxlm.train import health, resources
 from jaxlm.train import plan as plan_lib
@@ -44,20 +44,6 @@ from jaxlm.train.hooks import (
 from jaxlm.train.steps import diagnostic_names
 
 log = run_folder.log
-
-
-class Preempted(Exception):
-    """Raised after a SIGTERM or a Ctrl-C: the state was checkpointed and the run can be
-    resumed.
-
-    Attributes:
-      signum: the signal (``signal.SIGTERM`` or ``signal.SIGINT``); the command line exits
-        with ``128 + signum``.
-    """
-
-    def __init__(self, message: str, signum: int = signal.SIGTERM):
-        super().__init__(message)
-        self.signum = signum
 
 
 def train_and_evaluate(
@@ -93,22 +79,15 @@ def train_and_evaluate(
       >>> from jaxlm.config import load_config
       >>> train_and_evaluate(load_config("lstm:smoke"), "runs/smoke")  # doctest: +SKIP
     """
-    validate(config)
-    if config.get("init_from"):  # before any work too
-        try:
-            checkpoints.resolve(config.init_from)
-        except checkpoints.CheckpointError as e:
-            raise ConfigError(f"config.init_from: {e}") from None
-    workdir = checkpoints.absolute(workdir)
-    with _sole_writer(workdir):
-        crashed = _report_previous(workdir)
-        if config.model.name == "ngram":
-            from jaxlm.train.ngram import train_ngram
+    if config.model.name == "ngram":  # counted, not trained: no JAX, no hooks
+        from jaxlm.train.ngram import run_ngram
 
-            with Preemption(immediate=True) as preemption:  # nothing to checkpoint: die at once
-                if preemption.requested:
-                    raise Preempted(f"SIGTERM before the n-gram run in {workdir} started")
-                return train_ngram(config, workdir)
+        return run_ngram(config, workdir)
+    validate(config)
+    run_folder.check_init_from(config)  # before any work too
+    workdir = checkpoints.absolute(workdir)
+    with run_folder.sole_writer(workdir):
+        crashed = run_folder.report_previous(workdir)
         # From the start: a signal during data preparation, model init or restore is noticed
         # before the loop, and one during the final evaluation after it (not swallowed).
         with (
@@ -124,28 +103,6 @@ def train_and_evaluate(
             mgr = checkpoints.manager(workdir, config.train.keep_checkpoints)
             cleanup.push(_closer(mgr))
             return _run(config, workdir, mgr, mon, preemption, list(hooks), ending, crashed)
-
-
-def _sole_writer(workdir: Path) -> contextlib.AbstractContextManager:
-    """The workdir's lock on process 0 (the one that writes); the others share its run."""
-    if jax.process_index() != 0:
-        return contextlib.nullcontext()
-    return checkpoints.exclusive(workdir, log=log)
-
-
-def _report_previous(workdir: Path) -> str | None:
-    """Says so when the last run here died without a word (its status still says running);
-    returns that line (the run records it as a ``crash`` event), else None."""
-    status = monitor.read_status(workdir, log=log)
-    if status is not None and status["state"] in monitor.ACTIVE_STATES:
-        line = (
-            f"The previous run in {workdir} (pid {status.get('pid')} on host "
-            f"{status.get('host')}) ended without a word at step {status.get('step')} (killed?): "
-            "going on from its checkpoints"
-        )
-        log(line)
-        return line
-    return None
 
 
 class _Ending:

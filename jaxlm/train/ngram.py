@@ -8,12 +8,21 @@ The same run folder, data and final report as the neural runs
 with their SHA-256 digests (``model.checksums.json``, written before the run is marked
 finished). The end-of-run sample (``config.train.sample_*``) is printed and kept in the final
 report, as the neural runs do.
+
+:func:`run_ngram` is the whole run (``train_and_evaluate`` hands an n-gram config to it): it
+imports neither flax nor orbax, and JAX only for a sample drawn with a temperature
+(:func:`jaxlm.sampling.sample_logits`). The model files are written by a second thread while
+the model is evaluated and sampled (numpy, Arrow and the file writes release the GIL).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +30,57 @@ import ml_collections
 
 from jaxlm import data, monitor
 from jaxlm.checkpoints.checksums import ChecksumMismatch, check_model_files, write_model_checksums
-from jaxlm.checkpoints.layout import CONFIG_FILE, NGRAM_ARPA, NGRAM_MODEL
+from jaxlm.checkpoints.layout import CONFIG_FILE, NGRAM_ARPA, NGRAM_MODEL, absolute
+from jaxlm.config import validate
+from jaxlm.errors import Preempted
 from jaxlm.models import get_model
-from jaxlm.sampling import sample_text
 from jaxlm.train import workdir as run_folder
-from jaxlm.train.evaluate import summarize
+from jaxlm.train.summary import summarize
+
+
+def run_ngram(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """An n-gram run from its config, as :func:`jaxlm.train.train_and_evaluate` runs one.
+
+    Validates the config, takes the workdir's lock, says so when the last run there died
+    without a word, then :func:`train_ngram`. With nothing to checkpoint, a SIGTERM ends the
+    process at once (status 143), one that came before this started stops it here.
+
+    Args:
+      config: a run config with ``config.model.name == "ngram"``.
+      workdir: the run folder; relative to the working directory.
+
+    Returns:
+      :func:`train_ngram`'s final metrics.
+
+    Raises:
+      Preempted: a SIGTERM arrived before the run started.
+      WorkdirBusy: another process is writing to ``workdir``.
+      JaxlmError: bad input (config, corpus), or a full disk.
+    """
+    validate(config)
+    run_folder.check_init_from(config)
+    workdir = absolute(workdir)
+    with run_folder.sole_writer(workdir):
+        run_folder.report_previous(workdir)
+        with _sigterm_ends_at_once() as early:
+            if early:
+                raise Preempted(f"SIGTERM before the n-gram run in {workdir} started")
+            return train_ngram(config, workdir)
+
+
+@contextlib.contextmanager
+def _sigterm_ends_at_once() -> Iterator[bool]:
+    """SIGTERM's default action while the run lasts; yields whether the command line's early
+    handler (its ``raised``) already caught one. Off the main thread, signals stay as they are."""
+    try:
+        old = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    except ValueError:
+        yield False
+        return
+    try:
+        yield bool(getattr(old, "raised", False))
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, Any]:
@@ -60,6 +115,7 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
     mon = monitor.Monitor(
         workdir, total_steps=0, tensorboard=False, heartbeat=monitor.HEARTBEAT_SECONDS
     )
+    saving = None
     try:
         mon.status("building", 0)
         t0 = time.perf_counter()
@@ -71,26 +127,14 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
         )
         build_seconds = time.perf_counter() - t0
         _log_built(model, spec, corpus, build_seconds)
+        files = [NGRAM_MODEL] + ([NGRAM_ARPA] if spec.write_arpa else [])
+        saving = _Background(lambda: _save(model, workdir, files))
         val = summarize(*model.nll(corpus.validation), **corpus.counts.get("validation", {}))
         test = summarize(*model.nll(corpus.test), **corpus.counts.get("test", {}))
         mon.write(0, val, "validation", echo=False)
         mon.write(0, test, "test", echo=False)
-        t = config.train
-        sample = sample_text(
-            model,
-            None,
-            tok,
-            t.sample_prompt,
-            t.sample_tokens,
-            config.seed,
-            temperature=t.sample_temperature,
-        )
-        model.save(workdir / NGRAM_MODEL)
-        if spec.write_arpa:
-            from jaxlm.models.ngram import arpa
-
-            arpa.write_arpa(model, workdir / NGRAM_ARPA)
-        write_model_checksums(workdir, [NGRAM_MODEL] + ([NGRAM_ARPA] if spec.write_arpa else []))
+        sample = _sample(model, tok, config)
+        saving.join()
         final = run_folder.final_report(
             0,
             val,
@@ -102,6 +146,8 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
         )
         mon.status("finished", 0, final=final)
     except BaseException as e:
+        if saving is not None:  # its files are whole or it failed too, before the status says so
+            saving.join(check=False)
         state = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         mon.status(state, 0, error=f"{type(e).__name__}: {e}")
         raise
@@ -113,6 +159,51 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
         run_folder.log(f"Sample:\n{final['sample']}")
     run_folder.write_report(workdir, config)
     return final
+
+
+class _Background:
+    """A function run on a thread; :meth:`join` waits and raises what it raised."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as e:  # handed to join, on the run's thread
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="jaxlm-ngram-save")
+        self._thread.start()
+
+    def join(self, check: bool = True) -> None:
+        self._thread.join()
+        if check and self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _save(model: Any, workdir: Path, files: list[str]) -> None:
+    """``model.npz``, the ARPA file when asked for, then their digests (the run is not marked
+    finished before they are all written)."""
+    model.save(workdir / NGRAM_MODEL)
+    if NGRAM_ARPA in files:
+        from jaxlm.models.ngram import arpa
+
+        arpa.write_arpa(model, workdir / NGRAM_ARPA)
+    write_model_checksums(workdir, files)
+
+
+def _sample(model: Any, tok: Any, config: ml_collections.ConfigDict) -> str:
+    """The end-of-run sample the config asks for, as :func:`jaxlm.sampling.sample_text` draws
+    it (that module imports JAX; the n-gram's own sampler needs it only for top-k or top-p)."""
+    from jaxlm.models.ngram.sampling import sample_text
+
+    t = config.train
+    return sample_text(
+        model, tok, t.sample_prompt, t.sample_tokens, config.seed,
+        temperature=t.sample_temperature,
+    )  # fmt: skip
 
 
 def _model_problem(workdir: Path) -> str | None:

@@ -9,21 +9,23 @@ the model: ``checkpoints/`` or ``model.npz``; at the end ``sample.txt`` (the gen
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 
 from jaxlm import monitor
-from jaxlm.checkpoints.layout import CONFIG_FILE, TOKENIZER_FILE
+from jaxlm.checkpoints.layout import CONFIG_FILE, TOKENIZER_FILE, resolve
+from jaxlm.checkpoints.lock import exclusive
 from jaxlm.data.tokenizers import save_tokenizer
+from jaxlm.errors import CheckpointError, ConfigError
 
 
 def log(*args: Any) -> None:
     """Prints on process 0 only (every process runs the loop)."""
-    if jax.process_index() == 0:
+    if monitor.is_writer():
         print(*args, flush=True)
 
 
@@ -45,7 +47,7 @@ def default_workdir(config: ml_collections.ConfigDict) -> str:
 
 def prepare(workdir: Path, config: ml_collections.ConfigDict, tokenizer: Any) -> None:
     """Creates the run folder and writes ``config.json`` and ``tokenizer.json`` (process 0)."""
-    if jax.process_index() == 0:
+    if monitor.is_writer():
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / CONFIG_FILE).write_text(config.to_json(indent=1))
         save_tokenizer(tokenizer, workdir / TOKENIZER_FILE)
@@ -130,7 +132,7 @@ def save_sample(workdir: Path, sample: str) -> None:
     A write that fails is said and ignored: the sample is in ``status.json``'s final metrics
     too, and the run has finished.
     """
-    if jax.process_index() != 0 or not sample:
+    if not monitor.is_writer() or not sample:
         return
     try:
         (workdir / SAMPLE_FILE).write_text(sample)
@@ -158,7 +160,7 @@ def write_report(workdir: Path, config: ml_collections.ConfigDict) -> Path | Non
     Returns:
       The page, or None when none was written.
     """
-    if jax.process_index() != 0 or not report_enabled(config):
+    if not monitor.is_writer() or not report_enabled(config):
         return None
     t0 = time.perf_counter()
     try:
@@ -170,3 +172,35 @@ def write_report(workdir: Path, config: ml_collections.ConfigDict) -> Path | Non
         return None
     log(f"Report: {path} ({time.perf_counter() - t0:.1f}s)")
     return path
+
+
+def sole_writer(workdir: Path) -> contextlib.AbstractContextManager:
+    """The workdir's lock on process 0 (the one that writes); the others share its run."""
+    if not monitor.is_writer():
+        return contextlib.nullcontext()
+    return exclusive(workdir, log=log)
+
+
+def report_previous(workdir: Path) -> str | None:
+    """Says so when the last run here died without a word (its status still says running);
+    returns that line (the run records it as a ``crash`` event), else None."""
+    status = monitor.read_status(workdir, log=log)
+    if status is not None and status["state"] in monitor.ACTIVE_STATES:
+        line = (
+            f"The previous run in {workdir} (pid {status.get('pid')} on host "
+            f"{status.get('host')}) ended without a word at step {status.get('step')} (killed?): "
+            "going on from its checkpoints"
+        )
+        log(line)
+        return line
+    return None
+
+
+def check_init_from(config: ml_collections.ConfigDict) -> None:
+    """Refuses a ``config.init_from`` that holds no checkpoint (ConfigError naming the field)."""
+    if not config.get("init_from"):
+        return
+    try:
+        resolve(config.init_from)
+    except CheckpointError as e:
+        raise ConfigError(f"config.init_from: {e}") from None

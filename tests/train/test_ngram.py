@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +97,31 @@ def test_train_and_evaluate_saves_a_model_that_scores_the_reported_numbers(tmp_p
     with pytest.raises(ValueError, match="config.model.discount"):
         train_and_evaluate(config, tmp_path / "run2")
     assert not (tmp_path / "run2").exists()  # refused before any work
+
+
+def test_the_command_line_counts_an_ngram_model_without_jax(tmp_path):
+    """``python -m jaxlm.train`` runs an n-gram config with numpy alone: ``-X importtime`` lists
+    every module the process imported, and JAX, flax, orbax and matplotlib are not among them
+    (at temperature 1 the sample is drawn exactly, with numpy)."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-X", "importtime", "-m", "jaxlm.train", "--config=ngram:smoke",
+           f"--workdir={run}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+           "--config.train.sample_temperature=1.0"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert {"jaxlm.train.ngram", "jaxlm.models.ngram.smoothing"} <= imported
+    assert not imported & {"jax", "flax", "orbax.checkpoint", "matplotlib", "tensorboardX"}
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["final"]["sample"]
+    assert "Sample:" in proc.stdout and checksums.model_files_status(run) == {
+        "model.npz": None,
+        "model.arpa": None,
+    }
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,13 @@ with no Python loop over streams or over the vocabulary:
 
 - :func:`next_log_probs_batch`: ``log p(w | h)`` over the whole vocabulary for ``B`` contexts
   at once (``[B, V]``), exactly the distribution :meth:`NGramModel.score` scores with.
-- :func:`sample`: continues ``B`` prompts. With filtering (a temperature other than 1, top-k or
-  top-p) each step builds the ``[B, V]`` distributions and draws with
-  :func:`jaxlm.sampling.sample_logits`, the neural models' sampler, so the filters mean the same
-  for every model kind. Unfiltered (temperature 1, no top-k or top-p: the model's own
-  distribution, as a synthetic corpus wants) it draws without building them: back-off sampling,
-  ``O(N log n)`` per token instead of ``O(V)`` (see :func:`_draw_exact`).
+- :func:`sample`: continues ``B`` prompts. With top-k, top-p or greedy decoding each step
+  builds the ``[B, V]`` distributions and draws with :func:`jaxlm.sampling.sample_logits`, the
+  neural models' sampler, so the filters mean the same for every model kind. At a temperature
+  alone numpy draws from those distributions raised to ``1 / temperature`` (what
+  ``sample_logits`` draws then; no JAX). At temperature 1 (the model's own distribution, as a
+  synthetic corpus wants) it draws without building them: back-off sampling, ``O(N log n)`` per
+  token instead of ``O(V)`` (see :func:`_draw_exact`).
 
 What this adds to the field's tools: KenLM and SRILM score but do not sample (SRILM's
 ``ngram -gen`` draws one sentence at a time in C, without temperature or top-k); NLTK's
@@ -344,8 +345,10 @@ def sample(
     Returns:
       ``[B, num_tokens]`` int32 ids (the prompt not included). With ``temperature == 1`` and no
       top-k or top-p the draws are exact samples of the model, taken without building the
-      distributions (fast); otherwise each step draws with
-      :func:`jaxlm.sampling.sample_logits` from :func:`next_log_probs_batch`.
+      distributions (fast); at another temperature without filters, numpy draws from each
+      step's distribution (:func:`next_log_probs_batch`) raised to ``1 / temperature``; with
+      top-k, top-p or temperature 0, each step draws with :func:`jaxlm.sampling.sample_logits`.
+      Only that last needs JAX.
 
     Example:
       >>> from jaxlm.models.ngram import build
@@ -368,10 +371,11 @@ def sample(
     if prompt.size:
         check_tokens(prompt, model.vocab_size, "sample prompt")
     top_k = top_k if top_k < model.vocab_size else 0
-    exact = temperature == 1.0 and top_k == 0 and top_p >= 1.0
+    unfiltered = temperature > 0 and top_k == 0 and top_p >= 1.0  # numpy draws: no JAX
+    exact = unfiltered and temperature == 1.0
     ctx = start_contexts(model, prompt.astype(np.int64))
     out = np.empty((prompt.shape[0], num_tokens), np.int32)
-    if exact:
+    if unfiltered:
         gen = numpy_rng(rng)
     else:
         import jax
@@ -387,12 +391,31 @@ def sample(
             rows = np.zeros((0, len(ctx)), np.int64)
         if exact:
             token = _draw_exact(model, rows, gen)
+        elif unfiltered:
+            token = _draw_scaled(_full_rows(model, rows), temperature, gen)
         else:
             logits = jnp.asarray(_full_rows(model, rows), jnp.float32)
             token = np.asarray(jax.device_get(draw(logits, keys[t], scale)), np.int64)
         out[:, t] = token
         ctx = advance(model, ctx, token)
     return out
+
+
+def _draw_scaled(log_probs_BxV: np.ndarray, temperature: float, gen: np.random.Generator):
+    """One token per row from ``p ** (1 / temperature)`` renormalised: what
+    :func:`jaxlm.sampling.sample_logits` draws at that temperature with no filter, by the inverse
+    of each row's running sum (float64).
+
+    Example:
+      >>> logp = np.array([[np.log(0.5), np.log(0.5), -np.inf]])
+      >>> sorted(set(_draw_scaled(np.repeat(logp, 100, 0), 0.5, numpy_rng(0)).tolist()))
+      [0, 1]
+    """
+    z = np.asarray(log_probs_BxV, np.float64) / temperature
+    cdf = np.cumsum(np.exp(z - z.max(axis=1, keepdims=True)), axis=1)
+    u = gen.random(len(cdf)) * cdf[:, -1]
+    token = (cdf <= u[:, None]).sum(axis=1)  # the first index whose running sum passes u
+    return np.minimum(token, cdf.shape[1] - 1)
 
 
 def _jax_keys(rng: Any, n: int) -> Any:
@@ -404,3 +427,43 @@ def _jax_keys(rng: Any, n: int) -> Any:
     if isinstance(rng, int | np.integer):
         rng = jax.random.key(int(rng))
     return jax.random.split(rng, n)
+
+
+def sample_text(
+    model: NGramModel,
+    tokenizer: Any,
+    prompt: str,
+    num_tokens: int,
+    seed: int,
+    *,
+    temperature: float = 1.0,
+) -> str:
+    """The end-of-run sample of an n-gram run, as :func:`jaxlm.sampling.sample_text` gives it
+    (which hands n-gram models here): ``prompt`` and ``num_tokens`` tokens drawn after it.
+
+    Args:
+      model: the n-gram model.
+      tokenizer: the run's tokenizer (``encode``/``decode``).
+      prompt: the text to continue; one token 0 when it encodes to nothing.
+      num_tokens: how many tokens to draw; 0 gives "".
+      seed: the run's seed.
+      temperature: see :func:`sample`.
+
+    Returns:
+      The prompt followed by the decoded tokens.
+
+    Example:
+      >>> from jaxlm.data.tokenizers import WordTokenizer
+      >>> from jaxlm.models.ngram import build
+      >>> tok = WordTokenizer.train("a b a\\nb a\\n")
+      >>> lm = build(tok.encode("a b a\\nb a\\n" * 3), tok.vocab_size, order=2, eos_id=tok.eos_id)
+      >>> sample_text(lm, tok, "a", 3, seed=0) == sample_text(lm, tok, "a", 3, seed=0)
+      True
+    """
+    if not num_tokens:
+        return ""
+    ids = np.asarray(tokenizer.encode(prompt), np.int64)
+    if len(ids) == 0:
+        ids = np.zeros(1, np.int64)
+    tokens = sample(model, ids[None, :], num_tokens, int(seed), temperature=temperature)
+    return prompt + tokenizer.decode(tokens[0])
