@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxlm.runtime.cluster import detected_cluster
 from jaxlm.tree import compile_pattern, path_str
 
 Rules = Sequence[tuple[str, PartitionSpec]]
@@ -368,34 +369,6 @@ def device_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Arra
             rows = host_rows(value.shape[0])
             out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh), value[rows])
     return out
-
-
-# Environment variables by which JAX's own cluster detection (``jax.distributed.initialize()``
-# without arguments) recognises a job of several processes: a job step that srun started with
-# more than one task, and mpirun's world.
-_CLUSTERS = {"SLURM": ("SLURM_STEP_ID", "SLURM_NTASKS"), "Open MPI": (None, "OMPI_COMM_WORLD_SIZE")}
-
-
-def detected_cluster(env: Mapping[str, str]) -> str | None:
-    """The cluster whose launcher started this process as one of several, from its environment.
-
-    Args:
-      env: the environment (``os.environ``).
-
-    Returns:
-      ``"SLURM"`` or ``"Open MPI"``, or None (one process, or no launcher JAX knows).
-
-    Example:
-      >>> detected_cluster({"SLURM_STEP_ID": "0", "SLURM_NTASKS": "4"})
-      'SLURM'
-      >>> detected_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
-      True
-    """
-    for name, (marker, size) in _CLUSTERS.items():
-        count = env.get(size, "1")
-        if (marker is None or marker in env) and count.isdigit() and int(count) > 1:
-            return name
-    return None
 
 
 def start_distributed(

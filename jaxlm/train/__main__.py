@@ -98,13 +98,15 @@ def main(argv: list[str]) -> None:
 
         keep_freed_memory()
     from jaxlm.errors import JaxlmError, Preempted
+    from jaxlm.runtime.cluster import detected_cluster
 
     if not FLAGS.verbose:
         _quiet_orbax_errors()
     config = FLAGS.config
     dry = FLAGS.dry_run or FLAGS.dry_run_json
     # An n-gram run on one process is counted with numpy: it never starts JAX (nor imports it).
-    counted = config.model.name == "ngram" and not (dry or FLAGS.coordinator or FLAGS.num_processes)
+    several = FLAGS.coordinator or FLAGS.num_processes or detected_cluster(os.environ)
+    counted = config.model.name == "ngram" and not (dry or several)
     if not counted:
         _join_others()
     from jaxlm.train import workdir
