@@ -27,3 +27,10 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The ``heavy`` tests first, the rest in their order: the longest jobs started first end
+    the pytest-xdist workers close together, instead of one of them alone on a long last test."""
+    del config
+    items.sort(key=lambda item: item.get_closest_marker("heavy") is None)

@@ -139,6 +139,7 @@ def test_fsdp_shards_every_parameter_and_its_bytes_divide_by_the_axis():
     assert 3.6 < total / mine <= 4
 
 
+@pytest.mark.heavy
 def test_each_strategy_on_eight_devices_trains_like_one_device():
     # One subprocess with 8 fake CPU devices runs every combination (tests/strategies_worker.py).
     out = subprocess.run(

@@ -224,6 +224,7 @@ def test_half_precision_weights_become_float32_parameters():
     np.testing.assert_array_equal(params["embed"]["embedding"], half["transformer.wte.weight"])
 
 
+@pytest.mark.heavy
 def test_a_converted_gpt2_fine_tunes_and_evaluates_with_its_own_tokenizer(tmp_path):
     """A tiny random GPT-2 with a GPT-2-format tokenizer (a byte-level BPE trained on the
     built-in corpus: GPT-2's own files cannot be downloaded here), converted by the command

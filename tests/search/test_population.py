@@ -71,6 +71,7 @@ def test_a_member_trains_as_its_solo_run_and_a_pruned_member_stops(tmp_path):
     assert result.best_eval_loss[2] == pytest.approx(pruned[0], abs=1e-6)
 
 
+@pytest.mark.heavy
 def test_pbt_population_resumes_exactly(tmp_path):
     config = smoke(**SHORT)
     members = [{"optimizer.learning_rate": lr} for lr in (1e-3, 2e-3, 4e-3, 8e-3)]

@@ -142,6 +142,7 @@ def test_objectives():
         study_lib.parse_objectives("perplexity")
 
 
+@pytest.mark.heavy
 def test_two_objectives_on_sqlite_pareto_front_and_best_config(tmp_path):
     import jax
 

@@ -70,6 +70,7 @@ PROXY = "".join(f"To be or not to be, line {i}: that is the question.\n" for i i
     ],
     ids=["cosine", "plateau", "augment+mixture", "spike-rollback"],
 )
+@pytest.mark.heavy
 def test_resume_after_kill_is_bit_exact(tmp_path, monkeypatch, schedule, variant):
     # plateau: the optimizer state also depends on validation losses seen along the way.
     (tmp_path / "proxy.txt").write_text(PROXY)

@@ -20,6 +20,7 @@ from jaxlm.jobs import measure
 from tests.helpers import ROOT, train_cli, train_losses
 
 
+@pytest.mark.heavy
 def test_cli_smoke_run_trains_checkpoints_and_finishes(tmp_path):
     workdir = tmp_path / "run"
     cmd = train_cli(f"--workdir={workdir}")
@@ -75,6 +76,7 @@ def _status(workdir):
         return {}
 
 
+@pytest.mark.heavy
 def test_cli_sigterm_checkpoints_exits_143_and_resumes(tmp_path):
     workdir = tmp_path / "run"
     cmd = train_cli(
@@ -323,6 +325,7 @@ def _tmpfs(where: Path, size: str) -> bool:
     return done.returncode == 0
 
 
+@pytest.mark.heavy
 def test_cli_full_disk_is_one_line_keeps_the_last_checkpoint_and_resumes(tmp_path):
     disk = tmp_path / "tiny"
     if not _tmpfs(disk, "1800k"):  # two checkpoints of the smoke LSTM (~790 KiB each) fit

@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 
 from jaxlm import checkpoints
 from jaxlm.train.loop import train_and_evaluate
@@ -59,6 +60,7 @@ def _step(workdir) -> int:
         return 0
 
 
+@pytest.mark.heavy
 def test_two_processes_train_like_one_stop_together_and_resume(tmp_path):
     single = train_and_evaluate(smoke(**OVERRIDES, **{"parallel.data": 4}), tmp_path / "single")
 
