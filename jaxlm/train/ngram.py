@@ -186,12 +186,17 @@ class _Background:
 def _save(model: Any, workdir: Path, files: list[str]) -> None:
     """``model.npz``, the ARPA file when asked for, then their digests (the run is not marked
     finished before they are all written)."""
+    t0 = time.perf_counter()
     model.save(workdir / NGRAM_MODEL)
     if NGRAM_ARPA in files:
         from jaxlm.models.ngram import arpa
 
         arpa.write_arpa(model, workdir / NGRAM_ARPA)
     write_model_checksums(workdir, files)
+    sizes = ", ".join(
+        f"{name} {(workdir / name).stat().st_size / 2**20:,.1f} MiB" for name in files
+    )
+    run_folder.log(f"Saved {sizes} in {time.perf_counter() - t0:.2f} s")
 
 
 def _sample(model: Any, tok: Any, config: ml_collections.ConfigDict) -> str:
