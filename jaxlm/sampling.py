@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.data.tokenizers import encode_prompt
+
 if TYPE_CHECKING:
     import flax.linen as nn
 
@@ -215,7 +217,7 @@ def sample_text(
       model: any model :func:`generate` takes (neural or n-gram).
       params: its parameters (None for an n-gram model).
       tokenizer: the run's tokenizer (``encode``/``decode``).
-      prompt: the text to continue; one token 0 when it encodes to nothing.
+      prompt: the text to continue (:func:`jaxlm.data.tokenizers.encode_prompt`).
       num_tokens: how many tokens to draw; 0 gives "".
       seed: the PRNG seed (the run's).
       temperature: see :func:`sample_logits`.
@@ -239,9 +241,7 @@ def sample_text(
         return ngram_text(model, tokenizer, prompt, num_tokens, seed, temperature=temperature)
     if not num_tokens:
         return ""
-    ids = np.asarray(tokenizer.encode(prompt))
-    if len(ids) == 0:
-        ids = np.zeros(1, np.int32)
+    ids = encode_prompt(tokenizer, prompt)
     tokens = generate(
         model,
         params,

@@ -313,6 +313,19 @@ def tokenizer_from_json(data: dict):
     raise ValueError(f"tokenizer JSON: unknown kind {kind!r}; expected one of {sorted(TOKENIZERS)}")
 
 
+def encode_prompt(tokenizer: Any, prompt: str) -> np.ndarray:
+    """A sampling prompt's ids: ``tokenizer.encode(prompt)``, or one token 0 when the prompt
+    encodes to nothing (a model continues something).
+
+    Example:
+      >>> tok = CharTokenizer.train("ab")
+      >>> encode_prompt(tok, "ba").tolist(), encode_prompt(tok, "").tolist()
+      ([2, 1], [0])
+    """
+    ids = np.asarray(tokenizer.encode(prompt), np.int32)
+    return ids if len(ids) else np.zeros(1, np.int32)
+
+
 def save_tokenizer(tokenizer, path: str | Path) -> None:
     """Writes the tokenizer as JSON."""
     Path(path).write_text(json.dumps(tokenizer.to_json(), ensure_ascii=False))

@@ -438,19 +438,8 @@ def sample_text(
     *,
     temperature: float = 1.0,
 ) -> str:
-    """The end-of-run sample of an n-gram run, as :func:`jaxlm.sampling.sample_text` gives it
-    (which hands n-gram models here): ``prompt`` and ``num_tokens`` tokens drawn after it.
-
-    Args:
-      model: the n-gram model.
-      tokenizer: the run's tokenizer (``encode``/``decode``).
-      prompt: the text to continue; one token 0 when it encodes to nothing.
-      num_tokens: how many tokens to draw; 0 gives "".
-      seed: the run's seed.
-      temperature: see :func:`sample`.
-
-    Returns:
-      The prompt followed by the decoded tokens.
+    """:func:`jaxlm.sampling.sample_text` for an n-gram model (that function hands it here; this
+    module needs no JAX at a temperature alone): the prompt and ``num_tokens`` drawn after it.
 
     Example:
       >>> from jaxlm.data.tokenizers import WordTokenizer
@@ -460,10 +449,10 @@ def sample_text(
       >>> sample_text(lm, tok, "a", 3, seed=0) == sample_text(lm, tok, "a", 3, seed=0)
       True
     """
+    from jaxlm.data.tokenizers import encode_prompt
+
     if not num_tokens:
         return ""
-    ids = np.asarray(tokenizer.encode(prompt), np.int64)
-    if len(ids) == 0:
-        ids = np.zeros(1, np.int64)
+    ids = encode_prompt(tokenizer, prompt).astype(np.int64)
     tokens = sample(model, ids[None, :], num_tokens, int(seed), temperature=temperature)
     return prompt + tokenizer.decode(tokens[0])
