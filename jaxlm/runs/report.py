@@ -151,8 +151,33 @@ def _events(run: Run) -> str:
     return _table(rows, ("step", "event", "details"))
 
 
+_NGRAM = ("build_seconds", "num_ngrams", "discounts")  # the final report's n-gram entries
+
+
+def _ngram(run: Run) -> str:
+    """An n-gram run's model: its n-grams and discounts per order, and the build time."""
+    final = run.final
+    counts = final.get("num_ngrams") or []
+    discounts = final.get("discounts") or []
+    cfg = run.config.get("model", {}) if isinstance(run.config.get("model"), dict) else {}
+    rows = []
+    for n, count in enumerate(counts, 1):
+        d = discounts[n - 1] if n - 1 < len(discounts) else []
+        shown = ", ".join(f"{x:.4f}" for x in d) if isinstance(d, list) else str(d)
+        rows.append([n, count, shown or "-"])
+    seconds = number(final.get("build_seconds"))
+    about = (
+        f"<p>{html.escape(str(cfg.get('method', '')))}, order {len(counts)}"
+        + (f", built in {seconds:.2f} s" if seconds is not None else "")
+        + ".</p>"
+    )
+    return about + _table(rows, ("order", "n-grams", "discounts"))
+
+
 def _final(run: Run) -> str:
     final = {k: v for k, v in run.final.items() if k != "sample"}
+    if run.model == "ngram":
+        final = {k: v for k, v in final.items() if k not in _NGRAM}
     if final:
         return _split_table(final)
     status = run.status or {}
@@ -233,9 +258,16 @@ def render(run: Run) -> str:
         f"{total if total is not None else '?'} &middot; model {html.escape(run.model)} "
         f"&middot; {html.escape(str(run.path))} &middot; report of {made}</p></header>"
     )
+    counted = run.model == "ngram" and "num_ngrams" in run.final  # no steps: the model instead
     sections = [
-        _section("curves", "Loss and learning rate", _curves(run, curves)),
-        _section("throughput", "Throughput", _throughput(run, curves)),
+        *(
+            [_section("model", "Model", _ngram(run))]
+            if counted
+            else [
+                _section("curves", "Loss and learning rate", _curves(run, curves)),
+                _section("throughput", "Throughput", _throughput(run, curves)),
+            ]
+        ),
         _section("events", "Health events", _events(run)),
         _section("final", "Final metrics", _final(run)),
         _section("sample", "Generated sample", _sample(run)),

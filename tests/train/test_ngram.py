@@ -194,6 +194,31 @@ def test_a_finished_run_with_a_damaged_model_is_built_again(tiny_run, tmp_path, 
     assert (run / "model.npz").stat().st_mtime_ns == mtime
 
 
+def test_the_report_of_an_ngram_run_shows_its_model_not_empty_curves(tiny_run):
+    from html.parser import HTMLParser
+
+    from jaxlm.runs.read import load_run as read_run
+    from jaxlm.runs.report import render
+
+    _, run, out = tiny_run
+    text = render(read_run(run))
+
+    sections = []
+
+    class Page(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if tag == "section":
+                sections.append(dict(attrs)["id"])
+
+    Page().feed(text)
+    assert sections == ["model", "events", "final", "sample", "config"]
+    model = text[text.index('id="model"') : text.index('id="events"')]
+    for n, count in enumerate(out["num_ngrams"], 1):
+        assert f'<td class="num">{n}</td><td class="num">{count:,}</td>' in model
+    final = text[text.index('id="final"') : text.index('id="sample"')]
+    assert "num_ngrams" not in final and "perplexity" in final
+
+
 def test_evaluate_refuses_a_model_that_is_not_the_one_saved(tiny_run, tmp_path):
     _, original, out = tiny_run
     run = _copy(original, tmp_path)
