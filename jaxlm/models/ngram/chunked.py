@@ -160,38 +160,93 @@ def _size(n: float) -> str:
 
 
 class _Disk:
-    """Flat binary columns in a scratch folder: append blocks, read ranges back."""
+    """Flat binary columns in a scratch folder: append blocks, read ranges back.
 
-    def __init__(self, root: Path) -> None:
+    Columns are held in memory while they fit ``ram_bytes`` (the part of the budget that the
+    working arrays leave free), and written to files in ``root`` from the first block that does
+    not fit: a corpus that one chunk covers never waits on the disk (the disk's write speed, not
+    the sorts, was most of such a build). A block appended in memory is kept as it is (made
+    read-only), so callers must not change it afterwards; reads of held columns are views.
+    """
+
+    def __init__(self, root: Path, ram_bytes: int = 0) -> None:
         self.root = root
+        self.ram_bytes = ram_bytes
+        self.used = 0
+        self.held: dict[str, list[np.ndarray]] = {}
 
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def _spill(self, name: str) -> None:
+        """Moves a held column to its file."""
+        blocks = self.held.pop(name)
+        with open(self.root / name, "wb") as f:
+            for b in blocks:
+                b.tofile(f)
+        self.used -= sum(b.nbytes for b in blocks)
+
     def append(self, name: str, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr)
+        if name in self.held:
+            if self.used + arr.nbytes <= self.ram_bytes:
+                if not arr.flags.owndata:  # a view would hold its whole base
+                    arr = arr.copy()
+                arr.flags.writeable = False
+                self.held[name].append(arr)
+                self.used += arr.nbytes
+                return
+            self._spill(name)
         with open(self.root / name, "ab") as f:
-            np.ascontiguousarray(arr).tofile(f)
+            arr.tofile(f)
 
     def touch(self, name: str) -> None:
-        open(self.root / name, "wb").close()
+        self.remove(name)
+        if self.ram_bytes > 0:
+            self.held[name] = []
+        else:
+            open(self.root / name, "wb").close()
+
+    def _whole(self, name: str, dtype: Any) -> np.ndarray:
+        """A held column as one array (its blocks joined once)."""
+        blocks = self.held[name]
+        if len(blocks) != 1:
+            whole = np.concatenate(blocks) if blocks else np.zeros(0, dtype)
+            whole.flags.writeable = False
+            blocks[:] = [whole]
+        return blocks[0].view(dtype)
 
     def read(self, name: str, dtype: Any, start: int = 0, count: int = -1) -> np.ndarray:
         dtype = np.dtype(dtype)
+        if name in self.held:
+            whole = self._whole(name, dtype)
+            return whole[start:] if count < 0 else whole[start : start + count]
         with open(self.root / name, "rb") as f:
             f.seek(start * dtype.itemsize)
             return np.fromfile(f, dtype, count)
 
     def length(self, name: str, dtype: Any) -> int:
+        if name in self.held:
+            return sum(b.nbytes for b in self.held[name]) // np.dtype(dtype).itemsize
         return (self.root / name).stat().st_size // np.dtype(dtype).itemsize
 
     def remove(self, *names: str) -> None:
         for name in names:
+            if name in self.held:
+                self.used -= sum(b.nbytes for b in self.held.pop(name))
             (self.root / name).unlink(missing_ok=True)
 
     def rename(self, old: str, new: str) -> None:
-        (self.root / old).rename(self.root / new)
+        self.remove(new)
+        if old in self.held:
+            self.held[new] = self.held.pop(old)
+        else:
+            (self.root / old).rename(self.root / new)
 
     def memmap(self, name: str, dtype: Any) -> np.ndarray:
+        """The column read-only: the held array itself, or a map of its file."""
+        if name in self.held:
+            return self._whole(name, dtype)
         n = self.length(name, dtype)
         if n == 0:
             return np.zeros(0, dtype)
@@ -454,14 +509,18 @@ def build_chunked(
     if chunk < MIN_CHUNK:
         raise _too_small(budget, fixed + MIN_CHUNK * TOKEN_BYTES, f"counting {MIN_CHUNK} tokens")
     bounds = _chunks(num, chunk)
+    # the working arrays need what the largest chunk's counting needs (and two contexts' worth
+    # for the estimate's blocks); the rest of the budget holds the spilled columns in memory
+    work = min(budget - fixed, TOKEN_BYTES * min(chunk, num) + 2 * ENTRY_BYTES * (m + 1))
+    budget_work = work + fixed
     root = Path(tempfile.mkdtemp(prefix="ngram-", dir=tmp_dir))
     try:
-        disk = _Disk(root)
+        disk = _Disk(root, ram_bytes=budget - budget_work)
         uni = _unigrams(tokens, bounds, vocab_size, eos_id, add_bos)
         lengths = [m]
         for n in range(2, order + 1):
             runs = _count_order(disk, tokens, bounds, n, order, vocab_size, eos_id, add_bos)
-            total = _merge(disk, runs, n, budget - fixed)
+            total = _merge(disk, runs, n, work)
             if total == 0:
                 raise ValueError(
                     f"count_ngrams: no {n}-grams in the data (sentences too short for order "
@@ -471,7 +530,7 @@ def build_chunked(
             if n > 2:
                 disk.remove(f"ids{n - 1}")
             lengths.append(total)
-        model = _estimate(disk, uni, lengths, budget, order, vocab_size, method, cut,
+        model = _estimate(disk, uni, lengths, budget_work, order, vocab_size, method, cut,
                           discount, k, discount_fallback, eos_id, add_bos, vocab)  # fmt: skip
         model.info["memory"] = {"limit_bytes": budget, "chunks": len(bounds)}
         return model
