@@ -291,29 +291,40 @@ def _count_order(
     vocab_size: int,
     eos_id: int | None,
     add_bos: bool,
+    windows: dict[int, tuple[np.ndarray, ...]] | None = None,
 ) -> list[int]:
     """Spills each chunk's sorted order-``n`` counts; returns the runs' lengths.
 
     Per chunk ``c``: ``run{c}.keys/.counts/.suffix`` (the unique keys, their counts and suffix
     rows) and ``run{c}.inv`` (per token, its n-gram's index in the run, -1 for none).
+    ``windows``, when given, keeps each chunk's padded window for the next order (one chunk's
+    window is part of its counting memory, so a lone chunk is padded once, not once per order).
     """
     m = vocab_size + 1
     lengths = []
     for c, (s, e) in enumerate(bounds):
-        seq, hist, tpos, s0 = _window(tokens, s, e, order, vocab_size, eos_id, add_bos)
-        own = tpos[s - s0 :]
+        if windows is not None and c in windows:
+            seq, tpos, own, hist_own, s0 = windows[c]
+        else:
+            seq, hist, tpos, s0 = _window(tokens, s, e, order, vocab_size, eos_id, add_bos)
+            own = tpos[s - s0 :]
+            hist_own = hist[own]
+            del hist
+            if windows is not None:
+                windows[c] = (seq, tpos, own, hist_own, s0)
         if n == 2:
             prev = seq
         else:  # rows of the (n-1)-grams ending at each padded position; none at <s>
             prev = np.full(len(seq), -1, np.int64)
             prev[tpos] = disk.read(f"ids{n - 1}", np.int64, s0, e - s0)
-        pos = own[hist[own] >= n - 1]
+        has = hist_own >= n - 1
+        pos = own[has]
         keys = prev[pos - 1] * m + seq[pos]
-        uniq, inverse, cnt = _unique(keys)
-        suffix = np.empty(len(uniq), np.int64)
-        suffix[inverse] = prev[pos]  # every occurrence of an n-gram has the same suffix
+        uniq, inverse, cnt, first = _unique(keys)
+        del keys
+        suffix = prev[pos[first]]  # every occurrence of an n-gram has the same suffix
         inv = np.full(len(own), -1, np.int32)  # chunk-local indices fit in 32 bits
-        inv[hist[own] >= n - 1] = inverse
+        inv[has] = inverse
         for name, arr in (
             (f"run{c}.keys", uniq),
             (f"run{c}.counts", cnt),
@@ -326,19 +337,38 @@ def _count_order(
     return lengths
 
 
-def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(keys, return_inverse=True, return_counts=True)`` with one unstable sort
-    (no first indices are needed, so no stable sort)."""
-    order = np.argsort(keys)
-    sk = keys[order]
-    new = np.empty(len(sk), bool)
+def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_index=True, return_inverse=True, return_counts=True)`` for
+    non-negative keys, except that the index is of some occurrence, not always the first.
+
+    Where a key and its position fit in 63 bits together, one ``np.sort`` of
+    ``key << bits | position`` replaces ``np.argsort`` (numpy's vectorised sort of plain
+    integers is several times faster than its argsort); else an unstable argsort.
+    """
+    size = len(keys)
+    bits = max(int(size - 1).bit_length(), 1)
+    top = int(keys.max()) if size else 0
+    if top.bit_length() + bits <= 63:
+        sk = keys << bits
+        sk |= np.arange(size, dtype=np.int64)
+        sk.sort()
+        order = sk & ((1 << bits) - 1)
+        sk >>= bits
+    else:
+        order = np.argsort(keys)
+        sk = keys[order]
+    new = np.empty(size, bool)
     new[:1] = True
     np.not_equal(sk[1:], sk[:-1], out=new[1:])
     starts = np.flatnonzero(new)
-    inverse = np.empty(len(sk), np.int64)
-    inverse[order] = np.cumsum(new) - 1
-    counts = np.diff(np.append(starts, len(sk)))
-    return sk[starts], inverse, counts.astype(np.int64)
+    group = np.cumsum(new, dtype=np.int64)
+    group -= 1
+    del new
+    inverse = np.empty(size, np.int64)
+    inverse[order] = group
+    del group
+    counts = np.diff(np.append(starts, size))
+    return sk[starts], inverse, counts.astype(np.int64), order[starts]
 
 
 def _merge(disk: _Disk, lengths: list[int], n: int, budget: int) -> int:
@@ -518,8 +548,11 @@ def build_chunked(
         disk = _Disk(root, ram_bytes=budget - budget_work)
         uni = _unigrams(tokens, bounds, vocab_size, eos_id, add_bos)
         lengths = [m]
+        windows: dict[int, tuple[np.ndarray, ...]] | None = {} if len(bounds) == 1 else None
         for n in range(2, order + 1):
-            runs = _count_order(disk, tokens, bounds, n, order, vocab_size, eos_id, add_bos)
+            runs = _count_order(
+                disk, tokens, bounds, n, order, vocab_size, eos_id, add_bos, windows
+            )
             total = _merge(disk, runs, n, work)
             if total == 0:
                 raise ValueError(
