@@ -155,53 +155,86 @@ def _write_lines(f: Any, lines: Any) -> None:
     f.write(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
 
 
-def write_arpa(model: NGramModel, path: str | Path, vocab: Sequence[str] | None = None) -> None:
+def write_arpa(
+    model: NGramModel,
+    path: str | Path,
+    vocab: Sequence[str] | None = None,
+    threads: int = 0,
+) -> None:
     """Writes a model as an ARPA file.
 
     Whole columns at once, in blocks of rows, with Apache Arrow's string kernels (C++): the
     log10 values cast to text (``repr``'s, see :func:`_column`), the words taken from the
     vocabulary's names by id, joined into lines element-wise, and each block's buffer written
-    as it is; no Python loop per n-gram.
+    as it is; no Python loop per n-gram. The kernels and the file writes release the GIL, so
+    blocks are formatted on ``threads`` threads while the main thread writes them in order
+    (a few blocks ahead at most).
 
     Args:
       model: the model (any method; all are back-off models).
       path: destination file (UTF-8).
       vocab: token strings; default ``model.vocab``; ids are written as numbers if both are None.
+      threads: formatting threads; 0: one per CPU, at most 4.
 
     Example:
       >>> write_arpa(model, "/tmp/model.arpa")  # doctest: +SKIP
     """
+    import concurrent.futures
+    import os
+
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     names = pa.array(
         arpa_names(vocab if vocab is not None else model.vocab, model.vocab_size, model.eos_id),
         pa.string(),
     )
-    m = model.vocab_size + 1
-    with open(path, "wb") as f:
+    threads = threads or min(4, os.cpu_count() or 1)
+    jobs = [
+        (n, start)
+        for n in range(1, model.order + 1)
+        for start in range(0, len(model.keys[n - 1]), _BLOCK)
+    ]
+    with open(path, "wb") as f, concurrent.futures.ThreadPoolExecutor(threads) as pool:
         f.write(b"\\data\\\n")
         for n, count in enumerate(model.num_ngrams, 1):
             f.write(f"ngram {n}={count}\n".encode())
-        for n in range(1, model.order + 1):
-            f.write(f"\n\\{n}-grams:\n".encode())
-            keys = np.asarray(model.keys[n - 1])
-            if len(keys) == 0:
-                f.write(b"\n")
-                continue
-            for start in range(0, len(keys), _BLOCK):
-                rows = slice(start, start + _BLOCK)
-                ids = _words(keys[rows], model.keys, n, m)
-                words = [pc.take(names, pa.array(ids[:, j])) for j in range(n)]
-                fields = [
-                    _column(np.asarray(model.log_probs[n - 1][rows]) / LN10),
-                    words[0] if n == 1 else pc.binary_join_element_wise(*words, " "),
-                ]
-                if n < model.order:
-                    fields.append(_column(np.asarray(model.log_backoffs[n - 1][rows]) / LN10))
-                line = pc.binary_join_element_wise(*fields, "\t")
-                _write_lines(f, pc.binary_join_element_wise(line, pa.scalar(""), "\n"))
+        ahead = 2 * threads
+        pending = [pool.submit(_block_lines, model, names, *job) for job in jobs[:ahead]]
+        n_prev = 0
+        for i, (n, _) in enumerate(jobs):
+            for gap in range(n_prev + 1, n + 1):  # headers of this order and any empty ones
+                f.write(f"\n\\{gap}-grams:\n".encode())
+                if gap < n:
+                    f.write(b"\n")
+            n_prev = n
+            lines = pending[i].result()
+            pending[i] = None
+            if i + ahead < len(jobs):
+                pending.append(pool.submit(_block_lines, model, names, *jobs[i + ahead]))
+            _write_lines(f, lines)
+        for gap in range(n_prev + 1, model.order + 1):  # trailing empty orders
+            f.write(f"\n\\{gap}-grams:\n\n".encode())
         f.write(b"\n\\end\\\n")
+
+
+def _block_lines(model: NGramModel, names: Any, n: int, start: int) -> Any:
+    """The ARPA lines of order ``n``'s rows ``start .. start + _BLOCK``: an Arrow string array
+    whose values end in newlines."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    m = model.vocab_size + 1
+    rows = slice(start, start + _BLOCK)
+    ids = _words(np.asarray(model.keys[n - 1][rows]), model.keys, n, m)
+    words = [pc.take(names, pa.array(ids[:, j])) for j in range(n)]
+    fields = [
+        _column(np.asarray(model.log_probs[n - 1][rows]) / LN10),
+        words[0] if n == 1 else pc.binary_join_element_wise(*words, " "),
+    ]
+    if n < model.order:
+        fields.append(_column(np.asarray(model.log_backoffs[n - 1][rows]) / LN10))
+    line = pc.binary_join_element_wise(*fields, "\t")
+    return pc.binary_join_element_wise(line, pa.scalar(""), "\n")
 
 
 def _words(keys: np.ndarray, all_keys: list[np.ndarray], n: int, m: int) -> np.ndarray:
