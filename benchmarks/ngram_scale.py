@@ -259,6 +259,28 @@ def arpa_counts(path: Path) -> list[int]:
     return out
 
 
+def warm_memory(warm_mb: float, peaks: list[float]) -> None:
+    """Touches and frees memory before a timed child, so that neither tool pays for pages the
+    host has taken back.
+
+    On the VM these numbers come from, the first touch of memory that has been free for a
+    couple of seconds costs about 8 s per GB (the balloon driver hands free pages back to the
+    host; touching them again faults them in from the host), against about 0.3 s per GB for
+    pages freed just before. Without this, a tool that runs right after the other inherits its
+    freshly freed pages and the one that runs first pays for its whole peak: the order of the
+    runs, not the tools, decides seconds. The page cache that the ARPA file fills comes from
+    the same free pages. ``warm_mb`` < 0 (default): twice the largest peak RSS seen so far (for
+    the resident set and the ARPA file's pages), at least 1 GB; 0: off.
+    """
+    import numpy as np
+
+    if warm_mb == 0:
+        return
+    mb = warm_mb if warm_mb > 0 else max(1024.0, 2 * max(peaks, default=0.0))
+    block = np.ones(int(mb * 2**20) // 8)
+    del block
+
+
 def exponent(sizes: list[int], seconds: list[float]) -> float:
     """``b`` of ``seconds ~ sizes^b``, least squares on log-log."""
     import numpy as np
@@ -288,6 +310,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="runs per tool and size (median)")
     p.add_argument("--streams", type=int, default=131072, help="streams sampled in lockstep")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--warm_mb",
+        type=float,
+        default=-1,
+        help="MB of memory touched before each timed child (-1: twice the largest peak so far; "
+        "0: off); see warm_memory",
+    )
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     p.add_argument("--work", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -308,16 +337,21 @@ def main() -> None:
     if binary is None:
         print("lmplz not found (--lmplz, PATH or /work/kenlm/build/bin): its columns are skipped")
     ensure_stream(cache, sizes[-1], ptb, args.streams, args.seed)
-    rows = []
+    rows, peaks = [], []
     for size in sizes:
         text, count = ensure_text(cache, size)
         mine, theirs = [], []
-        for _ in range(args.repeats):
-            with tempfile.TemporaryDirectory(dir=cache) as work:
-                mine.append(ours(text, args.order, args.memory_limit, Path(work)))
-            if binary is not None:
+        for rep in range(args.repeats):
+            tools = ["ours", "lmplz"] if binary is not None else ["ours"]
+            for tool in tools if rep % 2 == 0 else tools[::-1]:  # each goes first in turn
+                warm_memory(args.warm_mb, peaks)
                 with tempfile.TemporaryDirectory(dir=cache) as work:
-                    theirs.append(lmplz(binary, text, args.order, budget, Path(work)))
+                    if tool == "ours":
+                        mine.append(ours(text, args.order, args.memory_limit, Path(work)))
+                        peaks.append(mine[-1]["peak_mb"])
+                    else:
+                        theirs.append(lmplz(binary, text, args.order, budget, Path(work)))
+                        peaks.append(theirs[-1]["peak_mb"])
         row = {"size": size, "tokens": count, "ours": _median(mine)}
         if theirs:
             row["lmplz"] = _median(theirs)
@@ -340,7 +374,9 @@ def _table(rows: list[dict], args: argparse.Namespace, budget: int) -> None:
         f"\n{args.order}-grams, text to ARPA, memory_limit={args.memory_limit} ({budget:,} bytes;"
         f" lmplz -S {budget}b); median of {args.repeats}; peak RSS of each child process (build MB:"
         " ours up to the end of the build, before the ARPA file; in-proc: our three phases"
-        " without the interpreter's start and imports)"
+        " without the interpreter's start and imports); tools alternate going first;"
+        f" memory warmed before each run: {'off' if args.warm_mb == 0 else 'on'}"
+        f"{f' ({args.warm_mb:g} MB)' if args.warm_mb > 0 else ''}"
     )
     head = (
         f"{'tokens':>11} {'ours s':>8} {'(tok/build/arpa)':>18} {'ours MB':>8} {'build MB':>8} "

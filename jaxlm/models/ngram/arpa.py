@@ -182,11 +182,8 @@ def write_arpa(
     import concurrent.futures
     import os
 
-    import pyarrow as pa
-
-    names = pa.array(
-        arpa_names(vocab if vocab is not None else model.vocab, model.vocab_size, model.eos_id),
-        pa.string(),
+    names = _names_with(
+        arpa_names(vocab if vocab is not None else model.vocab, model.vocab_size, model.eos_id)
     )
     threads = threads or min(4, os.cpu_count() or 1)
     jobs = [
@@ -217,24 +214,31 @@ def write_arpa(
         f.write(b"\n\\end\\\n")
 
 
-def _block_lines(model: NGramModel, names: Any, n: int, start: int) -> Any:
+def _block_lines(model: NGramModel, names: dict[str, Any], n: int, start: int) -> Any:
     """The ARPA lines of order ``n``'s rows ``start .. start + _BLOCK``: an Arrow string array
-    whose values end in newlines."""
+    whose values end in newlines, made by one join of the columns (the words taken from the
+    names with their separator already appended, see :func:`_names_with`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     m = model.vocab_size + 1
     rows = slice(start, start + _BLOCK)
     ids = _words(np.asarray(model.keys[n - 1][rows]), model.keys, n, m)
-    words = [pc.take(names, pa.array(ids[:, j])) for j in range(n)]
-    fields = [
-        _column(np.asarray(model.log_probs[n - 1][rows]) / LN10),
-        words[0] if n == 1 else pc.binary_join_element_wise(*words, " "),
-    ]
-    if n < model.order:
-        fields.append(_column(np.asarray(model.log_backoffs[n - 1][rows]) / LN10))
-    line = pc.binary_join_element_wise(*fields, "\t")
-    return pc.binary_join_element_wise(line, pa.scalar(""), "\n")
+    top = n == model.order
+    cols = [_column(np.asarray(model.log_probs[n - 1][rows]) / LN10), pa.scalar("\t")]
+    for j in range(n):
+        end = " " if j < n - 1 else ("\n" if top else "\t")
+        cols.append(pc.take(names[end], pa.array(ids[:, j])))
+    if not top:
+        cols += [_column(np.asarray(model.log_backoffs[n - 1][rows]) / LN10), pa.scalar("\n")]
+    return pc.binary_join_element_wise(*cols, "")
+
+
+def _names_with(names: list[str]) -> dict[str, Any]:
+    """The ARPA names as Arrow arrays, each followed by a space, a tab or a newline."""
+    import pyarrow as pa
+
+    return {end: pa.array([w + end for w in names], pa.string()) for end in (" ", "\t", "\n")}
 
 
 def _words(keys: np.ndarray, all_keys: list[np.ndarray], n: int, m: int) -> np.ndarray:
