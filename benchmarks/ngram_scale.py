@@ -7,8 +7,9 @@ accounting of that child (GNU ``time -f %M`` around it; peak RSS shows NaN witho
 ``/usr/bin/time``):
 
 - **ours**: read the text in blocks, the vocabulary (:class:`jaxlm.data.tokenizers.
-  WordTokenizer`'s) in one pass and the ids in a second, written to a flat file and memory-
-  mapped; :func:`jaxlm.models.ngram.build` with ``memory_limit`` (counting in chunks spilled to
+  WordTokenizer`'s) and the ids in one pass (:meth:`~jaxlm.data.tokenizers.WordTokenizer.
+  train_and_encode`), the ids written to a flat file and memory-mapped;
+  :func:`jaxlm.models.ngram.build` with ``memory_limit`` (counting in chunks spilled to
   disk, :mod:`jaxlm.models.ngram.chunked`); :func:`jaxlm.models.ngram.arpa.write_arpa`.
 - **lmplz** (skipped, with a message, when not found): ``lmplz -o N -S <budget>b -T <tmp>
   --discount_fallback < text > arpa``, the same budget in bytes.
@@ -32,7 +33,6 @@ The machine the numbers come from was shared with other jobs: report medians of 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import shutil
 import statistics
@@ -155,15 +155,10 @@ def child_ours(text: Path, arpa_path: Path, order: int, memory_limit: str, tmp: 
                 yield "".join(lines)
 
     t0 = time.perf_counter()
-    counts: collections.Counter = collections.Counter()
-    for block in blocks():
-        counts.update(block.split())
-    words = sorted(counts, key=lambda w: (-counts[w], w))
-    tok = WordTokenizer(words)
+    tok, ids_in_memory = WordTokenizer.train_and_encode(blocks())
     ids_path = tmp / "ids.i32"
-    with open(ids_path, "wb") as f:
-        for block in blocks():
-            tok.encode(block).tofile(f)
+    ids_in_memory.tofile(ids_path)
+    del ids_in_memory
     ids = np.memmap(ids_path, np.int32, mode="r")
     t1 = time.perf_counter()
     model = ngram.build(
