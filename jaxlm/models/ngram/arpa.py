@@ -230,8 +230,21 @@ def _block_lines(model: NGramModel, names: dict[str, Any], n: int, start: int) -
         end = " " if j < n - 1 else ("\n" if top else "\t")
         cols.append(pc.take(names[end], pa.array(ids[:, j])))
     if not top:
-        cols += [_column(np.asarray(model.log_backoffs[n - 1][rows]) / LN10), pa.scalar("\n")]
+        cols += [_few_column(np.asarray(model.log_backoffs[n - 1][rows]) / LN10), pa.scalar("\n")]
     return pc.binary_join_element_wise(*cols, "")
+
+
+def _few_column(values: np.ndarray) -> Any:
+    """:func:`_column` for values with many repeats (the back-off weights: a few thousand
+    distinct ones per order, as ratios of small discounted counts): each distinct value is
+    written once and the texts are taken by index."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    distinct, index = np.unique(values, return_inverse=True)  # 0.0 and -0.0 both write "0"
+    if 2 * len(distinct) > len(values):
+        return _column(values)
+    return pc.take(_column(distinct), pa.array(index.reshape(-1)))
 
 
 def _names_with(names: list[str]) -> dict[str, Any]:
