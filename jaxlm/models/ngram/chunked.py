@@ -174,6 +174,7 @@ class _Disk:
         self.ram_bytes = ram_bytes
         self.used = 0
         self.held: dict[str, list[np.ndarray]] = {}
+        self.dtypes: dict[str, np.dtype] = {}  # each column's, from its first block
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -188,6 +189,8 @@ class _Disk:
 
     def append(self, name: str, arr: np.ndarray) -> None:
         arr = np.ascontiguousarray(arr)
+        if self.dtypes.setdefault(name, arr.dtype) != arr.dtype:
+            raise AssertionError(f"{name}: {arr.dtype} appended to {self.dtypes[name]}")
         if name in self.held:
             if self.used + arr.nbytes <= self.ram_bytes:
                 if not arr.flags.owndata:  # a view would hold its whole base
@@ -202,6 +205,7 @@ class _Disk:
 
     def touch(self, name: str) -> None:
         self.remove(name)
+        self.dtypes.pop(name, None)
         if self.ram_bytes > 0:
             self.held[name] = []
         else:
@@ -217,7 +221,9 @@ class _Disk:
         return blocks[0].view(dtype)
 
     def read(self, name: str, dtype: Any, start: int = 0, count: int = -1) -> np.ndarray:
-        dtype = np.dtype(dtype)
+        """Entries ``start .. start + count`` (to the end for -1), in the column's own dtype
+        (``dtype`` for a column never appended to)."""
+        dtype = self.dtypes.get(name, np.dtype(dtype))
         if name in self.held:
             whole = self._whole(name, dtype)
             return whole[start:] if count < 0 else whole[start : start + count]
@@ -226,6 +232,7 @@ class _Disk:
             return np.fromfile(f, dtype, count)
 
     def length(self, name: str, dtype: Any) -> int:
+        dtype = self.dtypes.get(name, np.dtype(dtype))
         if name in self.held:
             return sum(b.nbytes for b in self.held[name]) // np.dtype(dtype).itemsize
         return (self.root / name).stat().st_size // np.dtype(dtype).itemsize
@@ -238,6 +245,8 @@ class _Disk:
 
     def rename(self, old: str, new: str) -> None:
         self.remove(new)
+        if old in self.dtypes:
+            self.dtypes[new] = self.dtypes.pop(old)
         if old in self.held:
             self.held[new] = self.held.pop(old)
         else:
@@ -245,6 +254,7 @@ class _Disk:
 
     def memmap(self, name: str, dtype: Any) -> np.ndarray:
         """The column read-only: the held array itself, or a map of its file."""
+        dtype = self.dtypes.get(name, np.dtype(dtype))
         if name in self.held:
             return self._whole(name, dtype)
         n = self.length(name, dtype)
@@ -292,6 +302,7 @@ def _count_order(
     eos_id: int | None,
     add_bos: bool,
     windows: dict[int, tuple[np.ndarray, ...]] | None = None,
+    idx: Any = np.int64,
 ) -> list[int]:
     """Spills each chunk's sorted order-``n`` counts; returns the runs' lengths.
 
@@ -299,6 +310,7 @@ def _count_order(
     rows) and ``run{c}.inv`` (per token, its n-gram's index in the run, -1 for none).
     ``windows``, when given, keeps each chunk's padded window for the next order (one chunk's
     window is part of its counting memory, so a lone chunk is padded once, not once per order).
+    Rows and counts are stored as ``idx`` (int32 where the corpus is small enough for them).
     """
     m = vocab_size + 1
     lengths = []
@@ -307,19 +319,24 @@ def _count_order(
             seq, tpos, own, hist_own, s0 = windows[c]
         else:
             seq, hist, tpos, s0 = _window(tokens, s, e, order, vocab_size, eos_id, add_bos)
+            tpos = tpos.astype(idx)
             own = tpos[s - s0 :]
-            hist_own = hist[own]
+            # only whether a history reaches n - 1 matters, and m fits 32 bits: a compact window
+            hist_own = np.minimum(hist[own], order).astype(np.int8 if order < 127 else np.int64)
+            seq = seq.astype(np.int32 if m < 2**31 else np.int64)
             del hist
             if windows is not None:
                 windows[c] = (seq, tpos, own, hist_own, s0)
         if n == 2:
             prev = seq
         else:  # rows of the (n-1)-grams ending at each padded position; none at <s>
-            prev = np.full(len(seq), -1, np.int64)
-            prev[tpos] = disk.read(f"ids{n - 1}", np.int64, s0, e - s0)
+            prev = np.full(len(seq), -1, idx)
+            prev[tpos] = disk.read(f"ids{n - 1}", idx, s0, e - s0)
         has = hist_own >= n - 1
         pos = own[has]
-        keys = prev[pos - 1] * m + seq[pos]
+        keys = prev[pos - 1].astype(np.int64)
+        keys *= m
+        keys += seq[pos]
         uniq, inverse, cnt, first = _unique(keys)
         del keys
         suffix = prev[pos[first]]  # every occurrence of an n-gram has the same suffix
@@ -327,7 +344,7 @@ def _count_order(
         inv[has] = inverse
         for name, arr in (
             (f"run{c}.keys", uniq),
-            (f"run{c}.counts", cnt),
+            (f"run{c}.counts", cnt.astype(idx)),
             (f"run{c}.suffix", suffix),
             (f"run{c}.inv", inv),
         ):
@@ -371,17 +388,15 @@ def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return sk[starts], inverse, counts.astype(np.int64), order[starts]
 
 
-def _merge(disk: _Disk, lengths: list[int], n: int, budget: int) -> int:
+def _merge(disk: _Disk, lengths: list[int], n: int, budget: int, idx: Any = np.int64) -> int:
     """k-way merge of the sorted runs into ``keys{n}/counts{n}/suffix{n}``; per run ``c``,
     ``run{c}.map``: the merged row of each of its entries. Returns the merged length."""
     k = len(lengths)
     for name in (f"keys{n}", f"counts{n}", f"suffix{n}"):
         disk.touch(name)
-    if k == 1:  # one run is already the table; its rows are its own
+    if k == 1:  # one run is already the table; its rows are its own (no run0.map)
         for col in ("keys", "counts", "suffix"):
             disk.rename(f"run0.{col}", f"{col}{n}")
-        disk.touch("run0.map")
-        disk.append("run0.map", np.arange(lengths[0], dtype=np.int64))
         return lengths[0]
     block = max(MIN_MERGE_BLOCK, budget // (k * ENTRY_BYTES))
     pos = [0] * k
@@ -417,7 +432,7 @@ def _merge(disk: _Disk, lengths: list[int], n: int, budget: int) -> int:
         group[order_] = np.cumsum(new) - 1 + total
         at = 0
         for c in live:
-            disk.append(f"run{c}.map", group[at : at + take[c]])
+            disk.append(f"run{c}.map", group[at : at + take[c]].astype(idx))
             at += take[c]
             pos[c] += take[c]
         total += len(starts)
@@ -426,7 +441,9 @@ def _merge(disk: _Disk, lengths: list[int], n: int, budget: int) -> int:
     return total
 
 
-def _sweep_ids(disk: _Disk, bounds: list[tuple[int, int]], n: int, keep: bool) -> None:
+def _sweep_ids(
+    disk: _Disk, bounds: list[tuple[int, int]], n: int, keep: bool, idx: Any = np.int64
+) -> None:
     """Per token, the merged row of the order-``n`` n-gram ending there (``ids{n}``, -1 for
     none) when ``keep`` (the next order reads it); drops the runs' maps and inverses."""
     if keep:
@@ -434,11 +451,14 @@ def _sweep_ids(disk: _Disk, bounds: list[tuple[int, int]], n: int, keep: bool) -
     for c in range(len(bounds)):
         if keep:
             inv = disk.read(f"run{c}.inv", np.int32)
-            rows = disk.read(f"run{c}.map", np.int64)
+            if len(bounds) == 1:  # the run's rows are the table's
+                disk.append(f"ids{n}", inv.astype(idx))
+                continue
+            rows = disk.read(f"run{c}.map", idx)
             if len(rows) == 0:  # a chunk without n-grams of this order
-                disk.append(f"ids{n}", np.full(len(inv), -1, np.int64))
+                disk.append(f"ids{n}", np.full(len(inv), -1, idx))
             else:
-                disk.append(f"ids{n}", np.where(inv >= 0, rows[np.maximum(inv, 0)], -1))
+                disk.append(f"ids{n}", np.where(inv >= 0, rows[np.maximum(inv, 0)], -1).astype(idx))
         disk.remove(f"run{c}.inv", f"run{c}.map")
 
 
@@ -539,6 +559,8 @@ def build_chunked(
     if chunk < MIN_CHUNK:
         raise _too_small(budget, fixed + MIN_CHUNK * TOKEN_BYTES, f"counting {MIN_CHUNK} tokens")
     bounds = _chunks(num, chunk)
+    # rows and counts stay below the padded length, at most 2 * num + 1: 32 bits where that fits
+    idx = np.int32 if 2 * num + 2 < 2**31 else np.int64
     # the working arrays need what the largest chunk's counting needs (and two contexts' worth
     # for the estimate's blocks); the rest of the budget holds the spilled columns in memory
     work = min(budget - fixed, TOKEN_BYTES * min(chunk, num) + 2 * ENTRY_BYTES * (m + 1))
@@ -551,15 +573,15 @@ def build_chunked(
         windows: dict[int, tuple[np.ndarray, ...]] | None = {} if len(bounds) == 1 else None
         for n in range(2, order + 1):
             runs = _count_order(
-                disk, tokens, bounds, n, order, vocab_size, eos_id, add_bos, windows
+                disk, tokens, bounds, n, order, vocab_size, eos_id, add_bos, windows, idx
             )
-            total = _merge(disk, runs, n, work)
+            total = _merge(disk, runs, n, work, idx)
             if total == 0:
                 raise ValueError(
                     f"count_ngrams: no {n}-grams in the data (sentences too short for order "
                     f"{order})"
                 )
-            _sweep_ids(disk, bounds, n, keep=n < order)
+            _sweep_ids(disk, bounds, n, n < order, idx)
             if n > 2:
                 disk.remove(f"ids{n - 1}")
             lengths.append(total)
