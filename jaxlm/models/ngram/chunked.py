@@ -67,6 +67,12 @@ TOKEN_BYTES = 176
 ENTRY_BYTES = 160
 MIN_CHUNK = 4096  # tokens: a budget that cannot hold this many is too small to make progress
 MIN_MERGE_BLOCK = 1024  # entries per run in a merge round
+# Entries per block of the estimate at most: its temporaries (8 MB each) then come from the
+# allocator's heap, reused block after block, instead of fresh pages for every order (a
+# whole-order block of a 16M-token corpus allocated ~1 GB of temporaries per order, and first
+# touches of memory cost up to ~8 s per GB on the VM this was measured on); the block count
+# does not change the floats (blocks end at context boundaries).
+MAX_BLOCK = 1 << 20
 
 _UNITS = {
     "": 1,
@@ -303,6 +309,7 @@ def _count_order(
     add_bos: bool,
     windows: dict[int, tuple[np.ndarray, ...]] | None = None,
     idx: Any = np.int64,
+    pool: dict[str, np.ndarray] | None = None,
 ) -> list[int]:
     """Spills each chunk's sorted order-``n`` counts; returns the runs' lengths.
 
@@ -311,6 +318,7 @@ def _count_order(
     ``windows``, when given, keeps each chunk's padded window for the next order (one chunk's
     window is part of its counting memory, so a lone chunk is padded once, not once per order).
     Rows and counts are stored as ``idx`` (int32 where the corpus is small enough for them).
+    ``pool`` holds scratch buffers reused from order to order (see :func:`_buf`).
     """
     m = vocab_size + 1
     lengths = []
@@ -330,14 +338,15 @@ def _count_order(
         if n == 2:
             prev = seq
         else:  # rows of the (n-1)-grams ending at each padded position; none at <s>
-            prev = np.full(len(seq), -1, idx)
+            prev = _buf(pool, "prev", len(seq), idx)
+            prev.fill(-1)
             prev[tpos] = disk.read(f"ids{n - 1}", idx, s0, e - s0)
         has = hist_own >= n - 1
         pos = own[has]
-        keys = prev[pos - 1].astype(np.int64)
-        keys *= m
+        keys = _buf(pool, "keys", len(pos), np.int64)
+        np.multiply(prev[pos - 1], m, out=keys, dtype=np.int64)
         keys += seq[pos]
-        uniq, inverse, cnt, first = _unique(keys)
+        uniq, inverse, cnt, first = _unique(keys, pool)
         del keys
         suffix = prev[pos[first]]  # every occurrence of an n-gram has the same suffix
         inv = np.full(len(own), -1, np.int32)  # chunk-local indices fit in 32 bits
@@ -354,36 +363,59 @@ def _count_order(
     return lengths
 
 
-def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _buf(pool: dict[str, np.ndarray] | None, name: str, size: int, dtype: Any) -> np.ndarray:
+    """A scratch array of ``size`` entries: ``pool``'s (grown when too small), reused order after
+    order so that its pages are touched once, or a fresh one without a pool."""
+    if pool is None:
+        return np.empty(size, dtype)
+    b = pool.get(name)
+    if b is None or len(b) < size or b.dtype != np.dtype(dtype):
+        pool.pop(name, None)
+        b = pool[name] = np.empty(size, dtype)
+    return b[:size]
+
+
+def _unique(
+    keys: np.ndarray, pool: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``np.unique(keys, return_index=True, return_inverse=True, return_counts=True)`` for
     non-negative keys, except that the index is of some occurrence, not always the first.
 
     Where a key and its position fit in 63 bits together, one ``np.sort`` of
     ``key << bits | position`` replaces ``np.argsort`` (numpy's vectorised sort of plain
-    integers is several times faster than its argsort); else an unstable argsort.
+    integers is several times faster than its argsort); else an unstable argsort. With a
+    ``pool`` the temporaries are its buffers, and so is the returned inverse: use it before
+    the next call.
     """
     size = len(keys)
     bits = max(int(size - 1).bit_length(), 1)
     top = int(keys.max()) if size else 0
     if top.bit_length() + bits <= 63:
-        sk = keys << bits
-        sk |= np.arange(size, dtype=np.int64)
+        sk = _buf(pool, "sk", size, np.int64)
+        np.left_shift(keys, bits, out=sk)
+        if pool is None:
+            sk |= np.arange(size, dtype=np.int64)
+        else:
+            ar = pool.get("arange")
+            if ar is None or len(ar) < size:
+                ar = pool["arange"] = np.arange(size, dtype=np.int64)
+            sk |= ar[:size]
         sk.sort()
-        order = sk & ((1 << bits) - 1)
+        order = _buf(pool, "order", size, np.int64)
+        np.bitwise_and(sk, (1 << bits) - 1, out=order)
         sk >>= bits
     else:
         order = np.argsort(keys)
         sk = keys[order]
-    new = np.empty(size, bool)
+    new = _buf(pool, "new", size, bool)
     new[:1] = True
     np.not_equal(sk[1:], sk[:-1], out=new[1:])
     starts = np.flatnonzero(new)
-    group = np.cumsum(new, dtype=np.int64)
+    group = _buf(pool, "group", size, np.int64)
+    np.cumsum(new, dtype=np.int64, out=group)
     group -= 1
-    del new
-    inverse = np.empty(size, np.int64)
+    inverse = _buf(pool, "inverse", size, np.int64)
     inverse[order] = group
-    del group
     counts = np.diff(np.append(starts, size))
     return sk[starts], inverse, counts.astype(np.int64), order[starts]
 
@@ -571,9 +603,12 @@ def build_chunked(
         uni = _unigrams(tokens, bounds, vocab_size, eos_id, add_bos)
         lengths = [m]
         windows: dict[int, tuple[np.ndarray, ...]] | None = {} if len(bounds) == 1 else None
+        pool: dict[
+            str, np.ndarray
+        ] = {}  # the counting's scratch buffers, freed before the estimate
         for n in range(2, order + 1):
             runs = _count_order(
-                disk, tokens, bounds, n, order, vocab_size, eos_id, add_bos, windows, idx
+                disk, tokens, bounds, n, order, vocab_size, eos_id, add_bos, windows, idx, pool
             )
             total = _merge(disk, runs, n, work, idx)
             if total == 0:
@@ -585,6 +620,7 @@ def build_chunked(
             if n > 2:
                 disk.remove(f"ids{n - 1}")
             lengths.append(total)
+        del windows, pool
         model = _estimate(disk, uni, lengths, budget_work, order, vocab_size, method, cut,
                           discount, k, discount_fallback, eos_id, add_bos, vocab)  # fmt: skip
         model.info["memory"] = {"limit_bytes": budget, "chunks": len(bounds)}
@@ -752,8 +788,9 @@ def _tally(out: np.ndarray, rows: np.ndarray) -> None:
 
 
 def _block_size(budget: int, held: int, m: int, what: str) -> int:
-    """Entries per block once ``held`` bytes are taken; at least one context's worth."""
+    """Entries per block once ``held`` bytes are taken; at least one context's worth, at most
+    ``MAX_BLOCK`` (or one context's worth if that is more)."""
     step = (budget - held) // ENTRY_BYTES
     if step < m + 1:
         raise _too_small(budget, held + (m + 1) * ENTRY_BYTES, what)
-    return step
+    return min(step, max(MAX_BLOCK, m + 1))
