@@ -603,9 +603,9 @@ def build_chunked(
         uni = _unigrams(tokens, bounds, vocab_size, eos_id, add_bos)
         lengths = [m]
         windows: dict[int, tuple[np.ndarray, ...]] | None = {} if len(bounds) == 1 else None
-        pool: dict[
-            str, np.ndarray
-        ] = {}  # the counting's scratch buffers, freed before the estimate
+        # a lone chunk's scratch buffers, reused order after order and freed before the estimate
+        # (with many chunks, buffers kept across chunks would raise the peak towards the budget)
+        pool: dict[str, np.ndarray] | None = {} if len(bounds) == 1 else None
         for n in range(2, order + 1):
             runs = _count_order(
                 disk, tokens, bounds, n, order, vocab_size, eos_id, add_bos, windows, idx, pool
