@@ -7,8 +7,9 @@ accounting of that child (GNU ``time -f %M`` around it; peak RSS shows NaN witho
 ``/usr/bin/time``):
 
 - **ours**: read the text in blocks, the vocabulary (:class:`jaxlm.data.tokenizers.
-  WordTokenizer`'s) in one pass and the ids in a second, written to a flat file and memory-
-  mapped; :func:`jaxlm.models.ngram.build` with ``memory_limit`` (counting in chunks spilled to
+  WordTokenizer`'s) and the ids in one pass (:meth:`~jaxlm.data.tokenizers.WordTokenizer.
+  train_and_encode`), the ids written to a flat file and memory-mapped;
+  :func:`jaxlm.models.ngram.build` with ``memory_limit`` (counting in chunks spilled to
   disk, :mod:`jaxlm.models.ngram.chunked`); :func:`jaxlm.models.ngram.arpa.write_arpa`.
 - **lmplz** (skipped, with a message, when not found): ``lmplz -o N -S <budget>b -T <tmp>
   --discount_fallback < text > arpa``, the same budget in bytes.
@@ -32,7 +33,6 @@ The machine the numbers come from was shared with other jobs: report medians of 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import shutil
 import statistics
@@ -155,15 +155,10 @@ def child_ours(text: Path, arpa_path: Path, order: int, memory_limit: str, tmp: 
                 yield "".join(lines)
 
     t0 = time.perf_counter()
-    counts: collections.Counter = collections.Counter()
-    for block in blocks():
-        counts.update(block.split())
-    words = sorted(counts, key=lambda w: (-counts[w], w))
-    tok = WordTokenizer(words)
+    tok, ids_in_memory = WordTokenizer.train_and_encode(blocks())
     ids_path = tmp / "ids.i32"
-    with open(ids_path, "wb") as f:
-        for block in blocks():
-            tok.encode(block).tofile(f)
+    ids_in_memory.tofile(ids_path)
+    del ids_in_memory
     ids = np.memmap(ids_path, np.int32, mode="r")
     t1 = time.perf_counter()
     model = ngram.build(
@@ -259,6 +254,28 @@ def arpa_counts(path: Path) -> list[int]:
     return out
 
 
+def warm_memory(warm_mb: float, peaks: list[float]) -> None:
+    """Touches and frees memory before a timed child, so that neither tool pays for pages the
+    host has taken back.
+
+    On the VM these numbers come from, the first touch of memory that has been free for a
+    couple of seconds costs about 8 s per GB (the balloon driver hands free pages back to the
+    host; touching them again faults them in from the host), against about 0.3 s per GB for
+    pages freed just before. Without this, a tool that runs right after the other inherits its
+    freshly freed pages and the one that runs first pays for its whole peak: the order of the
+    runs, not the tools, decides seconds. The page cache that the ARPA file fills comes from
+    the same free pages. ``warm_mb`` < 0 (default): twice the largest peak RSS seen so far (for
+    the resident set and the ARPA file's pages), at least 1 GB; 0: off.
+    """
+    import numpy as np
+
+    if warm_mb == 0:
+        return
+    mb = warm_mb if warm_mb > 0 else max(1024.0, 2 * max(peaks, default=0.0))
+    block = np.ones(int(mb * 2**20) // 8)
+    del block
+
+
 def exponent(sizes: list[int], seconds: list[float]) -> float:
     """``b`` of ``seconds ~ sizes^b``, least squares on log-log."""
     import numpy as np
@@ -288,6 +305,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="runs per tool and size (median)")
     p.add_argument("--streams", type=int, default=131072, help="streams sampled in lockstep")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--warm_mb",
+        type=float,
+        default=-1,
+        help="MB of memory touched before each timed child (-1: twice the largest peak so far; "
+        "0: off); see warm_memory",
+    )
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     p.add_argument("--work", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -308,16 +332,21 @@ def main() -> None:
     if binary is None:
         print("lmplz not found (--lmplz, PATH or /work/kenlm/build/bin): its columns are skipped")
     ensure_stream(cache, sizes[-1], ptb, args.streams, args.seed)
-    rows = []
+    rows, peaks = [], []
     for size in sizes:
         text, count = ensure_text(cache, size)
         mine, theirs = [], []
-        for _ in range(args.repeats):
-            with tempfile.TemporaryDirectory(dir=cache) as work:
-                mine.append(ours(text, args.order, args.memory_limit, Path(work)))
-            if binary is not None:
+        for rep in range(args.repeats):
+            tools = ["ours", "lmplz"] if binary is not None else ["ours"]
+            for tool in tools if rep % 2 == 0 else tools[::-1]:  # each goes first in turn
+                warm_memory(args.warm_mb, peaks)
                 with tempfile.TemporaryDirectory(dir=cache) as work:
-                    theirs.append(lmplz(binary, text, args.order, budget, Path(work)))
+                    if tool == "ours":
+                        mine.append(ours(text, args.order, args.memory_limit, Path(work)))
+                        peaks.append(mine[-1]["peak_mb"])
+                    else:
+                        theirs.append(lmplz(binary, text, args.order, budget, Path(work)))
+                        peaks.append(theirs[-1]["peak_mb"])
         row = {"size": size, "tokens": count, "ours": _median(mine)}
         if theirs:
             row["lmplz"] = _median(theirs)
@@ -340,7 +369,9 @@ def _table(rows: list[dict], args: argparse.Namespace, budget: int) -> None:
         f"\n{args.order}-grams, text to ARPA, memory_limit={args.memory_limit} ({budget:,} bytes;"
         f" lmplz -S {budget}b); median of {args.repeats}; peak RSS of each child process (build MB:"
         " ours up to the end of the build, before the ARPA file; in-proc: our three phases"
-        " without the interpreter's start and imports)"
+        " without the interpreter's start and imports); tools alternate going first;"
+        f" memory warmed before each run: {'off' if args.warm_mb == 0 else 'on'}"
+        f"{f' ({args.warm_mb:g} MB)' if args.warm_mb > 0 else ''}"
     )
     head = (
         f"{'tokens':>11} {'ours s':>8} {'(tok/build/arpa)':>18} {'ours MB':>8} {'build MB':>8} "

@@ -7,7 +7,9 @@ The subword tokenizers (``bpe``, ``unigram``, ``gpt2``) are Hugging Face ``token
 from __future__ import annotations
 
 import collections
+import itertools
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -198,22 +200,62 @@ class WordTokenizer:
             words = [w for w in words if w not in (EOS, UNK)][: max(vocab_size - 2, 0)]
         return cls(words)
 
+    @classmethod
+    def train_and_encode(cls, blocks: Iterable[str]) -> tuple[WordTokenizer, np.ndarray]:
+        """Builds the whole vocabulary (as :meth:`train` with its defaults) from text given in
+        blocks of whole lines and encodes it, splitting each block once.
+
+        Each word gets a provisional id at its first occurrence; the counts are a bincount of
+        those, and one permutation turns them into the trained ids. For a corpus read from a
+        file in blocks this replaces a counting pass and an encoding pass, each splitting the
+        text, by one.
+
+        Args:
+          blocks: the training text, each block ending at a line end (or the text's end).
+
+        Returns:
+          ``(tokenizer, ids)``: what ``train(text)`` gives and its ``encode(text)`` (int32).
+
+        Example:
+          >>> tok, ids = WordTokenizer.train_and_encode(["a b a\\n", "b c\\n"])
+          >>> tok.vocab, ids.tolist()
+          (['<eos>', '<unk>', 'a', 'b', 'c'], [2, 3, 2, 0, 3, 4, 0])
+        """
+        first: dict[str, int] = collections.defaultdict(itertools.count().__next__)
+        parts = []
+        for block in blocks:
+            words = cls._split(block)
+            parts.append(np.fromiter(map(first.__getitem__, words), np.int32, len(words)))
+        provisional = np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        del parts
+        names = list(first)
+        counts = np.bincount(provisional, minlength=len(names)).tolist()
+        order = sorted(range(len(names)), key=lambda i: (-counts[i], names[i]))
+        tok = cls([names[i] for i in order])
+        remap = np.array([tok._index[w] for w in names], np.int32)
+        return tok, remap[provisional] if len(names) else provisional
+
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    @staticmethod
+    def _split(text: str) -> list[str]:
+        """:meth:`words`, by one ``str.split`` where ``\\n`` is the only line end that adds
+        ``<eos>`` (no ``\\r``; the other line breaks ``splitlines`` knows are whitespace to
+        ``split`` and add none)."""
+        if "\r" in text:
+            return _line_words(text)
+        return text.replace("\n", f" {EOS} ").split()
+
     def words(self, text: str) -> list[str]:
         """Splits text into words with ``<eos>`` after each line that ends with a newline."""
-        out = []
-        for line in text.splitlines(keepends=True):
-            out.extend(line.split())
-            if line.endswith(("\n", "\r")):
-                out.append(EOS)
-        return out
+        return self._split(text)
 
     def encode(self, text: str) -> np.ndarray:
-        index, unk = self._index, self.unk_id
-        return np.array([index.get(w, unk) for w in self.words(text)], np.int32)
+        words = self._split(text)
+        ids = map(self._index.get, words, itertools.repeat(self.unk_id))
+        return np.fromiter(ids, np.int32, len(words))
 
     def decode(self, ids) -> str:
         words = [self.vocab[i] for i in np.asarray(ids).tolist()]
@@ -234,6 +276,16 @@ class WordTokenizer:
 
     def to_json(self) -> dict:
         return {"kind": self.kind, "words": self.vocab[2:]}
+
+
+def _line_words(text: str) -> list[str]:
+    """Words with ``<eos>`` after each line (``splitlines``) that ends with ``\\n`` or ``\\r``."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        out.extend(line.split())
+        if line.endswith(("\n", "\r")):
+            out.append(EOS)
+    return out
 
 
 def _gpt2(text: str | bytes, tokenizer_path: str = "", **unused: Any) -> SubwordTokenizer:

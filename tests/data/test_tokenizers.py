@@ -39,6 +39,31 @@ def test_word_tokenizer_eos_unk_and_limits():
     assert WordTokenizer.train(text, vocab_size=3).vocab == ["<eos>", "<unk>", "the"]
 
 
+LINE_ENDS = [
+    "the cat sat\nthe dog sat\nthe end\n",
+    "a b\n\nc",  # an empty line, no newline at the end
+    "a\r\nb\rc\n",  # \r and \r\n end lines too (the slow path)
+    "x\x0by\fz\x85w\u2028v\n",  # line breaks that add no <eos>
+    "<eos> a <unk> a\n",  # the specials written out
+    "",
+]
+
+
+@pytest.mark.parametrize("text", LINE_ENDS)
+def test_word_tokenizer_fast_split_and_one_pass_training_agree(text):
+    tok = WordTokenizer.train(text)
+    slow = []  # words(), spelled out line by line
+    for line in text.splitlines(keepends=True):
+        slow += line.split() + (["<eos>"] if line.endswith(("\n", "\r")) else [])
+    assert tok.words(text) == slow
+    assert tok.encode(text).tolist() == [tok.vocab.index(w) for w in slow]
+    lines = text.splitlines(keepends=True)
+    blocks = ["".join(lines[:1]), "".join(lines[1:])]
+    one, ids = WordTokenizer.train_and_encode(blocks)
+    assert one.vocab == tok.vocab
+    assert ids.dtype == np.int32 and ids.tolist() == tok.encode(text).tolist()
+
+
 @pytest.mark.parametrize(
     "tok",
     [CharTokenizer.train("abcé"), ByteTokenizer(), WordTokenizer.train("a b\nb c\n")],

@@ -31,10 +31,8 @@ Example:
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +44,9 @@ LN10 = math.log(10.0)
 BOS, EOS = "<s>", "</s>"
 _NEVER = -99.0  # log10 probability ARPA files give <s>
 # N-grams per block of lines: small enough that Arrow's pool reuses the buffers of blocks already
-# written (fresh pages cost a fault each: at 1 << 17 rows they were a third of the PTB write).
+# written (fresh pages cost a fault each; PTB's 5-gram in a fresh process, medians of 3: 1.31 s
+# at 1 << 17 rows with 31-36k page faults, 1.02 s at 1 << 14 with 8-15k).
 _BLOCK = 1 << 14
-_THREADS = 2  # blocks formatted at once (Arrow's kernels release the GIL); written in order
 
 
 def escape_token(token: str) -> str:
@@ -160,84 +158,103 @@ def _write_lines(f: Any, lines: Any) -> None:
     f.write(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
 
 
-def write_arpa(model: NGramModel, path: str | Path, vocab: Sequence[str] | None = None) -> None:
+def write_arpa(
+    model: NGramModel,
+    path: str | Path,
+    vocab: Sequence[str] | None = None,
+    threads: int = 0,
+) -> None:
     """Writes a model as an ARPA file.
 
     Whole columns at once, in blocks of rows, with Apache Arrow's string kernels (C++): the
     log10 values cast to text (``repr``'s, see :func:`_column`), the words taken from the
     vocabulary's names by id, joined into lines element-wise, and each block's buffer written
-    as it is; no Python loop per n-gram. Two threads format blocks (the kernels release the
-    GIL) while this one writes them in order.
+    as it is; no Python loop per n-gram. The kernels and the file writes release the GIL, so
+    blocks are formatted on ``threads`` threads while the main thread writes them in order
+    (a few blocks ahead at most).
 
     Args:
       model: the model (any method; all are back-off models).
       path: destination file (UTF-8).
       vocab: token strings; default ``model.vocab``; ids are written as numbers if both are None.
+      threads: formatting threads; 0: one per CPU, at most 4.
 
     Example:
       >>> write_arpa(model, "/tmp/model.arpa")  # doctest: +SKIP
     """
-    import pyarrow as pa
+    import concurrent.futures
+    import os
 
-    names = pa.array(
-        arpa_names(vocab if vocab is not None else model.vocab, model.vocab_size, model.eos_id),
-        pa.string(),
+    names = _names_with(
+        arpa_names(vocab if vocab is not None else model.vocab, model.vocab_size, model.eos_id)
     )
-    with (
-        open(path, "wb") as f,
-        concurrent.futures.ThreadPoolExecutor(_THREADS, thread_name_prefix="arpa") as pool,
-    ):
-        queue: collections.deque = collections.deque()  # headers (bytes) and blocks, in order
-        for part in _parts(model):
-            if isinstance(part, bytes):
-                queue.append(part)
-                continue
-            queue.append(pool.submit(_block_lines, model, names, *part))
-            while sum(not isinstance(q, bytes) for q in queue) > 2 * _THREADS:
-                _write_next(f, queue)
-        while queue:
-            _write_next(f, queue)
+    threads = threads or min(4, os.cpu_count() or 1)
+    jobs = [
+        (n, start)
+        for n in range(1, model.order + 1)
+        for start in range(0, len(model.keys[n - 1]), _BLOCK)
+    ]
+    with open(path, "wb") as f, concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        f.write(b"\\data\\\n")
+        for n, count in enumerate(model.num_ngrams, 1):
+            f.write(f"ngram {n}={count}\n".encode())
+        ahead = 2 * threads
+        pending = [pool.submit(_block_lines, model, names, *job) for job in jobs[:ahead]]
+        n_prev = 0
+        for i, (n, _) in enumerate(jobs):
+            for gap in range(n_prev + 1, n + 1):  # headers of this order and any empty ones
+                f.write(f"\n\\{gap}-grams:\n".encode())
+                if gap < n:
+                    f.write(b"\n")
+            n_prev = n
+            lines = pending[i].result()
+            pending[i] = None
+            if i + ahead < len(jobs):
+                pending.append(pool.submit(_block_lines, model, names, *jobs[i + ahead]))
+            _write_lines(f, lines)
+        for gap in range(n_prev + 1, model.order + 1):  # trailing empty orders
+            f.write(f"\n\\{gap}-grams:\n\n".encode())
+        f.write(b"\n\\end\\\n")
 
 
-def _parts(model: NGramModel) -> Iterator[bytes | tuple[int, int]]:
-    """The file in order: header text, and ``(order, first row)`` for each block of lines."""
-    yield (
-        b"\\data\\\n"
-        + "".join(f"ngram {n}={c}\n" for n, c in enumerate(model.num_ngrams, 1)).encode()
-    )
-    for n in range(1, model.order + 1):
-        count = len(model.keys[n - 1])
-        yield f"\n\\{n}-grams:\n".encode() + (b"" if count else b"\n")
-        yield from ((n, start) for start in range(0, count, _BLOCK))
-    yield b"\n\\end\\\n"
-
-
-def _write_next(f: Any, queue: collections.deque) -> None:
-    part = queue.popleft()
-    if isinstance(part, bytes):
-        f.write(part)
-    else:
-        _write_lines(f, part.result())
-
-
-def _block_lines(model: NGramModel, names: Any, n: int, start: int) -> Any:
-    """The ARPA lines of order ``n``'s rows ``[start, start + _BLOCK)``: an Arrow string array
-    (newlines included)."""
+def _block_lines(model: NGramModel, names: dict[str, Any], n: int, start: int) -> Any:
+    """The ARPA lines of order ``n``'s rows ``start .. start + _BLOCK``: an Arrow string array
+    whose values end in newlines, made by one join of the columns (the words taken from the
+    names with their separator already appended, see :func:`_names_with`)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     m = model.vocab_size + 1
     rows = slice(start, start + _BLOCK)
     ids = _words(np.asarray(model.keys[n - 1][rows]), model.keys, n, m)
-    words = [pc.take(names, pa.array(ids[:, j])) for j in range(n)]
-    fields = [
-        _column(np.asarray(model.log_probs[n - 1][rows]) / LN10),
-        words[0] if n == 1 else pc.binary_join_element_wise(*words, " "),
-    ]
-    if n < model.order:
-        fields.append(_column(np.asarray(model.log_backoffs[n - 1][rows]) / LN10))
-    line = pc.binary_join_element_wise(*fields, "\t")
-    return pc.binary_join_element_wise(line, pa.scalar(""), "\n")
+    top = n == model.order
+    cols = [_column(np.asarray(model.log_probs[n - 1][rows]) / LN10), pa.scalar("\t")]
+    for j in range(n):
+        end = " " if j < n - 1 else ("\n" if top else "\t")
+        cols.append(pc.take(names[end], pa.array(ids[:, j])))
+    if not top:
+        cols += [_few_column(np.asarray(model.log_backoffs[n - 1][rows]) / LN10), pa.scalar("\n")]
+    return pc.binary_join_element_wise(*cols, "")
+
+
+def _few_column(values: np.ndarray) -> Any:
+    """:func:`_column` for values with many repeats (the back-off weights: a few thousand
+    distinct ones per order, as ratios of small discounted counts): each distinct value is
+    written once and the texts are taken by index."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    distinct, index = np.unique(values, return_inverse=True)  # 0.0 and -0.0 both write "0"
+    if 2 * len(distinct) > len(values):
+        return _column(values)
+    return pc.take(_column(distinct), pa.array(index.reshape(-1)))
+
+
+def _names_with(names: list[str]) -> dict[str, Any]:
+    """The ARPA names as Arrow arrays, each followed by a space, a tab or a newline."""
+    import pyarrow as pa
+
+    return {end: pa.array([w + end for w in names], pa.string()) for end in (" ", "\t", "\n")}
 
 
 def _words(keys: np.ndarray, all_keys: list[np.ndarray], n: int, m: int) -> np.ndarray:

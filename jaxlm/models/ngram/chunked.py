@@ -67,6 +67,12 @@ TOKEN_BYTES = 176
 ENTRY_BYTES = 160
 MIN_CHUNK = 4096  # tokens: a budget that cannot hold this many is too small to make progress
 MIN_MERGE_BLOCK = 1024  # entries per run in a merge round
+# Entries per block of the estimate at most: its temporaries (8 MB each) then come from the
+# allocator's heap, reused block after block, instead of fresh pages for every order (a
+# whole-order block of a 16M-token corpus allocated ~1 GB of temporaries per order, and first
+# touches of memory cost up to ~8 s per GB on the VM this was measured on); the block count
+# does not change the floats (blocks end at context boundaries).
+MAX_BLOCK = 1 << 20
 
 _UNITS = {
     "": 1,
@@ -160,38 +166,103 @@ def _size(n: float) -> str:
 
 
 class _Disk:
-    """Flat binary columns in a scratch folder: append blocks, read ranges back."""
+    """Flat binary columns in a scratch folder: append blocks, read ranges back.
 
-    def __init__(self, root: Path) -> None:
+    Columns are held in memory while they fit ``ram_bytes`` (the part of the budget that the
+    working arrays leave free), and written to files in ``root`` from the first block that does
+    not fit: a corpus that one chunk covers never waits on the disk (the disk's write speed, not
+    the sorts, was most of such a build). A block appended in memory is kept as it is (made
+    read-only), so callers must not change it afterwards; reads of held columns are views.
+    """
+
+    def __init__(self, root: Path, ram_bytes: int = 0) -> None:
         self.root = root
+        self.ram_bytes = ram_bytes
+        self.used = 0
+        self.held: dict[str, list[np.ndarray]] = {}
+        self.dtypes: dict[str, np.dtype] = {}  # each column's, from its first block
 
     def path(self, name: str) -> Path:
         return self.root / name
 
+    def _spill(self, name: str) -> None:
+        """Moves a held column to its file."""
+        blocks = self.held.pop(name)
+        with open(self.root / name, "wb") as f:
+            for b in blocks:
+                b.tofile(f)
+        self.used -= sum(b.nbytes for b in blocks)
+
     def append(self, name: str, arr: np.ndarray) -> None:
+        arr = np.ascontiguousarray(arr)
+        if self.dtypes.setdefault(name, arr.dtype) != arr.dtype:
+            raise AssertionError(f"{name}: {arr.dtype} appended to {self.dtypes[name]}")
+        if name in self.held:
+            if self.used + arr.nbytes <= self.ram_bytes:
+                if not arr.flags.owndata:  # a view would hold its whole base
+                    arr = arr.copy()
+                arr.flags.writeable = False
+                self.held[name].append(arr)
+                self.used += arr.nbytes
+                return
+            self._spill(name)
         with open(self.root / name, "ab") as f:
-            np.ascontiguousarray(arr).tofile(f)
+            arr.tofile(f)
 
     def touch(self, name: str) -> None:
-        open(self.root / name, "wb").close()
+        self.remove(name)
+        self.dtypes.pop(name, None)
+        if self.ram_bytes > 0:
+            self.held[name] = []
+        else:
+            open(self.root / name, "wb").close()
+
+    def _whole(self, name: str, dtype: Any) -> np.ndarray:
+        """A held column as one array (its blocks joined once)."""
+        blocks = self.held[name]
+        if len(blocks) != 1:
+            whole = np.concatenate(blocks) if blocks else np.zeros(0, dtype)
+            whole.flags.writeable = False
+            blocks[:] = [whole]
+        return blocks[0].view(dtype)
 
     def read(self, name: str, dtype: Any, start: int = 0, count: int = -1) -> np.ndarray:
-        dtype = np.dtype(dtype)
+        """Entries ``start .. start + count`` (to the end for -1), in the column's own dtype
+        (``dtype`` for a column never appended to)."""
+        dtype = self.dtypes.get(name, np.dtype(dtype))
+        if name in self.held:
+            whole = self._whole(name, dtype)
+            return whole[start:] if count < 0 else whole[start : start + count]
         with open(self.root / name, "rb") as f:
             f.seek(start * dtype.itemsize)
             return np.fromfile(f, dtype, count)
 
     def length(self, name: str, dtype: Any) -> int:
+        dtype = self.dtypes.get(name, np.dtype(dtype))
+        if name in self.held:
+            return sum(b.nbytes for b in self.held[name]) // np.dtype(dtype).itemsize
         return (self.root / name).stat().st_size // np.dtype(dtype).itemsize
 
     def remove(self, *names: str) -> None:
         for name in names:
+            if name in self.held:
+                self.used -= sum(b.nbytes for b in self.held.pop(name))
             (self.root / name).unlink(missing_ok=True)
 
     def rename(self, old: str, new: str) -> None:
-        (self.root / old).rename(self.root / new)
+        self.remove(new)
+        if old in self.dtypes:
+            self.dtypes[new] = self.dtypes.pop(old)
+        if old in self.held:
+            self.held[new] = self.held.pop(old)
+        else:
+            (self.root / old).rename(self.root / new)
 
     def memmap(self, name: str, dtype: Any) -> np.ndarray:
+        """The column read-only: the held array itself, or a map of its file."""
+        dtype = self.dtypes.get(name, np.dtype(dtype))
+        if name in self.held:
+            return self._whole(name, dtype)
         n = self.length(name, dtype)
         if n == 0:
             return np.zeros(0, dtype)
@@ -236,32 +307,53 @@ def _count_order(
     vocab_size: int,
     eos_id: int | None,
     add_bos: bool,
+    windows: dict[int, tuple[np.ndarray, ...]] | None = None,
+    idx: Any = np.int64,
+    pool: dict[str, np.ndarray] | None = None,
 ) -> list[int]:
     """Spills each chunk's sorted order-``n`` counts; returns the runs' lengths.
 
     Per chunk ``c``: ``run{c}.keys/.counts/.suffix`` (the unique keys, their counts and suffix
     rows) and ``run{c}.inv`` (per token, its n-gram's index in the run, -1 for none).
+    ``windows``, when given, keeps each chunk's padded window for the next order (one chunk's
+    window is part of its counting memory, so a lone chunk is padded once, not once per order).
+    Rows and counts are stored as ``idx`` (int32 where the corpus is small enough for them).
+    ``pool`` holds scratch buffers reused from order to order (see :func:`_buf`).
     """
     m = vocab_size + 1
     lengths = []
     for c, (s, e) in enumerate(bounds):
-        seq, hist, tpos, s0 = _window(tokens, s, e, order, vocab_size, eos_id, add_bos)
-        own = tpos[s - s0 :]
+        if windows is not None and c in windows:
+            seq, tpos, own, hist_own, s0 = windows[c]
+        else:
+            seq, hist, tpos, s0 = _window(tokens, s, e, order, vocab_size, eos_id, add_bos)
+            tpos = tpos.astype(idx)
+            own = tpos[s - s0 :]
+            # only whether a history reaches n - 1 matters, and m fits 32 bits: a compact window
+            hist_own = np.minimum(hist[own], order).astype(np.int8 if order < 127 else np.int64)
+            seq = seq.astype(np.int32 if m < 2**31 else np.int64)
+            del hist
+            if windows is not None:
+                windows[c] = (seq, tpos, own, hist_own, s0)
         if n == 2:
             prev = seq
         else:  # rows of the (n-1)-grams ending at each padded position; none at <s>
-            prev = np.full(len(seq), -1, np.int64)
-            prev[tpos] = disk.read(f"ids{n - 1}", np.int64, s0, e - s0)
-        pos = own[hist[own] >= n - 1]
-        keys = prev[pos - 1] * m + seq[pos]
-        uniq, inverse, cnt = _unique(keys)
-        suffix = np.empty(len(uniq), np.int64)
-        suffix[inverse] = prev[pos]  # every occurrence of an n-gram has the same suffix
+            prev = _buf(pool, "prev", len(seq), idx)
+            prev.fill(-1)
+            prev[tpos] = disk.read(f"ids{n - 1}", idx, s0, e - s0)
+        has = hist_own >= n - 1
+        pos = own[has]
+        keys = _buf(pool, "keys", len(pos), np.int64)
+        np.multiply(prev[pos - 1], m, out=keys, dtype=np.int64)
+        keys += seq[pos]
+        uniq, inverse, cnt, first = _unique(keys, pool)
+        del keys
+        suffix = prev[pos[first]]  # every occurrence of an n-gram has the same suffix
         inv = np.full(len(own), -1, np.int32)  # chunk-local indices fit in 32 bits
-        inv[hist[own] >= n - 1] = inverse
+        inv[has] = inverse
         for name, arr in (
             (f"run{c}.keys", uniq),
-            (f"run{c}.counts", cnt),
+            (f"run{c}.counts", cnt.astype(idx)),
             (f"run{c}.suffix", suffix),
             (f"run{c}.inv", inv),
         ):
@@ -271,32 +363,72 @@ def _count_order(
     return lengths
 
 
-def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(keys, return_inverse=True, return_counts=True)`` with one unstable sort
-    (no first indices are needed, so no stable sort)."""
-    order = np.argsort(keys)
-    sk = keys[order]
-    new = np.empty(len(sk), bool)
+def _buf(pool: dict[str, np.ndarray] | None, name: str, size: int, dtype: Any) -> np.ndarray:
+    """A scratch array of ``size`` entries: ``pool``'s (grown when too small), reused order after
+    order so that its pages are touched once, or a fresh one without a pool."""
+    if pool is None:
+        return np.empty(size, dtype)
+    b = pool.get(name)
+    if b is None or len(b) < size or b.dtype != np.dtype(dtype):
+        pool.pop(name, None)
+        b = pool[name] = np.empty(size, dtype)
+    return b[:size]
+
+
+def _unique(
+    keys: np.ndarray, pool: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_index=True, return_inverse=True, return_counts=True)`` for
+    non-negative keys, except that the index is of some occurrence, not always the first.
+
+    Where a key and its position fit in 63 bits together, one ``np.sort`` of
+    ``key << bits | position`` replaces ``np.argsort`` (numpy's vectorised sort of plain
+    integers is several times faster than its argsort); else an unstable argsort. With a
+    ``pool`` the temporaries are its buffers, and so is the returned inverse: use it before
+    the next call.
+    """
+    size = len(keys)
+    bits = max(int(size - 1).bit_length(), 1)
+    top = int(keys.max()) if size else 0
+    if top.bit_length() + bits <= 63:
+        sk = _buf(pool, "sk", size, np.int64)
+        np.left_shift(keys, bits, out=sk)
+        if pool is None:
+            sk |= np.arange(size, dtype=np.int64)
+        else:
+            ar = pool.get("arange")
+            if ar is None or len(ar) < size:
+                ar = pool["arange"] = np.arange(size, dtype=np.int64)
+            sk |= ar[:size]
+        sk.sort()
+        order = _buf(pool, "order", size, np.int64)
+        np.bitwise_and(sk, (1 << bits) - 1, out=order)
+        sk >>= bits
+    else:
+        order = np.argsort(keys)
+        sk = keys[order]
+    new = _buf(pool, "new", size, bool)
     new[:1] = True
     np.not_equal(sk[1:], sk[:-1], out=new[1:])
     starts = np.flatnonzero(new)
-    inverse = np.empty(len(sk), np.int64)
-    inverse[order] = np.cumsum(new) - 1
-    counts = np.diff(np.append(starts, len(sk)))
-    return sk[starts], inverse, counts.astype(np.int64)
+    group = _buf(pool, "group", size, np.int64)
+    np.cumsum(new, dtype=np.int64, out=group)
+    group -= 1
+    inverse = _buf(pool, "inverse", size, np.int64)
+    inverse[order] = group
+    counts = np.diff(np.append(starts, size))
+    return sk[starts], inverse, counts.astype(np.int64), order[starts]
 
 
-def _merge(disk: _Disk, lengths: list[int], n: int, budget: int) -> int:
+def _merge(disk: _Disk, lengths: list[int], n: int, budget: int, idx: Any = np.int64) -> int:
     """k-way merge of the sorted runs into ``keys{n}/counts{n}/suffix{n}``; per run ``c``,
     ``run{c}.map``: the merged row of each of its entries. Returns the merged length."""
     k = len(lengths)
     for name in (f"keys{n}", f"counts{n}", f"suffix{n}"):
         disk.touch(name)
-    if k == 1:  # one run is already the table; its rows are its own
+    if k == 1:  # one run is already the table; its rows are its own (no run0.map)
         for col in ("keys", "counts", "suffix"):
             disk.rename(f"run0.{col}", f"{col}{n}")
-        disk.touch("run0.map")
-        disk.append("run0.map", np.arange(lengths[0], dtype=np.int64))
         return lengths[0]
     block = max(MIN_MERGE_BLOCK, budget // (k * ENTRY_BYTES))
     pos = [0] * k
@@ -332,7 +464,7 @@ def _merge(disk: _Disk, lengths: list[int], n: int, budget: int) -> int:
         group[order_] = np.cumsum(new) - 1 + total
         at = 0
         for c in live:
-            disk.append(f"run{c}.map", group[at : at + take[c]])
+            disk.append(f"run{c}.map", group[at : at + take[c]].astype(idx))
             at += take[c]
             pos[c] += take[c]
         total += len(starts)
@@ -341,7 +473,9 @@ def _merge(disk: _Disk, lengths: list[int], n: int, budget: int) -> int:
     return total
 
 
-def _sweep_ids(disk: _Disk, bounds: list[tuple[int, int]], n: int, keep: bool) -> None:
+def _sweep_ids(
+    disk: _Disk, bounds: list[tuple[int, int]], n: int, keep: bool, idx: Any = np.int64
+) -> None:
     """Per token, the merged row of the order-``n`` n-gram ending there (``ids{n}``, -1 for
     none) when ``keep`` (the next order reads it); drops the runs' maps and inverses."""
     if keep:
@@ -349,11 +483,14 @@ def _sweep_ids(disk: _Disk, bounds: list[tuple[int, int]], n: int, keep: bool) -
     for c in range(len(bounds)):
         if keep:
             inv = disk.read(f"run{c}.inv", np.int32)
-            rows = disk.read(f"run{c}.map", np.int64)
+            if len(bounds) == 1:  # the run's rows are the table's
+                disk.append(f"ids{n}", inv.astype(idx))
+                continue
+            rows = disk.read(f"run{c}.map", idx)
             if len(rows) == 0:  # a chunk without n-grams of this order
-                disk.append(f"ids{n}", np.full(len(inv), -1, np.int64))
+                disk.append(f"ids{n}", np.full(len(inv), -1, idx))
             else:
-                disk.append(f"ids{n}", np.where(inv >= 0, rows[np.maximum(inv, 0)], -1))
+                disk.append(f"ids{n}", np.where(inv >= 0, rows[np.maximum(inv, 0)], -1).astype(idx))
         disk.remove(f"run{c}.inv", f"run{c}.map")
 
 
@@ -454,24 +591,37 @@ def build_chunked(
     if chunk < MIN_CHUNK:
         raise _too_small(budget, fixed + MIN_CHUNK * TOKEN_BYTES, f"counting {MIN_CHUNK} tokens")
     bounds = _chunks(num, chunk)
+    # rows and counts stay below the padded length, at most 2 * num + 1: 32 bits where that fits
+    idx = np.int32 if 2 * num + 2 < 2**31 else np.int64
+    # the working arrays need what the largest chunk's counting needs (and two contexts' worth
+    # for the estimate's blocks); the rest of the budget holds the spilled columns in memory
+    work = min(budget - fixed, TOKEN_BYTES * min(chunk, num) + 2 * ENTRY_BYTES * (m + 1))
+    budget_work = work + fixed
     root = Path(tempfile.mkdtemp(prefix="ngram-", dir=tmp_dir))
     try:
-        disk = _Disk(root)
+        disk = _Disk(root, ram_bytes=budget - budget_work)
         uni = _unigrams(tokens, bounds, vocab_size, eos_id, add_bos)
         lengths = [m]
+        windows: dict[int, tuple[np.ndarray, ...]] | None = {} if len(bounds) == 1 else None
+        # a lone chunk's scratch buffers, reused order after order and freed before the estimate
+        # (with many chunks, buffers kept across chunks would raise the peak towards the budget)
+        pool: dict[str, np.ndarray] | None = {} if len(bounds) == 1 else None
         for n in range(2, order + 1):
-            runs = _count_order(disk, tokens, bounds, n, order, vocab_size, eos_id, add_bos)
-            total = _merge(disk, runs, n, budget - fixed)
+            runs = _count_order(
+                disk, tokens, bounds, n, order, vocab_size, eos_id, add_bos, windows, idx, pool
+            )
+            total = _merge(disk, runs, n, work, idx)
             if total == 0:
                 raise ValueError(
                     f"count_ngrams: no {n}-grams in the data (sentences too short for order "
                     f"{order})"
                 )
-            _sweep_ids(disk, bounds, n, keep=n < order)
+            _sweep_ids(disk, bounds, n, n < order, idx)
             if n > 2:
                 disk.remove(f"ids{n - 1}")
             lengths.append(total)
-        model = _estimate(disk, uni, lengths, budget, order, vocab_size, method, cut,
+        del windows, pool
+        model = _estimate(disk, uni, lengths, budget_work, order, vocab_size, method, cut,
                           discount, k, discount_fallback, eos_id, add_bos, vocab)  # fmt: skip
         model.info["memory"] = {"limit_bytes": budget, "chunks": len(bounds)}
         return model
@@ -638,8 +788,9 @@ def _tally(out: np.ndarray, rows: np.ndarray) -> None:
 
 
 def _block_size(budget: int, held: int, m: int, what: str) -> int:
-    """Entries per block once ``held`` bytes are taken; at least one context's worth."""
+    """Entries per block once ``held`` bytes are taken; at least one context's worth, at most
+    ``MAX_BLOCK`` (or one context's worth if that is more)."""
     step = (budget - held) // ENTRY_BYTES
     if step < m + 1:
         raise _too_small(budget, held + (m + 1) * ENTRY_BYTES, what)
-    return step
+    return min(step, max(MAX_BLOCK, m + 1))

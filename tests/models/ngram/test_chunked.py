@@ -59,6 +59,22 @@ def test_chunked_equals_in_memory_bit_for_bit(case, tmp_path):
     assert got.nll(ids) == want.nll(ids)
 
 
+@pytest.mark.parametrize("spare", [10**9, 20_000], ids=["all-in-memory", "some-spilled"])
+def test_one_chunk_keeps_its_columns_in_memory_while_they_fit(spare, tmp_path):
+    # one chunk: the budget's share not needed by the working arrays holds the columns; with a
+    # small share the later columns spill to files mid-build (a held column moves to its file)
+    vocab, order, num = 40, 5, 40_000
+    tokens = random_corpus(11, num, vocab, 0)
+    work = chunked.TOKEN_BYTES * num + 2 * chunked.ENTRY_BYTES * (vocab + 1)
+    budget = 64 * (vocab + 1) + work + spare
+    got = ngram.build(tokens, vocab, order, eos_id=0, memory_limit=budget, tmp_dir=tmp_path)
+    assert got.info["memory"] == {"limit_bytes": budget, "chunks": 1}
+    assert_same_model(got, ngram.build(tokens, vocab, order, eos_id=0))
+    on_disk = [isinstance(k, np.memmap) for k in got.keys[1:]]
+    assert any(on_disk) == (spare < work), on_disk
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_budget_too_small_names_the_smallest_that_works(tmp_path):
     tokens = random_corpus(3, 20_000, 30, 0)
     with pytest.raises(ConfigError, match="too small") as e:
