@@ -48,7 +48,9 @@ from typing import Any
 import numpy as np
 
 from jaxlm.errors import ConfigError
+from jaxlm.models.ngram.counts import buffer as _buf
 from jaxlm.models.ngram.counts import check_shape, check_tokens, pad
+from jaxlm.models.ngram.counts import unique_keys as _unique
 from jaxlm.models.ngram.model import NGramModel
 from jaxlm.models.ngram.smoothing import (
     _KN_METHODS,
@@ -361,63 +363,6 @@ def _count_order(
             disk.append(name, arr)
         lengths.append(len(uniq))
     return lengths
-
-
-def _buf(pool: dict[str, np.ndarray] | None, name: str, size: int, dtype: Any) -> np.ndarray:
-    """A scratch array of ``size`` entries: ``pool``'s (grown when too small), reused order after
-    order so that its pages are touched once, or a fresh one without a pool."""
-    if pool is None:
-        return np.empty(size, dtype)
-    b = pool.get(name)
-    if b is None or len(b) < size or b.dtype != np.dtype(dtype):
-        pool.pop(name, None)
-        b = pool[name] = np.empty(size, dtype)
-    return b[:size]
-
-
-def _unique(
-    keys: np.ndarray, pool: dict[str, np.ndarray] | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``np.unique(keys, return_index=True, return_inverse=True, return_counts=True)`` for
-    non-negative keys, except that the index is of some occurrence, not always the first.
-
-    Where a key and its position fit in 63 bits together, one ``np.sort`` of
-    ``key << bits | position`` replaces ``np.argsort`` (numpy's vectorised sort of plain
-    integers is several times faster than its argsort); else an unstable argsort. With a
-    ``pool`` the temporaries are its buffers, and so is the returned inverse: use it before
-    the next call.
-    """
-    size = len(keys)
-    bits = max(int(size - 1).bit_length(), 1)
-    top = int(keys.max()) if size else 0
-    if top.bit_length() + bits <= 63:
-        sk = _buf(pool, "sk", size, np.int64)
-        np.left_shift(keys, bits, out=sk)
-        if pool is None:
-            sk |= np.arange(size, dtype=np.int64)
-        else:
-            ar = pool.get("arange")
-            if ar is None or len(ar) < size:
-                ar = pool["arange"] = np.arange(size, dtype=np.int64)
-            sk |= ar[:size]
-        sk.sort()
-        order = _buf(pool, "order", size, np.int64)
-        np.bitwise_and(sk, (1 << bits) - 1, out=order)
-        sk >>= bits
-    else:
-        order = np.argsort(keys)
-        sk = keys[order]
-    new = _buf(pool, "new", size, bool)
-    new[:1] = True
-    np.not_equal(sk[1:], sk[:-1], out=new[1:])
-    starts = np.flatnonzero(new)
-    group = _buf(pool, "group", size, np.int64)
-    np.cumsum(new, dtype=np.int64, out=group)
-    group -= 1
-    inverse = _buf(pool, "inverse", size, np.int64)
-    inverse[order] = group
-    counts = np.diff(np.append(starts, size))
-    return sk[starts], inverse, counts.astype(np.int64), order[starts]
 
 
 def _merge(disk: _Disk, lengths: list[int], n: int, budget: int, idx: Any = np.int64) -> int:

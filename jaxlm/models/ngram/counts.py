@@ -158,6 +158,71 @@ def find_row(keys: list[np.ndarray], vocab_size: int, words: Any) -> int:
     return row
 
 
+def buffer(pool: dict[str, np.ndarray] | None, name: str, size: int, dtype: Any) -> np.ndarray:
+    """A scratch array of ``size`` entries: ``pool``'s (grown when too small), reused order after
+    order so that its pages are touched once, or a fresh one without a pool."""
+    if pool is None:
+        return np.empty(size, dtype)
+    b = pool.get(name)
+    if b is None or len(b) < size or b.dtype != np.dtype(dtype):
+        pool.pop(name, None)
+        b = pool[name] = np.empty(size, dtype)
+    return b[:size]
+
+
+def unique_keys(
+    keys: np.ndarray, pool: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_index=True, return_inverse=True, return_counts=True)`` for
+    non-negative keys, except that the index is of some occurrence, not always the first.
+
+    Where a key and its position fit in 63 bits together, one ``np.sort`` of
+    ``key << bits | position`` replaces ``np.argsort`` (numpy's vectorised sort of plain
+    integers is several times faster than its argsort); else an unstable argsort. With a
+    ``pool`` the temporaries are its buffers, and so is the returned inverse: use it before
+    the next call.
+
+    Returns:
+      ``(unique keys, inverse, counts, index of one occurrence of each)``.
+
+    Example:
+      >>> u, inv, cnt, at = unique_keys(np.array([5, 3, 5, 7]))
+      >>> u.tolist(), inv.tolist(), cnt.tolist(), bool((np.array([5, 3, 5, 7])[at] == u).all())
+      ([3, 5, 7], [1, 0, 1, 2], [1, 2, 1], True)
+    """
+    size = len(keys)
+    bits = max(int(size - 1).bit_length(), 1)
+    top = int(keys.max()) if size else 0
+    if top.bit_length() + bits <= 63:
+        sk = buffer(pool, "sk", size, np.int64)
+        np.left_shift(keys, bits, out=sk)
+        if pool is None:
+            sk |= np.arange(size, dtype=np.int64)
+        else:
+            ar = pool.get("arange")
+            if ar is None or len(ar) < size:
+                ar = pool["arange"] = np.arange(size, dtype=np.int64)
+            sk |= ar[:size]
+        sk.sort()
+        order = buffer(pool, "order", size, np.int64)
+        np.bitwise_and(sk, (1 << bits) - 1, out=order)
+        sk >>= bits
+    else:
+        order = np.argsort(keys)
+        sk = keys[order]
+    new = buffer(pool, "new", size, bool)
+    new[:1] = True
+    np.not_equal(sk[1:], sk[:-1], out=new[1:])
+    starts = np.flatnonzero(new)
+    group = buffer(pool, "group", size, np.int64)
+    np.cumsum(new, dtype=np.int64, out=group)
+    group -= 1
+    inverse = buffer(pool, "inverse", size, np.int64)
+    inverse[order] = group
+    counts = np.diff(np.append(starts, size))
+    return sk[starts], inverse, counts.astype(np.int64), order[starts]
+
+
 def check_shape(order: int, vocab_size: int, eos_id: int | None) -> None:
     """Refuses an order below 1, an empty vocabulary or a sentence end outside it (ValueError),
     for the in-memory and the chunked counts alike."""
@@ -213,13 +278,8 @@ def count_ngrams(
             raise ValueError(
                 f"count_ngrams: no {n}-grams in the data (sentences too short for order {order})"
             )
-        # first: index of each n-gram's first occurrence (numpy sorts stably for return_index)
-        uniq, first, inverse, cnt = np.unique(
-            ids_prev[pos - 1] * m + seq[pos],
-            return_index=True,
-            return_inverse=True,
-            return_counts=True,
-        )
+        # first: one occurrence of each n-gram (its suffix row is the same at every one)
+        uniq, inverse, cnt, first = unique_keys(ids_prev[pos - 1] * m + seq[pos])
         keys.append(uniq)
         counts.append(cnt.astype(np.int64))
         suffix.append(ids_prev[pos[first]])
