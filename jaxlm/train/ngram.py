@@ -17,12 +17,12 @@ the model is evaluated and sampled (numpy, Arrow and the file writes release the
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,6 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
     mon = monitor.Monitor(
         workdir, total_steps=0, tensorboard=False, heartbeat=monitor.HEARTBEAT_SECONDS
     )
-    saving = None
     try:
         mon.status("building", 0)
         t0 = time.perf_counter()
@@ -128,13 +127,16 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
         build_seconds = time.perf_counter() - t0
         _log_built(model, spec, corpus, build_seconds)
         files = [NGRAM_MODEL] + ([NGRAM_ARPA] if spec.write_arpa else [])
-        saving = _Background(lambda: _save(model, workdir, files))
-        val = summarize(*model.nll(corpus.validation), **corpus.counts.get("validation", {}))
-        test = summarize(*model.nll(corpus.test), **corpus.counts.get("test", {}))
-        mon.write(0, val, "validation", echo=False)
-        mon.write(0, test, "test", echo=False)
-        sample = _sample(model, tok, config)
-        saving.join()
+        # The files are written while the model is scored and sampled; leaving the block waits
+        # for them (an error here too: "failed" is written after they are whole or failed).
+        with concurrent.futures.ThreadPoolExecutor(1, "jaxlm-ngram-save") as pool:
+            saving = pool.submit(_save, model, workdir, files)
+            val = summarize(*model.nll(corpus.validation), **corpus.counts.get("validation", {}))
+            test = summarize(*model.nll(corpus.test), **corpus.counts.get("test", {}))
+            mon.write(0, val, "validation", echo=False)
+            mon.write(0, test, "test", echo=False)
+            sample = _sample(model, tok, config)
+            saving.result()  # raises what writing them raised
         final = run_folder.final_report(
             0,
             val,
@@ -146,8 +148,6 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
         )
         mon.status("finished", 0, final=final)
     except BaseException as e:
-        if saving is not None:  # its files are whole or it failed too, before the status says so
-            saving.join(check=False)
         state = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
         mon.status(state, 0, error=f"{type(e).__name__}: {e}")
         raise
@@ -159,28 +159,6 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
         run_folder.log(f"Sample:\n{final['sample']}")
     run_folder.write_report(workdir, config)
     return final
-
-
-class _Background:
-    """A function run on a thread; :meth:`join` waits and raises what it raised."""
-
-    def __init__(self, fn: Callable[[], None]) -> None:
-        self._error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                fn()
-            except BaseException as e:  # handed to join, on the run's thread
-                self._error = e
-
-        self._thread = threading.Thread(target=run, name="jaxlm-ngram-save")
-        self._thread.start()
-
-    def join(self, check: bool = True) -> None:
-        self._thread.join()
-        if check and self._error is not None:
-            error, self._error = self._error, None
-            raise error
 
 
 def _save(model: Any, workdir: Path, files: list[str]) -> None:
