@@ -1,9 +1,9 @@
 """Corpora through TFDS (no TensorFlow), tokenizers and batching.
 
 ``load_corpus(config.data)`` is the one entry point: it prepares the corpus (each corpus of a
-mixture, :mod:`jaxlm.data.mixture`) as a TFDS array_record dataset (once), reads the splits back
-through TFDS data sources, resamples the training split where ``config.data.resample`` asks
-(:mod:`jaxlm.data.resample`), and tokenizes them into flat int32 arrays with one tokenizer;
+mixture, :mod:`jaxlm.data.mixture`) as a TFDS array_record dataset (once), resamples the
+training split where ``config.data.resample`` asks (:mod:`jaxlm.data.resample`), and tokenizes
+the splits into flat int32 arrays with one tokenizer;
 ``train_data(config, corpus)`` gives the training windows (:mod:`jaxlm.data.batching`).
 """
 
@@ -16,7 +16,13 @@ import ml_collections
 import numpy as np
 
 from jaxlm.data import batching
-from jaxlm.data.tokenizers import SUBWORD, decode_utf8, strip_bom, train_tokenizer
+from jaxlm.data.tokenizers import (
+    SUBWORD,
+    WordTokenizer,
+    decode_utf8,
+    strip_bom,
+    train_tokenizer,
+)
 from jaxlm.data.words import count_words
 from jaxlm.errors import CorpusError
 
@@ -114,7 +120,12 @@ def _file_bytes(path: Path, utf8: bool) -> bytes:
 
 
 def load_corpus(data: ml_collections.ConfigDict, tokenizer=None, *, seed: int = 0) -> Corpus:
-    """Prepares, reads back and tokenizes the corpus that ``config.data`` names.
+    """Prepares and tokenizes the corpus that ``config.data`` names.
+
+    Each corpus is prepared once as a TFDS dataset (:func:`jaxlm.data.builders.ensure_prepared`,
+    which imports TFDS only to prepare one); the splits tokenized are the bytes just read from
+    the corpus's files, which are that dataset's content (its folder is named by their digest,
+    and its records join back to them), so they are not read back from it.
 
     A mixture (``config.data.mixture``) reads every source and trains one tokenizer on their
     training texts joined; the corpus's splits are then the target's, and ``sources`` holds
@@ -158,14 +169,17 @@ def load_corpus(data: ml_collections.ConfigDict, tokenizer=None, *, seed: int = 
     for name, corpus, path, where in entries:
         try:
             parts, label = _splits(corpus, path, data.split, data.tokenizer)
-            builder = builders.prepare(parts, label, data.data_dir or None)
-            texts = {split: builders.read_split(builder, split) for split in builders.SPLITS}
+            builders.ensure_prepared(parts, label, data.data_dir or None)
+            texts = {split: parts[split] for split in builders.SPLITS}
             if data.tokenizer in ("char", "word"):
                 texts = {split: decode_utf8(t, f"{label} {split}") for split, t in texts.items()}
         except CorpusError as e:
             raise CorpusError(f"{where}{e}") from None
         read.append((name or label, texts))
-    if tokenizer is None:
+    train_ids = None  # the training split's ids, where training the tokenizer gave them
+    if tokenizer is None and _one_pass_words(data, read):
+        tokenizer, train_ids = WordTokenizer.train_and_encode([read[0][1]["train"]])
+    elif tokenizer is None:
         train_texts = [texts["train"] for _, texts in read]
         joined = train_texts[0] if len(read) == 1 else _join(train_texts)
         tokenizer = train_tokenizer(
@@ -180,19 +194,28 @@ def load_corpus(data: ml_collections.ConfigDict, tokenizer=None, *, seed: int = 
             _log_subword(tokenizer, label, len(joined))
     sources = []
     for i, (label, texts) in enumerate(read):
-        texts = dict(texts, train=_resample_text(texts["train"], data, seed, i))
-        arrays = {split: tokenizer.encode(t) for split, t in texts.items()}
+        train = _resample_text(texts["train"], data, seed, i)
+        trained_on = train_ids is not None and train is texts["train"]
+        texts = dict(texts, train=train)
+        arrays = {
+            split: train_ids if split == "train" and trained_on else tokenizer.encode(t)
+            for split, t in texts.items()
+        }
         for split, arr in arrays.items():
             if len(arr) < 2:
                 raise CorpusError(
                     f"{entries[i][3]}{label}: the {split} split has {len(arr)} tokens; need at "
                     "least 2"
                 )
-        arrays["train"] = _upsample(arrays["train"], data, seed, i)
         counts = {
-            split: {"bytes": len(t.encode() if isinstance(t, str) else t), "words": count_words(t)}
+            split: {
+                "bytes": len(t.encode() if isinstance(t, str) else t),
+                # a word tokenizer's tokens are the words count_words counts
+                "words": len(arrays[split]) if tokenizer.kind == "word" else count_words(t),
+            }
             for split, t in texts.items()
         }
+        arrays["train"] = _upsample(arrays["train"], data, seed, i)
         sources.append((label, arrays, counts))
     if not specs:
         label, arrays, counts = sources[0]
@@ -208,6 +231,14 @@ def load_corpus(data: ml_collections.ConfigDict, tokenizer=None, *, seed: int = 
     )
     label, arrays, counts = sources[target]
     return Corpus(name=label, tokenizer=tokenizer, counts=counts, sources=mix, **arrays)
+
+
+def _one_pass_words(data: ml_collections.ConfigDict, read: list) -> bool:
+    """Whether the word tokenizer can be trained and the training split encoded in one pass
+    (:meth:`WordTokenizer.train_and_encode`: one corpus, every word kept)."""
+    return (
+        len(read) == 1 and data.tokenizer == "word" and not data.vocab_size and data.min_count <= 1
+    )
 
 
 def _join(texts: list):

@@ -2,20 +2,25 @@
 
 Each split is stored as a sequence of byte records (lines, each keeping its trailing newline), in
 order (``disable_shuffling``), so joining a split's records gives back its exact bytes. Preparing
-is done once per corpus content; later runs read the array_record files through
-``builder.as_data_source()``.
+is done once per corpus content (:func:`prepare`, :func:`ensure_prepared`); the array_record
+files are read back with :func:`read_split` or ``builder.as_data_source()``, or by anyone with
+``tfds.builder_from_directory``.
+
+TFDS itself (about 0.35 s to import) is imported only to prepare or read a dataset:
+:func:`ensure_prepared` finds a prepared one by its folder.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from jaxlm.errors import CorpusError
 
@@ -118,44 +123,60 @@ def find_split_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-class TextCorpus(tfds.core.GeneratorBasedBuilder):
-    """A text corpus given as bytes per split, stored as ordered line records.
+VERSION = "1.0.0"  # the TextCorpus builder's version: its datasets' folder name
 
-    The builder config's name is a digest of the content, so each distinct corpus (and split)
-    is prepared once under ``data_dir/text_corpus/<name>/``.
-    """
 
-    VERSION = tfds.core.Version("1.0.0")
+@functools.cache
+def _builder_class() -> type:
+    """The TFDS builder class (TFDS imported on first use)."""
+    import tensorflow_datasets as tfds
 
-    def __init__(self, *, splits: dict[str, bytes], name: str, **kwargs):
-        self._split_data = splits
-        super().__init__(config=tfds.core.BuilderConfig(name=name), **kwargs)
+    class TextCorpus(tfds.core.GeneratorBasedBuilder):
+        """A text corpus given as bytes per split, stored as ordered line records.
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description="Text lines in corpus order; join a split's records to get its bytes.",
-            features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
-            disable_shuffling=True,
-        )
+        The builder config's name is a digest of the content, so each distinct corpus (and split)
+        is prepared once under ``data_dir/text_corpus/<name>/``.
+        """
 
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        return {name: self._generate_examples(data) for name, data in self._split_data.items()}
+        VERSION = tfds.core.Version(VERSION)
 
-    def _generate_examples(self, data: bytes) -> Iterator[tuple[int, dict[str, bytes]]]:
-        for i, record in enumerate(_records(data)):
-            yield i, {"text": record}
+        def __init__(self, *, splits: dict[str, bytes], name: str, **kwargs):
+            self._split_data = splits
+            super().__init__(config=tfds.core.BuilderConfig(name=name), **kwargs)
 
-    # TFDS announces "Downloading and preparing dataset ..." for every builder; nothing is
-    # downloaded here, so a first-time user is told what does happen instead.
-    def _log_download_bytes(self) -> None:
-        size = sum(len(part) for part in self._split_data.values())
-        name = self.builder_config.name
-        print(f"Preparing corpus {name} ({size:,} bytes) in {self.data_dir} ...")
+        def _info(self) -> tfds.core.DatasetInfo:
+            return tfds.core.DatasetInfo(
+                builder=self,
+                description="Text lines in corpus order; join a split's records to get its bytes.",
+                features=tfds.features.FeaturesDict({"text": tfds.features.Text()}),
+                disable_shuffling=True,
+            )
 
-    def _log_download_done(self) -> None:
-        print(f"Prepared corpus {self.builder_config.name}; later runs read it from there.")
+        def _split_generators(self, dl_manager):
+            del dl_manager
+            return {name: self._generate_examples(data) for name, data in self._split_data.items()}
+
+        def _generate_examples(self, data: bytes) -> Iterator[tuple[int, dict[str, bytes]]]:
+            for i, record in enumerate(_records(data)):
+                yield i, {"text": record}
+
+        # TFDS announces "Downloading and preparing dataset ..." for every builder; nothing is
+        # downloaded here, so a first-time user is told what does happen instead.
+        def _log_download_bytes(self) -> None:
+            size = sum(len(part) for part in self._split_data.values())
+            name = self.builder_config.name
+            print(f"Preparing corpus {name} ({size:,} bytes) in {self.data_dir} ...")
+
+        def _log_download_done(self) -> None:
+            print(f"Prepared corpus {self.builder_config.name}; later runs read it from there.")
+
+    return TextCorpus
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TextCorpus":  # builders.TextCorpus: the class, TFDS imported on first use
+        return _builder_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _digest(parts: dict[str, bytes], label: str) -> str:
@@ -171,7 +192,7 @@ class _QuietTfds(logging.Filter):
         return "custom data configuration" not in record.getMessage()
 
 
-def prepare(parts: dict[str, bytes], label: str, data_dir: str | None = None) -> TextCorpus:
+def prepare(parts: dict[str, bytes], label: str, data_dir: str | None = None) -> Any:
     """Prepares (once) and returns the TFDS builder holding these splits.
 
     Args:
@@ -191,9 +212,11 @@ def prepare(parts: dict[str, bytes], label: str, data_dir: str | None = None) ->
       >>> read_split(builder, "validation") == parts["validation"]
       True
     """
+    import tensorflow_datasets as tfds
+
     logging.getLogger("absl").addFilter(_QuietTfds())
     tfds.disable_progress_bar()
-    builder = TextCorpus(
+    builder = _builder_class()(
         splits=parts,
         name=_digest(parts, label),
         data_dir=data_dir or default_data_dir(),
@@ -203,7 +226,51 @@ def prepare(parts: dict[str, bytes], label: str, data_dir: str | None = None) ->
     return builder
 
 
-def read_split(builder: tfds.core.DatasetBuilder, split: str) -> bytes:
+def prepared_dir(parts: dict[str, bytes], label: str, data_dir: str | None = None) -> Path:
+    """The folder that :func:`prepare` writes these splits' dataset to (TFDS's layout:
+    ``<data_dir>/text_corpus/<name>/<version>``, the name a digest of the content).
+
+    Example:
+      >>> parts = {"train": b"a\\n", "validation": b"b\\n", "test": b"c\\n"}
+      >>> prepared_dir(parts, "Tiny", "/data").as_posix()
+      '/data/text_corpus/tiny_621d2780bafc/1.0.0'
+    """
+    return Path(data_dir or default_data_dir()) / "text_corpus" / _digest(parts, label) / VERSION
+
+
+def ensure_prepared(parts: dict[str, bytes], label: str, data_dir: str | None = None) -> Path:
+    """:func:`prepare`, unless the dataset is already there; returns its folder.
+
+    What it adds to ``download_and_prepare``: a prepared dataset is found without importing
+    TFDS, by the ``dataset_info.json`` that TFDS writes in its final folder (it prepares in a
+    temporary one and renames it when done, so a half-prepared dataset has none).
+
+    Args:
+      parts: bytes of each split.
+      label: a readable name for the corpus.
+      data_dir: TFDS data directory; :func:`default_data_dir` when empty.
+
+    Returns:
+      The dataset's folder (:func:`prepared_dir`).
+
+    Example:
+      >>> import tempfile
+      >>> parts = {"train": b"a\\n", "validation": b"b\\n", "test": b"c\\n"}
+      >>> where = tempfile.mkdtemp()
+      >>> ensure_prepared(parts, "tiny", where).name  # doctest: +ELLIPSIS
+      Preparing corpus tiny_... (6 bytes) in ...
+      Prepared corpus tiny_...; later runs read it from there.
+      '1.0.0'
+      >>> ensure_prepared(parts, "tiny", where) == prepared_dir(parts, "tiny", where)
+      True
+    """
+    folder = prepared_dir(parts, label, data_dir)
+    if not (folder / "dataset_info.json").is_file():
+        prepare(parts, label, data_dir)
+    return folder
+
+
+def read_split(builder: Any, split: str) -> bytes:
     """Reads a prepared split back as bytes through the TFDS array_record data source.
 
     The records are read raw from the split's files and their text taken out of the
@@ -218,7 +285,7 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> bytes:
     return text
 
 
-def _raw_records(builder: tfds.core.DatasetBuilder, split: str) -> list[bytes]:
+def _raw_records(builder: Any, split: str) -> list[bytes]:
     """A split's serialized records, in order, read from its array_record files in C++ (the
     data source's reads go through Python per record)."""
     try:
@@ -233,6 +300,8 @@ def _raw_records(builder: tfds.core.DatasetBuilder, split: str) -> list[bytes]:
                 reader.close()
         return records
     except (ImportError, AttributeError, TypeError):
+        import tensorflow_datasets as tfds
+
         raw = builder.as_data_source(deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
         return raw[split].__getitems__(range(len(raw[split])))
 

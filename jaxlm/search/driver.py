@@ -445,7 +445,7 @@ def _prepare_corpus(config: ml_collections.ConfigDict) -> None:
     from jaxlm.data import builders, corpus_splits
 
     parts, label = corpus_splits(config.data)
-    builders.prepare(parts, label, config.data.data_dir or None)
+    builders.ensure_prepared(parts, label, config.data.data_dir or None)
 
 
 def _resume_dead(study, study_dir, in_flight, workers, runner, log) -> bool:

@@ -2,6 +2,9 @@
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from jaxlm.config import base_config
 from jaxlm.data import builders, load_corpus
@@ -31,3 +34,24 @@ def test_preparing_says_what_happens_and_not_downloading(tmp_path, capfd):
     assert "Download" not in out and "download" not in out
     builders.prepare(parts, "fresh", str(tmp_path))  # prepared once: silent after that
     assert capfd.readouterr().out == ""
+
+
+def test_a_prepared_corpus_is_found_without_preparing_it_again(tmp_path, monkeypatch):
+    """``ensure_prepared`` prepares once, then finds the dataset by its ``dataset_info.json``
+    (without TFDS); a folder without one (a preparation that died) is prepared again."""
+    parts = {"train": b"one\ntwo\n", "validation": b"three\n", "test": b"four\n"}
+    folder = builders.ensure_prepared(parts, "found", str(tmp_path))
+    assert folder == builders.prepared_dir(parts, "found", str(tmp_path))
+    assert (folder / "dataset_info.json").is_file()
+    builder = builders.prepare(parts, "found", str(tmp_path))  # the folder TFDS reads
+    assert Path(builder.data_dir) == folder
+    assert builders.read_split(builder, "train") == parts["train"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("prepared again")
+
+    monkeypatch.setattr(builders, "prepare", refuse)
+    assert builders.ensure_prepared(parts, "found", str(tmp_path)) == folder
+    (folder / "dataset_info.json").unlink()
+    with pytest.raises(AssertionError, match="prepared again"):
+        builders.ensure_prepared(parts, "found", str(tmp_path))
