@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlm.models.ngram.counts import NGramCounts, count_ngrams
+from jaxlm.models.ngram.counts import NGramCounts, count_ngrams, small_pages
 from jaxlm.models.ngram.model import NGramModel
 
 METHODS = ("modified_kneser_ney", "kneser_ney", "absolute", "add_k")
@@ -446,7 +446,8 @@ def build(
 
     With ``memory_limit`` it counts in chunks spilled to disk instead and streams the estimate
     order by order (:func:`jaxlm.models.ngram.chunked.build_chunked`): the same model, bit for
-    bit, within the budget.
+    bit, within the budget. Either way numpy's arrays take no huge pages meanwhile
+    (:func:`~jaxlm.models.ngram.counts.small_pages`).
 
     Args:
       tokens: 1-D training ids in ``[0, vocab_size)``.
@@ -474,31 +475,17 @@ def build(
       >>> round(model.perplexity(np.array([2, 4, 0])), 3)
       1.807
     """
-    if memory_limit is not None and memory_limit != "":
-        from jaxlm.models.ngram.chunked import build_chunked
+    estimate_args = dict(
+        method=method, discount=discount, k=k, cutoffs=cutoffs,
+        discount_fallback=discount_fallback, vocab=vocab,
+    )  # fmt: skip
+    with small_pages():
+        if memory_limit is not None and memory_limit != "":
+            from jaxlm.models.ngram.chunked import build_chunked
 
-        return build_chunked(
-            tokens,
-            vocab_size,
-            order,
-            memory_limit=memory_limit,
-            tmp_dir=tmp_dir,
-            method=method,
-            discount=discount,
-            k=k,
-            cutoffs=cutoffs,
-            discount_fallback=discount_fallback,
-            eos_id=eos_id,
-            add_bos=add_bos,
-            vocab=vocab,
-        )
-    counts = count_ngrams(tokens, vocab_size, order, eos_id=eos_id, add_bos=add_bos)
-    return estimate(
-        counts,
-        method=method,
-        discount=discount,
-        k=k,
-        cutoffs=cutoffs,
-        discount_fallback=discount_fallback,
-        vocab=vocab,
-    )
+            return build_chunked(
+                tokens, vocab_size, order, memory_limit=memory_limit, tmp_dir=tmp_dir,
+                eos_id=eos_id, add_bos=add_bos, **estimate_args,
+            )  # fmt: skip
+        counts = count_ngrams(tokens, vocab_size, order, eos_id=eos_id, add_bos=add_bos)
+        return estimate(counts, **estimate_args)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from jaxlm.models import ngram
+from jaxlm.models.ngram import counts
 from tests.models.ngram.helpers import EOS, TINY, A, B, C
 
 
@@ -21,3 +24,17 @@ def test_counts_of_tiny_corpus():
         (s, A, B): 3, (A, B, C): 2, (B, C, EOS): 3, (A, B, EOS): 1, (s, B, C): 1,
     }  # fmt: skip
     assert got == want
+
+
+def test_small_pages_switches_numpy_huge_pages_off_and_back():
+    switch = np._core.multiarray._set_madvise_hugepage
+    before = switch(True)
+    try:
+        with counts.small_pages():
+            assert switch(False) is False  # off inside (the call returns the setting)
+            with counts.small_pages():
+                pass
+            assert switch(False) is False
+        assert switch(True) is True  # restored after
+    finally:
+        switch(before)
