@@ -172,7 +172,7 @@ def child_ours(text: Path, arpa_path: Path, order: int, memory_limit: str, tmp: 
     )
     t2 = time.perf_counter()
     build_peak = _hwm_mb()
-    arpa.write_arpa(model, arpa_path)
+    arpa.write_arpa(model, arpa_path, precision="float32")  # as lmplz writes
     t3 = time.perf_counter()
     return {
         "tokenize_s": t1 - t0,

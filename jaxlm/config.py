@@ -576,6 +576,7 @@ _MODEL_RANGES: dict[str, _Range] = {
     "cutoffs": _Range(
         "() or counts >= 0, non-decreasing with the order and starting at 0", _is_cutoffs
     ),
+    "arpa_precision": _one_of("float32", "float64"),  # jaxlm.models.ngram.arpa.PRECISIONS
     "memory_limit": _Range(
         "None (count in memory), bytes, '4GB' or a fraction of RAM in (0, 1]", _is_memory_limit
     ),

@@ -244,6 +244,7 @@ OUT_OF_RANGE = {
     "model.discount_fallback": [(0.5, 1.0), (0.5, 1.0, 4.0)],
     "model.k": [0.0],
     "model.cutoffs": [(1,), (0, 2, 1), (0, -1)],
+    "model.arpa_precision": ["float16", "f32"],
     "model.memory_limit": ["4XB", 0, 1.5, -1, True, "GB"],
     "model.tmp_dir": [3, None],
 }

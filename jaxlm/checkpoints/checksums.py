@@ -268,7 +268,9 @@ def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def write_model_checksums(folder: str | Path, names: Sequence[str]) -> Path:
+def write_model_checksums(
+    folder: str | Path, names: Sequence[str], digests: dict[str, str] | None = None
+) -> Path:
     """Writes the SHA-256 and size of a run's model files to ``model.checksums.json``.
 
     Call it once the files are complete and before the run is marked finished, so that the
@@ -277,6 +279,8 @@ def write_model_checksums(folder: str | Path, names: Sequence[str]) -> Path:
     Args:
       folder: the run folder.
       names: the files to describe, relative to ``folder`` (``model.npz``, ``model.arpa``).
+      digests: SHA-256 hex digests already taken of some of them as they were written (what
+        :func:`jaxlm.models.ngram.arpa.write_arpa` returns), by name; the others are read.
 
     Returns:
       The checksums file (written under a temporary name and renamed: whole or absent).
@@ -290,8 +294,12 @@ def write_model_checksums(folder: str | Path, names: Sequence[str]) -> Path:
       {'model.npz': None}
     """
     folder = Path(folder)
+    digests = digests or {}
     files = {
-        name: {"sha256": file_digest(folder / name), "bytes": (folder / name).stat().st_size}
+        name: {
+            "sha256": digests.get(name) or file_digest(folder / name),
+            "bytes": (folder / name).stat().st_size,
+        }
         for name in names
     }
     out = folder / NGRAM_CHECKSUMS

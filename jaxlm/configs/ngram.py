@@ -9,7 +9,8 @@ cut-offs: test perplexity 141.2 in Mikolov 2012).
 for modified KN, one value or one per order otherwise); ``discount_fallback`` (used for orders
 whose discounts cannot be estimated; () raises instead); ``k`` (add_k); ``cutoffs`` (per order,
 drop n-grams seen at most this often; missing orders repeat the last; () keeps all); ``add_bos``
-(start sentences from ``<s>``); ``write_arpa`` (also save ``model.arpa``); ``memory_limit`` (None:
+(start sentences from ``<s>``); ``write_arpa`` (also save ``model.arpa``); ``arpa_precision``
+("float32": its values to float32, as KenLM writes them; "float64": exact); ``memory_limit`` (None:
 count in memory; bytes, "4GB" or a fraction of RAM: count in chunks spilled to disk, the same
 model) and ``tmp_dir`` (where they spill; "": the run folder). The LSTM fields of the base config
 are ignored.

@@ -12,7 +12,9 @@ report, as the neural runs do.
 :func:`run_ngram` is the whole run (``train_and_evaluate`` hands an n-gram config to it): it
 imports neither flax nor orbax, and JAX only for a sample drawn with a temperature
 (:func:`jaxlm.sampling.sample_logits`). The model files are written by a second thread while
-the model is evaluated and sampled (numpy, Arrow and the file writes release the GIL).
+the model is evaluated and sampled, ``model.npz`` and the ARPA file each on its own thread
+(numpy, Arrow, hashlib and the file writes release the GIL); the ARPA file's digest is taken as
+it is written.
 """
 
 from __future__ import annotations
@@ -29,11 +31,17 @@ from typing import Any
 import ml_collections
 
 from jaxlm import data, monitor
-from jaxlm.checkpoints.checksums import ChecksumMismatch, check_model_files, write_model_checksums
+from jaxlm.checkpoints.checksums import (
+    ChecksumMismatch,
+    check_model_files,
+    file_digest,
+    write_model_checksums,
+)
 from jaxlm.checkpoints.layout import CONFIG_FILE, NGRAM_ARPA, NGRAM_MODEL, absolute
 from jaxlm.config import validate
 from jaxlm.errors import Preempted
 from jaxlm.models import get_model
+from jaxlm.models.ngram.counts import small_pages
 from jaxlm.train import workdir as run_folder
 from jaxlm.train.summary import summarize
 
@@ -65,7 +73,8 @@ def run_ngram(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[st
         with _sigterm_ends_at_once() as early:
             if early:
                 raise Preempted(f"SIGTERM before the n-gram run in {workdir} started")
-            return train_ngram(config, workdir)
+            with small_pages():  # the whole run: build, files, scoring
+                return train_ngram(config, workdir)
 
 
 @contextlib.contextmanager
@@ -126,17 +135,16 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
         )
         build_seconds = time.perf_counter() - t0
         _log_built(model, spec, corpus, build_seconds)
-        files = [NGRAM_MODEL] + ([NGRAM_ARPA] if spec.write_arpa else [])
         # The files are written while the model is scored and sampled; leaving the block waits
         # for them (an error here too: "failed" is written after they are whole or failed).
-        with concurrent.futures.ThreadPoolExecutor(1, "jaxlm-ngram-save") as pool:
-            saving = pool.submit(_save, model, workdir, files)
+        with concurrent.futures.ThreadPoolExecutor(2, "jaxlm-ngram-save") as pool:
+            saving = _start_saving(pool, model, spec, workdir)
             val = summarize(*model.nll(corpus.validation), **corpus.counts.get("validation", {}))
             test = summarize(*model.nll(corpus.test), **corpus.counts.get("test", {}))
             mon.write(0, val, "validation", echo=False)
             mon.write(0, test, "test", echo=False)
             sample = _sample(model, tok, config)
-            saving.result()  # raises what writing them raised
+            _finish_saving(workdir, saving)  # raises what writing them raised
         final = run_folder.final_report(
             0,
             val,
@@ -161,18 +169,36 @@ def train_ngram(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, A
     return final
 
 
-def _save(model: Any, workdir: Path, files: list[str]) -> None:
-    """``model.npz``, the ARPA file when asked for, then their digests (the run is not marked
-    finished before they are all written)."""
-    t0 = time.perf_counter()
-    model.save(workdir / NGRAM_MODEL)
-    if NGRAM_ARPA in files:
-        from jaxlm.models.ngram import arpa
+def _start_saving(
+    pool: concurrent.futures.Executor, model: Any, spec: Any, workdir: Path
+) -> tuple[float, dict[str, concurrent.futures.Future]]:
+    """Starts writing ``model.npz`` and, when asked for, the ARPA file, each on its own worker;
+    each future gives its file's SHA-256. Returns the start time and the futures by name."""
+    from jaxlm.models.ngram import arpa
 
-        arpa.write_arpa(model, workdir / NGRAM_ARPA)
-    write_model_checksums(workdir, files)
+    def npz() -> str:
+        model.save(workdir / NGRAM_MODEL)
+        return file_digest(workdir / NGRAM_MODEL)
+
+    saving = {NGRAM_MODEL: pool.submit(npz)}
+    if spec.write_arpa:
+        path = workdir / NGRAM_ARPA
+        saving[NGRAM_ARPA] = pool.submit(
+            arpa.write_arpa, model, path, precision=spec.arpa_precision
+        )
+    return time.perf_counter(), saving
+
+
+def _finish_saving(
+    workdir: Path, saving: tuple[float, dict[str, concurrent.futures.Future]]
+) -> None:
+    """Waits for the model files, then writes their digests (the run is not marked finished
+    before they are all written) and says what was saved."""
+    t0, futures = saving
+    digests = {name: future.result() for name, future in futures.items()}
+    write_model_checksums(workdir, list(digests), digests)
     sizes = ", ".join(
-        f"{name} {(workdir / name).stat().st_size / 2**20:,.1f} MiB" for name in files
+        f"{name} {(workdir / name).stat().st_size / 2**20:,.1f} MiB" for name in digests
     )
     run_folder.log(f"Saved {sizes} in {time.perf_counter() - t0:.2f} s")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -256,3 +257,14 @@ def test_a_changed_character_in_the_meta_json_is_caught_and_skipped(run, tmp_pat
         mgr.close()
     assert cli(["verify", str(workdir)]) == 1
     assert "its meta JSON" in capsys.readouterr().out.splitlines()[2]
+
+
+def test_model_checksums_take_digests_given_and_read_the_rest(tmp_path):
+    (tmp_path / "model.npz").write_bytes(b"npz bytes")
+    (tmp_path / "model.arpa").write_bytes(b"arpa bytes")
+    given = hashlib.sha256(b"arpa bytes").hexdigest()
+    checksums.write_model_checksums(tmp_path, ["model.npz", "model.arpa"], {"model.arpa": given})
+    saved = json.loads((tmp_path / "model.checksums.json").read_text())["files"]
+    assert saved["model.arpa"] == {"sha256": given, "bytes": 10}
+    assert saved["model.npz"]["sha256"] == hashlib.sha256(b"npz bytes").hexdigest()
+    assert checksums.model_files_status(tmp_path) == {"model.npz": None, "model.arpa": None}

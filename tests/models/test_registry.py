@@ -85,6 +85,7 @@ def test_defaults_by_name():
         "cutoffs": (),
         "add_bos": True,
         "write_arpa": True,
+        "arpa_precision": "float32",
         "memory_limit": None,
         "tmp_dir": "",
     }

@@ -37,6 +37,11 @@ class NGramLM:
         () keeps all.
       add_bos: start each sentence from the ``<s>`` context.
       write_arpa: a run also saves the model as an ARPA file (read by the run, not by ``fit``).
+      arpa_precision: ``"float32"`` writes the ARPA file's log10 values with the shortest
+        decimal that reads back to the same float32, the precision KenLM holds and ``lmplz``
+        writes (KenLM scores it exactly as a float64 file); ``"float64"`` to the same float64,
+        so that :func:`~jaxlm.models.ngram.arpa.read_arpa` gives back the exact model (a file
+        a third larger). ``model.npz`` is exact either way.
       memory_limit: None counts in memory (the fastest); else a budget (bytes, ``"4GB"``, or a
         fraction of RAM in ``(0, 1]``) within which the counts are built in chunks spilled to
         disk (:mod:`jaxlm.models.ngram.chunked`): the same model, bit for bit.
@@ -62,6 +67,7 @@ class NGramLM:
     cutoffs: tuple[int, ...] = ()
     add_bos: bool = True
     write_arpa: bool = True
+    arpa_precision: str = "float32"
     memory_limit: Any = None
     tmp_dir: str = ""
 
@@ -73,6 +79,11 @@ class NGramLM:
         if not 1 <= self.order:
             raise ValueError(f"config.model.order: must be >= 1, got {self.order}")
         _config_discount(self.method, self.discount, self.order)
+        if self.arpa_precision not in ("float32", "float64"):
+            raise ValueError(
+                f"config.model.arpa_precision: {self.arpa_precision!r}; expected 'float32' or "
+                "'float64'"
+            )
         try:
             parse_memory_limit(self.memory_limit)
         except ValueError as e:

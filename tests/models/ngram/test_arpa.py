@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jaxlm.checkpoints import checksums
 from jaxlm.models import ngram
 from jaxlm.models.ngram import arpa
 from tests.models.ngram import helpers
@@ -79,6 +80,48 @@ def test_values_are_written_as_repr_writes_them():
     text = arpa._column(x).to_pylist()
     want = ["-99.0" if v == -np.inf else "0" if v == 0 else repr(v) for v in x.tolist()]
     assert text == want
+
+
+def test_float32_values_are_the_shortest_that_read_back_to_the_float32():
+    """``precision="float32"``: each text reads back (as float32) to the value rounded to
+    float32, and has no more significant digits than numpy's shortest float32 repr."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([
+        -rng.random(20_000) * 7,
+        rng.standard_normal(20_000) * 10.0 ** rng.uniform(-44, 38, 20_000),
+        [0.0, -0.0, -np.inf, -99.0, 1.0, 1e-4, 1.5e-7, -0.30103, 1 / 3, 2.0**-140],
+    ])  # fmt: skip
+    text = arpa._column(x, "float32").to_pylist()
+    want = np.where(np.isneginf(x), -99.0, x).astype(np.float32)
+    np.testing.assert_array_equal(np.array(text, dtype=np.float32), want)
+    assert text[-10:-5] == ["0", "0", "-99", "-99", "1"]
+
+    def digits(s: str) -> int:
+        return len(s.lower().split("e")[0].replace("-", "").replace(".", "").strip("0"))
+
+    assert all(digits(t) <= digits(str(w)) for t, w in zip(text, want, strict=True))
+
+
+def test_a_float32_file_is_smaller_and_scores_within_float32(tmp_path):
+    v = 40
+    vocab = ["<eos>"] + [f"w{i}" for i in range(1, v)]
+    model = ngram.build(random_corpus(6, 3000, v, 0), v, 4, eos_id=0, vocab=vocab)
+    digest = arpa.write_arpa(model, tmp_path / "f32.arpa", precision="float32")
+    assert digest == checksums.file_digest(tmp_path / "f32.arpa")
+    arpa.write_arpa(model, tmp_path / "f64.arpa")
+    size32, size64 = ((tmp_path / f).stat().st_size for f in ("f32.arpa", "f64.arpa"))
+    assert size32 < 0.8 * size64
+    back = arpa.read_arpa(tmp_path / "f32.arpa", vocab=vocab, eos_id=0)
+    for n in range(model.order):
+        np.testing.assert_array_equal(back.keys[n], model.keys[n])
+        np.testing.assert_array_equal(
+            np.maximum(back.log_probs[n] / arpa.LN10, -99).astype(np.float32),  # <s>: -inf
+            np.maximum(model.log_probs[n] / arpa.LN10, -99).astype(np.float32),
+        )
+    test = random_corpus(7, 500, v, 0)
+    np.testing.assert_allclose(back.score(test)[0], model.score(test)[0], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="precision='float16'"):
+        arpa.write_arpa(model, tmp_path / "x.arpa", precision="float16")
 
 
 def test_arpa_file_holds_the_hand_computed_numbers(tmp_path):
@@ -188,13 +231,14 @@ def test_read_hand_written_arpa_backs_off_like_srilm(tmp_path):
 
 
 @pytest.mark.skipif(not HAS_KENLM, reason="kenlm is not installed (pip install jaxlm[ngram])")
-def test_kenlm_scores_our_arpa_like_we_do(tmp_path):
+@pytest.mark.parametrize("precision", arpa.PRECISIONS)
+def test_kenlm_scores_our_arpa_like_we_do(tmp_path, precision):
     import kenlm
 
     v = 40
     vocab = ["<eos>", "<unk>"] + [f"w{i}" for i in range(2, v)]
     model = ngram.build(random_corpus(8, 4000, v, 0), v, 4, eos_id=0, vocab=vocab)
-    arpa.write_arpa(model, tmp_path / "m.arpa")
+    arpa.write_arpa(model, tmp_path / "m.arpa", precision=precision)
     lm = kenlm.Model(str(tmp_path / "m.arpa"))
     test = random_corpus(9, 600, v, 0)
     test = test[: np.flatnonzero(test == 0)[-1] + 1]  # whole sentences
