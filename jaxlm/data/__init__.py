@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import ml_collections
 import numpy as np
 
 from jaxlm.data import batching
@@ -25,6 +25,9 @@ from jaxlm.data.tokenizers import (
 )
 from jaxlm.data.words import count_words
 from jaxlm.errors import CorpusError
+
+if TYPE_CHECKING:  # annotations only: the tokenizers import without ml_collections (60 ms)
+    import ml_collections
 
 __all__ = ["Corpus", "CorpusError", "load_corpus", "corpus_splits", "train_data"]
 
