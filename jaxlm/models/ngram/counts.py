@@ -54,7 +54,16 @@ def _segments(tokens: np.ndarray, eos_id: int | None, row_len: int | None) -> np
         starts.append(after.astype(np.int64))
     if row_len:
         starts.append(np.arange(row_len, n, row_len, dtype=np.int64))
-    return np.unique(np.concatenate(starts)) if n else np.zeros(0, np.int64)
+    if not n:
+        return np.zeros(0, np.int64)
+    # each part is sorted; a sort and a mask, not np.unique (numpy 2.4's takes 0.39 s for the
+    # 541k sentence starts of 10.7M tokens, its sort of them 5 ms)
+    joined = np.concatenate(starts)
+    if len(starts) > 2:
+        joined.sort()
+    first = np.ones(len(joined), bool)
+    np.not_equal(joined[1:], joined[:-1], out=first[1:])
+    return joined[first]
 
 
 def pad(
@@ -81,10 +90,14 @@ def pad(
     """
     starts = _segments(tokens, eos_id, row_len)
     if add_bos and len(starts):
-        seq = np.insert(tokens.astype(np.int64), starts, bos_id)
+        token_pos = np.zeros(len(tokens), np.int64)
+        token_pos[starts] = 1
+        np.cumsum(token_pos, out=token_pos)  # the <s> symbols at or before each token
+        token_pos += np.arange(len(tokens))
         seg_pos = starts + np.arange(len(starts))
-        index = np.arange(len(tokens))
-        token_pos = index + np.searchsorted(starts, index, "right")
+        seq = np.empty(len(tokens) + len(starts), np.int64)
+        seq[token_pos] = tokens
+        seq[seg_pos] = bos_id
     else:
         seq = tokens.astype(np.int64)
         seg_pos = starts
