@@ -11,10 +11,9 @@ report, as the neural runs do.
 
 :func:`run_ngram` is the whole run (``train_and_evaluate`` hands an n-gram config to it): it
 imports neither flax nor orbax, and JAX only for a sample drawn with a temperature
-(:func:`jaxlm.sampling.sample_logits`). The model files are written by a second thread while
-the model is evaluated and sampled, ``model.npz`` and the ARPA file each on its own thread
-(numpy, Arrow, hashlib and the file writes release the GIL); the ARPA file's digest is taken as
-it is written.
+(:func:`jaxlm.sampling.sample_logits`). While the model is evaluated and sampled, ``model.npz``
+and the ARPA file are written, each on its own thread (numpy, Arrow, hashlib and the file
+writes release the GIL); the ARPA file's digest is taken as it is written.
 """
 
 from __future__ import annotations
