@@ -21,7 +21,8 @@ an empty token as ``<empty>``. Probabilities are written with the shortest decim
 to the same float64 (``precision="float64"``, the default), so a model read back scores like the
 one that wrote it (to the last bit or two of the nats/log10 conversion), or to the same float32
 (``precision="float32"``), the precision KenLM and SRILM hold and write: about 8 digits instead
-of 17, a file a third smaller and written in half the time.
+of 17, a file a quarter smaller and quicker to write (PTB's 5-gram: 92.5 MiB in 0.6 s against
+124 MiB in 0.7-1.0 s).
 
 Example:
   >>> from jaxlm.models import ngram

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxlm.models.ngram.arpa import PRECISIONS
 from jaxlm.models.ngram.chunked import parse_memory_limit
 from jaxlm.models.ngram.model import NGramModel
 from jaxlm.models.ngram.smoothing import METHODS, build
@@ -79,10 +80,10 @@ class NGramLM:
         if not 1 <= self.order:
             raise ValueError(f"config.model.order: must be >= 1, got {self.order}")
         _config_discount(self.method, self.discount, self.order)
-        if self.arpa_precision not in ("float32", "float64"):
+        if self.arpa_precision not in PRECISIONS:
             raise ValueError(
-                f"config.model.arpa_precision: {self.arpa_precision!r}; expected 'float32' or "
-                "'float64'"
+                f"config.model.arpa_precision: {self.arpa_precision!r}; expected one of "
+                f"{PRECISIONS}"
             )
         try:
             parse_memory_limit(self.memory_limit)
