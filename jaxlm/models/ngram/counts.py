@@ -10,8 +10,12 @@ tokens. Sentences start after each ``eos_id`` (and, for a ``[B, T]`` batch, at e
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
-from collections.abc import Iterator
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -43,6 +47,84 @@ def small_pages() -> Iterator[None]:
         yield
     finally:
         switch(before)
+
+
+# glibc's mallopt parameters (malloc.h) and the values that keep_freed_memory sets: serve
+# requests below 1 GiB from the heap, keep up to 2 GiB of free heap top (mallopt takes an int),
+# and grow the heap 256 MiB at a time. After it: the values glibc's adaptive thresholds reach
+# once a program has freed large arrays (mmap 32 MiB, trim twice that), and its top pad.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_KEEP = {_M_MMAP_THRESHOLD: 1 << 30, _M_TRIM_THRESHOLD: 2**31 - 1, _M_TOP_PAD: 256 << 20}
+_AFTER = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 64 << 20, _M_TOP_PAD: 128 << 10}
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
+_kept_lock = threading.Lock()
+_kept_depth = 0
+
+
+def _glibc_malloc() -> tuple[Callable[[int, int], int], Callable[[int], int]] | None:
+    """glibc's ``(mallopt, malloc_trim)``, or None off glibc or where the environment already
+    tunes malloc (``MALLOC_*_`` variables or ``glibc.malloc`` tunables: the caller's choice)."""
+    if sys.platform != "linux" or any(v in os.environ for v in _MALLOC_ENV):
+        return None
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it
+        mallopt, trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return mallopt, trim
+
+
+@contextlib.contextmanager
+def keep_freed_memory() -> Iterator[None]:
+    """While it lasts, glibc's malloc keeps the memory numpy frees and serves the next arrays
+    from it, instead of mapping fresh pages from the kernel for every large array.
+
+    By default glibc maps each allocation above its (adaptive) threshold of at most 32 MiB
+    afresh and unmaps it on ``free``, and hands the top of its heap back past 128 KiB. Counting
+    makes many short-lived arrays of tens to hundreds of MB, so every one of them page-faults
+    its memory in again: a 16M-token 5-gram built in three chunks took 2.75M minor faults and
+    24 s (13 s of them in the kernel); inside this block, 0.19M faults and 18 s. The memory
+    kept is reused, not added: the peak resident set rose 5% there (811 to 851 MB).
+
+    The setting is process-wide (``mallopt``), so nested and concurrent blocks share one: the
+    outermost sets it, and its end sets the thresholds that glibc's adaptive ones reach once a
+    program has freed large arrays (mmap 32 MiB, trim 64 MiB): ``mallopt`` turns the adaptation
+    off, and glibc's starting 128 KiB would map every later array of 128 KiB or more afresh. The
+    end of every block hands the kept memory back to the kernel (``malloc_trim``), so what
+    comes after a build (writing the ARPA file, scoring) does not carry the build's memory in
+    its resident set. Nothing happens off glibc, or
+    where ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or a
+    ``glibc.malloc`` tunable is set: the environment's choice stands.
+
+    Example:
+      >>> with keep_freed_memory():
+      ...     x = np.ones(1 << 20)
+    """
+    global _kept_depth
+    libc = _glibc_malloc()
+    if libc is None:
+        yield
+        return
+    mallopt, trim = libc
+    with _kept_lock:
+        _kept_depth += 1
+        if _kept_depth == 1:
+            for param, value in _KEEP.items():
+                mallopt(param, value)
+    try:
+        yield
+    finally:
+        with _kept_lock:
+            _kept_depth -= 1
+            if _kept_depth == 0:
+                for param, value in _AFTER.items():
+                    mallopt(param, value)
+        trim(0)
 
 
 def _segments(tokens: np.ndarray, eos_id: int | None, row_len: int | None) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxlm.models.ngram.counts import NGramCounts, count_ngrams, small_pages
+from jaxlm.models.ngram.counts import NGramCounts, count_ngrams, keep_freed_memory, small_pages
 from jaxlm.models.ngram.model import NGramModel
 
 METHODS = ("modified_kneser_ney", "kneser_ney", "absolute", "add_k")
@@ -447,7 +447,8 @@ def build(
     With ``memory_limit`` it counts in chunks spilled to disk instead and streams the estimate
     order by order (:func:`jaxlm.models.ngram.chunked.build_chunked`): the same model, bit for
     bit, within the budget. Either way numpy's arrays take no huge pages meanwhile
-    (:func:`~jaxlm.models.ngram.counts.small_pages`).
+    (:func:`~jaxlm.models.ngram.counts.small_pages`), and the memory they free is kept for the
+    next ones (:func:`~jaxlm.models.ngram.counts.keep_freed_memory`).
 
     Args:
       tokens: 1-D training ids in ``[0, vocab_size)``.
@@ -479,7 +480,7 @@ def build(
         method=method, discount=discount, k=k, cutoffs=cutoffs,
         discount_fallback=discount_fallback, vocab=vocab,
     )  # fmt: skip
-    with small_pages():
+    with small_pages(), keep_freed_memory():
         if memory_limit is not None and memory_limit != "":
             from jaxlm.models.ngram.chunked import build_chunked
 

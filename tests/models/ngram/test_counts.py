@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
+import pytest
 
 from jaxlm.models import ngram
 from jaxlm.models.ngram import counts
@@ -38,3 +41,52 @@ def test_small_pages_switches_numpy_huge_pages_off_and_back():
         assert switch(True) is True  # restored after
     finally:
         switch(before)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost",
+    )]  # fmt: skip
+
+
+def _mapped_bytes() -> int:
+    """Bytes glibc's malloc holds in chunks of their own ``mmap`` (``mallinfo2().hblkhd``)."""
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = _MallInfo2
+    return mallinfo2().hblkhd
+
+
+def _is_mapped(nbytes: int) -> bool:
+    """Whether an array of ``nbytes`` gets its own mapping (rather than heap memory)."""
+    before = _mapped_bytes()
+    x = np.ones(nbytes // 8)
+    grew = _mapped_bytes() - before
+    del x
+    return grew >= nbytes
+
+
+needs_glibc = pytest.mark.skipif(
+    counts._glibc_malloc() is None, reason="glibc's malloc (untuned by the environment) only"
+)
+
+
+@needs_glibc
+def test_keep_freed_memory_serves_large_arrays_from_the_heap_and_restores_after():
+    big = 256 << 20  # above the 32 MiB that glibc's adaptive threshold reaches
+    assert _is_mapped(big)
+    with counts.keep_freed_memory():
+        assert not _is_mapped(big)
+        with counts.keep_freed_memory():
+            pass
+        assert not _is_mapped(big)  # an inner block's end keeps the outer's setting
+    assert _is_mapped(big)
+    assert not _is_mapped(8 << 20)  # 8 MiB stays below the 32 MiB set after
+
+
+@needs_glibc
+def test_keep_freed_memory_leaves_a_tuned_environment_alone(monkeypatch):
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "0")
+    assert counts._glibc_malloc() is None
+    with counts.keep_freed_memory():
+        assert _is_mapped(256 << 20)
