@@ -361,6 +361,7 @@ def _median(runs: list[dict]) -> dict:
         if key in out:
             out[key] = statistics.median(r[key] for r in runs)
     out["runs"] = len(runs)
+    out["each_s"] = [round(r["seconds"], 1) for r in runs]  # the spread behind the median
     return out
 
 

@@ -669,6 +669,9 @@ def _estimate(
         for name in (f"outkeys{n}", f"logp{n}", f"logb{n - 1}", f"probs{n}"):
             disk.touch(name)
         keep_here = np.zeros(size, bool)
+        # counts are at least 1: without a cut-off and with the rows below unchanged, the output
+        # keys are keys{n} itself, renamed at the end instead of written again
+        same_keys = cut[n - 1] < 1 and new_row is None
         col = f"adj{n}" if (kn and n < order) else f"counts{n}"
         start, lo = 0, 0
         while start < size:
@@ -692,12 +695,15 @@ def _estimate(
             with np.errstate(divide="ignore"):
                 if new_row is not None:
                     key = new_row[prefix] * m + key % m
-                disk.append(f"outkeys{n}", key[kept])
+                if not same_keys:
+                    disk.append(f"outkeys{n}", key[kept])
                 disk.append(f"logp{n}", np.log(p[kept]))
                 disk.append(f"logb{n - 1}", np.log(gamma[keep_prev[lo:hi]]))
             if n < order:
                 disk.append(f"probs{n}", p)
             start, lo = stop, hi
+        if same_keys:
+            disk.rename(f"keys{n}", f"outkeys{n}")
         disk.remove(f"keys{n}", f"adj{n}", f"suffix{n}")
         keys_out.append(disk.memmap(f"outkeys{n}", np.int64))
         log_probs.append(disk.memmap(f"logp{n}", np.float64))
