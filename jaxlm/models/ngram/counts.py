@@ -87,10 +87,10 @@ def keep_freed_memory() -> Iterator[None]:
     By default glibc maps each allocation above its (adaptive) threshold of at most 32 MiB
     afresh and unmaps it on ``free``, and hands the top of its heap back past 128 KiB. Counting
     makes many short-lived arrays of tens to hundreds of MB, so every one of them page-faults
-    its memory in again. Alternating runs of a 16M-token 5-gram built in three chunks took
-    27.4-30.4 s with glibc's defaults (2.75M minor faults) and 22.6-24.5 s inside this block
-    (0.19M); the memory kept is reused, not added: the process peaked at 0.90 GB against
-    1.09 GB, the ARPA file written after the build included.
+    its memory in again. A 16M-token 5-gram built in three chunks (two alternating pairs) took
+    29.2-29.8 s with glibc's defaults and 23.3-24.5 s inside this block (2.75M and 0.19M minor
+    faults in runs of the build alone); the memory kept is reused, not added: the process,
+    which then wrote the ARPA file, peaked at 882-885 MiB against 1,064-1,065 MiB.
 
     The setting is process-wide (``mallopt``), so nested and concurrent blocks share one: the
     outermost sets it, and its end sets the thresholds that glibc's adaptive ones reach once a
